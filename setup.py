@@ -1,0 +1,79 @@
+"""Build tether's C parts: the extension module (tether._core) and the guard executable.
+
+The guard is a plain C program (no Python) installed inside the package as ``tether/_guard``
+and found through the package, never through PATH. It is linked statically where the
+toolchain has a static libc, so it starts fast and keeps a small RSS; otherwise dynamically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess  # noqa: TET101  build-time only: runs the C compiler, never a tree of ours
+import sys
+import tempfile
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PKG_SRC = os.path.join(HERE, "src", "tether")
+GUARD_SRC = os.path.join(PKG_SRC, "guard.c")
+GUARD_NAME = "_guard"
+
+CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
+
+
+def _compiler() -> str:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or "cc"
+
+
+def _compile_guard(out_path: str) -> None:
+    cc = _compiler()
+    base = [cc, *CFLAGS, "-Os", "-I", PKG_SRC, GUARD_SRC, "-o", out_path]
+    # Static first: a static guard has no loader work at start and a smaller RSS.
+    attempts = [[*base, "-static"], base]
+    last: subprocess.CalledProcessError | None = None
+    for cmd in attempts:
+        try:
+            subprocess.run(cmd, check=True, capture_output=True)  # noqa: TET101  build-time
+        except subprocess.CalledProcessError as exc:
+            last = exc
+            continue
+        os.chmod(out_path, 0o755)
+        return
+    assert last is not None
+    sys.stderr.write(last.stderr.decode(errors="replace"))
+    raise RuntimeError(f"could not compile the tether guard ({GUARD_SRC})")
+
+
+class BuildWithGuard(build_ext):
+    """build_ext that also compiles the guard executable next to the extension."""
+
+    def run(self) -> None:
+        super().run()
+        if not os.path.exists(GUARD_SRC):
+            return
+        if self.inplace:
+            target_dir = PKG_SRC
+        else:
+            target_dir = os.path.join(self.build_lib, "tether")
+        os.makedirs(target_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            built = os.path.join(tmp, GUARD_NAME)
+            _compile_guard(built)
+            shutil.copy2(built, os.path.join(target_dir, GUARD_NAME))
+
+
+setup(
+    ext_modules=[
+        Extension(
+            "tether._core",
+            sources=["src/tether/_core.c"],
+            depends=["src/tether/_clone.h"],
+            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter",
+                                "-Wno-missing-field-initializers", "-fno-strict-aliasing"],
+        )
+    ],
+    cmdclass={"build_ext": BuildWithGuard},
+)

@@ -1,0 +1,30 @@
+"""tether: race-free, orphan-free process management for Linux.
+
+Processes are named only by pidfds obtained atomically at creation; every child holds a
+lifeline whose EOF means "parent gone"; trees are contained (process group, cgroup v2 or PID
+namespace) so nothing outlives its parent. See the README for the guarantees table.
+"""
+
+from __future__ import annotations
+
+from ._errors import TimeoutExpired, Unsupported
+from ._exit import Exit
+from ._fork import run_in_fork
+from ._lifeline import LifelineWriter, attach
+from ._pidfd import Pidfd, PidfdInfo
+from ._spawn import Spawned, spawn_lifelined
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Exit",
+    "LifelineWriter",
+    "Pidfd",
+    "PidfdInfo",
+    "Spawned",
+    "TimeoutExpired",
+    "Unsupported",
+    "attach",
+    "run_in_fork",
+    "spawn_lifelined",
+]

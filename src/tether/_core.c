@@ -1,0 +1,424 @@
+/*
+ * tether._core — the only C in the library.
+ *
+ * It holds what the standard library cannot do for us:
+ *   - the clone site (_clone.h): clone3(CLONE_PIDFD|CLONE_CLEAR_SIGHAND) in vfork style,
+ *     or the legacy clone fallback, probed once and cached;
+ *   - the lifeline registry: every lifeline write end is created and registered under one
+ *     mutex, and a pthread_atfork child handler closes all of them in every fork()ed child,
+ *     so one child's writer can never keep another child's lifeline open.
+ *
+ * Everything else (pidfd_send_signal, waitid(P_PIDFD), poll, ioctl) is reached from Python
+ * through the standard library.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "_clone.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Clone method probe (cached; a forced method is for tests of the fallback).                   */
+/* ------------------------------------------------------------------------------------------ */
+
+static int probed_method = TETHER_CLONE_UNKNOWN;
+static int clone3_errno = 0;
+static int legacy_errno = 0;
+static pthread_mutex_t probe_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int errno_means_blocked(int err)
+{
+    /* Only these say "this primitive is not here" (no kernel support, or a seccomp filter);
+     * any other errno is a real failure and must not be cached as a capability answer. */
+    return err == ENOSYS || err == EPERM || err == EINVAL;
+}
+
+static int probe_clone_method(void)
+{
+    int method;
+    pthread_mutex_lock(&probe_lock);
+    method = probed_method;
+    if (method == TETHER_CLONE_UNKNOWN) {
+        int r = tether_probe_method(TETHER_CLONE_CLONE3);
+        if (r == 0) {
+            method = TETHER_CLONE_CLONE3;
+        } else if (errno_means_blocked(-r)) {
+            clone3_errno = -r;
+            r = tether_probe_method(TETHER_CLONE_LEGACY);
+            if (r == 0)
+                method = TETHER_CLONE_LEGACY;
+            else if (errno_means_blocked(-r)) {
+                legacy_errno = -r;
+                method = TETHER_CLONE_NONE;
+            } else {
+                /* EAGAIN/ENOMEM: transient, do not cache. */
+                pthread_mutex_unlock(&probe_lock);
+                errno = -r;
+                return -1;
+            }
+        } else {
+            pthread_mutex_unlock(&probe_lock);
+            errno = -r;
+            return -1;
+        }
+        probed_method = method;
+    }
+    pthread_mutex_unlock(&probe_lock);
+    return method;
+}
+
+static PyObject *core_clone_method(PyObject *self, PyObject *noargs)
+{
+    int method;
+    (void)self;
+    (void)noargs;
+    Py_BEGIN_ALLOW_THREADS
+    method = probe_clone_method();
+    Py_END_ALLOW_THREADS
+    if (method < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return Py_BuildValue("iii", method, clone3_errno, legacy_errno);
+}
+
+static PyObject *core_force_clone_method(PyObject *self, PyObject *arg)
+{
+    long m = PyLong_AsLong(arg);
+    (void)self;
+    if (m == -1 && PyErr_Occurred())
+        return NULL;
+    if (m < TETHER_CLONE_UNKNOWN || m > TETHER_CLONE_NONE) {
+        PyErr_SetString(PyExc_ValueError, "unknown clone method");
+        return NULL;
+    }
+    pthread_mutex_lock(&probe_lock);
+    probed_method = (int)m;
+    if (m == TETHER_CLONE_UNKNOWN) {
+        clone3_errno = 0;
+        legacy_errno = 0;
+    }
+    pthread_mutex_unlock(&probe_lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_close_range_supported(PyObject *self, PyObject *noargs)
+{
+    long r;
+    (void)self;
+    (void)noargs;
+    /* Closing a range that holds no open fd is a no-op where the syscall exists. */
+    r = syscall(SYS_close_range, ~0U - 1, ~0U, 0);
+    if (r == 0)
+        Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* spawn                                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Build a NULL-terminated char* array that points into the bytes objects of `seq` (a list or
+ * tuple of bytes). The caller keeps `seq` alive while the array is used. */
+static char **bytes_array(PyObject *seq, const char *what)
+{
+    Py_ssize_t n, i;
+    char **out;
+    if (!PyList_Check(seq) && !PyTuple_Check(seq)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list of bytes", what);
+        return NULL;
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    out = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(item)) {
+            PyMem_Free(out);
+            PyErr_Format(PyExc_TypeError, "%s items must be bytes", what);
+            return NULL;
+        }
+        out[i] = PyBytes_AS_STRING(item);
+    }
+    out[n] = NULL;
+    return out;
+}
+
+static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"path",    "argv",        "envp",         "cwd",       "stdin",
+                             "stdout",  "stderr",      "keep_fds",     "lifeline_src",
+                             "lifeline_dst", "new_pgroup", "pdeathsig", "extra_flags",
+                             "cgroup_fd", "method",     NULL};
+    PyObject *path_obj, *argv_obj, *envp_obj, *cwd_obj, *keep_obj;
+    int stdio[3];
+    int lifeline_src, lifeline_dst, new_pgroup, pdeathsig, cgroup_fd, method;
+    unsigned long long extra_flags;
+    struct tether_plan plan;
+    struct tether_failure failure;
+    char **argv = NULL, **envp = NULL;
+    int *keep = NULL;
+    Py_ssize_t n_keep, i;
+    int floor_fd;
+    pid_t pid = 0;
+    int pidfd = -1;
+    int rc;
+    (void)self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOiiiO!iipiKii", kwlist, &PyBytes_Type,
+                                     &path_obj, &argv_obj, &envp_obj, &cwd_obj, &stdio[0],
+                                     &stdio[1], &stdio[2], &PyTuple_Type, &keep_obj,
+                                     &lifeline_src, &lifeline_dst, &new_pgroup, &pdeathsig,
+                                     &extra_flags, &cgroup_fd, &method))
+        return NULL;
+    if (cwd_obj != Py_None && !PyBytes_Check(cwd_obj)) {
+        PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
+        return NULL;
+    }
+
+    argv = bytes_array(argv_obj, "argv");
+    if (argv == NULL)
+        goto error;
+    envp = bytes_array(envp_obj, "envp");
+    if (envp == NULL)
+        goto error;
+
+    n_keep = PyTuple_GET_SIZE(keep_obj);
+    keep = PyMem_Calloc((size_t)n_keep + 1, sizeof(int));
+    if (keep == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    floor_fd = 3;
+    for (i = 0; i < n_keep; i++) {
+        long v = PyLong_AsLong(PyTuple_GET_ITEM(keep_obj, i));
+        if (v == -1 && PyErr_Occurred())
+            goto error;
+        if (v < 3 || v > INT_MAX || (i > 0 && v <= keep[i - 1])) {
+            PyErr_SetString(PyExc_ValueError, "keep_fds must be sorted, unique and >= 3");
+            goto error;
+        }
+        keep[i] = (int)v;
+        if (v + 1 > floor_fd)
+            floor_fd = (int)v + 1;
+    }
+    if (lifeline_src >= 0) {
+        if (lifeline_dst < 3) {
+            PyErr_SetString(PyExc_ValueError, "lifeline_dst must be >= 3");
+            goto error;
+        }
+        if (lifeline_dst + 1 > floor_fd)
+            floor_fd = lifeline_dst + 1;
+    }
+    if (method == TETHER_CLONE_UNKNOWN) {
+        Py_BEGIN_ALLOW_THREADS
+        method = probe_clone_method();
+        Py_END_ALLOW_THREADS
+        if (method < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto error;
+        }
+    }
+
+    memset(&plan, 0, sizeof plan);
+    plan.path = PyBytes_AS_STRING(path_obj);
+    plan.argv = argv;
+    plan.envp = envp;
+    plan.cwd = cwd_obj == Py_None ? NULL : PyBytes_AS_STRING(cwd_obj);
+    plan.stdio[0] = stdio[0];
+    plan.stdio[1] = stdio[1];
+    plan.stdio[2] = stdio[2];
+    plan.keep_fds = keep;
+    plan.n_keep = (int)n_keep;
+    plan.lifeline_src = lifeline_src;
+    plan.lifeline_dst = lifeline_dst;
+    plan.floor = floor_fd;
+    plan.new_pgroup = new_pgroup;
+    plan.pdeathsig = pdeathsig;
+    plan.expected_ppid = getpid();
+
+    Py_BEGIN_ALLOW_THREADS
+    rc = tether_clone_exec(&plan, method, (uint64_t)extra_flags, cgroup_fd, &pid, &pidfd,
+                           &failure);
+    Py_END_ALLOW_THREADS
+
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    PyMem_Free(keep);
+    if (rc < 0) {
+        errno = -rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("iiiii", (int)pid, pidfd, failure.stage, failure.error, method);
+
+error:
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    PyMem_Free(keep);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Lifeline registry                                                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Every open lifeline write end of this process. Guarded by registry_lock, which the atfork
+ * prepare handler also takes: a fork() therefore never happens between pipe2() and the
+ * registration of its write end. The critical sections never need the GIL (a thread that
+ * holds the GIL may block here, but never the other way round). */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static int *registry = NULL;
+static size_t registry_len = 0;
+static size_t registry_cap = 0;
+/* Bumped in every fork()ed child: a LifelineWriter made before the fork sees the mismatch and
+ * knows its fd number no longer belongs to it. */
+static volatile unsigned long fork_generation = 0;
+
+static void atfork_prepare(void) { pthread_mutex_lock(&registry_lock); }
+
+static void atfork_parent(void) { pthread_mutex_unlock(&registry_lock); }
+
+static void atfork_child(void)
+{
+    size_t i;
+    for (i = 0; i < registry_len; i++)
+        close(registry[i]);
+    registry_len = 0;
+    fork_generation++;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static PyObject *core_lifeline_pipe(PyObject *self, PyObject *noargs)
+{
+    int fds[2];
+    int err = 0;
+    (void)self;
+    (void)noargs;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&registry_lock);
+    if (registry_len == registry_cap) {
+        size_t cap = registry_cap ? registry_cap * 2 : 64;
+        int *grown = realloc(registry, cap * sizeof(int));
+        if (grown == NULL)
+            err = ENOMEM;
+        else {
+            registry = grown;
+            registry_cap = cap;
+        }
+    }
+    if (err == 0) {
+        if (pipe2(fds, O_CLOEXEC) != 0)
+            err = errno;
+        else
+            registry[registry_len++] = fds[1];
+    }
+    pthread_mutex_unlock(&registry_lock);
+    Py_END_ALLOW_THREADS
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("ii", fds[0], fds[1]);
+}
+
+static PyObject *core_lifeline_release(PyObject *self, PyObject *arg)
+{
+    long fd = PyLong_AsLong(arg);
+    size_t i;
+    int found = 0;
+    int rc = 0;
+    (void)self;
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&registry_lock);
+    for (i = 0; i < registry_len; i++) {
+        if (registry[i] == (int)fd) {
+            registry[i] = registry[--registry_len];
+            found = 1;
+            break;
+        }
+    }
+    /* Close under the lock: a fork() must not see the number registered but closed (and maybe
+     * reused by an unrelated fd that the atfork handler would then close). */
+    if (found)
+        rc = close((int)fd);
+    pthread_mutex_unlock(&registry_lock);
+    Py_END_ALLOW_THREADS
+    if (!found) {
+        PyErr_SetString(PyExc_ValueError, "not a registered lifeline write end");
+        return NULL;
+    }
+    if (rc != 0 && errno != EINTR)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_lifeline_count(PyObject *self, PyObject *noargs)
+{
+    size_t n;
+    (void)self;
+    (void)noargs;
+    pthread_mutex_lock(&registry_lock);
+    n = registry_len;
+    pthread_mutex_unlock(&registry_lock);
+    return PyLong_FromSize_t(n);
+}
+
+static PyObject *core_fork_generation(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromUnsignedLong(fork_generation);
+}
+
+static PyMethodDef core_methods[] = {
+    {"spawn", (PyCFunction)(void (*)(void))core_spawn, METH_VARARGS | METH_KEYWORDS,
+     "Clone one child from a fully converted plan; returns (pid, pidfd, stage, errno, method)."},
+    {"clone_method", core_clone_method, METH_NOARGS,
+     "Probe (once) which clone method works: (method, clone3_errno, legacy_errno)."},
+    {"force_clone_method", core_force_clone_method, METH_O,
+     "Override the probed method (tests of the fallback); 0 forgets the cache."},
+    {"close_range_supported", core_close_range_supported, METH_NOARGS, "close_range(2) exists."},
+    {"lifeline_pipe", core_lifeline_pipe, METH_NOARGS,
+     "pipe2(O_CLOEXEC) with the write end registered for closing in fork()ed children."},
+    {"lifeline_release", core_lifeline_release, METH_O, "Unregister and close a write end."},
+    {"lifeline_count", core_lifeline_count, METH_NOARGS, "Open registered write ends."},
+    {"fork_generation", core_fork_generation, METH_NOARGS,
+     "How many fork()s separate this process from the one that loaded the module."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "tether._core", "tether's kernel layer (L0).", -1, core_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    PyObject *m;
+    static int atfork_done = 0;
+    if (!atfork_done) {
+        if (pthread_atfork(atfork_prepare, atfork_parent, atfork_child) != 0) {
+            PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+            return NULL;
+        }
+        atfork_done = 1;
+    }
+    m = PyModule_Create(&core_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "CLONE_UNKNOWN", TETHER_CLONE_UNKNOWN) < 0 ||
+        PyModule_AddIntConstant(m, "CLONE_CLONE3", TETHER_CLONE_CLONE3) < 0 ||
+        PyModule_AddIntConstant(m, "CLONE_LEGACY", TETHER_CLONE_LEGACY) < 0 ||
+        PyModule_AddIntConstant(m, "CLONE_NONE", TETHER_CLONE_NONE) < 0 ||
+        PyModule_AddIntConstant(m, "CLONE_NEWPID", CLONE_NEWPID) < 0 ||
+        PyModule_AddIntConstant(m, "CLONE_NEWUSER", CLONE_NEWUSER) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,68 @@
+"""Exit: how a process ended, as the kernel reported it, in one frozen value."""
+
+from __future__ import annotations
+
+import os
+import signal as _signal
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["Exit"]
+
+_CLD_EXITED: Final = os.CLD_EXITED
+_CLD_KILLED: Final = os.CLD_KILLED
+_CLD_DUMPED: Final = os.CLD_DUMPED
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """How a process ended. Frozen; two waits on one process return equal values.
+
+    A normal exit has ``code`` set and ``signal`` None; a death by signal has ``signal`` set
+    and ``code`` None. ``returncode`` follows the :class:`subprocess.Popen` convention.
+    """
+
+    code: int | None
+    signal: int | None
+    core_dumped: bool = False
+
+    @property
+    def returncode(self) -> int:
+        """The exit code, or ``-signal`` for a death by signal (as subprocess reports it)."""
+        if self.signal is not None:
+            return -self.signal
+        assert self.code is not None
+        return self.code
+
+    @property
+    def shell_status(self) -> int:
+        """The status a shell would report: the code, or 128 + the signal number."""
+        if self.signal is not None:
+            return 128 + self.signal
+        assert self.code is not None
+        return self.code
+
+    @classmethod
+    def _from_waitid(cls, si_code: int, si_status: int) -> Exit:
+        if si_code == _CLD_EXITED:
+            return cls(code=si_status, signal=None)
+        if si_code in (_CLD_KILLED, _CLD_DUMPED):
+            return cls(code=None, signal=si_status, core_dumped=si_code == _CLD_DUMPED)
+        raise ValueError(f"not an exit: si_code={si_code}")
+
+    @classmethod
+    def _from_wait_status(cls, status: int) -> Exit:
+        if os.WIFEXITED(status):
+            return cls(code=os.WEXITSTATUS(status), signal=None)
+        if os.WIFSIGNALED(status):
+            return cls(code=None, signal=os.WTERMSIG(status), core_dumped=os.WCOREDUMP(status))
+        raise ValueError(f"not an exit status: {status:#x}")
+
+    def __str__(self) -> str:
+        if self.signal is not None:
+            try:
+                name = _signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            return f"killed by {name}" + (" (core dumped)" if self.core_dumped else "")
+        return f"exited with code {self.code}"

@@ -1,0 +1,125 @@
+"""run_in_fork: a Python callable in a forked, lifelined child, with a race-free pidfd.
+
+The one rule this module owns: the parent never turns the child's PID into a handle. A child
+that runs Python must come from libc's fork() (its atfork handlers reset malloc and stdio
+locks, and CPython's reset the interpreter), so there is no CLONE_PIDFD; instead the child
+opens a pidfd on *itself* (its own PID cannot be stale) and hands it to the parent over a
+socketpair with SCM_RIGHTS before the parent returns (the approach Rust's std settled on).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from ._exit import Exit
+from ._lifeline import LIFELINE_ENV, _new_lifeline, attach
+from ._pidfd import Pidfd
+from ._spawn import Spawned
+
+__all__ = ["run_in_fork"]
+
+
+def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spawned:
+    """Run ``fn(*args, **kwargs)`` in a forked child that is lifelined and attached.
+
+    The child leads a new process group, is attached to its lifeline (when this process dies,
+    the kernel kills the child's group), and exits 0 if ``fn`` returns, the code of a
+    ``SystemExit`` it raises, or 1 with the traceback on stderr for any other exception.
+    Lifeline write ends of other children are closed in it (no sibling keeps another's
+    lifeline open).
+
+    Guarantee: the returned pidfd names exactly this child; it was opened by the child on
+    itself and passed over SCM_RIGHTS, never derived from the PID number by the parent.
+    """
+    if not callable(fn):
+        raise TypeError(f"run_in_fork needs a callable, not {type(fn).__name__}")
+    read_fd, writer = _new_lifeline()
+    try:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except BaseException:
+        os.close(read_fd)
+        writer.close()
+        raise
+    try:
+        pid = os.fork()  # noqa: TET101  L0: the one fork site for Python children (see above)
+    except BaseException:
+        os.close(read_fd)
+        writer.close()
+        parent_sock.close()
+        child_sock.close()
+        raise
+    if pid == 0:
+        parent_sock.close()
+        _child(read_fd, child_sock, fn, args, kwargs)
+    child_sock.close()
+    os.close(read_fd)
+    try:
+        with parent_sock:
+            msg, fds, _flags, _addr = socket.recv_fds(parent_sock, 16, 1)
+    except BaseException:
+        writer.close()
+        raise
+    if msg != b"P" or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        writer.close()
+        exit_ = _reap_unhanded(pid)
+        raise ChildProcessError(
+            errno.ECHILD, f"run_in_fork child {pid} died before handing over its pidfd ({exit_})"
+        )
+    return Spawned(pid, Pidfd._create(fds[0], pid, reaper=True, cmd=repr(fn)), writer)
+
+
+def _reap_unhanded(pid: int) -> Exit:
+    # The child died before it could send its pidfd. It is our own child and not yet reaped,
+    # so its number cannot have been recycled: reaping it by number is exact here.
+    res = os.waitid(os.P_PID, pid, os.WEXITED)  # noqa: TET302  own unreaped child, see above
+    assert res is not None
+    return Exit._from_waitid(res.si_code, res.si_status)
+
+
+def _child(
+    read_fd: int,
+    sock: socket.socket,
+    fn: Callable[..., object],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> NoReturn:
+    code = 1
+    try:
+        try:
+            os.setpgid(0, 0)
+            own = os.pidfd_open(os.getpid())  # noqa: TET401  our own pid: it cannot be stale
+            try:
+                socket.send_fds(sock, [b"P"], [own])
+            finally:
+                os.close(own)
+            sock.close()
+            os.environ[LIFELINE_ENV] = str(read_fd)
+            attach(read_fd)
+            fn(*args, **kwargs)
+            code = 0
+        except SystemExit as exc:
+            if exc.code is None:
+                code = 0
+            elif isinstance(exc.code, int):
+                code = exc.code & 0xFF
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+    finally:
+        os._exit(code)

@@ -1,0 +1,331 @@
+"""Pidfd: the only handle tether ever gives for a process.
+
+The one rule this module owns: a Pidfd is minted by tether's spawn path from a pidfd the
+kernel returned atomically at creation (``clone3(CLONE_PIDFD)``) or that the process opened on
+itself; there is no public constructor and no way to turn a PID number into one. Because a
+pidfd names one process for ever, a signal sent through it can never reach a process that
+later got the same number.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import struct
+import threading
+import time
+from typing import Any, Final, NamedTuple, NoReturn, TypeVar, final
+
+from ._errors import TimeoutExpired, Unsupported
+from ._exit import Exit
+
+__all__ = ["Pidfd", "PidfdInfo", "NoPublicConstructor"]
+
+# pidfd_send_signal(2) scope flags (since kernel 6.9).
+PIDFD_SIGNAL_THREAD: Final = 1
+PIDFD_SIGNAL_THREAD_GROUP: Final = 2
+PIDFD_SIGNAL_PROCESS_GROUP: Final = 4
+
+# PIDFD_GET_INFO (since 6.13): _IOWR(0xFF, 11, struct pidfd_info); the struct size is part of
+# the request number. We use 72 bytes (VER1: through coredump_mask + spare).
+_INFO_FMT: Final = "=QQ11Ii2I"
+_INFO_SIZE: Final = struct.calcsize(_INFO_FMT)
+PIDFD_GET_INFO: Final = (3 << 30) | (_INFO_SIZE << 16) | (0xFF << 8) | 11
+PIDFD_INFO_PID: Final = 0x1
+PIDFD_INFO_CREDS: Final = 0x2
+PIDFD_INFO_CGROUPID: Final = 0x4
+PIDFD_INFO_EXIT: Final = 0x8  # since 6.15
+PIDFD_INFO_COREDUMP: Final = 0x10  # since 6.16
+
+_T = TypeVar("_T")
+
+
+class NoPublicConstructor(type):
+    """Metaclass: ``Cls(...)`` raises TypeError; tether makes instances with ``Cls._create``."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(
+            f"{cls.__module__}.{cls.__qualname__} has no public constructor; "
+            "handles are minted only by tether's spawn functions"
+        )
+
+    def _create(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+
+class PidfdInfo(NamedTuple):
+    """What PIDFD_GET_INFO reports. ``pid``/``ppid`` are in the caller's PID namespace (0 once
+    the process is reaped); ``exit`` is set only after the process was reaped and the kernel
+    has PIDFD_INFO_EXIT (6.15+)."""
+
+    pid: int
+    tgid: int
+    ppid: int
+    ruid: int
+    rgid: int
+    euid: int
+    egid: int
+    cgroupid: int | None
+    exit: Exit | None
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    timeout = float(timeout)
+    if timeout != timeout or timeout < 0:  # NaN or negative
+        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+    return timeout
+
+
+def _poll_ms(remaining: float | None) -> int | None:
+    if remaining is None:
+        return None
+    # Round up: returning early would only cost a loop; returning late is what we avoid.
+    return max(0, int(remaining * 1000.0 + 0.999))
+
+
+@final
+class Pidfd(metaclass=NoPublicConstructor):
+    """A race-free handle on one process.
+
+    Guarantee: every operation goes through the pidfd the kernel gave at creation, so a
+    signal or wait can never reach another process, even one that got the same PID number.
+
+    ``pid`` is the number for logs and humans; nothing in tether reaches a process by it.
+    If this process is the child's parent, :meth:`wait` reaps it (the exit status is consumed
+    in exactly one place and cached); otherwise the handle observes, and the exit status comes
+    from the owner (the guard) or from PIDFD_INFO_EXIT.
+    """
+
+    __slots__ = ("__weakref__", "_cmd", "_exit", "_fd", "_lock", "_pid", "_reaper")
+
+    def __init__(self, fd: int, pid: int, *, reaper: bool, cmd: object = None) -> None:
+        self._fd = fd
+        self._pid = pid
+        self._reaper = reaper
+        self._cmd = cmd
+        self._exit: Exit | None = None
+        self._lock = threading.Lock()
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        """The process ID, as a number for logs. Never use it to reach the process."""
+        return self._pid
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._fd < 0
+
+    def fileno(self) -> int:
+        """Borrow the pidfd (for poll/epoll/asyncio). It stays owned by this handle."""
+        return self._checked_fd()
+
+    def close(self) -> None:
+        """Close the pidfd. An already-exited own child is reaped first (no zombie is left);
+        a running child keeps running: its lifeline, not this handle, decides its life."""
+        with self._lock:
+            fd = self._fd
+            if fd < 0:
+                return
+            if self._reaper and self._exit is None:
+                try:
+                    self._reap_locked(block=False)
+                except ChildProcessError:
+                    pass
+            self._fd = -1
+        os.close(fd)
+
+    def __enter__(self) -> Pidfd:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+
+    def __repr__(self) -> str:
+        if self._exit is not None:
+            state = str(self._exit)
+        elif self._fd < 0:
+            state = "closed"
+        else:
+            state = "running"
+        return f"<tether.Pidfd pid={self._pid} {state}>"
+
+    def _checked_fd(self) -> int:
+        fd = self._fd
+        if fd < 0:
+            raise ValueError("operation on a closed Pidfd")
+        return fd
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def send_signal(self, sig: int, *, process_group: bool = False) -> None:
+        """Send ``sig`` through the pidfd (``pidfd_send_signal``).
+
+        Raises ProcessLookupError once the process has been reaped: the kernel refuses a reaped
+        pidfd, so the signal can never land on a process that reused the number. With
+        ``process_group=True`` the signal goes to the whole process group that this process
+        leads (PIDFD_SIGNAL_PROCESS_GROUP, Linux 6.9+; :class:`Unsupported` before that).
+        """
+        fd = self._checked_fd()
+        if self._exit is not None and not process_group:
+            raise ProcessLookupError(errno.ESRCH, f"process {self._pid} has been reaped")
+        flags = PIDFD_SIGNAL_PROCESS_GROUP if process_group else 0
+        try:
+            signal.pidfd_send_signal(fd, sig, None, flags)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and process_group:
+                raise Unsupported(
+                    errno.EINVAL, "PIDFD_SIGNAL_PROCESS_GROUP needs Linux 6.9"
+                ) from None
+            raise
+
+    # -- exit --------------------------------------------------------------------------------
+
+    def poll(self) -> Exit | None:
+        """The Exit if the process has ended (reaping it when it is our child), else None."""
+        fd = self._checked_fd()
+        if self._exit is not None:
+            return self._exit
+        if self._reaper:
+            with self._lock:
+                return self._reap_locked(block=False)
+        return self._observe(fd, 0.0)
+
+    def wait(self, timeout: float | None = None) -> Exit:
+        """Block until the process ends and return its Exit; the same Exit on every call.
+
+        Waits on the pidfd itself (poll), with no sleep loop. A timeout raises
+        :class:`tether.TimeoutExpired` (a :class:`subprocess.TimeoutExpired`).
+        """
+        timeout = _check_timeout(timeout)
+        fd = self._checked_fd()
+        if self._exit is not None:
+            return self._exit
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._reaper:
+            result = self._observe(fd, timeout)
+            if result is None:
+                raise TimeoutExpired(self._cmd if self._cmd is not None else repr(self), timeout)
+            return result
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = poller.poll(_poll_ms(remaining))
+            with self._lock:
+                result = self._reap_locked(block=False)
+            if result is not None:
+                return result
+            if not ready and remaining is not None and deadline is not None:
+                if time.monotonic() >= deadline:
+                    assert timeout is not None
+                    raise TimeoutExpired(
+                        self._cmd if self._cmd is not None else repr(self), timeout
+                    )
+
+    def _reap_locked(self, *, block: bool) -> Exit | None:
+        if self._exit is not None:
+            return self._exit
+        if self._fd < 0:
+            raise ValueError("operation on a closed Pidfd")
+        options = os.WEXITED if block else os.WEXITED | os.WNOHANG
+        try:
+            res = os.waitid(os.P_PIDFD, self._fd, options)
+        except ChildProcessError:
+            # Someone else in this process reaped it (a stray waitpid(-1)). The status is
+            # gone from waitid; the kernel may still tell us (PIDFD_INFO_EXIT, 6.15+).
+            info_exit = self._info_exit()
+            if info_exit is None:
+                raise
+            self._exit = info_exit
+            return info_exit
+        if res is None or res.si_pid == 0:
+            return None
+        self._exit = Exit._from_waitid(res.si_code, res.si_status)
+        return self._exit
+
+    def _set_exit(self, exit_: Exit) -> None:
+        """Record the exit an owner (the guard) reported for an observed process."""
+        with self._lock:
+            if self._exit is None:
+                self._exit = exit_
+
+    def _observe(self, fd: int, timeout: float | None) -> Exit | None:
+        """Exit of a process that is not our child: wait until it is reaped by its parent
+        (POLLHUP), then ask the kernel for the status (PIDFD_INFO_EXIT)."""
+        poller = select.poll()
+        # events=0: poll reports only POLLHUP, which a pidfd raises once the process is reaped.
+        poller.register(fd, 0)
+        if not poller.poll(_poll_ms(timeout)):
+            return self._exit
+        if self._exit is not None:
+            return self._exit
+        result = self._info_exit()
+        if result is None:
+            raise Unsupported(
+                errno.ENOSYS,
+                "the exit status of a process that is not our child needs PIDFD_INFO_EXIT "
+                "(Linux 6.15)",
+            )
+        with self._lock:
+            if self._exit is None:
+                self._exit = result
+            return self._exit
+
+    def _info_exit(self) -> Exit | None:
+        try:
+            info = self.info()
+        except (Unsupported, ProcessLookupError):
+            return None
+        return info.exit
+
+    def info(self) -> PidfdInfo:
+        """PIDFD_GET_INFO (Linux 6.13+): ids, credentials, cgroup, and the exit status once the
+        process is reaped (6.15+). Raises :class:`Unsupported` on older kernels and
+        ProcessLookupError for a reaped process on kernels without PIDFD_INFO_EXIT."""
+        fd = self._checked_fd()
+        want = PIDFD_INFO_PID | PIDFD_INFO_CREDS | PIDFD_INFO_CGROUPID | PIDFD_INFO_EXIT
+        buf = bytearray(struct.pack(_INFO_FMT, want, *([0] * 15)))
+        try:
+            fcntl.ioctl(fd, PIDFD_GET_INFO, buf, True)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+                raise Unsupported(exc.errno, "PIDFD_GET_INFO needs Linux 6.13") from None
+            if exc.errno == errno.ESRCH:
+                raise ProcessLookupError(
+                    errno.ESRCH, f"process {self._pid} has been reaped"
+                ) from None
+            raise
+        fields = struct.unpack(_INFO_FMT, buf)
+        mask, cgroupid = fields[0], fields[1]
+        pid, tgid, ppid, ruid, rgid, euid, egid = fields[2:9]
+        exit_code = fields[13]
+        exit_: Exit | None = None
+        if mask & PIDFD_INFO_EXIT:
+            exit_ = Exit._from_wait_status(exit_code & 0xFFFF)
+        return PidfdInfo(
+            pid=pid,
+            tgid=tgid,
+            ppid=ppid,
+            ruid=ruid,
+            rgid=rgid,
+            euid=euid,
+            egid=egid,
+            cgroupid=cgroupid if mask & PIDFD_INFO_CGROUPID else None,
+            exit=exit_,
+        )
