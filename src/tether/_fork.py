@@ -9,6 +9,7 @@ socketpair with SCM_RIGHTS before the parent returns (the approach Rust's std se
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -47,7 +48,7 @@ def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spaw
         writer.close()
         raise
     try:
-        pid = os.fork()  # noqa: TET101  L0: the one fork site for Python children (see above)
+        pid = os.fork()  # noqa: TET101  kernel layer: the one fork site for Python children (see above)
     except BaseException:
         os.close(read_fd)
         writer.close()
@@ -79,7 +80,7 @@ def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spaw
 def _reap_unhanded(pid: int) -> Exit:
     # The child died before it could send its pidfd. It is our own child and not yet reaped,
     # so its number cannot have been recycled: reaping it by number is exact here.
-    res = os.waitid(os.P_PID, pid, os.WEXITED)  # noqa: TET302  own unreaped child, see above
+    res = os.waitid(os.P_PID, pid, os.WEXITED)
     assert res is not None
     return Exit._from_waitid(res.si_code, res.si_status)
 
@@ -95,7 +96,7 @@ def _child(
     try:
         try:
             os.setpgid(0, 0)
-            own = os.pidfd_open(os.getpid())  # noqa: TET401  our own pid: it cannot be stale
+            own = os.pidfd_open(os.getpid())
             try:
                 socket.send_fds(sock, [b"P"], [own])
             finally:
@@ -117,9 +118,7 @@ def _child(
             traceback.print_exc()
             code = 1
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(BaseException):
                 stream.flush()
-            except BaseException:
-                pass
     finally:
         os._exit(code)

@@ -9,6 +9,7 @@ parent dies, by any means, the kernel closes the write end and the child reads E
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -67,10 +68,8 @@ class LifelineWriter(metaclass=NoPublicConstructor):
 
     def __del__(self) -> None:
         # The same as close(): dropping the handle cuts the lifeline.
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             self.close()
-        except (OSError, ValueError, AttributeError):
-            pass
 
     def __repr__(self) -> str:
         return f"<tether.LifelineWriter {'closed' if self.closed else f'fd={self._fd}'}>"
@@ -153,6 +152,6 @@ def _die(owner: int) -> None:
     # Our own group (or ourselves): reached through the kernel's notion of "my group", and
     # this process is still alive, so the number cannot have been reused.
     if owner < 0:
-        os.killpg(0, signal.SIGKILL)  # noqa: TET201  own process group, never a foreign number
-    os.kill(os.getpid(), signal.SIGKILL)  # noqa: TET201  ourselves
+        os.killpg(0, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
     os._exit(137)

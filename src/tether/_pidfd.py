@@ -9,6 +9,7 @@ later got the same number.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -22,7 +23,7 @@ from typing import Any, Final, NamedTuple, NoReturn, TypeVar, final
 from ._errors import TimeoutExpired, Unsupported
 from ._exit import Exit
 
-__all__ = ["Pidfd", "PidfdInfo", "NoPublicConstructor"]
+__all__ = ["NoPublicConstructor", "Pidfd", "PidfdInfo"]
 
 # pidfd_send_signal(2) scope flags (since kernel 6.9).
 PIDFD_SIGNAL_THREAD: Final = 1
@@ -135,10 +136,8 @@ class Pidfd(metaclass=NoPublicConstructor):
             if fd < 0:
                 return
             if self._reaper and self._exit is None:
-                try:
+                with contextlib.suppress(ChildProcessError):
                     self._reap_locked(block=False)
-                except ChildProcessError:
-                    pass
             self._fd = -1
         os.close(fd)
 
@@ -150,10 +149,8 @@ class Pidfd(metaclass=NoPublicConstructor):
 
     def __del__(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
             self._fd = -1
 
     def __repr__(self) -> str:
@@ -220,7 +217,8 @@ class Pidfd(metaclass=NoPublicConstructor):
         if not self._reaper:
             result = self._observe(fd, timeout)
             if result is None:
-                raise TimeoutExpired(self._cmd if self._cmd is not None else repr(self), timeout)
+                assert timeout is not None
+                raise TimeoutExpired(self._timeout_cmd(), timeout)
             return result
         poller = select.poll()
         poller.register(fd, select.POLLIN)
@@ -231,12 +229,15 @@ class Pidfd(metaclass=NoPublicConstructor):
                 result = self._reap_locked(block=False)
             if result is not None:
                 return result
-            if not ready and remaining is not None and deadline is not None:
-                if time.monotonic() >= deadline:
-                    assert timeout is not None
-                    raise TimeoutExpired(
-                        self._cmd if self._cmd is not None else repr(self), timeout
-                    )
+            if not ready and deadline is not None and time.monotonic() >= deadline:
+                assert timeout is not None
+                raise TimeoutExpired(self._timeout_cmd(), timeout)
+
+    def _timeout_cmd(self) -> str | list[str]:
+        cmd = self._cmd
+        if isinstance(cmd, list) and all(isinstance(a, str) for a in cmd):
+            return cmd
+        return str(cmd) if cmd is not None else repr(self)
 
     def _reap_locked(self, *, block: bool) -> Exit | None:
         if self._exit is not None:

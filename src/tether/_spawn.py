@@ -24,7 +24,7 @@ from ._pidfd import Pidfd
 __all__ = ["Spawned", "spawn_lifelined"]
 
 StrOrBytesPath: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
-FileSpec: TypeAlias = "None | int | IO[bytes] | IO[str]"
+FileSpec: TypeAlias = "int | IO[bytes] | IO[str] | None"
 
 # Stage numbers from _clone.h (enum tether_stage) and _guard_proto.h (guard setup stages).
 _STAGES: Final = {
@@ -348,6 +348,12 @@ def _spawn(
         argv_b[0], env_b, cwd_b, argv[0]
     )
     method = clone_method()
+    if method != _core.CLONE_CLONE3 and (extra_flags or cgroup_fd >= 0):
+        raise Unsupported(
+            errno.ENOSYS,
+            "new namespaces and CLONE_INTO_CGROUP need clone3 (Linux 5.3/5.7), and clone3 is "
+            f"not available here ({_features.CLONE_METHOD_NAMES[method]} is used)",
+        )
     lifeline_dst = lifeline_target(keep)
     envp = envp_with_lifeline(env_b, lifeline_dst)
     if stdio_fds is None:
