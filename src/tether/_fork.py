@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from ._enforce import call_as_user
 from ._exit import Exit
 from ._lifeline import LIFELINE_ENV, _new_lifeline, attach
 from ._pidfd import Pidfd
@@ -48,7 +49,7 @@ def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spaw
         writer.close()
         raise
     try:
-        pid = os.fork()  # noqa: TET101  kernel layer: the one fork site for Python children (see above)
+        pid = os.fork()  # noqa: TET101  the one fork site for Python children (see above)
     except BaseException:
         os.close(read_fd)
         writer.close()
@@ -80,7 +81,7 @@ def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spaw
 def _reap_unhanded(pid: int) -> Exit:
     # The child died before it could send its pidfd. It is our own child and not yet reaped,
     # so its number cannot have been recycled: reaping it by number is exact here.
-    res = os.waitid(os.P_PID, pid, os.WEXITED)
+    res = os.waitid(os.P_PID, pid, os.WEXITED)  # noqa: TET302  own unreaped child, see above
     assert res is not None
     return Exit._from_waitid(res.si_code, res.si_status)
 
@@ -96,7 +97,7 @@ def _child(
     try:
         try:
             os.setpgid(0, 0)
-            own = os.pidfd_open(os.getpid())
+            own = os.pidfd_open(os.getpid())  # noqa: TET401  our own pid cannot be stale
             try:
                 socket.send_fds(sock, [b"P"], [own])
             finally:
@@ -104,7 +105,8 @@ def _child(
             sock.close()
             os.environ[LIFELINE_ENV] = str(read_fd)
             attach(read_fd)
-            fn(*args, **kwargs)
+            # As user code: under tether.enforce(), what fn reaches is judged as the user's.
+            call_as_user(fn, *args, **kwargs)
             code = 0
         except SystemExit as exc:
             if exc.code is None:
