@@ -20,9 +20,23 @@ def pytest_configure(config: pytest.Config) -> None:
     oracle.become_subreaper()
 
 
+def _tether_cgroups() -> set[str]:
+    from tether._cgroup import PARENT_NAME, cgroup_root, cgroup_unavailable_reason
+
+    if cgroup_unavailable_reason() is not None:
+        return set()
+    parent = os.path.join(cgroup_root(), PARENT_NAME)
+    try:
+        return {n for n in os.listdir(parent) if n.startswith("t-")}
+    except FileNotFoundError:
+        return set()
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_descendants(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every test must leave no descendant behind (the subreaper oracle, not /proc)."""
+    """Every test must leave no descendant behind (the subreaper oracle, not /proc), and no
+    tree cgroup directory, failing tests included."""
+    cgroups_before = _tether_cgroups()
     yield
     seen = oracle.reap_until(2.0)
     if not seen.empty:
@@ -30,6 +44,9 @@ def _no_leaked_descendants(request: pytest.FixtureRequest) -> Iterator[None]:
             f"{request.node.nodeid} left descendants running (still not ECHILD after 2 s; "
             f"reaped meanwhile: {sorted(seen.pids)})"
         )
+    left = _tether_cgroups() - cgroups_before
+    if left:
+        pytest.fail(f"{request.node.nodeid} left cgroup directories: {sorted(left)}")
 
 
 CLONE_METHODS = {"clone3": _core.CLONE_CLONE3, "legacy": _core.CLONE_LEGACY}
@@ -47,6 +64,28 @@ def each_clone_method(request: pytest.FixtureRequest) -> Iterator[str]:
         yield name
     finally:
         _features.force_clone_method(None)
+
+
+def require_mode(mode: str) -> None:
+    from tether._cgroup import cgroup_unavailable_reason
+    from tether._guard import pidns_unavailable_reason
+
+    if mode == "cgroup":
+        why = cgroup_unavailable_reason()
+        if why is not None:
+            pytest.skip(f"cgroup containment unavailable here: {why}")
+    elif mode == "pidns":
+        why = pidns_unavailable_reason()
+        if why is not None:
+            pytest.skip(f"pidns containment unavailable here: {why}")
+
+
+@pytest.fixture(params=["group", "cgroup", "pidns"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Each containment mode in turn (skipped, with the reason, only where truly absent)."""
+    name: str = request.param
+    require_mode(name)
+    return name
 
 
 @pytest.fixture

@@ -2,29 +2,42 @@
 
 Processes are named only by pidfds obtained atomically at creation; every child holds a
 lifeline whose EOF means "parent gone"; trees are contained (process group, cgroup v2 or PID
-namespace) so nothing outlives its parent. See the README for the guarantees table.
+namespace) under a guard so nothing outlives its parent. See the README for the guarantees
+table.
 """
 
 from __future__ import annotations
 
+from ._child import Child, spawn
+from ._enforce import DoctrineViolation, enforce
 from ._errors import TimeoutExpired, Unsupported
 from ._exit import Exit
 from ._fork import run_in_fork
 from ._lifeline import LifelineWriter, attach
 from ._pidfd import Pidfd, PidfdInfo
+from ._run import check_output, run
+from ._signalfd import SignalFd, SignalInfo
 from ._spawn import Spawned, spawn_lifelined
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Child",
+    "DoctrineViolation",
     "Exit",
     "LifelineWriter",
     "Pidfd",
     "PidfdInfo",
+    "SignalFd",
+    "SignalInfo",
     "Spawned",
     "TimeoutExpired",
     "Unsupported",
     "attach",
+    "check_output",
+    "enforce",
+    "run",
     "run_in_fork",
+    "spawn",
     "spawn_lifelined",
 ]

@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -64,6 +65,7 @@ enum tether_stage {
     TETHER_STAGE_CHDIR = 6,
     TETHER_STAGE_SIGNALS = 7,   /* handler reset / mask reset */
     TETHER_STAGE_EXEC = 8,
+    TETHER_STAGE_USERNS = 9,    /* writing the new user namespace's setgroups/gid_map/uid_map */
 };
 
 /* The failure record: fixed size, written once, read once. */
@@ -89,6 +91,17 @@ struct tether_plan {
     int pdeathsig;          /* 0: none. Only the single-threaded guard sets this. */
     pid_t expected_ppid;    /* with pdeathsig: the parent we must still have after prctl */
     int reset_handlers;     /* legacy clone: CLONE_CLEAR_SIGHAND was not available */
+    int foreground;         /* 1: after setpgid, make the new group the foreground process group
+                             * of the terminal on fd 0 (best effort; the caller checked that fd 0
+                             * is its controlling terminal). Only the guard sets this. */
+    /* Filled in by tether_clone_exec itself when extra_flags has CLONE_NEWUSER (callers leave
+     * them zeroed): the child maps its own euid/egid to themselves ("ID ID 1\n") before
+     * anything else. It must be the child, before execve: after an execve in a namespace
+     * where it has no uid mapping, a process holds no capabilities there, and can then no
+     * longer write its own maps (user_namespaces(7); checked on 6.18 with unshare -U). */
+    int map_ids;
+    char uid_map[32];
+    char gid_map[32];
 };
 
 struct tether_clone_args {
@@ -145,6 +158,21 @@ static long tether_close_gap(unsigned int lo, unsigned int hi)
     return tether_sys(syscall(SYS_close_range, lo, hi, 0));
 }
 
+/* Write one short text to a /proc file (the user namespace maps). */
+static long tether_write_text(const char *path, const char *text)
+{
+    long fd, r;
+    size_t len = 0;
+    while (text[len] != '\0')
+        len++;
+    fd = tether_sys(syscall(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CLOEXEC));
+    if (fd < 0)
+        return fd;
+    r = tether_sys(syscall(SYS_write, (int)fd, text, len));
+    syscall(SYS_close, (int)fd);
+    return r < 0 ? r : 0;
+}
+
 /* Runs in the child, on the parent's stack (clone3) or a private one (legacy clone), with
  * every signal blocked. Never returns on success (execve). */
 __attribute__((noinline)) static int tether_child_main(void *arg)
@@ -153,6 +181,20 @@ __attribute__((noinline)) static int tether_child_main(void *arg)
     int errpipe = plan->errpipe;
     long r;
     int i;
+
+    if (plan->map_ids) {
+        /* "deny" first: an unprivileged gid_map write is refused while setgroups is allowed
+         * (since 3.19; older kernels have no setgroups file, hence ENOENT is fine). */
+        r = tether_write_text("/proc/self/setgroups", "deny");
+        if (r < 0 && r != -ENOENT)
+            tether_child_fail(plan, errpipe, TETHER_STAGE_USERNS, r);
+        r = tether_write_text("/proc/self/gid_map", plan->gid_map);
+        if (r < 0)
+            tether_child_fail(plan, errpipe, TETHER_STAGE_USERNS, r);
+        r = tether_write_text("/proc/self/uid_map", plan->uid_map);
+        if (r < 0)
+            tether_child_fail(plan, errpipe, TETHER_STAGE_USERNS, r);
+    }
 
     if (plan->reset_handlers) {
         /* Legacy clone has no CLONE_CLEAR_SIGHAND: put every handled signal back to SIG_DFL
@@ -265,6 +307,14 @@ __attribute__((noinline)) static int tether_child_main(void *arg)
         r = tether_sys(setpgid(0, 0));
         if (r < 0)
             tether_child_fail(plan, errpipe, TETHER_STAGE_SETPGID, r);
+        if (plan->foreground) {
+            /* Every signal is still blocked here, and the tty layer treats a blocked SIGTTOU
+             * as ignored (tty_check_change), so a background group may take the terminal
+             * without being stopped. Best effort: a terminal hung up meanwhile is no reason
+             * not to run the program. */
+            pid_t self = (pid_t)syscall(SYS_getpid);
+            (void)syscall(SYS_ioctl, 0, TIOCSPGRP, &self);
+        }
     }
     if (plan->cwd != NULL) {
         r = tether_sys(chdir(plan->cwd));
@@ -367,6 +417,26 @@ enum tether_clone_method {
 
 #define TETHER_LEGACY_STACK (64 * 1024)
 
+/* "ID ID 1\n" into out (at least 32 bytes): the identity map of one id. */
+static void tether_format_map(char *out, unsigned int id)
+{
+    char digits[12];
+    int n = 0, k = 0, rep;
+    do {
+        digits[n++] = (char)('0' + id % 10);
+        id /= 10;
+    } while (id != 0);
+    for (rep = 0; rep < 2; rep++) {
+        int i;
+        for (i = n - 1; i >= 0; i--)
+            out[k++] = digits[i];
+        out[k++] = ' ';
+    }
+    out[k++] = '1';
+    out[k++] = '\n';
+    out[k] = '\0';
+}
+
 /* Clone one child that runs the plan and execs.
  *
  * extra_flags may carry CLONE_NEWPID/CLONE_NEWUSER (clone3 only, and only when the caller
@@ -390,6 +460,15 @@ static int tether_clone_exec(struct tether_plan *plan, int method, uint64_t extr
     failure->error = 0;
     *pid_out = 0;
     *pidfd_out = -1;
+
+    if (extra_flags & CLONE_NEWUSER) {
+        /* Map the caller to itself in the new user namespace (done by the child, see
+         * struct tether_plan). The namespace's owner is our euid, the one id an unprivileged
+         * process may map. */
+        plan->map_ids = 1;
+        tether_format_map(plan->uid_map, (unsigned int)geteuid());
+        tether_format_map(plan->gid_map, (unsigned int)getegid());
+    }
 
     if (pipe2(pipefd, O_CLOEXEC) != 0)
         return -errno;

@@ -16,6 +16,7 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/signalfd.h>
 
 #include "_clone.h"
 
@@ -375,7 +376,46 @@ static PyObject *core_fork_generation(PyObject *self, PyObject *noargs)
     return PyLong_FromUnsignedLong(fork_generation);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* signalfd (the stdlib has no wrapper)                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+static PyObject *core_signalfd(PyObject *self, PyObject *args)
+{
+    int fd, flags;
+    PyObject *signals, *seq;
+    sigset_t mask;
+    Py_ssize_t i, n;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iOi", &fd, &signals, &flags))
+        return NULL;
+    seq = PySequence_Fast(signals, "signals must be a sequence of ints");
+    if (seq == NULL)
+        return NULL;
+    sigemptyset(&mask);
+    n = PySequence_Fast_GET_SIZE(seq);
+    for (i = 0; i < n; i++) {
+        long sig = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (sig == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        if (sig < 1 || sig >= 65 || sigaddset(&mask, (int)sig) != 0) {
+            Py_DECREF(seq);
+            PyErr_Format(PyExc_ValueError, "invalid signal number %ld", sig);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    fd = signalfd(fd, &mask, flags);
+    if (fd < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(fd);
+}
+
 static PyMethodDef core_methods[] = {
+    {"signalfd", core_signalfd, METH_VARARGS,
+     "signalfd(fd, signals, flags) -> fd (SFD_CLOEXEC/SFD_NONBLOCK in flags)."},
     {"spawn", (PyCFunction)(void (*)(void))core_spawn, METH_VARARGS | METH_KEYWORDS,
      "Clone one child from a fully converted plan; returns (pid, pidfd, stage, errno, method)."},
     {"clone_method", core_clone_method, METH_NOARGS,
@@ -416,7 +456,9 @@ PyMODINIT_FUNC PyInit__core(void)
         PyModule_AddIntConstant(m, "CLONE_LEGACY", TETHER_CLONE_LEGACY) < 0 ||
         PyModule_AddIntConstant(m, "CLONE_NONE", TETHER_CLONE_NONE) < 0 ||
         PyModule_AddIntConstant(m, "CLONE_NEWPID", CLONE_NEWPID) < 0 ||
-        PyModule_AddIntConstant(m, "CLONE_NEWUSER", CLONE_NEWUSER) < 0) {
+        PyModule_AddIntConstant(m, "CLONE_NEWUSER", CLONE_NEWUSER) < 0 ||
+        PyModule_AddIntConstant(m, "SFD_CLOEXEC", SFD_CLOEXEC) < 0 ||
+        PyModule_AddIntConstant(m, "SFD_NONBLOCK", SFD_NONBLOCK) < 0) {
         Py_DECREF(m);
         return NULL;
     }

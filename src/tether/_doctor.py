@@ -1,0 +1,184 @@
+"""tether doctor: which kernel primitives and containment modes this machine has.
+
+Every row is a real probe (a syscall tried for real, once), never a version comparison:
+sandboxes (seccomp, containers) take away what the kernel version promises.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+from dataclasses import asdict, dataclass
+
+from . import _core, _features
+from ._cgroup import cgroup_root, cgroup_unavailable_reason
+from ._errors import Unsupported
+from ._guard import guard_path, pidns_unavailable_reason
+from ._pidfd import PIDFD_SIGNAL_PROCESS_GROUP
+
+__all__ = ["doctor", "probe_all"]
+
+
+@dataclass
+class Row:
+    name: str
+    since: str
+    here: bool
+    detail: str
+    core: bool = False  # a core guarantee depends on it
+
+
+def _own_pidfd() -> int:
+    # Our own PID cannot be stale: this is the one number-to-handle step that is always exact.
+    return os.pidfd_open(os.getpid())  # noqa: TET401  own pid, see above
+
+
+def _probe_group_signal() -> tuple[bool, str]:
+    fd = _own_pidfd()
+    try:
+        # Signal 0 only checks. EINVAL: the flag is unknown; anything else: it is understood.
+        signal.pidfd_send_signal(fd, 0, None, PIDFD_SIGNAL_PROCESS_GROUP)
+        return True, "works"
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return False, "the kernel rejects the flag (EINVAL)"
+        return True, f"understood ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+    finally:
+        os.close(fd)
+
+
+def _probe_info() -> tuple[tuple[bool, str], tuple[bool, str], tuple[bool, str]]:
+    """PIDFD_GET_INFO, PIDFD_INFO_EXIT and pidfs, asked of one short-lived child."""
+    from ._spawn import spawn_lifelined
+
+    s = spawn_lifelined([guard_path()], stdout=_devnull(), stderr=_devnull())
+    s.lifeline.close()
+    s.pidfd.wait()
+    try:
+        pidfs = _pidfs_probe(s.pidfd.fileno())
+        try:
+            info = s.pidfd.info()
+        except Unsupported as exc:
+            return (False, str(exc)), (False, "needs PIDFD_GET_INFO"), pidfs
+    finally:
+        s.pidfd.close()
+    if info.exit is not None:
+        return (True, "ioctl works"), (True, "exit status of a reaped process"), pidfs
+    return (True, "ioctl works"), (False, "no PIDFD_INFO_EXIT bit after reap"), pidfs
+
+
+def _pidfs_probe(other_fd: int) -> tuple[bool, str]:
+    # On pidfs (6.9+) every process has its own inode; on the old anon-inode pidfds all
+    # pidfds share one inode.
+    own = _own_pidfd()
+    try:
+        same = os.fstat(own).st_ino == os.fstat(other_fd).st_ino
+    finally:
+        os.close(own)
+    return (not same, "one inode per process" if not same else "shared anon inode")
+
+
+_null = -1
+
+
+def _devnull() -> int:
+    global _null
+    if _null < 0:
+        _null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    return _null
+
+
+def _seccomp_mode() -> str:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Seccomp:"):
+                    return {"0": "off", "1": "strict", "2": "filter"}.get(line.split()[1], "?")
+    except OSError:
+        pass
+    return "unknown"
+
+
+def probe_all() -> tuple[list[Row], dict[str, str | None]]:
+    rows: list[Row] = []
+    method = _features.clone_method()
+    _, clone3_errno, legacy_errno = _core.clone_method()
+    name = errno.errorcode.get
+    rows.append(Row("clone3", "5.3", method == _core.CLONE_CLONE3,
+                    "vfork-style clone3 works" if method == _core.CLONE_CLONE3
+                    else f"failed: {name(clone3_errno, clone3_errno)}"))
+    pidfd_ok = method in (_core.CLONE_CLONE3, _core.CLONE_LEGACY)
+    rows.append(Row("CLONE_PIDFD", "5.2", pidfd_ok,
+                    _features.CLONE_METHOD_NAMES[method] if pidfd_ok
+                    else _features.clone_unsupported_reason(), core=True))
+    rows.append(Row("CLONE_CLEAR_SIGHAND", "5.5", method == _core.CLONE_CLONE3,
+                    "with clone3" if method == _core.CLONE_CLONE3
+                    else "not used: handlers are reset by hand in the legacy path"))
+    blocked = method != _core.CLONE_CLONE3 and clone3_errno in (errno.EPERM, errno.ENOSYS)
+    rows.append(Row("seccomp lets clone3 through", "-", not blocked,
+                    f"seccomp: {_seccomp_mode()}" + (
+                        f"; clone3 answered {name(clone3_errno)}, legacy clone is used"
+                        if blocked else "")))
+    del legacy_errno
+    ok, detail = _probe_group_signal()
+    rows.append(Row("PIDFD_SIGNAL_PROCESS_GROUP", "6.9", ok, detail))
+    if pidfd_ok:
+        info_row, exit_row, pidfs_row = _probe_info()
+    else:
+        info_row = exit_row = pidfs_row = (False, "no pidfd to probe")
+    rows.append(Row("PIDFD_GET_INFO", "6.13", *info_row))
+    rows.append(Row("PIDFD_INFO_EXIT", "6.15", *exit_row))
+    rows.append(Row("pidfs ids", "6.9", *pidfs_row))
+    cr = _core.close_range_supported()
+    rows.append(Row("close_range", "5.9", cr, "works" if cr else "ENOSYS", core=True))
+    reason = cgroup_unavailable_reason()
+    rows.append(Row("cgroup v2 writable", "4.5", reason is None,
+                    f"at {cgroup_root()}" if reason is None else reason))
+    rows.append(Row("cgroup.kill", "5.14", reason is None,
+                    "present" if reason is None else "see above"))
+    try:
+        guard_path()
+        guard_ok, guard_detail = True, "installed"
+    except Unsupported as exc:
+        guard_ok, guard_detail = False, str(exc)
+    rows.append(Row("guard executable", "-", guard_ok, guard_detail, core=True))
+    pidns = pidns_unavailable_reason() if guard_ok else "needs the guard"
+    ns_name = "PID namespaces" if os.geteuid() == 0 else "user + PID namespaces"
+    rows.append(Row(ns_name, "3.8", pidns is None, "works" if pidns is None else pidns))
+
+    modes: dict[str, str | None] = {
+        "group": None if pidfd_ok and guard_ok else "needs a pidfd clone and the guard",
+        "cgroup": reason or (
+            None if method == _core.CLONE_CLONE3 else "needs clone3 (CLONE_INTO_CGROUP)"),
+        "pidns": pidns,
+    }
+    return rows, modes
+
+
+def doctor(*, as_json: bool = False) -> int:
+    """Print the probe table; exit 0 when the core guarantees hold here."""
+    rows, modes = probe_all()
+    core_ok = all(r.here for r in rows if r.core)
+    auto = next((m for m in ("pidns", "cgroup", "group") if modes[m] is None), None)
+    if as_json:
+        print(json.dumps({
+            "kernel": os.uname().release,
+            "primitives": [asdict(r) for r in rows],
+            "modes": {m: {"available": why is None, "reason": why} for m, why in modes.items()},
+            "auto": auto,
+            "core_guarantees": core_ok,
+        }, indent=2))
+        return 0 if core_ok else 1
+    print(f"tether doctor — Linux {os.uname().release}")
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        mark = "yes" if r.here else "no "
+        print(f"  {r.name:<{width}}  since {r.since:<5} here: {mark}  ({r.detail})")
+    print("containment modes:")
+    for m, why in modes.items():
+        print(f"  {m:<7} {'available' if why is None else 'unavailable: ' + why}")
+    print(f"  auto    -> {auto}")
+    print("core guarantees: " + ("hold" if core_ok else "DO NOT HOLD here"))
+    return 0 if core_ok else 1

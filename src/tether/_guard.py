@@ -1,0 +1,439 @@
+"""The parent's side of the guard: launch it, speak its protocol, clean up after it.
+
+The one rule this module owns: the guard, not the parent, is the tree's lifeline reader, and
+everything the parent learns about the program comes from the guard's messages or from the
+program's pidfd (which the guard hands over with SCM_RIGHTS). The parent never turns a PID
+into a handle. Wire format: ``_guard_proto.h`` (keep the constants below in sync).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import socket
+import struct
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final, Literal, TypeAlias
+
+from . import _core, _features
+from ._cgroup import CgroupTree, cgroup_root
+from ._errors import Unsupported
+from ._exit import Exit
+from ._pidfd import Pidfd, _check_timeout, _poll_ms
+from ._spawn import (
+    Spawned,
+    StrOrBytesPath,
+    _spawn,
+    child_error,
+    convert_argv,
+    convert_cwd,
+    convert_env,
+    convert_pass_fds,
+    resolve_executable,
+)
+
+__all__ = ["GUARD_PATH", "Guard", "Mode", "resolve_mode"]
+
+GUARD_PATH: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_guard")
+
+Mode: TypeAlias = Literal["group", "cgroup", "pidns"]
+MODES: Final = ("group", "cgroup", "pidns", "auto", None)
+
+_MSG: Final = struct.Struct("=Iiii")
+MSG_STARTED: Final = 1
+MSG_FAILED: Final = 2
+MSG_EXITED: Final = 3
+MSG_SIGNAL_TREE: Final = 10
+MSG_KILL_TREE: Final = 11
+TREE_KILLED: Final = 0x1
+TREE_WAITED: Final = 0x2
+TREE_FORCED: Final = 0x4
+
+
+def guard_path() -> str:
+    if not os.access(GUARD_PATH, os.X_OK):
+        raise Unsupported(
+            errno.ENOENT,
+            f"the tether guard executable is missing at {GUARD_PATH} (the package build "
+            "compiles it; reinstall tether with a C compiler available)",
+        )
+    return GUARD_PATH
+
+
+# -- containment modes ----------------------------------------------------------------------------
+
+_pidns_probe: dict[bool, str | None] = {}
+
+
+def pidns_unavailable_reason() -> str | None:
+    """None if a guard can be PID 1 of a new PID namespace here, else why not. Probed once
+    (by starting the guard with no arguments in a new namespace: it exits at once)."""
+    unprivileged = os.geteuid() != 0
+    if unprivileged in _pidns_probe:
+        return _pidns_probe[unprivileged]
+    reason: str | None = None
+    try:
+        path = guard_path()
+    except Unsupported as exc:
+        return str(exc)
+    flags = _core.CLONE_NEWPID | (_core.CLONE_NEWUSER if unprivileged else 0)
+    try:
+        probe = _spawn(
+            [path], env={}, cwd=None, stdin=None, stdout=None, stderr=None,
+            pass_fds=(), process_group=True, executable=os.fsencode(path),
+            extra_flags=flags, stdio_fds=(_devnull(), _devnull(), _devnull()),
+        )
+    except Unsupported as exc:
+        reason = str(exc)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EINVAL, errno.ENOSPC, errno.EUSERS):
+            raise
+        what = "user+PID namespaces (CLONE_NEWUSER|CLONE_NEWPID)" if unprivileged else (
+            "PID namespaces (CLONE_NEWPID)")
+        reason = f"{what} are not allowed here: {exc.strerror}"
+    else:
+        probe.lifeline.close()
+        probe.pidfd.wait()
+        probe.pidfd.close()
+    _pidns_probe[unprivileged] = reason
+    return reason
+
+
+_devnull_fd = -1
+
+
+def _devnull() -> int:
+    global _devnull_fd
+    if _devnull_fd < 0:
+        _devnull_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    return _devnull_fd
+
+
+def resolve_mode(
+    contain: str | None, cgroup_root_arg: str | os.PathLike[str] | None = None
+) -> Mode | None:
+    """Validate ``contain`` and pick the mode for "auto" (the strongest available here:
+    pidns, then cgroup, then group). An explicit mode is checked when the tree is set up."""
+    if contain not in MODES:
+        raise ValueError(
+            f"contain must be one of 'group', 'cgroup', 'pidns', 'auto' or None, not {contain!r}"
+        )
+    if contain != "auto":
+        return contain  # type: ignore[return-value]
+    if _features.clone_method() == _core.CLONE_CLONE3:
+        if pidns_unavailable_reason() is None:
+            return "pidns"
+        from ._cgroup import cgroup_unavailable_reason
+
+        if cgroup_unavailable_reason(cgroup_root_arg) is None:
+            return "cgroup"
+    return "group"
+
+
+# -- the guard ------------------------------------------------------------------------------------
+
+
+class Guard:
+    """One running guard and the tree under it, as the parent sees them."""
+
+    __slots__ = (
+        "_dead",
+        "argv",
+        "cgroup",
+        "exit",
+        "flags",
+        "guard_exit",
+        "mode",
+        "program",
+        "program_pid",
+        "sock",
+        "spawned",
+    )
+
+    def __init__(
+        self,
+        argv: list[str] | str,
+        mode: Mode,
+        spawned: Spawned,
+        sock: socket.socket,
+        cgroup: CgroupTree | None,
+        program: Pidfd,
+        program_pid: int,
+    ) -> None:
+        self.argv = argv
+        self.mode = mode
+        self.spawned = spawned
+        self.sock = sock
+        self.cgroup = cgroup
+        self.program = program
+        self.program_pid = program_pid
+        self.exit: Exit | None = None
+        self.flags = 0
+        self.guard_exit: Exit | None = None
+        self._dead = False
+
+    @classmethod
+    def launch(
+        cls,
+        argv: Sequence[StrOrBytesPath],
+        *,
+        mode: Mode,
+        env: Mapping[str, str] | Mapping[bytes, bytes] | None,
+        cwd: StrOrBytesPath | None,
+        stdio_fds: tuple[int, int, int],
+        pass_fds: Iterable[int],
+        wait_tree: bool = False,
+        foreground: bool = False,
+        cgroup_root_arg: str | os.PathLike[str] | None = None,
+    ) -> Guard:
+        """Start the guard and the program under it; return once the program has exec'd.
+
+        Every input is checked before anything is started; a program that cannot be run
+        raises here (FileNotFoundError, PermissionError, ...), not as a guard exit status.
+        """
+        argv_b = convert_argv(argv)
+        env_b = convert_env(env)
+        cwd_b = convert_cwd(cwd)
+        keep = convert_pass_fds(pass_fds)
+        program_path = resolve_executable(argv_b[0], env_b, cwd_b, argv[0])
+        guard = guard_path()
+        extra_flags = 0
+        guard_opts: list[str] = ["--contain", mode]
+        if mode == "pidns":
+            reason = pidns_unavailable_reason()
+            if reason is not None:
+                raise Unsupported(errno.EPERM, f"contain='pidns' is unavailable: {reason}")
+            extra_flags = _core.CLONE_NEWPID
+            if os.geteuid() != 0:
+                extra_flags |= _core.CLONE_NEWUSER
+                guard_opts += ["--userns", f"{os.geteuid()}:{os.getegid()}"]
+        elif mode == "cgroup" and _features.clone_method() != _core.CLONE_CLONE3:
+            raise Unsupported(
+                errno.ENOSYS, "contain='cgroup' needs clone3 (CLONE_INTO_CGROUP, Linux 5.7), "
+                "which is blocked here")
+        if wait_tree:
+            guard_opts.append("--wait-tree")
+        if foreground:
+            guard_opts.append("--foreground")
+
+        cgroup: CgroupTree | None = None
+        parent_sock: socket.socket | None = None
+        guard_sock: socket.socket | None = None
+        try:
+            if mode == "cgroup":
+                cgroup = CgroupTree.create(cgroup_root(cgroup_root_arg))
+                guard_opts += ["--cgroup-fd", str(cgroup.fd), "--cgroup-path", cgroup.path]
+            parent_sock, guard_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            passed = set(keep) | {guard_sock.fileno()}
+            if cgroup is not None:
+                passed.add(cgroup.fd)
+            guard_argv: list[bytes] = [
+                os.fsencode(guard), b"--control", str(guard_sock.fileno()).encode(),
+                *(o.encode() for o in guard_opts),
+            ]
+            if keep:
+                guard_argv += [b"--keep", ",".join(map(str, keep)).encode()]
+            guard_argv += [b"--", program_path, *argv_b]
+            spawned = _spawn(
+                guard_argv, env=env_b, cwd=cwd_b, stdin=None, stdout=None, stderr=None,
+                pass_fds=sorted(passed), process_group=not foreground,
+                executable=os.fsencode(guard), extra_flags=extra_flags,
+                stdio_fds=stdio_fds,
+            )
+        except BaseException:
+            for s in (parent_sock, guard_sock):
+                if s is not None:
+                    s.close()
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        assert guard_sock is not None and parent_sock is not None
+        guard_sock.close()
+        display = [os.fsdecode(a) for a in argv_b]
+        try:
+            program, program_pid = _await_start(parent_sock, spawned, argv[0], cwd_b, mode)
+        except BaseException:
+            parent_sock.close()
+            spawned.lifeline.close()
+            _reap_quietly(spawned.pidfd)
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        return cls(display, mode, spawned, parent_sock, cgroup, program, program_pid)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        """The control socket: readable when the guard reports (or dies)."""
+        return self.sock.fileno()
+
+    def pump(self) -> bool:
+        """Read whatever the guard has said, without blocking; True once the tree has ended."""
+        if self.exit is not None or self._dead:
+            return True
+        while True:
+            try:
+                data = self.sock.recv(_MSG.size, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            except ConnectionResetError:
+                data = b""
+            if len(data) == 0:
+                self._guard_died()
+                return True
+            if len(data) != _MSG.size:
+                continue
+            kind, a, b, _ = _MSG.unpack(data)
+            if kind == MSG_EXITED:
+                self.flags = b
+                self._finish(Exit._from_wait_status(a))
+                return True
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until the tree has ended (True) or the timeout passed (False)."""
+        timeout = _check_timeout(timeout)
+        if self.pump():
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        while not self.pump():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            poller.poll(_poll_ms(remaining))
+        return True
+
+    def _finish(self, exit_: Exit) -> None:
+        self.exit = exit_
+        self.program._set_exit(exit_)
+        # The guard exits right after its report: reap it (no zombie), drop our handles.
+        self.spawned.lifeline.close()
+        _reap_quietly(self.spawned.pidfd)
+        self.sock.close()
+        if self.cgroup is not None:
+            # The guard removed the directory; remove() only releases our lock (and would
+            # finish the job if the guard could not).
+            self.cgroup.remove()
+
+    def _guard_died(self) -> None:
+        """The guard is gone without a report (someone killed it): end the tree ourselves."""
+        self._dead = True
+        self.spawned.lifeline.close()
+        guard_exit = _reap_quietly(self.spawned.pidfd)
+        if self.mode == "group":
+            # The program got PDEATHSIG=SIGKILL from the guard's death; its group may live on.
+            # The leader's pidfd is a race-free handle on the group, even once it is reaped.
+            try:
+                self.program.send_signal(signal.SIGKILL, process_group=True)
+            except (ProcessLookupError, Unsupported):
+                pass
+        elif self.cgroup is not None:
+            self.cgroup.remove()
+        # pidns: the kernel killed the namespace when its init (the guard) died.
+        self.sock.close()
+        self.exit = None
+        self.flags = TREE_FORCED
+        self.guard_exit = guard_exit
+
+    @property
+    def dead(self) -> bool:
+        """True if the guard died without reporting (the program's status is unknown)."""
+        return self._dead
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def _send(self, kind: int, a: int = 0) -> bool:
+        if self.exit is not None or self._dead:
+            return False
+        try:
+            self.sock.send(_MSG.pack(kind, a, 0, 0))
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            return False
+        return True
+
+    def signal_tree(self, sig: int) -> None:
+        """Send ``sig`` to every process of the tree (through the guard)."""
+        if not self._send(MSG_SIGNAL_TREE, sig):
+            self.pump()
+
+    def kill_tree(self) -> None:
+        """SIGKILL the whole tree now; the guard reports the exit when it is gone."""
+        if not self._send(MSG_KILL_TREE):
+            self.pump()
+
+    def abandon(self) -> None:
+        """Cut the lifeline (the guard kills the tree) and wait until it has."""
+        if self.exit is None and not self._dead:
+            self.kill_tree()
+            self.spawned.lifeline.close()
+            self.wait(None)
+
+
+def _reap_quietly(pidfd: Pidfd) -> Exit | None:
+    try:
+        exit_ = pidfd.wait()
+    except (ChildProcessError, ValueError):
+        exit_ = None
+    pidfd.close()
+    return exit_
+
+
+def _await_start(
+    sock: socket.socket, spawned: Spawned, argv0: object, cwd: bytes | None, mode: Mode
+) -> tuple[Pidfd, int]:
+    """Wait for MSG_STARTED (with the program's pidfd) or MSG_FAILED."""
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, _MSG.size, 1)
+        except InterruptedError:
+            continue
+        break
+    if len(data) != _MSG.size:
+        for fd in fds:
+            os.close(fd)
+        exit_ = spawned.pidfd.wait()
+        raise OSError(errno.EPROTO, f"the tether guard ended without reporting ({exit_})")
+    kind, a, b, _ = _MSG.unpack(data)
+    if kind == MSG_FAILED:
+        for fd in fds:
+            os.close(fd)
+        spawned.pidfd.wait()
+        raise child_error(a, b, argv0, cwd)
+    if kind != MSG_STARTED or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.EPROTO, f"unexpected message {kind} from the tether guard")
+    pidfd_fd = fds[0]
+    pid = a
+    if mode == "pidns":
+        pid = _pid_in_our_namespace(pidfd_fd, a)
+    return Pidfd._create(pidfd_fd, pid, reaper=False, cmd=None), pid
+
+
+def _pid_in_our_namespace(pidfd_fd: int, fallback: int) -> int:
+    """The program's PID as this process sees it (the guard saw it from inside its namespace).
+
+    Asked of the pidfd itself: PIDFD_GET_INFO (6.13+), else the pidfd's own fdinfo entry in
+    this process's fd table (the Pid: line the kernel prints for a pidfd, 5.3+)."""
+    import fcntl
+
+    from ._pidfd import _INFO_FMT, PIDFD_GET_INFO, PIDFD_INFO_PID
+
+    buf = bytearray(struct.pack(_INFO_FMT, PIDFD_INFO_PID, *([0] * 15)))
+    try:
+        fcntl.ioctl(pidfd_fd, PIDFD_GET_INFO, buf, True)
+        return int(struct.unpack(_INFO_FMT, buf)[2])
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd_fd}", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return fallback

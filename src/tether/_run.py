@@ -1,0 +1,119 @@
+"""run() and check_output(): subprocess.run's contract, minus its two hangs.
+
+The one rule this module owns: ``run`` returns when the *tree* has ended, not when every
+holder of a pipe has let go. subprocess.run waits for EOF on stdout/stderr, so a background
+grandchild that keeps a pipe open makes it block (or raise a false TimeoutExpired); here the
+guard reports the end of the tree, the pipes are drained of what is already in them, and a
+timeout ends the whole tree (SIGTERM, then SIGKILL after ``grace``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ._child import Child, spawn
+from ._errors import TimeoutExpired
+from ._guard import resolve_mode
+from ._pidfd import _check_timeout
+from ._spawn import StrOrBytesPath
+
+__all__ = ["DEFAULT_GRACE", "check_output", "end_tree", "run"]
+
+DEFAULT_GRACE = 1.0
+
+
+def end_tree(child: Child, grace: float) -> None:
+    """SIGTERM the whole tree, then SIGKILL whatever is left after ``grace`` seconds."""
+    child.terminate()
+    try:
+        child.wait(grace)
+    except TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def run(
+    argv: Sequence[StrOrBytesPath],
+    *,
+    timeout: float | None = None,
+    input: bytes | str | None = None,
+    capture_output: bool = False,
+    stdin: Any = None,
+    stdout: Any = None,
+    stderr: Any = None,
+    check: bool = False,
+    text: bool = False,
+    encoding: str | None = None,
+    errors: str | None = None,
+    universal_newlines: bool | None = None,
+    env: Mapping[str, str] | Mapping[bytes, bytes] | None = None,
+    cwd: StrOrBytesPath | None = None,
+    pass_fds: Iterable[int] = (),
+    contain: str | None = "group",
+    grace: float = DEFAULT_GRACE,
+    wait_tree: bool = False,
+    cgroup_root: str | os.PathLike[str] | None = None,
+) -> subprocess.CompletedProcess[Any]:
+    """Run ``argv`` to completion under a guard, like :func:`subprocess.run`.
+
+    Differences from subprocess, each deliberate: a ``timeout`` ends the whole tree (SIGTERM,
+    then SIGKILL after ``grace`` seconds) and returns within timeout + grace (+ a few ms)
+    even when grandchildren hold the pipes, raising :class:`tether.TimeoutExpired` with the
+    output captured so far; a program that exits while a background grandchild still holds
+    stdout returns when the program exits (the guard ends the rest of the tree, unless
+    ``wait_tree``). ``check=True`` raises :class:`subprocess.CalledProcessError`.
+
+    Guarantee: when run() returns or raises, no process of the tree is left (within what the
+    containment mode reaches; see the README).
+    """
+    timeout = _check_timeout(timeout)
+    grace = _check_timeout(grace) or 0.0
+    if input is not None:
+        if stdin is not None:
+            raise ValueError("stdin and input arguments may not both be used.")
+        stdin = subprocess.PIPE
+    if capture_output:
+        if stdout is not None or stderr is not None:
+            raise ValueError("stdout and stderr arguments may not be used with capture_output.")
+        stdout = stderr = subprocess.PIPE
+    if universal_newlines is not None:
+        text = text or bool(universal_newlines)
+    if input is not None:
+        textual = text or encoding is not None or errors is not None
+        if isinstance(input, str) and not textual:
+            raise TypeError("input must be bytes, not str (or pass text=True)")
+        if not isinstance(input, str) and textual:
+            raise TypeError("input must be str in text mode, not bytes")
+    resolve_mode(contain, cgroup_root)  # a ValueError for an unknown mode, before anything
+    with spawn(
+        argv, contain=contain, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
+        pass_fds=pass_fds, text=text, encoding=encoding, errors=errors,
+        wait_tree=wait_tree, cgroup_root=cgroup_root,
+    ) as child:
+        try:
+            out, err = child.communicate(input, timeout)
+        except TimeoutExpired:
+            end_tree(child, grace)
+            # The tree is gone: collect what it wrote before it died.
+            out, err = child.communicate()
+            assert timeout is not None
+            raise TimeoutExpired(child.args, timeout, output=out, stderr=err) from None
+        except BaseException:
+            child.kill()
+            raise
+        retcode = child.wait()
+    if check and retcode:
+        raise subprocess.CalledProcessError(retcode, child.args, output=out, stderr=err)
+    return subprocess.CompletedProcess(child.args, retcode, out, err)
+
+
+def check_output(argv: Sequence[StrOrBytesPath], **kwargs: Any) -> Any:
+    """Like :func:`subprocess.check_output`: run with stdout captured and check=True."""
+    if "stdout" in kwargs:
+        raise ValueError("stdout argument not allowed, it will be overridden.")
+    if "check" in kwargs:
+        raise ValueError("check argument not allowed, it is always on.")
+    return run(argv, stdout=subprocess.PIPE, check=True, **kwargs).stdout

@@ -1,0 +1,128 @@
+"""Containment under attack: the parent is SIGKILLed and nothing of its tree may be left,
+in every mode; daemons that setsid and double-fork are caught in cgroup and pidns modes.
+Oracle: the test process is a child subreaper; ECHILD means no descendant is left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import oracle
+import tether
+
+PY = sys.executable
+
+PARENT = """
+import os, sys, tether
+mode, cmd = sys.argv[1], sys.argv[2]
+child = tether.spawn(['sh', '-c', cmd], contain=mode)
+os.write(1, b'%d\\n' % child.pid)
+import time
+time.sleep(300)
+"""
+
+
+def _start_parent(mode: str, cmd: str, env: dict[str, str]) -> tuple[tether.Spawned, int]:
+    r, w = os.pipe()
+    try:
+        parent = tether.spawn_lifelined([PY, "-c", PARENT, mode, cmd], stdout=w, env=env)
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as f:
+        line = f.readline()
+    assert line, "the parent died before starting its tree"
+    return parent, int(line)
+
+
+def _kill_parent_and_check_tree_gone(parent: tether.Spawned) -> oracle.Reaped:
+    parent.pidfd.send_signal(signal.SIGKILL)
+    assert parent.pidfd.wait().signal == signal.SIGKILL
+    return oracle.reap_until(1.0)
+
+
+def test_parent_sigkill_leaves_no_descendant(mode: str, python_env: dict[str, str]) -> None:
+    parent, _ = _start_parent(mode, "sleep 300 & sleep 300", python_env)
+    result = _kill_parent_and_check_tree_gone(parent)
+    assert result.empty, f"{mode}: descendants left 1 s after the parent's SIGKILL"
+    print(f"{mode}: tree empty {result.elapsed * 1000:.2f} ms after the parent died")
+
+
+DAEMON = "setsid sh -c 'sleep 300 & exit 0' & sleep 300"
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "pidns"], indirect=True)
+def test_setsid_double_forked_daemon_is_killed_on_parent_death(
+    mode: str, python_env: dict[str, str]
+) -> None:
+    parent, _ = _start_parent(mode, DAEMON, python_env)
+    result = _kill_parent_and_check_tree_gone(parent)
+    assert result.empty, f"{mode}: the setsid daemon survived its parent"
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "pidns"], indirect=True)
+def test_setsid_double_forked_daemon_is_killed_by_kill(mode: str) -> None:
+    child = tether.spawn(["sh", "-c", DAEMON + " & echo up; wait"], contain=mode,
+                         stdout=subprocess.PIPE)
+    with child:
+        assert child.stdout is not None and child.stdout.readline() == b"up\n"
+        child.kill()
+        child.wait()
+    assert oracle.reap_until(1.0).empty
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "pidns"], indirect=True)
+def test_setsid_daemon_is_ended_when_program_exits(mode: str) -> None:
+    child = tether.spawn(["sh", "-c", "setsid sh -c 'sleep 300 & exit 0'; exit 0"],
+                         contain=mode)
+    with child:
+        assert child.wait() == 0
+    assert oracle.reap_until(1.0).empty
+
+
+def test_cgroup_directory_is_removed_after_parent_sigkill(python_env: dict[str, str]) -> None:
+    from conftest import require_mode
+
+    require_mode("cgroup")
+    from tether._cgroup import PARENT_NAME, cgroup_root
+
+    parent_dir = os.path.join(cgroup_root(), PARENT_NAME)
+    before = set(os.listdir(parent_dir))
+    parent, _ = _start_parent("cgroup", "sleep 300", python_env)
+    assert len(set(os.listdir(parent_dir)) - before) == 1
+    assert _kill_parent_and_check_tree_gone(parent).empty
+    # The guard removes the directory before it exits, and it has exited (ECHILD above).
+    assert set(os.listdir(parent_dir)) - before == set()
+
+
+def test_stale_cgroup_directory_is_swept_by_the_next_start() -> None:
+    from conftest import require_mode
+
+    require_mode("cgroup")
+    from tether import _cgroup
+
+    parent_dir = os.path.join(_cgroup.cgroup_root(), _cgroup.PARENT_NAME)
+    stale = os.path.join(parent_dir, "t-stale-test")
+    os.mkdir(stale)  # nobody holds its lock: a tree whose parent and guard both died
+    try:
+        removed = _cgroup.sweep(parent_dir)
+        assert stale in removed
+        assert not os.path.exists(stale)
+    finally:
+        if os.path.exists(stale):
+            os.rmdir(stale)
+
+
+def test_auto_picks_the_strongest_available_mode() -> None:
+    from tether._cgroup import cgroup_unavailable_reason
+    from tether._guard import pidns_unavailable_reason, resolve_mode
+
+    expected = "pidns" if pidns_unavailable_reason() is None else (
+        "cgroup" if cgroup_unavailable_reason() is None else "group")
+    assert resolve_mode("auto") == expected
+    with tether.spawn(["true"], contain="auto") as child:
+        assert child.contain == expected
+        assert child.wait() == 0
