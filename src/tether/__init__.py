@@ -8,6 +8,8 @@ table.
 
 from __future__ import annotations
 
+from subprocess import DEVNULL, PIPE, STDOUT
+
 from ._child import Child, spawn
 from ._enforce import DoctrineViolation, enforce
 from ._errors import TimeoutExpired, Unsupported
@@ -22,6 +24,9 @@ from ._spawn import Spawned, spawn_lifelined
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEVNULL",
+    "PIPE",
+    "STDOUT",
     "Child",
     "DoctrineViolation",
     "Exit",
