@@ -126,3 +126,54 @@ def test_auto_picks_the_strongest_available_mode() -> None:
     with tether.spawn(["true"], contain="auto") as child:
         assert child.contain == expected
         assert child.wait() == 0
+
+
+def test_pidns_unprivileged_maps_the_caller_to_itself() -> None:
+    """The CLONE_NEWUSER|CLONE_NEWPID path, exercised for real by dropping to uid 65534 in a
+    forked child (the guard is copied where that user may run it: /root is private here)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another uid for the unprivileged path")
+    import shutil
+    import tempfile
+
+    from tether import _guard
+
+    guard_dir = tempfile.mkdtemp(prefix="tether-guard-")  # under /tmp: reachable by any uid
+    os.chmod(guard_dir, 0o755)
+    guard_copy = os.path.join(guard_dir, "_guard")
+    shutil.copy2(_guard.GUARD_PATH, guard_copy)
+    os.chmod(guard_copy, 0o755)
+    r, w = os.pipe()
+
+    def as_nobody() -> None:
+        os.close(r)
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        # setuid() from root clears "dumpable", which makes /proc/self/*_map root-owned; a
+        # process that was always unprivileged is dumpable. Restore what it would have.
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+        _guard.GUARD_PATH = guard_copy  # type: ignore[misc]
+        _guard._pidns_probe.clear()
+        why = _guard.pidns_unavailable_reason()
+        if why is not None:
+            os.write(w, f"unavailable {why}".encode())
+            return
+        result = tether.run(["sh", "-c", "echo $(id -u) $$; sleep 300 & exit 0"],
+                            capture_output=True, contain="pidns")
+        os.write(w, b"ran " + result.stdout)
+
+    try:
+        child = tether.run_in_fork(as_nobody)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            report = f.read().decode()
+        assert child.pidfd.wait().code == 0
+    finally:
+        shutil.rmtree(guard_dir)
+    if report.startswith("unavailable"):
+        pytest.skip(f"unprivileged user+PID namespaces unavailable here: {report}")
+    assert report == "ran 65534 2\n"
+    assert oracle.reap_until(1.0).empty
