@@ -29,21 +29,28 @@ def _compiler() -> str:
 
 
 def _compile_guard(out_path: str) -> None:
-    cc = _compiler()
-    base = [cc, *CFLAGS, "-Os", "-I", PKG_SRC, GUARD_SRC, "-o", out_path]
-    # Static first: a static guard has no loader work at start and a smaller RSS.
-    attempts = [[*base, "-static"], base]
+    """Compile the guard: musl static where musl-gcc exists (about 60 KiB resident), else
+    glibc static (about 700 KiB: glibc's own floor), else dynamic. TETHER_GUARD_CC picks a
+    compiler explicitly; CC is left to the extension, which must match Python's libc."""
+    chosen = os.environ.get("TETHER_GUARD_CC")
+    compilers = [chosen] if chosen else [c for c in (shutil.which("musl-gcc"),) if c]
+    compilers.append(_compiler())
+    attempts = []
+    for cc in compilers:
+        base = [cc, *CFLAGS, "-Os", "-I", PKG_SRC, GUARD_SRC, "-o", out_path]
+        attempts += [[*base, "-static"], base]
     last: subprocess.CalledProcessError | None = None
     for cmd in attempts:
         try:
             subprocess.run(cmd, check=True, capture_output=True)  # noqa: TET102  build-time
-        except subprocess.CalledProcessError as exc:
-            last = exc
+        except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+            if isinstance(exc, subprocess.CalledProcessError):
+                last = exc
             continue
         os.chmod(out_path, 0o755)
         return
-    assert last is not None
-    sys.stderr.write(last.stderr.decode(errors="replace"))
+    if last is not None:
+        sys.stderr.write(last.stderr.decode(errors="replace"))
     raise RuntimeError(f"could not compile the tether guard ({GUARD_SRC})")
 
 
@@ -62,7 +69,12 @@ class BuildWithGuard(build_ext):
         with tempfile.TemporaryDirectory() as tmp:
             built = os.path.join(tmp, GUARD_NAME)
             _compile_guard(built)
-            shutil.copy2(built, os.path.join(target_dir, GUARD_NAME))
+            # Copy beside the target, then rename over it: writing into a guard that is
+            # running (another test, another tree) fails with ETXTBSY; a rename does not.
+            target = os.path.join(target_dir, GUARD_NAME)
+            staging = f"{target}.{os.getpid()}.tmp"
+            shutil.copy2(built, staging)
+            os.replace(staging, target)
 
 
 setup(

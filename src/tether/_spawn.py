@@ -36,6 +36,7 @@ _STAGES: Final = {
     6: "chdir",
     7: "resetting signals",
     8: "exec",
+    9: "user namespace setup",
     100: "guard setup",
     101: "clone in the guard",
     102: "user namespace setup",

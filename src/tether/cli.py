@@ -132,10 +132,10 @@ def _run(cmd: list[str], timeout: float | None, grace: float, contain: str,
          wait_tree: bool) -> int:
     # Block and read our signals as data before the tree exists, so none is lost between
     # spawn and the loop; the spawn path resets the mask in the children.
+    foreground = _in_terminal_foreground()
     with SignalFd(TREE_SIGNALS + PROGRAM_SIGNALS) as sigfd:
         try:
-            child = spawn(cmd, contain=contain, wait_tree=wait_tree,
-                          _foreground=_in_terminal_foreground())
+            child = spawn(cmd, contain=contain, wait_tree=wait_tree, _foreground=foreground)
         except FileNotFoundError as exc:
             print(f"tether: {exc.filename or cmd[0]}: {exc.strerror}", file=sys.stderr)
             return EXIT_NOT_FOUND
@@ -148,8 +148,24 @@ def _run(cmd: list[str], timeout: float | None, grace: float, contain: str,
         except OSError as exc:
             print(f"tether: {cmd[0]}: {exc}", file=sys.stderr)
             return EXIT_TETHER_FAILED
-        with child:
-            return _supervise(child, sigfd, timeout, grace)
+        try:
+            with child:
+                return _supervise(child, sigfd, timeout, grace)
+        finally:
+            if foreground:
+                _take_terminal_back()
+
+
+def _take_terminal_back() -> None:
+    """Make our process group the terminal's foreground group again. The guard does this in
+    group and cgroup modes; from inside a PID namespace it cannot name our group."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        os.tcsetpgrp(0, os.getpgrp())
+    except OSError:
+        pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _supervise(child: Child, sigfd: SignalFd, timeout: float | None, grace: float) -> int:

@@ -178,12 +178,6 @@ static int fmt_uint(char *out, unsigned int v)
     return k;
 }
 
-static void close_quietly(int fd)
-{
-    if (fd >= 0)
-        close(fd); /* EINTR on close: the fd is gone anyway on Linux */
-}
-
 static int sys_pidfd_send_signal(int pidfd, int sig, unsigned int flags)
 {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, flags);
@@ -290,9 +284,63 @@ static int write_text_at(int dirfd, const char *name, const char *text)
     return (int)n;
 }
 
-/* Apply fn to each pid listed in dirfd's cgroup.procs and, depth first, in every nested
- * cgroup below it (cgroup.kill and cgroup.freeze act on the whole subtree; so must we). */
-static void cg_for_each_pid(int dirfd, int depth, void (*fn)(pid_t, int), int arg)
+struct linux_dirent64 {
+    uint64_t ino;
+    int64_t off;
+    unsigned short reclen;
+    unsigned char type;
+    char name[];
+};
+
+/* Call visit(listing_fd, name, depth, arg) for each sub-directory of dirfd (nested cgroups
+ * the program made; only root can). Returns how many visits returned non-zero. */
+static int cg_each_subdir(int dirfd, int (*visit)(int, const char *, int, int), int depth,
+                          int arg)
+{
+    char buf[512];
+    ssize_t n;
+    int hits = 0;
+    /* A fresh open of ".": its own directory offset, whatever the caller's fd has read. */
+    int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || depth > CGROUP_MAX_DEPTH) {
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    for (;;) {
+        ssize_t off = 0;
+        do
+            n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0)
+            break;
+        while (off < n) {
+            const struct linux_dirent64 *d = (const void *)(buf + off);
+            if (d->type == DT_DIR && strcmp(d->name, ".") != 0 && strcmp(d->name, "..") != 0)
+                hits += visit(fd, d->name, depth, arg) != 0;
+            off += d->reclen;
+        }
+    }
+    close(fd);
+    return hits;
+}
+
+static void signal_one_pid(pid_t pid, int sig)
+{
+    /* Race-free only because the cgroup is frozen: a frozen task cannot exit by itself, so
+     * the number read from cgroup.procs still names that task when we open it. */
+    int pidfd = sys_pidfd_open(pid);
+    if (pidfd < 0)
+        return;
+    (void)sys_pidfd_send_signal(pidfd, sig, 0);
+    close(pidfd);
+}
+
+static int signal_nested(int dirfd, const char *name, int depth, int sig);
+
+/* Signal every pid in dirfd's cgroup.procs and, depth first, in every nested cgroup below it
+ * (cgroup.freeze and cgroup.kill act on the whole subtree; so must we). */
+static void cg_signal_members(int dirfd, int depth, int sig)
 {
     char buf[512];
     ssize_t n;
@@ -306,61 +354,30 @@ static void cg_for_each_pid(int dirfd, int depth, void (*fn)(pid_t, int), int ar
             while (n < 0 && errno == EINTR);
             if (n <= 0)
                 break;
-            for (i = 0; i < n; i++) {
+            for (i = 0; i < n; i++) { /* one pid per line; a number may span two reads */
                 if (buf[i] >= '0' && buf[i] <= '9') {
                     pid = (pid < 0 ? 0 : pid * 10) + (buf[i] - '0');
                 } else if (pid >= 0) {
-                    fn((pid_t)pid, arg);
+                    signal_one_pid((pid_t)pid, sig);
                     pid = -1;
                 }
             }
         }
         if (pid >= 0)
-            fn((pid_t)pid, arg);
+            signal_one_pid((pid_t)pid, sig);
         close(fd);
     }
-    if (depth >= CGROUP_MAX_DEPTH)
-        return;
-    fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    for (;;) {
-        long off = 0;
-        do
-            n = syscall(SYS_getdents64, fd, buf, sizeof buf);
-        while (n < 0 && errno == EINTR);
-        if (n <= 0)
-            break;
-        while (off < n) {
-            struct {
-                uint64_t ino;
-                int64_t off;
-                unsigned short reclen;
-                unsigned char type;
-                char name[];
-            } *d = (void *)(buf + off);
-            if (d->type == DT_DIR && strcmp(d->name, ".") != 0 && strcmp(d->name, "..") != 0) {
-                int sub = openat(fd, d->name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-                if (sub >= 0) {
-                    cg_for_each_pid(sub, depth + 1, fn, arg);
-                    close(sub);
-                }
-            }
-            off += d->reclen;
-        }
-    }
-    close(fd);
+    (void)cg_each_subdir(dirfd, signal_nested, depth + 1, sig);
 }
 
-static void signal_one_pid(pid_t pid, int sig)
+static int signal_nested(int dirfd, const char *name, int depth, int sig)
 {
-    /* Race-free only because the cgroup is frozen: a frozen task cannot exit by itself, so
-     * the number read from cgroup.procs still names that task when we open it. */
-    int pidfd = sys_pidfd_open(pid);
-    if (pidfd < 0)
-        return;
-    (void)sys_pidfd_send_signal(pidfd, sig, 0);
-    close(pidfd);
+    int sub = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (sub >= 0) {
+        cg_signal_members(sub, depth, sig);
+        close(sub);
+    }
+    return 0;
 }
 
 /* Signal every member of the cgroup: freeze, list, signal through fresh pidfds, thaw. */
@@ -376,18 +393,21 @@ static void cg_signal_frozen(int sig)
             break;
         pfd[0].fd = g.events_fd;
         pfd[0].events = POLLPRI;
-        if (g.lifeline >= 0) {
-            /* Do not sit here while the parent dies: the main loop kills the tree instead. */
+        if (g.lifeline >= 0 && sig != SIGKILL) {
+            /* Do not sit here while the parent dies: the main loop kills the tree instead
+             * (unless this already is that kill: cgroup.kill missing, before 5.14). */
             pfd[1].fd = g.lifeline;
             pfd[1].events = POLLIN;
             n = 2;
         }
+        /* No deadline: only a task in uninterruptible sleep delays the freeze, and it would
+         * delay its own death just as much. */
         if (poll(pfd, (nfds_t)n, -1) < 0 && errno != EINTR)
-            break;
+            goto thaw; /* never signal by number unfrozen */
         if (n == 2 && pfd[1].revents != 0)
             goto thaw;
     }
-    cg_for_each_pid(g.cgroup_fd, 0, signal_one_pid, sig);
+    cg_signal_members(g.cgroup_fd, 0, sig);
 thaw:
     (void)write_text_at(g.cgroup_fd, "cgroup.freeze", "0");
 }
@@ -406,49 +426,19 @@ static void cg_kill(void)
         cg_signal_frozen(SIGKILL);
 }
 
-/* Remove the nested cgroups the program may have made, deepest first. */
-static void cg_rmdir_nested(int dirfd, int depth)
+/* Remove a nested cgroup (the program made it) after its own nested ones; 1 if removed. */
+static int remove_nested(int dirfd, const char *name, int depth, int unused)
 {
-    char buf[512];
-    ssize_t n;
-    int again = 1;
-    if (depth >= CGROUP_MAX_DEPTH)
-        return;
-    while (again) {
-        int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        again = 0;
-        if (fd < 0)
-            return;
-        for (;;) {
-            long off = 0;
-            do
-                n = syscall(SYS_getdents64, fd, buf, sizeof buf);
-            while (n < 0 && errno == EINTR);
-            if (n <= 0)
-                break;
-            while (off < n) {
-                struct {
-                    uint64_t ino;
-                    int64_t off;
-                    unsigned short reclen;
-                    unsigned char type;
-                    char name[];
-                } *d = (void *)(buf + off);
-                if (d->type == DT_DIR && strcmp(d->name, ".") != 0 &&
-                    strcmp(d->name, "..") != 0) {
-                    int sub = openat(fd, d->name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-                    if (sub >= 0) {
-                        cg_rmdir_nested(sub, depth + 1);
-                        close(sub);
-                    }
-                    if (unlinkat(fd, d->name, AT_REMOVEDIR) == 0)
-                        again = 1; /* the listing changed under us: read it afresh */
-                }
-                off += d->reclen;
-            }
-        }
-        close(fd);
+    int sub = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    (void)unused;
+    if (sub >= 0) {
+        /* Again until a pass removes nothing: removing entries while listing them may make
+         * the listing skip some. */
+        while (cg_each_subdir(sub, remove_nested, depth + 1, 0) > 0)
+            ;
+        close(sub);
     }
+    return unlinkat(dirfd, name, AT_REMOVEDIR) == 0;
 }
 
 /* 0 if the tree's directory is gone, else -errno. */
@@ -458,7 +448,8 @@ static int cg_remove(void)
     if (g.contain != CONTAIN_CGROUP || g.cgroup_path == NULL)
         return 0;
     if (g.cgroup_fd >= 0)
-        cg_rmdir_nested(g.cgroup_fd, 0);
+        while (cg_each_subdir(g.cgroup_fd, remove_nested, 1, 0) > 0)
+            ;
     for (tries = 0; tries < RMDIR_TRIES; tries++) {
         if (rmdir(g.cgroup_path) == 0 || errno == ENOENT)
             return 0;
@@ -548,24 +539,30 @@ static void kill_tree(void)
         (void)sys_pidfd_send_signal(g.program_pidfd, SIGKILL, 0);
 }
 
+/* Give the terminal back once the program has exited (--foreground).
+ *
+ * tcsetpgrp from a background group would raise SIGTTOU; the guard keeps SIGTTOU blocked for
+ * its whole life (see main), which the tty layer treats as ignored, so the call just works.
+ * Limitation: in pidns mode a foreground group outside the namespace has no number here
+ * (tcgetpgrp said 0 at startup) and TIOCSPGRP can only be given a number, so the guard can
+ * only hand the terminal to its own group, or leave it; the parent then takes it back. */
 static void foreground_restore(void)
 {
-    sigset_t ttou, old;
+    pid_t back;
     if (!g.fg_given)
         return;
     g.fg_given = 0;
     /* Only undo our own change: if someone else has taken the terminal since, leave it. The
-     * pgid number of our program still names its group here: the terminal holds a reference
-     * on the group's struct pid. */
+     * program's pgid number still names its group here: the terminal holds a reference on
+     * the group's struct pid. */
     if (tcgetpgrp(0) != g.program_pid)
         return;
-    /* tcsetpgrp from a background group raises SIGTTOU unless it is blocked or ignored. */
-    sigemptyset(&ttou);
-    sigaddset(&ttou, SIGTTOU);
-    sigprocmask(SIG_BLOCK, &ttou, &old);
-    if (tcsetpgrp(0, g.fg_restore) != 0 && g.fg_restore != getpgrp())
+    back = g.fg_restore;
+    if (back > 0 && tcsetpgrp(0, back) == 0)
+        return;
+    /* That group is gone (or has no number here): our own, if it has one. */
+    if (getpgrp() > 0 && getpgrp() != back)
         (void)tcsetpgrp(0, getpgrp());
-    sigprocmask(SIG_SETMASK, &old, NULL);
 }
 
 static int wait_status(const siginfo_t *si)
@@ -741,6 +738,25 @@ static void on_lifeline(short revents)
     kill_tree();
 }
 
+/* The loop itself failed (poll refused valid fds: cannot happen short of a kernel out of
+ * memory): end the tree as on lifeline EOF, without waiting for the finer signs, and exit
+ * non-zero. */
+__attribute__((noreturn)) static void die_with_tree(void)
+{
+    siginfo_t si;
+    kill_tree();
+    if (!g.program_reaped) {
+        /* SIGKILLed just now: this wait is short. */
+        while (waitid((idtype_t)P_PIDFD, (id_t)g.program_pidfd, &si, WEXITED) != 0 &&
+               errno == EINTR)
+            ;
+        g.program_reaped = 1;
+    }
+    (void)reap_children();
+    (void)cg_remove(); /* its EBUSY retries wait for the last member to exit */
+    _exit(1);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Startup.                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
@@ -875,7 +891,7 @@ int main(int argc, char **argv)
     struct tether_failure failure;
     sigset_t mask;
     int life_pipe[2];
-    int lifeline_dst, floor_fd, method, r, i;
+    int lifeline_dst, floor_fd, method, r, i, prog;
     pid_t pid = 0;
     int pidfd = -1;
 
@@ -952,6 +968,7 @@ int main(int argc, char **argv)
         usage("cgroup mode needs --cgroup-fd", NULL);
     if (i + 1 >= argc)
         usage("usage: _guard --control FD [options] -- PATH ARGV0 [ARG...]", NULL);
+    prog = i;
 
     /* In the new user namespace, before anything else (the ids every later step runs as). */
     if (userns != NULL)
@@ -980,6 +997,13 @@ int main(int argc, char **argv)
     sigaddset(&mask, SIGCHLD);
     signal(SIGCHLD, SIG_DFL);
     g.sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    /* Job control must never stop the guard: a stopped guard cannot honour lifeline EOF.
+     * SIGTSTP/SIGTTIN/SIGTTOU are blocked (not ignored: an ignored disposition would be
+     * inherited by the program, a blocked one is not, the child clears its mask) and never
+     * read. Blocked SIGTTOU also lets us give the terminal back from a background group. */
+    sigaddset(&mask, SIGTSTP);
+    sigaddset(&mask, SIGTTIN);
+    sigaddset(&mask, SIGTTOU);
     if (g.sigfd < 0 || sigprocmask(SIG_BLOCK, &mask, NULL) != 0)
         fail(TETHER_GUARD_STAGE_SETUP, errno);
     /* Orphans of the tree are reparented to us, so we can reap them and see when they are
@@ -1008,8 +1032,8 @@ int main(int argc, char **argv)
         floor_fd = g.keep[g.n_keep - 1] + 1;
 
     memset(&plan, 0, sizeof plan);
-    plan.path = argv[i];
-    plan.argv = argv + i + 1;
+    plan.path = argv[prog];
+    plan.argv = argv + prog + 1;
     plan.envp = program_env(lifeline_dst);
     plan.cwd = NULL;
     plan.stdio[0] = plan.stdio[1] = plan.stdio[2] = -1;
@@ -1025,11 +1049,11 @@ int main(int argc, char **argv)
     plan.expected_ppid = getpid();
     if (g.foreground && isatty(0)) {
         /* Only our controlling terminal can be handed over; tcgetpgrp says if it is one. The
-         * foreground group seen now is the one to give it back to (it is 0 when that group
-         * is outside our PID namespace: then our own group). */
+         * foreground group seen now is the one to give it back to (0 when that group is
+         * outside our PID namespace: see foreground_restore). */
         pid_t fg = tcgetpgrp(0);
         if (fg >= 0) {
-            g.fg_restore = fg > 0 ? fg : getpgrp();
+            g.fg_restore = fg;
             plan.foreground = 1;
         }
     }
@@ -1059,7 +1083,7 @@ int main(int argc, char **argv)
 
     for (;;) {
         struct pollfd pfd[5];
-        int n = 0, at_life = -1, at_sig, at_pidfd = -1, at_ctl = -1, at_events = -1;
+        int n = 0, at_life = -1, at_sig, at_ctl = -1, at_events = -1;
         int timeout = -1;
         int64_t now;
 
@@ -1072,7 +1096,7 @@ int main(int argc, char **argv)
         pfd[n].fd = g.sigfd;
         pfd[n++].events = POLLIN;
         if (!g.program_exited) {
-            at_pidfd = n;
+            /* POLLIN: the program exited. It only wakes us; program_check() asks waitid. */
             pfd[n].fd = g.program_pidfd;
             pfd[n++].events = POLLIN;
         }
@@ -1094,7 +1118,7 @@ int main(int argc, char **argv)
         for (i = 0; i < n; i++)
             pfd[i].revents = 0;
         if (poll(pfd, (nfds_t)n, timeout) < 0 && errno != EINTR)
-            _exit(1); /* cannot happen with valid fds; PDEATHSIG ends the program */
+            die_with_tree();
 
         /* Commands before the lifeline: a parent that sends MSG_KILL_TREE and then closes
          * its lifeline still gets its MSG_EXITED. */
@@ -1104,9 +1128,12 @@ int main(int argc, char **argv)
             on_lifeline(pfd[at_life].revents);
         if (pfd[at_sig].revents != 0)
             on_signals();
-        if (at_events >= 0 && pfd[at_events].revents != 0)
+        /* While the tree is ending, look at cgroup.events on every wakeup, not only on its
+         * POLLPRI: the kernel rate-limits that notification (one per 10 ms per file), but it
+         * updates "populated" in cgroup_exit(), before exit_notify() sends us the SIGCHLD
+         * that woke us. */
+        if (at_events >= 0 && (pfd[at_events].revents != 0 || g.killing))
             cg_read_events();
-        (void)at_pidfd; /* its POLLIN only wakes us: program_check() asks waitid */
         program_check();
         g.children = reap_children();
         if (g.children == REAP_PROGRAM_WAITS) {
@@ -1120,8 +1147,9 @@ int main(int argc, char **argv)
             break;
     }
 
-    close_quietly(g.events_fd);
-    close_quietly(g.cgkill_fd);
+    /* The directory goes before the report: a parent that hears MSG_EXITED may rely on it
+     * being gone. The report is also attempted after lifeline EOF: a parent that cut its
+     * lifeline on purpose may still be listening; a dead one cannot be hurt by it. */
     r = cg_remove();
     send_msg(TETHER_MSG_EXITED, g.program_status, g.tree_flags, -1);
     return r == 0 ? 0 : 1;
