@@ -23,6 +23,17 @@ from ._spawn import Spawned, spawn_lifelined
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # tether.aio on first use, so `import tether` does not import asyncio.
+    if name == "aio":
+        import importlib
+
+        module = importlib.import_module(".aio", __name__)
+        globals()["aio"] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "DEVNULL",
     "PIPE",
@@ -38,6 +49,7 @@ __all__ = [
     "Spawned",
     "TimeoutExpired",
     "Unsupported",
+    "aio",
     "attach",
     "check_output",
     "enforce",

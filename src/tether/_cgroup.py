@@ -25,6 +25,7 @@ import time
 from typing import Final
 
 from ._errors import Unsupported
+from ._pidfd import _poll_ms
 
 __all__ = ["CgroupTree", "cgroup_root", "cgroup_unavailable_reason"]
 
@@ -216,7 +217,7 @@ def _wait_empty(path: str, timeout: float) -> bool:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            poller.poll(max(1, int(remaining * 1000)))
+            poller.poll(max(1, _poll_ms(remaining) or 1))
     finally:
         os.close(fd)
 

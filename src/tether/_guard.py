@@ -375,7 +375,9 @@ class Guard:
 
 def _reap_quietly(pidfd: Pidfd) -> Exit | None:
     try:
-        exit_ = pidfd.wait()
+        # The guard exits right after its report: usually it is reapable already, and a
+        # non-blocking reap saves setting up a poll.
+        exit_ = pidfd.poll() or pidfd.wait()
     except (ChildProcessError, ValueError):
         exit_ = None
     pidfd.close()

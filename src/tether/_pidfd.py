@@ -73,12 +73,22 @@ class PidfdInfo(NamedTuple):
     exit: Exit | None
 
 
+# poll(2) takes an int of milliseconds; longer waits are done as several polls.
+_POLL_MAX_MS: Final = 2**31 - 1
+
+
 def _check_timeout(timeout: float | None) -> float | None:
+    """Validate a timeout in seconds: None or inf waits for ever (as subprocess does)."""
     if timeout is None:
         return None
-    timeout = float(timeout)
+    try:
+        timeout = float(timeout)
+    except (TypeError, ValueError, OverflowError):
+        raise TypeError(f"timeout must be a number or None, not {timeout!r}") from None
     if timeout != timeout or timeout < 0:  # NaN or negative
         raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
+    if timeout == float("inf"):
+        return None
     return timeout
 
 
@@ -86,7 +96,7 @@ def _poll_ms(remaining: float | None) -> int | None:
     if remaining is None:
         return None
     # Round up: returning early would only cost a loop; returning late is what we avoid.
-    return max(0, int(remaining * 1000.0 + 0.999))
+    return min(_POLL_MAX_MS, max(0, int(remaining * 1000.0 + 0.999)))
 
 
 @final
@@ -272,8 +282,11 @@ class Pidfd(metaclass=NoPublicConstructor):
         poller = select.poll()
         # events=0: poll reports only POLLHUP, which a pidfd raises once the process is reaped.
         poller.register(fd, 0)
-        if not poller.poll(_poll_ms(timeout)):
-            return self._exit
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not poller.poll(_poll_ms(
+                None if deadline is None else max(0.0, deadline - time.monotonic()))):
+            if deadline is not None and time.monotonic() >= deadline:
+                return self._exit
         if self._exit is not None:
             return self._exit
         result = self._info_exit()

@@ -25,8 +25,9 @@ __all__ = ["DEFAULT_GRACE", "check_output", "end_tree", "run"]
 DEFAULT_GRACE = 1.0
 
 
-def end_tree(child: Child, grace: float) -> None:
-    """SIGTERM the whole tree, then SIGKILL whatever is left after ``grace`` seconds."""
+def end_tree(child: Child, grace: float | None) -> None:
+    """SIGTERM the whole tree, then SIGKILL whatever is left after ``grace`` seconds
+    (None: wait for the SIGTERM to work, however long)."""
     child.terminate()
     try:
         child.wait(grace)
@@ -70,7 +71,7 @@ def run(
     containment mode reaches; see the README).
     """
     timeout = _check_timeout(timeout)
-    grace = _check_timeout(grace) or 0.0
+    grace_s = _check_timeout(grace)  # None (inf): SIGTERM only, never SIGKILL
     if input is not None:
         if stdin is not None:
             raise ValueError("stdin and input arguments may not both be used.")
@@ -96,7 +97,7 @@ def run(
         try:
             out, err = child.communicate(input, timeout)
         except TimeoutExpired:
-            end_tree(child, grace)
+            end_tree(child, grace_s)
             # The tree is gone: collect what it wrote before it died.
             out, err = child.communicate()
             assert timeout is not None

@@ -25,6 +25,7 @@ import select
 import signal
 import struct
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Final, NamedTuple, final
 
@@ -90,12 +91,15 @@ class SignalFd:
         fd = self.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
                 data = os.read(fd, _SIGINFO_SIZE)
             except BlockingIOError:
-                if not poller.poll(_poll_ms(timeout)) and timeout is not None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
                     return None
+                poller.poll(_poll_ms(remaining))
                 continue
             fields = _SIGINFO.unpack_from(data)
             signo, _errno, code, pid, uid, _fd, _tid, _band, _ovr, _trap, status = fields[:11]

@@ -88,10 +88,16 @@ def convert_argv(argv: object) -> list[bytes]:
     return [_to_bytes(arg, f"argv[{i}]") for i, arg in enumerate(argv)]
 
 
+class _CheckedEnv(dict[bytes, bytes]):
+    """An environment that convert_env has already checked (so it is not checked twice)."""
+
+
 def convert_env(env: Mapping[str, str] | Mapping[bytes, bytes] | None) -> dict[bytes, bytes]:
     """Check and encode the environment; None means a copy of os.environ."""
     if env is None:
-        return dict(os.environb)
+        return _CheckedEnv(os.environb)
+    if type(env) is _CheckedEnv:
+        return env  # converted by a caller of ours already (the guard launcher)
     if not isinstance(env, Mapping):
         raise TypeError(f"env must be a mapping, not {type(env).__name__}")
     out: dict[bytes, bytes] = {}
@@ -101,7 +107,7 @@ def convert_env(env: Mapping[str, str] | Mapping[bytes, bytes] | None) -> dict[b
         if not k or b"=" in k:
             raise ValueError(f"illegal environment variable name: {key!r}")
         out[k] = v
-    return out
+    return _CheckedEnv(out)
 
 
 def envp_with_lifeline(env: dict[bytes, bytes], lifeline_fd: int | None) -> list[bytes]:
@@ -167,7 +173,12 @@ def resolve_executable(
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), filename)
 
 
+_FD_MAX: Final = 2**31 - 1
+
+
 def check_fd_open(fd: int, what: str) -> None:
+    if not 0 <= fd <= _FD_MAX:
+        raise ValueError(f"{what}: {fd} is not a valid fd number")
     try:
         fcntl.fcntl(fd, fcntl.F_GETFD)
     except OSError as exc:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from ._child import Child, spawn
 from ._errors import Unsupported
+from ._pidfd import _poll_ms
 from ._run import DEFAULT_GRACE, end_tree
 from ._signalfd import SignalFd
 
@@ -179,7 +180,7 @@ def _supervise(child: Child, sigfd: SignalFd, timeout: float | None, grace: floa
         if remaining is not None and remaining <= 0:
             end_tree(child, grace)
             return EXIT_TIMEOUT
-        poller.poll(None if remaining is None else max(1, int(remaining * 1000 + 0.999)))
+        poller.poll(_poll_ms(remaining))
         for info in sigfd.read_all():
             if info.signo in TREE_SIGNALS:
                 backend.signal_tree(info.signo)

@@ -1,0 +1,300 @@
+"""Measure tether.aio against asyncio's subprocess support and a bare pidfd reader.
+
+A measurement, not a test: it prints medians and ratios and asserts nothing.
+
+(a) exit-notification latency: the child (``cat``) blocks reading a pipe; the parent stamps
+    the time just before it closes the write end, and the waiting task stamps the time when
+    ``await wait()`` returns. Variants, interleaved round by round: tether.aio (group and
+    contain=None), asyncio.create_subprocess_exec, and a bare ``loop.add_reader(pidfd)`` on a
+    ``tether.spawn_lifelined`` child (reaped with waitid once readable); and, to split the
+    cost between the guard's hop and the asyncio layer, the same two without a loop.
+    Targets: tether.aio <= 0.6x asyncio, <= 1.2x the bare pidfd reader.
+(b) spawn+wait throughput: ``await tether.aio.run(["true"])`` one after another, against
+    ``await (await asyncio.create_subprocess_exec("true")).wait()``. Target: tether >= asyncio.
+(c) supervising N (3,000) concurrent guarded children on one loop: all block on one pipe,
+    the parent closes it, and the parent's CPU time (getrusage user+sys) over the exit phase
+    is divided by N. Compared with raw epoll over the pidfds of spawn_lifelined children.
+    Target: <= 60 us per exit.
+
+    PYTHONPATH=src python benchmarks/bench_aio.py [--quick] [--only a,b,c]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+import tether
+import tether.aio
+
+CAT = shutil.which("cat") or "/bin/cat"
+TRUE = shutil.which("true") or "/bin/true"
+
+# -- (a) latency ------------------------------------------------------------------------------
+
+
+async def _latency_tether(contain: str | None) -> int:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    child = await tether.aio.spawn([CAT], stdin=r, stdout=subprocess.DEVNULL, contain=contain)
+    os.close(r)
+    return await _measure(lambda: child.wait(), w)
+
+
+async def _latency_asyncio() -> int:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    proc = await asyncio.create_subprocess_exec(  # noqa: TET106  the reference we compare with
+        CAT, stdin=r, stdout=subprocess.DEVNULL)
+    os.close(r)
+    return await _measure(lambda: proc.wait(), w)
+
+
+async def _latency_bare_pidfd() -> int:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    spawned = tether.spawn_lifelined([CAT], stdin=r, stdout=subprocess.DEVNULL)
+    os.close(r)
+    loop = asyncio.get_running_loop()
+
+    async def wait() -> tether.Exit | None:
+        fut: asyncio.Future[None] = loop.create_future()
+        fd = spawned.pidfd.fileno()
+        loop.add_reader(fd, fut.set_result, None)
+        try:
+            await fut
+        finally:
+            loop.remove_reader(fd)
+        return spawned.pidfd.poll()
+
+    try:
+        return await _measure(wait, w)
+    finally:
+        spawned.pidfd.close()
+        spawned.lifeline.close()
+
+
+async def _latency_sync_child() -> int:
+    # Reference rows without a loop, to split the cost: the guard's hop vs the asyncio layer.
+    r, w = os.pipe2(os.O_CLOEXEC)
+    with tether.spawn([CAT], stdin=r, stdout=subprocess.DEVNULL) as child:
+        os.close(r)
+        time.sleep(0.02)
+        start = time.perf_counter_ns()
+        os.close(w)
+        child.wait()
+        return time.perf_counter_ns() - start
+
+
+async def _latency_sync_pidfd() -> int:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    spawned = tether.spawn_lifelined([CAT], stdin=r, stdout=subprocess.DEVNULL)
+    os.close(r)
+    time.sleep(0.02)
+    start = time.perf_counter_ns()
+    os.close(w)
+    spawned.pidfd.wait()
+    end = time.perf_counter_ns()
+    spawned.pidfd.close()
+    spawned.lifeline.close()
+    return end - start
+
+
+async def _measure(wait: Callable[[], Awaitable[object]], w: int) -> int:
+    async def waiter() -> int:
+        await wait()
+        return time.perf_counter_ns()
+
+    task = asyncio.create_task(waiter())
+    # Let cat finish starting up and block in read(), and the waiter register.
+    await asyncio.sleep(0.02)
+    start = time.perf_counter_ns()
+    os.close(w)
+    end = await task
+    return end - start
+
+
+async def bench_latency(rounds: int) -> None:
+    variants: dict[str, Callable[[], Awaitable[int]]] = {
+        "tether.aio (group)": lambda: _latency_tether("group"),
+        "tether.aio (contain=None)": lambda: _latency_tether(None),
+        "asyncio subprocess": _latency_asyncio,
+        "bare add_reader(pidfd)": _latency_bare_pidfd,
+        "(sync tether Child.wait)": _latency_sync_child,
+        "(sync Pidfd.wait)": _latency_sync_pidfd,
+    }
+    samples: dict[str, list[int]] = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up (imports, the asyncio child watcher thread)
+        await fn()
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            samples[name].append(await fn())
+    med = {name: statistics.median(v) / 1000 for name, v in samples.items()}
+    p90 = {name: statistics.quantiles(v, n=10)[-1] / 1000 for name, v in samples.items()}
+    print(f"\n(a) exit-notification latency, {rounds} rounds (child exits -> wait() returns)")
+    print(f"    {'variant':28} {'median us':>10} {'p90 us':>10}")
+    for name in variants:
+        print(f"    {name:28} {med[name]:10.1f} {p90[name]:10.1f}")
+    t = med["tether.aio (group)"]
+    print(f"    tether.aio / asyncio      = {t / med['asyncio subprocess']:.2f}  (target <= 0.6)")
+    print(f"    tether.aio / bare pidfd   = {t / med['bare add_reader(pidfd)']:.2f}  "
+          "(target <= 1.2)")
+
+
+# -- (b) throughput ---------------------------------------------------------------------------
+
+
+async def bench_throughput(n: int) -> None:
+    async def tether_run() -> None:
+        await tether.aio.run([TRUE])
+
+    async def tether_run_bare() -> None:
+        await tether.aio.run([TRUE], contain=None)
+
+    async def asyncio_run() -> None:
+        proc = await asyncio.create_subprocess_exec(TRUE)  # noqa: TET106  the reference
+        await proc.wait()
+
+    variants: dict[str, Callable[[], Awaitable[None]]] = {
+        "tether.aio.run (group)": tether_run,
+        "tether.aio.run (contain=None)": tether_run_bare,
+        "asyncio exec+wait": asyncio_run,
+    }
+    per_op: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():
+        await fn()
+    # Batches interleaved, so drift in the machine's load hits every variant alike.
+    batch = max(1, n // 10)
+    for _ in range(10):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            for _ in range(batch):
+                await fn()
+            per_op[name].append((time.perf_counter() - start) / batch * 1e6)
+    med = {name: statistics.median(v) for name, v in per_op.items()}
+    print(f"\n(b) spawn+wait of `true`, {batch * 10} sequential runs each (median of 10 batches)")
+    print(f"    {'variant':30} {'us/op':>8} {'ops/s':>8}")
+    for name in variants:
+        print(f"    {name:30} {med[name]:8.0f} {1e6 / med[name]:8.0f}")
+    ratio = med["asyncio exec+wait"] / med["tether.aio.run (group)"]
+    print(f"    tether throughput / asyncio = {ratio:.2f}  (target >= 1.0)")
+
+
+# -- (c) many children ------------------------------------------------------------------------
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _raise_fd_limit(need: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        soft = hard if hard == resource.RLIM_INFINITY else min(hard, max(need, soft))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
+
+
+async def _many_tether(n: int) -> tuple[float, float, float]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    t0 = time.perf_counter()
+    children = [
+        await tether.aio.spawn([CAT], stdin=r, stdout=subprocess.DEVNULL) for _ in range(n)
+    ]
+    spawn_s = time.perf_counter() - t0
+    os.close(r)
+    tasks = [asyncio.create_task(c.wait()) for c in children]
+    await asyncio.sleep(0.5)  # every waiter registered, every cat blocked in read()
+    threads = threading.active_count()
+    cpu0, t0 = _cpu(), time.perf_counter()
+    os.close(w)
+    codes = await asyncio.gather(*tasks)
+    cpu1, t1 = _cpu(), time.perf_counter()
+    assert threading.active_count() == threads
+    bad = [c for c in codes if c != 0]
+    if bad:
+        print(f"    !! {len(bad)} children exited non-zero: {bad[:5]}")
+    return spawn_s, (cpu1 - cpu0) / n * 1e6, t1 - t0
+
+
+def _many_raw_epoll(n: int) -> tuple[float, float, float]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    t0 = time.perf_counter()
+    spawned = [
+        tether.spawn_lifelined([CAT], stdin=r, stdout=subprocess.DEVNULL) for _ in range(n)
+    ]
+    spawn_s = time.perf_counter() - t0
+    os.close(r)
+    ep = select.epoll()
+    by_fd = {s.pidfd.fileno(): s for s in spawned}
+    for fd in by_fd:
+        ep.register(fd, select.EPOLLIN)
+    time.sleep(0.5)
+    cpu0, t0 = _cpu(), time.perf_counter()
+    os.close(w)
+    left = n
+    while left:
+        for fd, _ in ep.poll():
+            s = by_fd.pop(fd)
+            ep.unregister(fd)
+            s.pidfd.poll()
+            s.pidfd.close()
+            s.lifeline.close()
+            left -= 1
+    cpu1, t1 = _cpu(), time.perf_counter()
+    ep.close()
+    return spawn_s, (cpu1 - cpu0) / n * 1e6, t1 - t0
+
+
+def bench_many(n: int) -> None:
+    limit = _raise_fd_limit(6 * n + 256)
+    if limit < 6 * n + 256:
+        n = max(10, (limit - 256) // 6)
+        print(f"\n    (RLIMIT_NOFILE hard limit {limit}: supervising {n} children instead)")
+    print(f"\n(c) {n} concurrent children on one loop, all released at once "
+          f"(ulimit -u {resource.getrlimit(resource.RLIMIT_NPROC)[0]}, "
+          f"nofile {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, {os.cpu_count()} cpus)")
+    tether_res = asyncio.run(_many_tether(n))
+    raw_res = _many_raw_epoll(n)
+    print(f"    {'variant':34} {'spawn s':>8} {'exit phase s':>13} {'CPU us/exit':>12}")
+    for name, (spawn_s, cpu_us, wall) in (
+        ("tether.aio guarded (group)", tether_res),
+        ("raw epoll, spawn_lifelined pidfds", raw_res),
+    ):
+        print(f"    {name:34} {spawn_s:8.2f} {wall:13.3f} {cpu_us:12.1f}")
+    print(f"    tether.aio CPU per exit = {tether_res[1]:.1f} us  (target <= 60); "
+          f"{tether_res[1] / raw_res[1]:.1f}x raw epoll")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="CI smoke sizes")
+    parser.add_argument("--only", default="a,b,c", help="sections to run, e.g. a,c")
+    parser.add_argument("--rounds", type=int, help="latency rounds (default 300; quick 20)")
+    parser.add_argument("--runs", type=int, help="throughput runs (default 1000; quick 50)")
+    parser.add_argument("--children", type=int, help="concurrent children (3000; quick 100)")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    rounds = args.rounds or (20 if args.quick else 300)
+    runs = args.runs or (50 if args.quick else 1000)
+    children = args.children or (100 if args.quick else 3000)
+    print(f"python {sys.version.split()[0]}, {os.uname().release}, {os.cpu_count()} cpus, "
+          f"load {os.getloadavg()[0]:.2f}")
+    if "a" in only:
+        asyncio.run(bench_latency(rounds))
+    if "b" in only:
+        asyncio.run(bench_throughput(runs))
+    if "c" in only:
+        bench_many(children)
+
+
+if __name__ == "__main__":
+    main()

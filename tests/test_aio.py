@@ -1,0 +1,486 @@
+"""tether.aio: parity with tether.run, cancellation ends the tree, many children on one loop,
+no helper threads, signals through a signalfd. Plain asyncio.run inside sync tests."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+import oracle
+import tether
+import tether.aio as aio
+
+PY = sys.executable
+PIPE = subprocess.PIPE
+TREE = ["sh", "-c", "sleep 300 & sleep 300 & echo up; wait"]
+# 1,000 by default (a few seconds here); TETHER_AIO_CHILDREN overrides.
+MANY = int(os.environ.get("TETHER_AIO_CHILDREN", "1000"))
+
+_T = TypeVar("_T")
+
+
+def arun(coro: Coroutine[Any, Any, _T]) -> _T:
+    return asyncio.run(coro)
+
+
+def _fds() -> set[int]:
+    gc.collect()  # fds of earlier tests' collectable objects must not count here
+    return oracle.open_fds()
+
+
+def _completed(cp: subprocess.CompletedProcess[Any]) -> tuple[Any, ...]:
+    return (cp.args, cp.returncode, cp.stdout, cp.stderr)
+
+
+# -- run(): parity with tether.run ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "kwargs"),
+    [
+        (["sh", "-c", "exit 3"], {}),
+        (["sh", "-c", "echo out; echo err >&2; exit 4"], {"capture_output": True}),
+        (["sh", "-c", "echo out; echo err >&2"], {"stdout": PIPE, "stderr": subprocess.STDOUT}),
+        (["cat"], {"input": b"x" * 300_000, "capture_output": True}),
+        (["sh", "-c", "printf 'a\\r\\nb\\r'"], {"capture_output": True, "text": True}),
+        (["cat"], {"input": "h\u00e9llo", "stdout": PIPE, "encoding": "utf-8"}),
+        (["sh", "-c", "kill -TERM $$"], {"capture_output": True}),
+        (["sh", "-c", "echo $0"], {"capture_output": True, "contain": None}),
+    ],
+)
+def test_run_matches_tether_run(argv: list[str], kwargs: dict[str, Any]) -> None:
+    theirs = tether.run(argv, **kwargs)
+    ours = arun(aio.run(argv, **kwargs))
+    assert _completed(ours) == _completed(theirs)
+
+
+def test_run_check_raises_called_process_error_with_output() -> None:
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        arun(aio.run(["sh", "-c", "echo no; exit 5"], capture_output=True, check=True))
+    assert info.value.returncode == 5 and info.value.stdout == b"no\n"
+
+
+def test_run_rejects_what_tether_run_rejects() -> None:
+    for kwargs in ({"input": "str"}, {"input": b"x", "stdin": PIPE},
+                   {"capture_output": True, "stdout": PIPE}, {"contain": "bogus"},
+                   {"timeout": -1}):
+        with pytest.raises((TypeError, ValueError)):
+            tether.run(["true"], **kwargs)
+        with pytest.raises((TypeError, ValueError)):
+            arun(aio.run(["true"], **kwargs))
+
+
+def test_missing_program_raises_file_not_found_and_leaves_nothing() -> None:
+    before = _fds()
+    with pytest.raises(FileNotFoundError):
+        arun(aio.run(["/nonexistent/program"], capture_output=True))
+    assert oracle.no_descendants()
+    assert _fds() == before
+
+
+def test_run_leaks_no_fd() -> None:
+    arun(aio.run(["true"]))  # first use: asyncio's and tether's lazy state
+    before = _fds()
+    for _ in range(3):
+        arun(aio.run(["sh", "-c", "cat; echo e >&2"], input=b"data", capture_output=True))
+    assert _fds() == before
+
+
+def test_background_holder_of_stdout_is_no_false_timeout() -> None:
+    # subprocess.run would wait for the sleeping grandchild's copy of stdout and time out.
+    start = time.monotonic()
+    cp = arun(aio.run(["sh", "-c", "sleep 30 & echo hi"], capture_output=True, timeout=5))
+    assert (cp.returncode, cp.stdout) == (0, b"hi\n")
+    assert time.monotonic() - start < 5
+    assert oracle.no_descendants()
+
+
+def test_timeout_ends_the_tree_and_carries_partial_output(mode: str) -> None:
+    script = "echo partial; echo e >&2; sleep 300 & sleep 300; wait"
+    with pytest.raises(tether.TimeoutExpired) as info:
+        arun(aio.run(["sh", "-c", script], capture_output=True, timeout=0.5, grace=0.2,
+                     contain=mode))
+    assert isinstance(info.value, subprocess.TimeoutExpired)
+    assert info.value.timeout == 0.5
+    assert info.value.output == b"partial\n" and info.value.stderr == b"e\n"
+    assert oracle.no_descendants()
+
+
+def test_timeout_escalates_to_sigkill_after_grace() -> None:
+    script = "trap '' TERM; echo up; while :; do sleep 0.05; done"
+    start = time.monotonic()
+    with pytest.raises(tether.TimeoutExpired) as info:
+        arun(aio.run(["sh", "-c", script], stdout=PIPE, timeout=0.3, grace=0.2))
+    assert info.value.output == b"up\n"
+    assert time.monotonic() - start < 5
+    assert oracle.no_descendants()
+
+
+# -- spawn(): the async child ---------------------------------------------------------------------
+
+
+def test_streams_are_asyncio_streams_and_communicate_returns_at_tree_end() -> None:
+    async def main() -> None:
+        child = await aio.spawn(["sh", "-c", "read x; echo got $x; echo e >&2; exit 7"],
+                                stdin=PIPE, stdout=PIPE, stderr=PIPE)
+        assert isinstance(child.stdin, asyncio.StreamWriter)
+        assert isinstance(child.stdout, asyncio.StreamReader)
+        assert isinstance(child.stderr, asyncio.StreamReader)
+        async with child:
+            out, err = await child.communicate(b"hello\n")
+            assert (out, err) == (b"got hello\n", b"e\n")
+            assert child.returncode == 7
+            assert child.exit == tether.Exit(code=7, signal=None)
+            assert child.pidfd.poll() == child.exit
+
+    arun(main())
+    assert oracle.no_descendants()
+
+
+def test_stdin_writer_drains_and_closes_and_stdout_reads_to_eof() -> None:
+    async def main() -> bytes:
+        async with await aio.spawn(["cat"], stdin=PIPE, stdout=PIPE) as child:
+            assert child.stdin is not None and child.stdout is not None
+            reader = asyncio.create_task(child.stdout.read())
+            child.stdin.write(b"y" * 1_000_000)  # more than a pipe holds: drain must wait
+            await child.stdin.drain()
+            child.stdin.close()
+            await child.stdin.wait_closed()
+            data = await reader
+            assert await child.wait() == 0
+            return data
+
+    assert arun(main()) == b"y" * 1_000_000
+
+
+def test_readline_then_signal_then_wait() -> None:
+    script = (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGUSR1, lambda *a: sys.exit(42))\n"
+        "print('ready', flush=True)\n"
+        "signal.pause()\n"
+    )
+
+    async def main() -> int:
+        async with await aio.spawn([PY, "-c", script], stdout=PIPE) as child:
+            assert child.stdout is not None
+            assert await child.stdout.readline() == b"ready\n"
+            child.send_signal(signal.SIGUSR1)
+            return await child.wait()
+
+    assert arun(main()) == 42
+
+
+def test_communicate_ignores_an_escaped_holder_of_the_pipe() -> None:
+    async def main() -> tuple[Any, Any]:
+        async with await aio.spawn(["sh", "-c", "sleep 30 & echo hi"], stdout=PIPE) as child:
+            return await child.communicate()
+
+    assert arun(main()) == (b"hi\n", None)
+    assert oracle.no_descendants()
+
+
+def test_terminate_and_kill_reach_the_whole_tree(mode: str) -> None:
+    async def main(stop: Callable[[aio.AsyncChild], None], sig: int) -> None:
+        async with await aio.spawn(TREE, contain=mode, stdout=PIPE) as child:
+            assert child.stdout is not None
+            assert await child.stdout.readline() == b"up\n"
+            stop(child)
+            assert await child.wait() == -sig
+        assert oracle.no_descendants()
+
+    arun(main(aio.AsyncChild.terminate, signal.SIGTERM))
+    arun(main(aio.AsyncChild.kill, signal.SIGKILL))
+
+
+def test_async_with_kills_and_reaps_the_tree(mode: str) -> None:
+    async def main() -> aio.AsyncChild:
+        async with await aio.spawn(TREE, contain=mode, stdout=PIPE) as child:
+            assert child.stdout is not None
+            assert await child.stdout.readline() == b"up\n"
+        return child
+
+    child = arun(main())
+    assert child.returncode == -signal.SIGKILL
+    assert oracle.no_descendants()
+
+
+def test_contain_none_is_watched_through_the_programs_pidfd() -> None:
+    async def main() -> tuple[int, str | None]:
+        child = await aio.spawn(["sh", "-c", "exit 9"], contain=None)
+        return await child.wait(), child.contain
+
+    assert arun(main()) == (9, None)
+
+
+def test_two_waiters_get_the_same_returncode() -> None:
+    async def main() -> list[int]:
+        child = await aio.spawn(["sh", "-c", "sleep 0.1; exit 6"])
+        return list(await asyncio.gather(child.wait(), child.wait()))
+
+    assert arun(main()) == [6, 6]
+
+
+def test_guard_killed_before_reporting_raises_child_process_error() -> None:
+    async def main() -> None:
+        child = await aio.spawn(TREE, stdout=PIPE)
+        async with child:
+            assert child.stdout is not None
+            assert await child.stdout.readline() == b"up\n"
+            # Only a test reaches for the guard: kill it before it can report.
+            child._child._backend.spawned.pidfd.send_signal(signal.SIGKILL)
+            with pytest.raises(ChildProcessError):
+                await child.wait()
+            assert child.returncode is None
+
+    arun(main())
+    assert oracle.reap_until(2.0).empty
+
+
+# -- cancellation ---------------------------------------------------------------------------------
+
+
+async def _cancel_while(
+    await_it: Callable[[aio.AsyncChild], Coroutine[Any, Any, object]], contain: str | None
+) -> aio.AsyncChild:
+    child = await aio.spawn(TREE, contain=contain, stdout=PIPE, stdin=PIPE)
+    assert child.stdout is not None
+    assert await child.stdout.readline() == b"up\n"
+    task = asyncio.create_task(await_it(child))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    if contain is None:
+        # No guard: the program's group is SIGKILLed and the program reaped; the members,
+        # orphaned to this subreaper, die a moment later.
+        assert oracle.reap_until(2.0).empty
+    else:
+        # Checked the moment the CancelledError arrives: the tree must already be reaped.
+        assert oracle.no_descendants()
+    await child.__aexit__(None, None, None)
+    return child
+
+
+@pytest.mark.parametrize("what", ["wait", "communicate"])
+def test_cancelling_a_waiter_kills_and_reaps_the_tree_first(mode: str, what: str) -> None:
+    def await_it(child: aio.AsyncChild) -> Coroutine[Any, Any, object]:
+        return child.wait() if what == "wait" else child.communicate(b"in")
+
+    child = arun(_cancel_while(await_it, mode))
+    assert child.returncode == -signal.SIGKILL
+
+
+def test_cancelling_a_waiter_on_a_bare_child_kills_its_group() -> None:
+    child = arun(_cancel_while(lambda c: c.wait(), None))
+    assert child.returncode == -signal.SIGKILL
+
+
+def test_cancelling_spawn_while_it_connects_the_pipes_leaves_nothing() -> None:
+    async def main() -> None:
+        task = asyncio.create_task(aio.spawn(TREE, stdin=PIPE, stdout=PIPE, stderr=PIPE))
+        await asyncio.sleep(0)  # spawned; now awaiting the pipe transports
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert oracle.no_descendants()
+
+    before = _fds()
+    arun(main())
+    assert _fds() == before
+
+
+def test_cancelling_run_kills_and_reaps_the_tree_first(mode: str) -> None:
+    async def main() -> None:
+        task = asyncio.create_task(aio.run(TREE, capture_output=True, contain=mode))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert oracle.no_descendants()
+
+    arun(main())
+
+
+def test_asyncio_timeout_around_communicate_kills_the_tree() -> None:
+    async def main() -> aio.AsyncChild:
+        async with await aio.spawn(TREE, stdout=PIPE) as child:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await child.communicate()
+            assert oracle.no_descendants()
+            return child
+
+    assert arun(main()).returncode == -signal.SIGKILL
+
+
+def test_a_second_cancel_during_the_reap_does_not_leave_the_tree() -> None:
+    async def main() -> None:
+        child = await aio.spawn(TREE, stdout=PIPE)
+        assert child.stdout is not None
+        await child.stdout.readline()
+        task = asyncio.create_task(child.wait())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0)  # the task is now inside its kill-and-reap
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert oracle.no_descendants()
+        await child.__aexit__(None, None, None)
+
+    arun(main())
+
+
+# -- many children, no helpers --------------------------------------------------------------------
+
+
+def _raise_nofile(need: int) -> tuple[int, int]:
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = old
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need} fds for {MANY} children")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    return old
+
+
+def test_many_concurrent_children_on_one_loop_are_all_reaped_with_their_codes() -> None:
+    old_limit = _raise_nofile(6 * MANY + 512)
+    fds_before = _fds()
+
+    async def main() -> list[int]:
+        # Every child blocks on one pipe, so all MANY trees (2 x MANY processes) are alive
+        # together, and all exit at once when it closes.
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            children = [
+                await aio.spawn(["sh", "-c", f"read x; exit {i % 256}"], stdin=r)
+                for i in range(MANY)
+            ]
+        finally:
+            os.close(r)
+        tasks = [asyncio.create_task(c.wait()) for c in children]
+        await asyncio.sleep(0.1)
+        os.close(w)
+        return await asyncio.gather(*tasks)
+
+    try:
+        codes = arun(main())
+        assert codes == [i % 256 for i in range(MANY)]
+        assert oracle.no_descendants()
+        assert _fds() == fds_before
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, old_limit)
+
+
+def test_nothing_runs_in_a_helper_thread_and_no_child_watcher_is_attached() -> None:
+    policy = asyncio.get_event_loop_policy()
+    watcher_before = getattr(policy, "_watcher", None)
+    sigchld_before = signal.getsignal(signal.SIGCHLD)
+    threads_before = threading.active_count()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        child = await aio.spawn(["sh", "-c", "read x; exit 3"], stdin=PIPE, stdout=PIPE)
+        waiter = asyncio.create_task(child.communicate(b"go\n"))
+        await asyncio.sleep(0.05)
+        assert threading.active_count() == threads_before  # while awaiting
+        assert await waiter == (b"", None)
+        assert (await aio.run(["sh", "-c", "exit 2"])).returncode == 2
+        assert threading.active_count() == threads_before
+        assert not getattr(loop, "_signal_handlers", {})
+
+    arun(main())
+    assert getattr(policy, "_watcher", None) is watcher_before
+    assert signal.getsignal(signal.SIGCHLD) == sigchld_before
+
+
+# -- signals --------------------------------------------------------------------------------------
+
+
+def test_signals_delivers_sigusr1_sent_by_another_process() -> None:
+    if threading.active_count() != 1:
+        pytest.skip("another thread may not block SIGUSR1 and would take it")
+    mask_before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+    async def main() -> tuple[tether.SignalInfo, int]:
+        with aio.signals(signal.SIGUSR1) as sigs:
+            cp = await aio.run(["kill", "-USR1", str(os.getpid())], contain=None)
+            assert cp.returncode == 0
+            async with asyncio.timeout(5):
+                info = await anext(sigs)
+            return info, cp.returncode
+
+    info, _ = arun(main())
+    assert info.signo == signal.SIGUSR1 and info.signal == signal.SIGUSR1
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask_before
+
+
+def test_signals_iterator_stops_once_closed() -> None:
+    async def main() -> list[tether.SignalInfo]:
+        sigs = aio.signals(signal.SIGUSR2)
+        signal.raise_signal(signal.SIGUSR2)  # to this thread, which blocks it
+        got = [await anext(sigs)]
+        sigs.close()
+        got += [info async for info in sigs]
+        return got
+
+    got = arun(main())
+    assert [i.signo for i in got] == [signal.SIGUSR2]
+
+
+def test_closing_signals_while_a_task_awaits_them_ends_its_iteration() -> None:
+    async def main() -> list[tether.SignalInfo]:
+        sigs = aio.signals(signal.SIGUSR2)
+        task = asyncio.create_task(anext(sigs, None))
+        await asyncio.sleep(0.01)
+        sigs.close()
+        assert await task is None
+        return [info async for info in sigs]
+
+    assert arun(main()) == []
+
+
+# -- other event loops ----------------------------------------------------------------------------
+
+
+def test_works_under_anyio_asyncio_backend_and_its_cancel_scopes() -> None:
+    anyio = pytest.importorskip(
+        "anyio", reason="anyio is not installed (it is in tether's test extra)")
+
+    async def main() -> None:
+        cp = await aio.run(["sh", "-c", "echo a; exit 3"], capture_output=True)
+        assert (cp.returncode, cp.stdout) == (3, b"a\n")
+        async with await aio.spawn(TREE, stdout=PIPE) as child:
+            assert child.stdout is not None
+            assert await child.stdout.readline() == b"up\n"
+            # anyio re-delivers the cancellation on every loop turn until the scope is left.
+            with anyio.move_on_after(0.2) as scope:
+                await child.wait()
+            assert scope.cancelled_caught
+            assert child.returncode == -signal.SIGKILL
+            assert oracle.no_descendants()
+
+    anyio.run(main, backend="asyncio")
+
+
+def test_under_trio_it_says_asyncio_is_needed() -> None:
+    trio = pytest.importorskip("trio", reason="trio is not installed")
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="asyncio"):
+            await aio.run(["true"])
+
+    trio.run(main)
