@@ -95,7 +95,10 @@ class _CheckedEnv(dict[bytes, bytes]):
 def convert_env(env: Mapping[str, str] | Mapping[bytes, bytes] | None) -> dict[bytes, bytes]:
     """Check and encode the environment; None means a copy of os.environ."""
     if env is None:
-        return _CheckedEnv(os.environb)
+        # CPython keeps os.environ's bytes in a plain dict; copying that is a C-level copy,
+        # where walking the os.environb mapping costs tens of microseconds per spawn.
+        data = getattr(os.environb, "_data", None)
+        return _CheckedEnv(data if isinstance(data, dict) else os.environb)
     if type(env) is _CheckedEnv:
         return env  # converted by a caller of ours already (the guard launcher)
     if not isinstance(env, Mapping):
