@@ -79,9 +79,25 @@ def cgroup_unavailable_reason(explicit: str | os.PathLike[str] | None = None) ->
     return None if root is not None else reason
 
 
+_root_cache: dict[str | None, str] = {}
+
+
 def _find_root(explicit: str | os.PathLike[str] | None) -> tuple[str, str | None]:
     if explicit is None:
         explicit = os.environ.get(ROOT_ENV) or None
+    key = None if explicit is None else os.fspath(explicit)
+    cached = _root_cache.get(key)
+    if cached is not None:
+        # Only successes are cached (parsing the mount table and probing costs ~0.1 ms per
+        # spawn); CgroupTree.create recreates the parent directory if it was removed since.
+        return "", cached
+    reason, root = _probe_root(explicit)
+    if root is not None:
+        _root_cache[key] = root
+    return reason, root
+
+
+def _probe_root(explicit: str | os.PathLike[str] | None) -> tuple[str, str | None]:
     if explicit is not None:
         candidates = [os.fspath(explicit)]
     else:
@@ -124,7 +140,11 @@ class CgroupTree:
         _sweep_once(parent)
         for _ in range(8):
             path = os.path.join(parent, f"t-{secrets.token_hex(8)}")
-            os.mkdir(path, 0o755)
+            try:
+                os.mkdir(path, 0o755)
+            except FileNotFoundError:
+                os.makedirs(parent, 0o755, exist_ok=True)  # removed since we looked
+                os.mkdir(path, 0o755)
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal as _signal
 from dataclasses import dataclass
@@ -44,6 +45,10 @@ class Exit:
 
     @classmethod
     def _from_waitid(cls, si_code: int, si_status: int) -> Exit:
+        return _exit_from_waitid(si_code, si_status)
+
+    @classmethod
+    def _build_from_waitid(cls, si_code: int, si_status: int) -> Exit:
         if si_code == _CLD_EXITED:
             return cls(code=si_status, signal=None)
         if si_code in (_CLD_KILLED, _CLD_DUMPED):
@@ -66,3 +71,10 @@ class Exit:
                 name = f"signal {self.signal}"
             return f"killed by {name}" + (" (core dumped)" if self.core_dumped else "")
         return f"exited with code {self.code}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _exit_from_waitid(si_code: int, si_status: int) -> Exit:
+    # Exit values are frozen and few (a code or a signal): share them, since building a
+    # dataclass on every reap is a measurable part of the exit-notification path.
+    return Exit._build_from_waitid(si_code, si_status)

@@ -230,6 +230,17 @@ class Pidfd(metaclass=NoPublicConstructor):
                 assert timeout is not None
                 raise TimeoutExpired(self._timeout_cmd(), timeout)
             return result
+        if deadline is None:
+            # Wait until reapable without reaping (WNOWAIT needs no lock, so pollers and other
+            # waiters are never blocked behind us), then reap in the one place that does.
+            try:
+                os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                pass  # reaped by another waiter meanwhile: _reap_locked sorts it out
+            with self._lock:
+                result = self._reap_locked(block=False)
+            if result is not None:
+                return result
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         while True:

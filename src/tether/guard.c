@@ -1142,6 +1142,11 @@ int main(int argc, char **argv)
             program_check();
             g.children = reap_children();
         }
+        /* program_check() may just have started the kill (g.killing): the members it killed
+         * may already be gone, and the POLLPRI for that is rate-limited, so look now rather
+         * than sleep up to 10 ms on a file that already says "populated 0". */
+        if (at_events >= 0 && g.killing)
+            cg_read_events();
         now = now_ms();
         if (tree_done(now))
             break;
