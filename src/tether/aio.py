@@ -9,7 +9,7 @@ and reaped.
 
 Spawning is synchronous (the clone is vfork-style and the guard reports as soon as the program
 has exec'd, about a millisecond), so it runs directly in the loop's thread. Works under any
-asyncio loop, including anyio's asyncio backend; not under trio (see ``docs/aio.md``).
+asyncio loop, including anyio's asyncio backend; not under trio (see the README, "asyncio").
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _running_loop(what: str) -> asyncio.AbstractEventLoop:
         raise RuntimeError(
             f"tether.aio.{what}() must be awaited in a running asyncio event loop (anyio's "
             "asyncio backend works; trio does not: use tether.spawn/run from trio's threads, "
-            "see docs/aio.md)"
+            "see the README, section asyncio)"
         ) from None
 
 
