@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from . import _core, _features
 from ._cgroup import cgroup_root, cgroup_unavailable_reason
 from ._errors import Unsupported
-from ._guard import guard_path, pidns_unavailable_reason
+from ._guard import _devnull, guard_path, pidns_unavailable_reason
 from ._pidfd import PIDFD_SIGNAL_PROCESS_GROUP
 
 __all__ = ["doctor", "probe_all"]
@@ -78,16 +78,6 @@ def _pidfs_probe(other_fd: int) -> tuple[bool, str]:
     finally:
         os.close(own)
     return (not same, "one inode per process" if not same else "shared anon inode")
-
-
-_null = -1
-
-
-def _devnull() -> int:
-    global _null
-    if _null < 0:
-        _null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    return _null
 
 
 def _seccomp_mode() -> str:

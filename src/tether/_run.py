@@ -36,6 +36,46 @@ def end_tree(child: Child, grace: float | None) -> None:
         child.wait()
 
 
+def prepare_run(
+    *,
+    timeout: float | None,
+    grace: float | None,
+    input: bytes | str | None,
+    capture_output: bool,
+    stdin: Any,
+    stdout: Any,
+    stderr: Any,
+    text: bool,
+    encoding: str | None,
+    errors: str | None,
+    universal_newlines: bool | None,
+    contain: str | None,
+    cgroup_root: str | os.PathLike[str] | None,
+) -> tuple[float | None, float | None, Any, Any, Any, bool]:
+    """Check run()'s arguments (as subprocess.run does) before anything starts; returns
+    (timeout, grace, stdin, stdout, stderr, text) normalised. Shared with tether.aio.run."""
+    timeout = _check_timeout(timeout)
+    grace = _check_timeout(grace)  # None (inf): SIGTERM only, never SIGKILL
+    if input is not None:
+        if stdin is not None:
+            raise ValueError("stdin and input arguments may not both be used.")
+        stdin = subprocess.PIPE
+    if capture_output:
+        if stdout is not None or stderr is not None:
+            raise ValueError("stdout and stderr arguments may not be used with capture_output.")
+        stdout = stderr = subprocess.PIPE
+    if universal_newlines is not None:
+        text = text or bool(universal_newlines)
+    if input is not None:
+        textual = text or encoding is not None or errors is not None
+        if isinstance(input, str) and not textual:
+            raise TypeError("input must be bytes, not str (or pass text=True)")
+        if not isinstance(input, str) and textual:
+            raise TypeError("input must be str in text mode, not bytes")
+    resolve_mode(contain, cgroup_root)  # a ValueError for an unknown mode, before anything
+    return timeout, grace, stdin, stdout, stderr, text
+
+
 def run(
     argv: Sequence[StrOrBytesPath],
     *,
@@ -70,25 +110,12 @@ def run(
     Guarantee: when run() returns or raises, no process of the tree is left (within what the
     containment mode reaches; see the README).
     """
-    timeout = _check_timeout(timeout)
-    grace_s = _check_timeout(grace)  # None (inf): SIGTERM only, never SIGKILL
-    if input is not None:
-        if stdin is not None:
-            raise ValueError("stdin and input arguments may not both be used.")
-        stdin = subprocess.PIPE
-    if capture_output:
-        if stdout is not None or stderr is not None:
-            raise ValueError("stdout and stderr arguments may not be used with capture_output.")
-        stdout = stderr = subprocess.PIPE
-    if universal_newlines is not None:
-        text = text or bool(universal_newlines)
-    if input is not None:
-        textual = text or encoding is not None or errors is not None
-        if isinstance(input, str) and not textual:
-            raise TypeError("input must be bytes, not str (or pass text=True)")
-        if not isinstance(input, str) and textual:
-            raise TypeError("input must be str in text mode, not bytes")
-    resolve_mode(contain, cgroup_root)  # a ValueError for an unknown mode, before anything
+    timeout, grace_s, stdin, stdout, stderr, text = prepare_run(
+        timeout=timeout, grace=grace, input=input, capture_output=capture_output,
+        stdin=stdin, stdout=stdout, stderr=stderr, text=text, encoding=encoding,
+        errors=errors, universal_newlines=universal_newlines, contain=contain,
+        cgroup_root=cgroup_root,
+    )
     with spawn(
         argv, contain=contain, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
         pass_fds=pass_fds, text=text, encoding=encoding, errors=errors,

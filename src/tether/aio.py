@@ -25,9 +25,9 @@ from ._child import Child
 from ._child import spawn as _spawn_child
 from ._errors import TimeoutExpired
 from ._exit import Exit
-from ._guard import Guard, resolve_mode
-from ._pidfd import NoPublicConstructor, Pidfd, _check_timeout
-from ._run import DEFAULT_GRACE
+from ._guard import Guard
+from ._pidfd import NoPublicConstructor, Pidfd
+from ._run import DEFAULT_GRACE, prepare_run
 from ._signalfd import SignalFd, SignalInfo
 from ._spawn import StrOrBytesPath
 
@@ -616,25 +616,12 @@ async def run(
     no process of the tree is left (within what the containment mode reaches).
     """
     _running_loop("run")
-    timeout = _check_timeout(timeout)
-    grace = _check_timeout(grace) or 0.0
-    if input is not None:
-        if stdin is not None:
-            raise ValueError("stdin and input arguments may not both be used.")
-        stdin = subprocess.PIPE
-    if capture_output:
-        if stdout is not None or stderr is not None:
-            raise ValueError("stdout and stderr arguments may not be used with capture_output.")
-        stdout = stderr = subprocess.PIPE
-    if universal_newlines is not None:
-        text = text or bool(universal_newlines)
-    if input is not None:
-        textual = text or encoding is not None or errors is not None
-        if isinstance(input, str) and not textual:
-            raise TypeError("input must be bytes, not str (or pass text=True)")
-        if not isinstance(input, str) and textual:
-            raise TypeError("input must be str in text mode, not bytes")
-    resolve_mode(contain, cgroup_root)  # a ValueError for an unknown mode, before anything
+    timeout, grace_s, stdin, stdout, stderr, text = prepare_run(
+        timeout=timeout, grace=grace, input=input, capture_output=capture_output,
+        stdin=stdin, stdout=stdout, stderr=stderr, text=text, encoding=encoding,
+        errors=errors, universal_newlines=universal_newlines, contain=contain,
+        cgroup_root=cgroup_root,
+    )
     child = await spawn(
         argv, contain=contain, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
         pass_fds=pass_fds, text=text, encoding=encoding, errors=errors, wait_tree=wait_tree,
@@ -645,7 +632,7 @@ async def run(
         deadline = None if timeout is None else child._loop.time() + timeout
         ended = await child._pump(data, deadline)
         if not ended:
-            await _end_tree(child, grace)
+            await _end_tree(child, grace_s)
             await child._finish_pipes()
     out, err = child._collected()
     args = child.args
@@ -662,10 +649,11 @@ async def run(
     return subprocess.CompletedProcess(args, retcode, out, err)
 
 
-async def _end_tree(child: AsyncChild, grace: float) -> None:
-    """SIGTERM the whole tree, then SIGKILL whatever is left after ``grace`` seconds."""
+async def _end_tree(child: AsyncChild, grace: float | None) -> None:
+    """SIGTERM the whole tree, then SIGKILL whatever is left after ``grace`` seconds (None:
+    wait for the SIGTERM to work, however long)."""
     child.terminate()
-    if not await child._wait_tree(child._loop.time() + grace):
+    if not await child._wait_tree(None if grace is None else child._loop.time() + grace):
         child.kill()
         await child._wait_tree(None)
 

@@ -53,7 +53,15 @@ from typing import Any, Final, NamedTuple
 
 import pytest
 
-from ._cgroup import PARENT_NAME, ROOT_ENV, _mounted_cgroup2, cgroup_root, cgroup_unavailable_reason
+from ._cgroup import (
+    PARENT_NAME,
+    ROOT_ENV,
+    _mounted_cgroup2,
+    _populated,
+    _write,
+    cgroup_root,
+    cgroup_unavailable_reason,
+)
 from ._child import Child, spawn
 from ._enforce import enforce
 
@@ -589,22 +597,6 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ.pop(name, None)
     else:
         os.environ[name] = value
-
-
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def _populated(path: str) -> bool:
-    try:
-        with open(os.path.join(path, "cgroup.events"), "rb") as f:
-            return b"populated 1" in f.read()
-    except FileNotFoundError:
-        return False
 
 
 def _wait_events(path: str, wanted: bytes, timeout: float) -> bool:
