@@ -224,3 +224,33 @@ def test_bare_mode_has_no_guard_and_ends_its_group() -> None:
         child.kill()
         assert child.wait() == -9
     assert oracle.reap_until(1.0).empty
+
+
+def test_bare_with_block_ends_the_group_after_the_leader_exited() -> None:
+    with tether.spawn(["sh", "-c", "sleep 300 & exit 0"], contain=None) as child:
+        assert child.wait() == 0  # the leader is gone, its group member lives on
+    assert oracle.reap_until(1.0).empty
+
+
+def test_with_block_closes_pipes_even_if_the_guard_was_killed() -> None:
+    child = tether.spawn(["sleep", "300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with child:
+        child._backend.spawned.pidfd.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    assert child.stdout is not None and child.stdout.closed
+    assert child.stderr is not None and child.stderr.closed
+    assert oracle.reap_until(1.0).empty
+
+
+def test_bad_encoding_fails_before_anything_starts() -> None:
+    before = oracle.open_fds()
+    with pytest.raises(LookupError):
+        tether.spawn(["sleep", "300"], stdin=subprocess.PIPE, encoding="no-such-codec")
+    assert oracle.open_fds() == before
+    assert oracle.no_descendants()
+
+
+def test_timeout_partial_output_is_bytes_even_in_text_mode() -> None:
+    with pytest.raises(tether.TimeoutExpired) as info:
+        tether.run(["sh", "-c", "printf '\\303'; sleep 300"], timeout=0.3, grace=0.2,
+                   text=True, capture_output=True)
+    assert info.value.output == b"\xc3"

@@ -9,6 +9,7 @@ program.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import fcntl
 import io
@@ -65,11 +66,17 @@ class _Bare:
 
     def signal_tree(self, sig: int) -> None:
         pidfd = self.spawned.pidfd
-        if pidfd.poll() is not None:
+        if pidfd.closed:
             return
         try:
+            # Through the leader's pidfd the group is reached even once the leader has been
+            # reaped (while any member lives): a race-free group handle.
             pidfd.send_signal(sig, process_group=True)
+        except ProcessLookupError:
+            return  # the group is empty
         except Unsupported:
+            if pidfd.poll() is not None:
+                return  # leader reaped: its number could be reused, never signal by it
             # Before Linux 6.9: killpg by number, which is exact only because the leader is
             # our own unreaped child (polled just above): its number, which is the group's,
             # cannot have been recycled.
@@ -81,7 +88,8 @@ class _Bare:
     def abandon(self) -> None:
         self.kill_tree()
         self.spawned.lifeline.close()
-        self.spawned.pidfd.wait()
+        if not self.spawned.pidfd.closed:
+            self.spawned.pidfd.wait()
 
 
 @final
@@ -234,7 +242,7 @@ class Child(metaclass=NoPublicConstructor):
         try:
             self._pump_pipes(data, deadline)
         except TimeoutExpired as exc:
-            out, err = self._collected(final=False)
+            out, err = self._collected(final=False, decode=False)
             raise TimeoutExpired(self.args, exc.timeout, output=out, stderr=err) from None
         if deadline is None:
             self.wait()
@@ -243,7 +251,7 @@ class Child(metaclass=NoPublicConstructor):
             try:
                 self.wait(remaining)
             except TimeoutExpired:
-                out, err = self._collected(final=False)
+                out, err = self._collected(final=False, decode=False)
                 raise TimeoutExpired(self.args, timeout or 0.0, output=out, stderr=err) from None
         return self._collected(final=True)
 
@@ -339,7 +347,9 @@ class Child(metaclass=NoPublicConstructor):
             except BrokenPipeError:
                 pass
 
-    def _collected(self, *, final: bool) -> tuple[Any, Any]:
+    def _collected(self, *, final: bool, decode: bool = True) -> tuple[Any, Any]:
+        """What the pipes gave so far. Partial output (a timeout) stays bytes, as subprocess
+        leaves it: a multi-byte character may be cut in half there."""
         out: list[Any] = []
         for stream in (self.stdout, self.stderr):
             if stream is None:
@@ -349,7 +359,7 @@ class Child(metaclass=NoPublicConstructor):
             raw = b"".join(self._out_chunks.get(fd, []))
             if final and not stream.closed:
                 stream.close()
-            if self._text:
+            if self._text and decode:
                 text = raw.decode(self._encoding_name(), self._errors or "strict")
                 out.append(text.replace("\r\n", "\n").replace("\r", "\n"))
             else:
@@ -366,15 +376,18 @@ class Child(metaclass=NoPublicConstructor):
         try:
             self._close_stdin()
         finally:
-            if self.poll() is None:
-                self._backend.abandon()
             try:
+                if isinstance(self._backend, _Bare) or self.poll() is None:
+                    # contain=None: the leader may be gone while its group lives on; the
+                    # leader's pidfd still names the group, so always end it.
+                    self._backend.abandon()
                 self._settle()
             except ChildProcessError:
-                pass
-            for stream in (self.stdout, self.stderr):
-                if stream is not None:
-                    stream.close()
+                pass  # the guard died; the tree was ended parent-side (see Guard)
+            finally:
+                for stream in (self.stdout, self.stderr):
+                    if stream is not None:
+                        stream.close()
 
     def __del__(self) -> None:
         # Dropping the last reference cuts the lifeline (the LifelineWriter closes when it is
@@ -473,6 +486,11 @@ def spawn(
         text = text or bool(universal_newlines)
     text = text or encoding is not None or errors is not None
     mode = resolve_mode(contain, cgroup_root)
+    if text:
+        # A bad codec must fail before the tree exists, not after (as subprocess does).
+        codecs.lookup(encoding or locale.getpreferredencoding(False))
+        if errors is not None:
+            codecs.lookup_error(errors)
     plan, parent_ends = _stdio_with_pipes(stdin, stdout, stderr)
     backend: Guard | _Bare
     try:

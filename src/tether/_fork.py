@@ -65,7 +65,11 @@ def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spaw
         with parent_sock:
             msg, fds, _flags, _addr = socket.recv_fds(parent_sock, 16, 1)
     except BaseException:
-        writer.close()
+        writer.close()  # the child, attached or about to be, dies of it
+        try:
+            _reap_unhanded(pid)
+        except ChildProcessError:
+            pass
         raise
     if msg != b"P" or len(fds) != 1:
         for fd in fds:

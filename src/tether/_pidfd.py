@@ -159,6 +159,10 @@ class Pidfd(metaclass=NoPublicConstructor):
 
     def __del__(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
+            if self._reaper and self._exit is None:
+                # An exited child whose handle is dropped must not stay a zombie.
+                with contextlib.suppress(OSError):
+                    os.waitid(os.P_PIDFD, self._fd, os.WEXITED | os.WNOHANG)
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = -1

@@ -125,8 +125,10 @@ def run(
             out, err = child.communicate(input, timeout)
         except TimeoutExpired:
             end_tree(child, grace_s)
-            # The tree is gone: collect what it wrote before it died.
-            out, err = child.communicate()
+            # The tree is gone: collect what it wrote before it died, as bytes (like
+            # subprocess: partial output may end inside a multi-byte character).
+            child._pump_pipes(b"", None)
+            out, err = child._collected(final=True, decode=False)
             assert timeout is not None
             raise TimeoutExpired(child.args, timeout, output=out, stderr=err) from None
         except BaseException:
