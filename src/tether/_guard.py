@@ -329,8 +329,17 @@ class Guard:
             # The leader's pidfd is a race-free handle on the group, even once it is reaped.
             try:
                 self.program.send_signal(signal.SIGKILL, process_group=True)
-            except (ProcessLookupError, Unsupported):
+            except ProcessLookupError:
                 pass
+            except Unsupported:
+                # Before Linux 6.9: killpg by number, only while the leader's pidfd proves
+                # the leader (whose number is the group's) still exists, so the number
+                # cannot have been handed to anyone else (DESIGN.md's named fallback).
+                try:
+                    self.program.send_signal(0)
+                    os.killpg(self.program_pid, signal.SIGKILL)  # noqa: TET201  proven above
+                except ProcessLookupError:
+                    pass
         elif self.cgroup is not None:
             self.cgroup.remove()
         # pidns: the kernel killed the namespace when its init (the guard) died.
