@@ -53,22 +53,9 @@ def _unowned(name: str) -> bool:
     """A tree directory whose lock nobody holds. Our descendants are all gone by now (checked
     just before), so a directory still locked belongs to another tether user of this machine
     (a concurrent test run), not to this test."""
-    import fcntl
-
     from tether._cgroup import PARENT_NAME, cgroup_root
 
-    path = os.path.join(cgroup_root(), PARENT_NAME, name)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return oracle.cgroup_locked(os.path.join(cgroup_root(), PARENT_NAME, name)) is False
 
 
 CLONE_METHODS = {"clone3": _core.CLONE_CLONE3, "legacy": _core.CLONE_LEGACY}

@@ -87,3 +87,21 @@ def open_fds() -> set[int]:
             continue
         out.add(fd)
     return out
+
+
+def cgroup_locked(path: str) -> bool | None:
+    """Whether someone holds a tether cgroup directory's flock (a live tether parent or guard
+    owns it); None if the directory is gone."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock we may have taken
+    return False

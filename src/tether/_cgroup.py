@@ -219,12 +219,13 @@ def _populated(path: str) -> bool:
     return False
 
 
-def _wait_empty(path: str, timeout: float) -> bool:
-    """Wait for ``populated 0`` on cgroup.events (POLLPRI, re-read to re-arm)."""
-    events = os.path.join(path, "cgroup.events")
+def wait_events(path: str, wanted: bytes, timeout: float) -> bool:
+    """Wait until the cgroup's cgroup.events shows ``wanted`` (e.g. b"populated 0" or
+    b"frozen 1"): POLLPRI, re-reading the file after each event to re-arm it. True once
+    seen (or the directory is gone), False on timeout."""
     deadline = time.monotonic() + timeout
     try:
-        fd = os.open(events, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return True
     try:
@@ -232,7 +233,7 @@ def _wait_empty(path: str, timeout: float) -> bool:
         poller.register(fd, select.POLLPRI)
         while True:
             os.lseek(fd, 0, os.SEEK_SET)
-            if b"populated 0" in os.read(fd, 4096):
+            if wanted in os.read(fd, 4096):
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -240,6 +241,10 @@ def _wait_empty(path: str, timeout: float) -> bool:
             poller.poll(max(1, _poll_ms(remaining) or 1))
     finally:
         os.close(fd)
+
+
+def _wait_empty(path: str, timeout: float) -> bool:
+    return wait_events(path, b"populated 0", timeout)
 
 
 def _kill_and_remove(path: str, timeout: float) -> None:

@@ -61,6 +61,7 @@ from ._cgroup import (
     _write,
     cgroup_root,
     cgroup_unavailable_reason,
+    wait_events,
 )
 from ._child import Child, spawn
 from ._enforce import enforce
@@ -538,7 +539,7 @@ class _CgroupContainment(_Containment):
         # cgroup.procs still names the same process while we read its command line and open
         # a pidfd on it. cgroup.kill works on frozen members.
         _write(os.path.join(path, "cgroup.freeze"), "1")
-        _wait_events(path, b"frozen 1", _FREEZE_TIMEOUT)
+        wait_events(path, b"frozen 1", _FREEZE_TIMEOUT)
         leaks: list[Leak] = []
         pidfds: list[int] = []
         try:
@@ -548,7 +549,7 @@ class _CgroupContainment(_Containment):
                 if fd is not None:
                     pidfds.append(fd)
             _write(os.path.join(path, "cgroup.kill"), "1")
-            _wait_events(path, b"populated 0", _KILL_TIMEOUT)
+            wait_events(path, b"populated 0", _KILL_TIMEOUT)
             for fd in pidfds:
                 _reap_if_own_child(fd)  # pytest's own children would stay zombies otherwise
         finally:
@@ -599,28 +600,6 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def _wait_events(path: str, wanted: bytes, timeout: float) -> bool:
-    """Wait until cgroup.events contains ``wanted`` (POLLPRI; re-read to re-arm)."""
-    try:
-        fd = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True
-    deadline = time.monotonic() + timeout
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLPRI)
-        while True:
-            os.lseek(fd, 0, os.SEEK_SET)
-            if wanted in os.read(fd, 4096):
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            poller.poll(max(1, int(remaining * 1000)))
-    finally:
-        os.close(fd)
-
-
 def _subdirs(path: str) -> list[str]:
     try:
         return [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
@@ -668,7 +647,7 @@ def _remove_tree_until(path: str, deadline: float) -> bool:
         if not subdirs:
             if time.monotonic() >= deadline:
                 return False
-            if _wait_events(path, b"populated 0", 0.01):
+            if wait_events(path, b"populated 0", 0.01):
                 # Empty, yet rmdir still said EBUSY: the kernel is finishing the members'
                 # exit (seen for a few hundred microseconds). A bounded back-off, not a poll
                 # of process state.
@@ -681,7 +660,7 @@ def _kill_tree(path: str) -> None:
         return
     if _populated(path):
         _write(os.path.join(path, "cgroup.kill"), "1")
-        _wait_events(path, b"populated 0", _KILL_TIMEOUT)
+        wait_events(path, b"populated 0", _KILL_TIMEOUT)
     _remove_tree(path, _KILL_TIMEOUT)
 
 

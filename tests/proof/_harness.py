@@ -283,41 +283,9 @@ def cgroup_populated(path: str) -> bool:
         return False
 
 
-def cgroup_locked(path: str) -> bool:
-    """True if someone holds the directory's flock (a live tether parent or guard owns it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # releases the lock we may have taken
-    return False
-
-
 def wait_unpopulated(path: str, timeout: float) -> bool:
-    """Wait for ``populated 0`` (cgroup.events, POLLPRI; re-read to re-arm)."""
-    deadline = time.monotonic() + timeout
-    try:
-        fd = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLPRI)
-        while True:
-            os.lseek(fd, 0, os.SEEK_SET)
-            if b"populated 0" in os.read(fd, 4096):
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            poller.poll(max(1, int(remaining * 1000)))
-    finally:
-        os.close(fd)
+    """Wait for ``populated 0`` (the library's own cgroup.events wait)."""
+    return _cgroup.wait_events(path, b"populated 0", timeout)
 
 
 def _rmdir_tree(path: str) -> None:

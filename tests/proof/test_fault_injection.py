@@ -38,6 +38,7 @@ from pathlib import Path
 import pytest
 
 import tether
+from oracle import cgroup_locked
 
 from ._harness import (
     FULL,
@@ -45,7 +46,6 @@ from ._harness import (
     Lines,
     Marker,
     Pen,
-    cgroup_locked,
     cgroup_populated,
     ms_summary,
     percentile,
