@@ -89,6 +89,77 @@ def test_missing_program_raises_file_not_found_and_leaves_nothing() -> None:
     assert _fds() == before
 
 
+def test_exec_failure_seen_by_the_guard_raises_typed_and_leaves_nothing(
+        mode: str, tmp_path: Any) -> None:
+    junk = os.path.join(str(tmp_path), "junk")
+    with open(junk, "wb") as f:
+        f.write(b"#!/nonexistent/interpreter\n")
+    os.chmod(junk, 0o755)
+    arun(aio.run(["true"], contain=mode))
+    before = _fds()
+    with pytest.raises(FileNotFoundError):
+        arun(aio.run([junk], input=b"x" * 200000, capture_output=True, contain=mode))
+    with pytest.raises(FileNotFoundError):
+        arun(aio.spawn([junk], stdout=PIPE, contain=mode))
+    assert oracle.no_descendants()
+    assert _fds() == before
+
+
+def test_spawn_awaits_the_start_in_the_loop_without_blocking_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guard's start report is awaited in the selector: the blocking wait is never used,
+    # and another task gets turns while a spawn is in progress.
+    from tether._guard import Guard
+
+    def blocking(self: Guard) -> None:
+        raise AssertionError("tether.aio.spawn blocked the loop in Guard.await_start")
+
+    monkeypatch.setattr(Guard, "await_start", blocking)
+
+    async def main() -> int:
+        in_spawn = False
+        seen = 0
+        stop = False
+
+        async def ticker() -> None:
+            nonlocal seen
+            while not stop:
+                seen += in_spawn
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        for _ in range(20):
+            in_spawn = True
+            child = await aio.spawn(["true"])
+            in_spawn = False
+            assert child.pid > 0
+            assert await child.wait() == 0
+        stop = True
+        await task
+        return seen
+
+    assert arun(main()) > 0
+
+
+def test_timeout_before_the_start_is_read_still_ends_the_tree(mode: str) -> None:
+    # aio.run does not await the guard's start report: with timeout=0 the SIGTERM is queued
+    # before the program can have started; the guard must deliver it once it has (grace=None:
+    # no SIGKILL would come to the rescue, a lost SIGTERM means waiting out the sleep).
+    start = time.monotonic()
+    with pytest.raises(tether.TimeoutExpired):
+        arun(aio.run(["sleep", "30"], timeout=0, grace=None, contain=mode))
+    assert time.monotonic() - start < 10
+    assert oracle.no_descendants()
+
+
+def test_timeout_partial_output_is_bytes_even_in_text_mode() -> None:
+    # As subprocess.run (and tether.run): the output so far may end inside a character.
+    with pytest.raises(tether.TimeoutExpired) as info:
+        arun(aio.run(["sh", "-c", "printf '\\303'; sleep 300"], timeout=0.3, grace=0.2,
+                     text=True, capture_output=True))
+    assert info.value.output == b"\xc3"
+
+
 def test_run_leaks_no_fd() -> None:
     arun(aio.run(["true"]))  # first use: asyncio's and tether's lazy state
     before = _fds()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -175,6 +176,14 @@ def test_program_pidfd_is_race_free_and_observes_exit(mode: str) -> None:
         child.pidfd.send_signal(signal.SIGKILL)
         assert child.wait() == -9
         assert child.pidfd.poll() == tether.Exit(code=None, signal=9)
+
+
+def test_program_pidfd_handed_over_by_the_guard_is_close_on_exec(mode: str) -> None:
+    # Received over SCM_RIGHTS: without MSG_CMSG_CLOEXEC it would leak into every program
+    # this process later execs (socket.recv_fds does not ask for it).
+    with tether.spawn(["sleep", "300"], contain=mode) as child:
+        assert fcntl.fcntl(child.pidfd.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        child.kill()
 
 
 def test_child_has_no_public_constructor() -> None:

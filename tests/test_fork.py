@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sys
@@ -52,6 +53,12 @@ def test_pid_and_pidfd_name_the_child() -> None:
     os.close(w)
     with os.fdopen(r, "rb") as f:
         assert int(f.read()) == s.pid
+    s.pidfd.wait()
+
+
+def test_pidfd_sent_by_the_child_is_close_on_exec() -> None:
+    s = tether.run_in_fork(lambda: None)
+    assert fcntl.fcntl(s.pidfd.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC
     s.pidfd.wait()
 
 

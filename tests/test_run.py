@@ -126,3 +126,22 @@ def test_bad_input_is_rejected_before_anything_starts(kwargs: dict[str, Any],
 def test_run_in_every_mode(mode: str) -> None:
     result = tether.run(["sh", "-c", "echo $0", "m"], capture_output=True, contain=mode)
     assert (result.returncode, result.stdout) == (0, b"m\n")
+
+
+
+def test_exec_failure_raises_what_subprocess_raises_and_leaves_nothing(
+        mode: str, tmp_path: Path) -> None:
+    # Found executable, refused by exec itself (a missing interpreter): only the guard sees
+    # it, and run() must raise what subprocess.run raises, with nothing left behind.
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"#!/nonexistent/interpreter\n")
+    junk.chmod(0o755)
+    with pytest.raises(FileNotFoundError) as expected:
+        subprocess.run([str(junk)])
+    tether.run(["true"], contain=mode)  # lazy state (cgroup root, probes) before the count
+    before = oracle.open_fds()
+    with pytest.raises(FileNotFoundError) as info:
+        tether.run([str(junk)], input=b"x" * 200000, capture_output=True, contain=mode)
+    assert info.value.errno == expected.value.errno
+    assert oracle.open_fds() == before
+    assert oracle.no_descendants()

@@ -152,7 +152,12 @@ class Child(metaclass=NoPublicConstructor):
         return self._backend.exit
 
     def __repr__(self) -> str:
-        state = "running" if self.returncode is None else str(self._backend.exit)
+        b = self._backend
+        if isinstance(b, Guard) and not b.started:
+            return f"<tether.Child contain={self.contain!r} starting>"
+        if isinstance(b, Guard) and b.start_error is not None:
+            return f"<tether.Child contain={self.contain!r} failed to start>"
+        state = "running" if self.returncode is None else str(b.exit)
         return f"<tether.Child pid={self.pid} contain={self.contain!r} {state}>"
 
     # -- waiting -----------------------------------------------------------------------------
@@ -185,9 +190,13 @@ class Child(metaclass=NoPublicConstructor):
         timeout = _check_timeout(timeout)
         if self.returncode is not None:
             return self.returncode
-        if not self._backend.wait(timeout):
+        b = self._backend
+        if not b.wait(timeout):
             assert timeout is not None
             raise TimeoutExpired(self.args, timeout)
+        if isinstance(b, Guard) and b.start_error is not None:
+            # Started without waiting for the exec (run() does): the program never ran.
+            raise b.start_error
         rc = self._settle()
         assert rc is not None
         return rc
@@ -283,10 +292,11 @@ class Child(metaclass=NoPublicConstructor):
                 poller.register(writer, select.POLLOUT)
             else:
                 self._close_stdin()
-        tree_fd = self._backend.fileno() if self.returncode is None else -1
+        # The tree may have ended already (its report read along with the start's).
+        tree_done = self.returncode is not None or self._backend.pump()
+        tree_fd = -1 if tree_done else self._backend.fileno()
         if tree_fd >= 0:
             poller.register(tree_fd, select.POLLIN)
-        tree_done = self.returncode is not None
         while readers or writer >= 0:
             if tree_done:
                 # The tree has ended: what is left in the pipes is all that will come from
@@ -464,6 +474,7 @@ def spawn(
     wait_tree: bool = False,
     cgroup_root: str | os.PathLike[str] | None = None,
     _foreground: bool = False,
+    _await_start: bool = True,
 ) -> Child:
     """Start ``argv`` under a guard, contained, and return a Popen-like :class:`Child`.
 
@@ -506,7 +517,7 @@ def spawn(
                 argv, mode=mode, env=env, cwd=cwd,
                 stdio_fds=(plan.fds[0], plan.fds[1], plan.fds[2]),
                 pass_fds=pass_fds, wait_tree=wait_tree, foreground=_foreground,
-                cgroup_root_arg=cgroup_root,
+                cgroup_root_arg=cgroup_root, await_start=_await_start,
             )
     except BaseException:
         for fd in parent_ends:

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from ._enforce import call_as_user
 from ._exit import Exit
 from ._lifeline import LIFELINE_ENV, _new_lifeline, attach
-from ._pidfd import Pidfd
+from ._pidfd import Pidfd, recv_with_fds
 from ._spawn import Spawned
 
 __all__ = ["run_in_fork"]
@@ -63,7 +63,7 @@ def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spaw
     os.close(read_fd)
     try:
         with parent_sock:
-            msg, fds, _flags, _addr = socket.recv_fds(parent_sock, 16, 1)
+            msg, fds = recv_with_fds(parent_sock, 16)
     except BaseException:
         writer.close()  # the child, attached or about to be, dies of it
         try:

@@ -22,7 +22,7 @@ from . import _core, _features
 from ._cgroup import CgroupTree, cgroup_root
 from ._errors import Unsupported
 from ._exit import Exit
-from ._pidfd import Pidfd, _check_timeout, _poll_ms
+from ._pidfd import Pidfd, _check_timeout, _poll_ms, recv_with_fds
 from ._spawn import (
     Spawned,
     StrOrBytesPath,
@@ -137,20 +137,28 @@ def resolve_mode(
 
 
 class Guard:
-    """One running guard and the tree under it, as the parent sees them."""
+    """One running guard and the tree under it, as the parent sees them.
+
+    The guard's first report (MSG_STARTED with the program's pidfd, or MSG_FAILED) is read
+    either at once (``launch(await_start=True)``, what :func:`tether.spawn` does), or later
+    with the rest by :meth:`pump` (``await_start=False``: run() and tether.aio, which then
+    need no wakeup of their own for it; a start failure surfaces as ``start_error``)."""
 
     __slots__ = (
+        "_argv0",
+        "_cwd",
         "_dead",
+        "_program",
+        "_program_pid",
         "argv",
         "cgroup",
         "exit",
         "flags",
         "guard_exit",
         "mode",
-        "program",
-        "program_pid",
         "sock",
         "spawned",
+        "start_error",
     )
 
     def __init__(
@@ -160,19 +168,22 @@ class Guard:
         spawned: Spawned,
         sock: socket.socket,
         cgroup: CgroupTree | None,
-        program: Pidfd,
-        program_pid: int,
+        argv0: object,
+        cwd: bytes | None,
     ) -> None:
         self.argv = argv
         self.mode = mode
         self.spawned = spawned
         self.sock = sock
         self.cgroup = cgroup
-        self.program = program
-        self.program_pid = program_pid
+        self._argv0 = argv0
+        self._cwd = cwd
+        self._program: Pidfd | None = None
+        self._program_pid = 0
         self.exit: Exit | None = None
         self.flags = 0
         self.guard_exit: Exit | None = None
+        self.start_error: OSError | None = None
         self._dead = False
 
     @classmethod
@@ -188,11 +199,14 @@ class Guard:
         wait_tree: bool = False,
         foreground: bool = False,
         cgroup_root_arg: str | os.PathLike[str] | None = None,
+        await_start: bool = True,
     ) -> Guard:
-        """Start the guard and the program under it; return once the program has exec'd.
+        """Start the guard and the program under it.
 
-        Every input is checked before anything is started; a program that cannot be run
+        Every input is checked before anything is started. With ``await_start`` (the
+        default) it returns once the program has exec'd, and a program that cannot be run
         raises here (FileNotFoundError, PermissionError, ...), not as a guard exit status.
+        Without, it returns as soon as the guard runs; the start is read by :meth:`pump`.
         """
         argv_b = convert_argv(argv)
         env_b = convert_env(env)
@@ -253,30 +267,114 @@ class Guard:
         assert guard_sock is not None and parent_sock is not None
         guard_sock.close()
         display = [os.fsdecode(a) for a in argv_b]
-        try:
-            program, program_pid = _await_start(parent_sock, spawned, argv[0], cwd_b, mode)
-        except BaseException:
-            parent_sock.close()
-            spawned.lifeline.close()
-            _reap_quietly(spawned.pidfd)
-            if cgroup is not None:
-                cgroup.remove()
-            raise
-        return cls(display, mode, spawned, parent_sock, cgroup, program, program_pid)
+        self = cls(display, mode, spawned, parent_sock, cgroup, argv[0], cwd_b)
+        if await_start:
+            try:
+                self.await_start()
+            except BaseException:
+                self._discard()
+                raise
+        return self
+
+    def _discard(self) -> None:
+        """Undo a launch whose start was not seen through (an error or an interrupt while
+        waiting for it): the guard ends whatever it started, and is reaped."""
+        if self.exit is not None or self._dead or self.start_error is not None:
+            return
+        self._dead = True
+        self.spawned.lifeline.close()
+        _reap_quietly(self.spawned.pidfd)
+        self.sock.close()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        if self._program is not None:
+            self._program.close()
+
+    # -- the start ---------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """True once the program's start (or its failure) has been read, or the tree ended."""
+        return self._program is not None or self.ended
+
+    @property
+    def ended(self) -> bool:
+        """True once the tree has ended (reported, failed to start, or the guard died)."""
+        return self.exit is not None or self._dead or self.start_error is not None
+
+    def await_start(self) -> None:
+        """Block until the program has exec'd; raise its start error (FileNotFoundError, ...)
+        if it could not be run."""
+        if not self.started:
+            poller = select.poll()
+            poller.register(self.sock.fileno(), select.POLLIN)
+            while not self.pump() and self._program is None:
+                poller.poll()
+        self._raise_unstarted()
+
+    def _raise_unstarted(self) -> None:
+        if self.start_error is not None:
+            raise self.start_error
+        if self._program is None:
+            # The guard died before reporting anything (killed, or a broken install).
+            raise OSError(
+                errno.EPROTO, f"the tether guard ended without reporting ({self.guard_exit})")
+
+    @property
+    def program(self) -> Pidfd:
+        """The program's pidfd (waits for the start if it has not been read yet)."""
+        if self._program is None:
+            self.await_start()
+        assert self._program is not None
+        return self._program
+
+    @property
+    def program_pid(self) -> int:
+        """The program's PID as this process sees it (waits for the start if need be)."""
+        if self._program is None:
+            self.await_start()
+        return self._program_pid
+
+    def _on_started(self, pid: int, fds: list[int]) -> None:
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise OSError(errno.EPROTO, "the tether guard's start report carried no pidfd")
+        if self.mode == "pidns":
+            pid = _pid_in_our_namespace(fds[0], pid)
+        self._program_pid = pid
+        self._program = Pidfd._create(fds[0], pid, reaper=False, cmd=None)
+
+    def _on_failed(self, stage: int, err: int) -> None:
+        """The program could not be started; the guard has undone its setup and exits 127."""
+        self.start_error = child_error(stage, err, self._argv0, self._cwd)
+        self.spawned.lifeline.close()
+        self.guard_exit = _reap_quietly(self.spawned.pidfd)
+        self.sock.close()
+        if self.cgroup is not None:
+            self.cgroup.remove()  # the guard removed the directory; this drops our lock
 
     # -- messages ----------------------------------------------------------------------------
 
     def fileno(self) -> int:
-        """The control socket: readable when the guard reports (or dies)."""
+        """The control socket: readable when the guard reports (or dies). (Its pidfd,
+        ``spawned.pidfd``, is readable once the guard has exited after its last report:
+        what tether.aio watches, one wakeup per tree; a blocking caller is better woken by
+        the report itself, which is a synchronous wakeup the scheduler can place on the
+        guard's CPU, then reaps the guard, which is exiting by then.)"""
         return self.sock.fileno()
 
     def pump(self) -> bool:
         """Read whatever the guard has said, without blocking; True once the tree has ended."""
-        if self.exit is not None or self._dead:
+        if self.ended:
             return True
         while True:
+            fds: list[int] = []
             try:
-                data = self.sock.recv(_MSG.size, socket.MSG_DONTWAIT)
+                if self._program is None:
+                    data, fds = recv_with_fds(self.sock, _MSG.size, socket.MSG_DONTWAIT)
+                else:
+                    data = self.sock.recv(_MSG.size, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return False
             except ConnectionResetError:
@@ -285,8 +383,18 @@ class Guard:
                 self._guard_died()
                 return True
             if len(data) != _MSG.size:
+                for fd in fds:
+                    os.close(fd)
                 continue
             kind, a, b, _ = _MSG.unpack(data)
+            if kind == MSG_STARTED and self._program is None:
+                self._on_started(a, fds)
+                continue
+            for fd in fds:
+                os.close(fd)
+            if kind == MSG_FAILED and self._program is None:
+                self._on_failed(a, b)
+                return True
             if kind == MSG_EXITED:
                 self.flags = b
                 self._finish(Exit._from_wait_status(a))
@@ -299,7 +407,7 @@ class Guard:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(self.fileno(), select.POLLIN)
         while not self.pump():
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -312,7 +420,7 @@ class Guard:
         self.program._set_exit(exit_)
         # The guard exits right after its report: reap it (no zombie), drop our handles.
         self.spawned.lifeline.close()
-        _reap_quietly(self.spawned.pidfd)
+        self.guard_exit = _reap_quietly(self.spawned.pidfd)
         self.sock.close()
         if self.cgroup is not None:
             # The guard removed the directory; remove() only releases our lock (and would
@@ -324,11 +432,12 @@ class Guard:
         self._dead = True
         self.spawned.lifeline.close()
         guard_exit = _reap_quietly(self.spawned.pidfd)
-        if self.mode == "group":
+        program = self._program
+        if self.mode == "group" and program is not None:
             # The program got PDEATHSIG=SIGKILL from the guard's death; its group may live on.
             # The leader's pidfd is a race-free handle on the group, even once it is reaped.
             try:
-                self.program.send_signal(signal.SIGKILL, process_group=True)
+                program.send_signal(signal.SIGKILL, process_group=True)
             except ProcessLookupError:
                 pass
             except Unsupported:
@@ -336,13 +445,14 @@ class Guard:
                 # the leader (whose number is the group's) still exists, so the number
                 # cannot have been handed to anyone else (DESIGN.md's named fallback).
                 try:
-                    self.program.send_signal(0)
-                    os.killpg(self.program_pid, signal.SIGKILL)  # noqa: TET201  proven above
+                    program.send_signal(0)
+                    os.killpg(self._program_pid, signal.SIGKILL)  # noqa: TET201  proven above
                 except ProcessLookupError:
                     pass
         elif self.cgroup is not None:
             self.cgroup.remove()
-        # pidns: the kernel killed the namespace when its init (the guard) died.
+        # pidns: the kernel killed the namespace when its init (the guard) died. A guard that
+        # died before reporting the start took its program with it (PDEATHSIG), if any.
         self.sock.close()
         self.exit = None
         self.flags = TREE_FORCED
@@ -356,7 +466,7 @@ class Guard:
     # -- commands ----------------------------------------------------------------------------
 
     def _send(self, kind: int, a: int = 0) -> bool:
-        if self.exit is not None or self._dead:
+        if self.ended:
             return False
         try:
             self.sock.send(_MSG.pack(kind, a, 0, 0))
@@ -365,7 +475,8 @@ class Guard:
         return True
 
     def signal_tree(self, sig: int) -> None:
-        """Send ``sig`` to every process of the tree (through the guard)."""
+        """Send ``sig`` to every process of the tree (through the guard; one sent before the
+        program has started reaches it once it has)."""
         if not self._send(MSG_SIGNAL_TREE, sig):
             self.pump()
 
@@ -376,13 +487,15 @@ class Guard:
 
     def abandon(self) -> None:
         """Cut the lifeline (the guard kills the tree) and wait until it has."""
-        if self.exit is None and not self._dead:
+        if not self.ended:
             self.kill_tree()
             self.spawned.lifeline.close()
             self.wait(None)
 
 
 def _reap_quietly(pidfd: Pidfd) -> Exit | None:
+    if pidfd.closed:
+        return None
     try:
         # The guard exits right after its report: usually it is reapable already, and a
         # non-blocking reap saves setting up a poll.
@@ -391,38 +504,6 @@ def _reap_quietly(pidfd: Pidfd) -> Exit | None:
         exit_ = None
     pidfd.close()
     return exit_
-
-
-def _await_start(
-    sock: socket.socket, spawned: Spawned, argv0: object, cwd: bytes | None, mode: Mode
-) -> tuple[Pidfd, int]:
-    """Wait for MSG_STARTED (with the program's pidfd) or MSG_FAILED."""
-    while True:
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(sock, _MSG.size, 1)
-        except InterruptedError:
-            continue
-        break
-    if len(data) != _MSG.size:
-        for fd in fds:
-            os.close(fd)
-        exit_ = spawned.pidfd.wait()
-        raise OSError(errno.EPROTO, f"the tether guard ended without reporting ({exit_})")
-    kind, a, b, _ = _MSG.unpack(data)
-    if kind == MSG_FAILED:
-        for fd in fds:
-            os.close(fd)
-        spawned.pidfd.wait()
-        raise child_error(a, b, argv0, cwd)
-    if kind != MSG_STARTED or len(fds) != 1:
-        for fd in fds:
-            os.close(fd)
-        raise OSError(errno.EPROTO, f"unexpected message {kind} from the tether guard")
-    pidfd_fd = fds[0]
-    pid = a
-    if mode == "pidns":
-        pid = _pid_in_our_namespace(pidfd_fd, a)
-    return Pidfd._create(pidfd_fd, pid, reaper=False, cmd=None), pid
 
 
 def _pid_in_our_namespace(pidfd_fd: int, fallback: int) -> int:

@@ -15,6 +15,7 @@ import fcntl
 import os
 import select
 import signal
+import socket
 import struct
 import threading
 import time
@@ -42,6 +43,24 @@ PIDFD_INFO_EXIT: Final = 0x8  # since 6.15
 PIDFD_INFO_COREDUMP: Final = 0x10  # since 6.16
 
 _T = TypeVar("_T")
+
+_FD_SPACE: Final = socket.CMSG_SPACE(struct.calcsize("i"))
+
+
+def recv_with_fds(sock: socket.socket, size: int, flags: int = 0) -> tuple[bytes, list[int]]:
+    """One message and the fds passed with it (SCM_RIGHTS), received close-on-exec.
+
+    ``socket.recv_fds`` does not ask for MSG_CMSG_CLOEXEC, so the fds it returns would be
+    inherited by anything the caller later forks and execs; these never are. Room is made
+    for one fd (all that tether's senders pass); any more the kernel truncates and closes."""
+    data, ancdata, _msg_flags, _addr = sock.recvmsg(
+        size, _FD_SPACE, flags | socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
+    return data, fds
 
 
 class NoPublicConstructor(type):

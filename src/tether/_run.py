@@ -94,18 +94,19 @@ def run(
     cwd: StrOrBytesPath | None = None,
     pass_fds: Iterable[int] = (),
     contain: str | None = "group",
-    grace: float = DEFAULT_GRACE,
+    grace: float | None = DEFAULT_GRACE,
     wait_tree: bool = False,
     cgroup_root: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[Any]:
     """Run ``argv`` to completion under a guard, like :func:`subprocess.run`.
 
     Differences from subprocess, each deliberate: a ``timeout`` ends the whole tree (SIGTERM,
-    then SIGKILL after ``grace`` seconds) and returns within timeout + grace (+ a few ms)
-    even when grandchildren hold the pipes, raising :class:`tether.TimeoutExpired` with the
-    output captured so far; a program that exits while a background grandchild still holds
-    stdout returns when the program exits (the guard ends the rest of the tree, unless
-    ``wait_tree``). ``check=True`` raises :class:`subprocess.CalledProcessError`.
+    then SIGKILL after ``grace`` seconds; ``grace=None`` never escalates) and returns within
+    timeout + grace (+ a few ms) even when grandchildren hold the pipes, raising
+    :class:`tether.TimeoutExpired` with the output captured so far; a program that exits
+    while a background grandchild still holds stdout returns when the program exits (the
+    guard ends the rest of the tree, unless ``wait_tree``). ``check=True`` raises
+    :class:`subprocess.CalledProcessError`.
 
     Guarantee: when run() returns or raises, no process of the tree is left (within what the
     containment mode reaches; see the README).

@@ -180,22 +180,41 @@ class AsyncChild(metaclass=NoPublicConstructor):
     # -- watching the tree -------------------------------------------------------------------
 
     def _tree_done(self) -> bool:
-        try:
-            return self._child.poll() is not None
-        except ChildProcessError:  # the guard died; the Child has ended the tree itself
-            return True
+        # True also when the guard died (the Child has ended the tree itself) or the program
+        # could not be started: _settle() raises for those.
+        return self._child._backend.pump()
+
+    async def _await_start(self) -> None:
+        """Until the guard has reported that the program exec'd (or could not be run: that
+        error is raised here). Waits in the loop's selector on the guard's control socket."""
+        backend = self._child._backend
+        if not isinstance(backend, Guard):
+            return
+        while True:
+            backend.pump()
+            if backend.started:
+                break
+            fd = backend.sock.fileno()
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._loop.add_reader(fd, _set_none, fut)
+            try:
+                await fut
+            finally:
+                # Before the next pump(), which may close the socket.
+                self._loop.remove_reader(fd)
+        backend._raise_unstarted()
 
     def _watch(self) -> None:
         if self._watch_fd >= 0:
             return
-        backend = self._child._backend
         # With a guard we watch the guard's own pidfd rather than its control socket. Both
-        # tell the same news: the guard sends MSG_EXITED (or dies) and exits at once. But the
-        # guard is part of the tree and is reaped before wait() returns: woken by the socket,
-        # the loop thread would block in that reap until the guard has finished exiting; woken
-        # by the guard's pidfd, the report is already in the socket and the reap is
-        # immediate: one wakeup instead of two, and the loop never blocks. The guard dying
-        # without a report makes the pidfd readable just the same.
+        # tell the same news: the guard sends its last report (or dies) and exits at once.
+        # But the guard is reaped before wait() returns: woken by the socket, the loop thread
+        # would block in that reap until the guard has finished exiting (and would be woken
+        # by the start report too, which run() does not await); woken by the guard's pidfd,
+        # every report is already in the socket and the reap is immediate: one wakeup per
+        # tree, and the loop never blocks. A guard dying unreported wakes it just the same.
+        backend = self._child._backend
         target = backend.spawned.pidfd.fileno() if isinstance(backend, Guard) else (
             backend.fileno())
         # A dup, not the fd itself: the Guard closes its handles the moment it reads the
@@ -284,6 +303,9 @@ class AsyncChild(metaclass=NoPublicConstructor):
                 cancelled = True
 
     def _settle(self) -> int:
+        backend = self._child._backend
+        if isinstance(backend, Guard) and backend.start_error is not None:
+            raise backend.start_error  # run() does not await the start: the program never ran
         rc = self._child.poll()  # raises ChildProcessError if the guard died unreported
         assert rc is not None
         return rc
@@ -450,14 +472,14 @@ class AsyncChild(metaclass=NoPublicConstructor):
     def _encoding_name(self) -> str:
         return self._encoding or locale.getpreferredencoding(False)
 
-    def _collected(self) -> tuple[Any, Any]:
+    def _collected(self, decode: bool = True) -> tuple[Any, Any]:
         out: list[Any] = []
         for index in _OUT:
             if self._transports[index] is None:
                 out.append(None)
                 continue
             raw = b"".join(self._chunks[index])
-            if self._text:
+            if self._text and decode:
                 text = raw.decode(self._encoding_name(), self._errors or "strict")
                 out.append(text.replace("\r\n", "\n").replace("\r", "\n"))
             else:
@@ -550,13 +572,41 @@ async def spawn(
     Takes :func:`tether.spawn`'s arguments (but ``bufsize``). PIPE streams become
     :class:`asyncio.StreamWriter`/:class:`asyncio.StreamReader` (bytes, with ``limit`` as
     in asyncio); ``text``/``encoding``/``errors`` apply to :meth:`AsyncChild.communicate`.
-    The spawn itself is synchronous and short (vfork-style clone; the guard reports once the
-    program has exec'd); errors are raised here, as by :func:`tether.spawn`.
+    The guard is started synchronously (a vfork-style clone, returning once it runs); its
+    report that the program has exec'd is awaited in the loop, so other tasks run meanwhile.
+    Errors are raised here, as by :func:`tether.spawn`.
 
     Guarantee: nothing in the tree outlives this process (the guard holds its lifeline), the
     program's pidfd is handed over race-free, and if this coroutine is cancelled after the
     tree started, the tree is killed and reaped before the cancellation propagates.
     """
+    return await _spawn(
+        argv, contain=contain, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
+        pass_fds=pass_fds, text=text, encoding=encoding, errors=errors,
+        universal_newlines=universal_newlines, wait_tree=wait_tree, cgroup_root=cgroup_root,
+        limit=limit, await_start=True,
+    )
+
+
+async def _spawn(
+    argv: Sequence[StrOrBytesPath],
+    *,
+    contain: str | None,
+    stdin: Any,
+    stdout: Any,
+    stderr: Any,
+    env: Mapping[str, str] | Mapping[bytes, bytes] | None,
+    cwd: StrOrBytesPath | None,
+    pass_fds: Iterable[int],
+    text: bool,
+    encoding: str | None,
+    errors: str | None,
+    universal_newlines: bool | None,
+    wait_tree: bool,
+    cgroup_root: str | os.PathLike[str] | None,
+    limit: int,
+    await_start: bool,
+) -> AsyncChild:
     loop = _running_loop("spawn")
     if universal_newlines is not None:
         text = text or bool(universal_newlines)
@@ -564,7 +614,7 @@ async def spawn(
     child = _spawn_child(
         argv, contain=contain, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
         pass_fds=pass_fds, text=False, bufsize=0, wait_tree=wait_tree,
-        cgroup_root=cgroup_root,
+        cgroup_root=cgroup_root, _await_start=False,
     )
     files: list[IO[Any] | None] = [child.stdin, child.stdout, child.stderr]
     # The AsyncChild owns the pipes from here: the sync Child must never read or close them
@@ -573,6 +623,8 @@ async def spawn(
     achild = AsyncChild._create(child, loop, files, text, encoding, errors)
     try:
         await achild._connect_pipes(limit)
+        if await_start:
+            await achild._await_start()
     except BaseException:
         try:
             await achild._kill_and_reap()
@@ -600,7 +652,7 @@ async def run(
     cwd: StrOrBytesPath | None = None,
     pass_fds: Iterable[int] = (),
     contain: str | None = "group",
-    grace: float = DEFAULT_GRACE,
+    grace: float | None = DEFAULT_GRACE,
     wait_tree: bool = False,
     cgroup_root: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[Any]:
@@ -622,10 +674,13 @@ async def run(
         errors=errors, universal_newlines=universal_newlines, contain=contain,
         cgroup_root=cgroup_root,
     )
-    child = await spawn(
+    # The program's start is not awaited: its report is read with the end, when the guard's
+    # exit wakes the loop (a program that cannot run raises from _settle below).
+    child = await _spawn(
         argv, contain=contain, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
-        pass_fds=pass_fds, text=text, encoding=encoding, errors=errors, wait_tree=wait_tree,
-        cgroup_root=cgroup_root,
+        pass_fds=pass_fds, text=text, encoding=encoding, errors=errors,
+        universal_newlines=None, wait_tree=wait_tree, cgroup_root=cgroup_root,
+        limit=_STREAM_LIMIT, await_start=False,
     )
     async with child:  # any exit, cancellation included, kills and reaps the tree
         data = child._input_bytes(input)
@@ -634,7 +689,9 @@ async def run(
         if not ended:
             await _end_tree(child, grace_s)
             await child._finish_pipes()
-    out, err = child._collected()
+    # Partial output (a timeout) stays bytes, as subprocess leaves it: a multi-byte character
+    # may be cut in half there.
+    out, err = child._collected(decode=ended)
     args = child.args
     retcode = None if not ended else child._settle()
     # Raised without `child` in this frame: in asyncio the exception and the task that

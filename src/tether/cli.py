@@ -173,7 +173,8 @@ def _supervise(child: Child, sigfd: SignalFd, timeout: float | None, grace: floa
     backend = child._backend
     deadline = None if timeout is None else time.monotonic() + timeout
     poller = select.poll()
-    poller.register(backend.fileno(), select.POLLIN)
+    if not backend.pump():  # (a short program's end may have come with its start)
+        poller.register(backend.fileno(), select.POLLIN)
     poller.register(sigfd.fileno(), select.POLLIN)
     while child.poll() is None:
         remaining = None if deadline is None else deadline - time.monotonic()

@@ -100,7 +100,7 @@ around(_core, "spawn", "clone", "cloned")
 around(_spawn, "_new_lifeline", None, "lifeline")
 around(_fork, "_new_lifeline", None, "lifeline")
 around(_cgroup, "_sweep_once", "sweep", "swept")
-around(_guard, "_await_start", "guard-spawned", "guard-started")
+around(_guard.Guard, "await_start", "guard-spawned", "guard-started")
 around(_guard, "_reap_quietly", "guard-reap")
 around(_cgroup.CgroupTree, "remove", "cg-remove")
 
