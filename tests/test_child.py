@@ -186,6 +186,50 @@ def test_program_pidfd_handed_over_by_the_guard_is_close_on_exec(mode: str) -> N
         child.kill()
 
 
+_PIDFD_DROPPED = """
+import ctypes, errno, os, resource, sys
+import tether
+from tether._child import spawn
+# A subreaper: whatever the guard leaves behind comes back to us, and ECHILD below proves
+# that nothing did.
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+tether.run(["true"], contain=sys.argv[1])  # lazy state first
+before = sorted(os.listdir("/proc/self/fd"))
+child = spawn(["sleep", "300"], contain=sys.argv[1], _await_start=False)
+fillers = []
+try:  # no free fd left when the guard's start report (with the program's pidfd) is read
+    while True:
+        fillers.append(os.dup(0))
+except OSError:
+    pass
+try:
+    child.wait()
+except OSError as exc:
+    print("raised", errno.errorcode[exc.errno])
+try:
+    os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
+    print("descendants left")
+except ChildProcessError:
+    print("tree gone")
+for fd in fillers:
+    os.close(fd)
+del child
+print("fds", "same" if sorted(os.listdir("/proc/self/fd")) == before else "leaked")
+"""
+
+
+def test_program_pidfd_dropped_at_the_fd_limit_ends_the_tree_and_raises(
+        mode: str, python_env: dict[str, str]) -> None:
+    # The kernel drops an SCM_RIGHTS fd it cannot install (MSG_CTRUNC). The tree must then
+    # be ended (it is no longer ours to hold) and waiting must raise, with nothing leaked.
+    result = tether.run([PY, "-c", _PIDFD_DROPPED, mode], env=python_env,
+                        capture_output=True, text=True, timeout=60, wait_tree=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["raised EMFILE", "tree gone", "fds same"]
+    assert oracle.no_descendants()
+
+
 def test_child_has_no_public_constructor() -> None:
     with pytest.raises(TypeError):
         tether.Child()

@@ -63,7 +63,7 @@ def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spaw
     os.close(read_fd)
     try:
         with parent_sock:
-            msg, fds = recv_with_fds(parent_sock, 16)
+            msg, fds, _flags = recv_with_fds(parent_sock, 16)
     except BaseException:
         writer.close()  # the child, attached or about to be, dies of it
         try:

@@ -335,11 +335,20 @@ class Guard:
             self.await_start()
         return self._program_pid
 
-    def _on_started(self, pid: int, fds: list[int]) -> None:
+    def _on_started(self, pid: int, fds: list[int], msg_flags: int) -> None:
         if len(fds) != 1:
+            # The program runs, but its pidfd did not reach us (dropped at the open-file
+            # limit, MSG_CTRUNC). Without it the tree is not ours to hold: end it.
             for fd in fds:
                 os.close(fd)
-            raise OSError(errno.EPROTO, "the tether guard's start report carried no pidfd")
+            if msg_flags & socket.MSG_CTRUNC:
+                error = OSError(errno.EMFILE, "the program's pidfd could not be received from "
+                                "the tether guard (at the open-file limit?); its tree was ended")
+            else:
+                error = OSError(errno.EPROTO, "the tether guard's start report carried no "
+                                "pidfd; the tree was ended")
+            self._abort_start(error)
+            return
         if self.mode == "pidns":
             pid = _pid_in_our_namespace(fds[0], pid)
         self._program_pid = pid
@@ -347,7 +356,12 @@ class Guard:
 
     def _on_failed(self, stage: int, err: int) -> None:
         """The program could not be started; the guard has undone its setup and exits 127."""
-        self.start_error = child_error(stage, err, self._argv0, self._cwd)
+        self._abort_start(child_error(stage, err, self._argv0, self._cwd))
+
+    def _abort_start(self, error: OSError) -> None:
+        """No tree for the caller: cut the lifeline (the guard ends whatever it started),
+        reap the guard, drop our handles; ``error`` is what waiting for the tree raises."""
+        self.start_error = error
         self.spawned.lifeline.close()
         self.guard_exit = _reap_quietly(self.spawned.pidfd)
         self.sock.close()
@@ -371,8 +385,10 @@ class Guard:
         while True:
             fds: list[int] = []
             try:
+                msg_flags = 0
                 if self._program is None:
-                    data, fds = recv_with_fds(self.sock, _MSG.size, socket.MSG_DONTWAIT)
+                    data, fds, msg_flags = recv_with_fds(
+                        self.sock, _MSG.size, socket.MSG_DONTWAIT)
                 else:
                     data = self.sock.recv(_MSG.size, socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -388,7 +404,9 @@ class Guard:
                 continue
             kind, a, b, _ = _MSG.unpack(data)
             if kind == MSG_STARTED and self._program is None:
-                self._on_started(a, fds)
+                self._on_started(a, fds, msg_flags)
+                if self.start_error is not None:
+                    return True
                 continue
             for fd in fds:
                 os.close(fd)
@@ -417,7 +435,8 @@ class Guard:
 
     def _finish(self, exit_: Exit) -> None:
         self.exit = exit_
-        self.program._set_exit(exit_)
+        if self._program is not None:  # (always: the start is reported before the end)
+            self._program._set_exit(exit_)
         # The guard exits right after its report: reap it (no zombie), drop our handles.
         self.spawned.lifeline.close()
         self.guard_exit = _reap_quietly(self.spawned.pidfd)

@@ -47,20 +47,23 @@ _T = TypeVar("_T")
 _FD_SPACE: Final = socket.CMSG_SPACE(struct.calcsize("i"))
 
 
-def recv_with_fds(sock: socket.socket, size: int, flags: int = 0) -> tuple[bytes, list[int]]:
-    """One message and the fds passed with it (SCM_RIGHTS), received close-on-exec.
+def recv_with_fds(
+    sock: socket.socket, size: int, flags: int = 0
+) -> tuple[bytes, list[int], int]:
+    """One message, the fds passed with it (SCM_RIGHTS), received close-on-exec, and the
+    message flags (MSG_CTRUNC: an fd was dropped, e.g. at the open-file limit).
 
     ``socket.recv_fds`` does not ask for MSG_CMSG_CLOEXEC, so the fds it returns would be
     inherited by anything the caller later forks and execs; these never are. Room is made
-    for one fd (all that tether's senders pass); any more the kernel truncates and closes."""
-    data, ancdata, _msg_flags, _addr = sock.recvmsg(
+    for one fd (all that tether's senders pass)."""
+    data, ancdata, msg_flags, _addr = sock.recvmsg(
         size, _FD_SPACE, flags | socket.MSG_CMSG_CLOEXEC)
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             usable = len(payload) - len(payload) % 4
             fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
-    return data, fds
+    return data, fds, msg_flags
 
 
 class NoPublicConstructor(type):
