@@ -140,9 +140,10 @@ class Guard:
     """One running guard and the tree under it, as the parent sees them.
 
     The guard's first report (MSG_STARTED with the program's pidfd, or MSG_FAILED) is read
-    either at once (``launch(await_start=True)``, what :func:`tether.spawn` does), or later
-    with the rest by :meth:`pump` (``await_start=False``: run() and tether.aio, which then
-    need no wakeup of their own for it; a start failure surfaces as ``start_error``)."""
+    either at once (``launch(await_start=True)``: :func:`tether.spawn` and run()), or later
+    with the rest by :meth:`pump` (``await_start=False``: tether.aio, which awaits it in the
+    loop's selector, or in aio.run not at all; a start failure surfaces as ``start_error``,
+    raised by whoever waits for the tree)."""
 
     __slots__ = (
         "_argv0",
@@ -305,11 +306,8 @@ class Guard:
     def await_start(self) -> None:
         """Block until the program has exec'd; raise its start error (FileNotFoundError, ...)
         if it could not be run."""
-        if not self.started:
-            poller = select.poll()
-            poller.register(self.sock.fileno(), select.POLLIN)
-            while not self.pump() and self._program is None:
-                poller.poll()
+        while not self.started:
+            self._handle(*self._recv(0))  # one blocking recvmsg, as a rule
         self._raise_unstarted()
 
     def _raise_unstarted(self) -> None:
@@ -383,40 +381,41 @@ class Guard:
         if self.ended:
             return True
         while True:
-            fds: list[int] = []
             try:
-                msg_flags = 0
-                if self._program is None:
-                    data, fds, msg_flags = recv_with_fds(
-                        self.sock, _MSG.size, socket.MSG_DONTWAIT)
-                else:
-                    data = self.sock.recv(_MSG.size, socket.MSG_DONTWAIT)
+                message = self._recv(socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return False
-            except ConnectionResetError:
-                data = b""
-            if len(data) == 0:
-                self._guard_died()
+            if self._handle(*message):
                 return True
-            if len(data) != _MSG.size:
-                for fd in fds:
-                    os.close(fd)
-                continue
-            kind, a, b, _ = _MSG.unpack(data)
-            if kind == MSG_STARTED and self._program is None:
-                self._on_started(a, fds, msg_flags)
-                if self.start_error is not None:
-                    return True
-                continue
-            for fd in fds:
-                os.close(fd)
-            if kind == MSG_FAILED and self._program is None:
-                self._on_failed(a, b)
-                return True
-            if kind == MSG_EXITED:
-                self.flags = b
-                self._finish(Exit._from_wait_status(a))
-                return True
+
+    def _recv(self, flags: int) -> tuple[bytes, list[int], int]:
+        """One message: (data, fds passed with it, message flags); b"" once the guard is gone."""
+        try:
+            if self._program is None:  # the start report may carry the program's pidfd
+                return recv_with_fds(self.sock, _MSG.size, flags)
+            return self.sock.recv(_MSG.size, flags), [], 0
+        except ConnectionResetError:
+            return b"", [], 0
+
+    def _handle(self, data: bytes, fds: list[int], msg_flags: int) -> bool:
+        """Act on one message; True once the tree has ended."""
+        if len(data) == 0:
+            self._guard_died()
+            return True
+        kind, a, b, _ = _MSG.unpack(data) if len(data) == _MSG.size else (0, 0, 0, 0)
+        if kind == MSG_STARTED and self._program is None:
+            self._on_started(a, fds, msg_flags)
+            return self.start_error is not None
+        for fd in fds:
+            os.close(fd)
+        if kind == MSG_FAILED and self._program is None:
+            self._on_failed(a, b)
+            return True
+        if kind == MSG_EXITED:
+            self.flags = b
+            self._finish(Exit._from_wait_status(a))
+            return True
+        return False
 
     def wait(self, timeout: float | None) -> bool:
         """Block until the tree has ended (True) or the timeout passed (False)."""

@@ -7,9 +7,11 @@ never by a child watcher, a helper thread or a SIGCHLD handler; and a task that 
 cancelled while it waits on a tree does not let the cancellation go until that tree is killed
 and reaped.
 
-Spawning is synchronous (the clone is vfork-style and the guard reports as soon as the program
-has exec'd, about a millisecond), so it runs directly in the loop's thread. Works under any
-asyncio loop, including anyio's asyncio backend; not under trio (see the README, "asyncio").
+Starting the guard is a vfork-style clone, done directly in the loop's thread (it returns once
+the guard runs); the guard's report that the program has exec'd is awaited in the selector
+(spawn) or simply read with the end of the tree (run), so the loop never blocks on it. Works
+under any asyncio loop, including anyio's asyncio backend; not under trio (see the README,
+"asyncio").
 """
 
 from __future__ import annotations
