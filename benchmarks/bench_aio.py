@@ -37,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import tether
+import tether._guard
 import tether.aio
 
 CAT = shutil.which("cat") or "/bin/cat"
@@ -109,6 +110,29 @@ async def _latency_sync_pidfd() -> int:
     return end - start
 
 
+async def _latency_guard_hop(which: str) -> int:
+    # Where a guarded exit's time goes, without a loop: the parent watches one fd only, the
+    # program's pidfd (readable when the program exits), the guard's control socket (when
+    # the report arrives) or the guard's pidfd (when the guard has exited after it).
+    r, w = os.pipe2(os.O_CLOEXEC)
+    with tether.spawn([CAT], stdin=r, stdout=subprocess.DEVNULL) as child:
+        os.close(r)
+        guard = child._backend
+        assert isinstance(guard, tether._guard.Guard)
+        fd = {"program pidfd": guard.program.fileno(), "report": guard.sock.fileno(),
+              "guard exit": guard.spawned.pidfd.fileno()}[which]
+        ep = select.epoll()
+        ep.register(fd, select.EPOLLIN)
+        time.sleep(0.02)
+        start = time.perf_counter_ns()
+        os.close(w)
+        ep.poll()
+        end = time.perf_counter_ns()
+        ep.close()
+        child.wait()
+        return end - start
+
+
 async def _measure(wait: Callable[[], Awaitable[object]], w: int) -> int:
     async def waiter() -> int:
         await wait()
@@ -131,6 +155,9 @@ async def bench_latency(rounds: int) -> None:
         "bare add_reader(pidfd)": _latency_bare_pidfd,
         "(sync tether Child.wait)": _latency_sync_child,
         "(sync Pidfd.wait)": _latency_sync_pidfd,
+        "(sync: program pidfd readable)": lambda: _latency_guard_hop("program pidfd"),
+        "(sync: guard's report readable)": lambda: _latency_guard_hop("report"),
+        "(sync: guard's pidfd readable)": lambda: _latency_guard_hop("guard exit"),
     }
     samples: dict[str, list[int]] = {name: [] for name in variants}
     for fn in variants.values():  # warm-up (imports, the asyncio child watcher thread)
@@ -141,9 +168,9 @@ async def bench_latency(rounds: int) -> None:
     med = {name: statistics.median(v) / 1000 for name, v in samples.items()}
     p90 = {name: statistics.quantiles(v, n=10)[-1] / 1000 for name, v in samples.items()}
     print(f"\n(a) exit-notification latency, {rounds} rounds (child exits -> wait() returns)")
-    print(f"    {'variant':28} {'median us':>10} {'p90 us':>10}")
+    print(f"    {'variant':32} {'median us':>10} {'p90 us':>10}")
     for name in variants:
-        print(f"    {name:28} {med[name]:10.1f} {p90[name]:10.1f}")
+        print(f"    {name:32} {med[name]:10.1f} {p90[name]:10.1f}")
     t = med["tether.aio (group)"]
     print(f"    tether.aio / asyncio      = {t / med['asyncio subprocess']:.2f}  (target <= 0.6)")
     print(f"    tether.aio / bare pidfd   = {t / med['bare add_reader(pidfd)']:.2f}  "

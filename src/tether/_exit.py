@@ -57,6 +57,10 @@ class Exit:
 
     @classmethod
     def _from_wait_status(cls, status: int) -> Exit:
+        return _exit_from_wait_status(status)
+
+    @classmethod
+    def _build_from_wait_status(cls, status: int) -> Exit:
         if os.WIFEXITED(status):
             return cls(code=os.WEXITSTATUS(status), signal=None)
         if os.WIFSIGNALED(status):
@@ -78,3 +82,9 @@ def _exit_from_waitid(si_code: int, si_status: int) -> Exit:
     # Exit values are frozen and few (a code or a signal): share them, since building a
     # dataclass on every reap is a measurable part of the exit-notification path.
     return Exit._build_from_waitid(si_code, si_status)
+
+
+@functools.lru_cache(maxsize=1024)
+def _exit_from_wait_status(status: int) -> Exit:
+    # The same sharing for statuses the guard reports (one per guarded tree).
+    return Exit._build_from_wait_status(status)
