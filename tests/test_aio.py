@@ -141,14 +141,27 @@ def test_spawn_awaits_the_start_in_the_loop_without_blocking_it(
     assert arun(main()) > 0
 
 
-def test_timeout_before_the_start_is_read_still_ends_the_tree(mode: str) -> None:
-    # aio.run does not await the guard's start report: with timeout=0 the SIGTERM is queued
-    # before the program can have started; the guard must deliver it once it has (grace=None:
-    # no SIGKILL would come to the rescue, a lost SIGTERM means waiting out the sleep).
+def test_timeout_zero_ends_the_tree_on_sigterm_alone(mode: str) -> None:
+    # aio.run does not await the guard's start report: with timeout=0 the SIGTERM is sent
+    # while the guard may still be starting the program; it must still reach it (grace=None:
+    # no SIGKILL comes to the rescue, a lost SIGTERM means waiting out the sleep).
     start = time.monotonic()
     with pytest.raises(tether.TimeoutExpired):
         arun(aio.run(["sleep", "30"], timeout=0, grace=None, contain=mode))
     assert time.monotonic() - start < 10
+    assert oracle.no_descendants()
+
+
+def test_a_program_that_cannot_start_is_no_timeout(mode: str, tmp_path: Any) -> None:
+    # The deadline may pass before the guard's failure report is read: still the error
+    # subprocess raises, never a TimeoutExpired for a program that never ran.
+    junk = os.path.join(str(tmp_path), "junk")
+    with open(junk, "wb") as f:
+        f.write(b"#!/nonexistent/interpreter\n")
+    os.chmod(junk, 0o755)
+    for _ in range(10):
+        with pytest.raises(FileNotFoundError):
+            arun(aio.run([junk], timeout=0, contain=mode))
     assert oracle.no_descendants()
 
 

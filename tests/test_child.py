@@ -12,6 +12,7 @@ import pytest
 
 import oracle
 import tether
+from tether._guard import Guard
 
 PY = sys.executable
 
@@ -227,6 +228,70 @@ def test_program_pidfd_dropped_at_the_fd_limit_ends_the_tree_and_raises(
                         capture_output=True, text=True, timeout=60, wait_tree=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == ["raised EMFILE", "tree gone", "fds same"]
+    assert oracle.no_descendants()
+
+
+def test_a_signal_sent_before_the_start_is_read_reaches_the_program(mode: str) -> None:
+    # The guard reads its control socket only once the program runs; a tree signal sent
+    # before the parent has even read the start report must not be lost.
+    from tether._child import spawn
+
+    with spawn(["sleep", "30"], contain=mode, _await_start=False) as child:
+        backend = child._backend
+        assert isinstance(backend, Guard) and not backend.started
+        backend.signal_tree(signal.SIGTERM)
+        assert child.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_a_report_queued_behind_an_unread_command_is_still_read(
+        mode: str, tmp_path: object) -> None:
+    # A guard that exits with a command of ours unread makes the kernel report ECONNRESET
+    # once, ahead of the reports still queued: that is not the guard dying unreported. Here
+    # the command is sent before the guard can have failed the exec (it never reads it).
+    from tether._child import spawn
+
+    junk = os.path.join(str(tmp_path), "junk")
+    with open(junk, "wb") as f:
+        f.write(b"#!/nonexistent/interpreter\n")
+    os.chmod(junk, 0o755)
+    for _ in range(5):
+        with spawn([junk], contain=mode, _await_start=False) as child:
+            assert isinstance(child._backend, Guard)
+            child._backend.signal_tree(signal.SIGTERM)
+            with pytest.raises(FileNotFoundError):
+                child.wait(timeout=10)
+    assert oracle.no_descendants()
+
+
+def test_an_interrupt_while_a_failed_start_is_cleaned_up_leaks_nothing(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    # Ctrl-C inside the reap of a guard whose program could not start: launch() must still
+    # close the control socket and the guard's pidfd, and reap the guard.
+    from tether import _guard
+
+    junk = os.path.join(str(tmp_path), "junk")
+    with open(junk, "wb") as f:
+        f.write(b"#!/nonexistent/interpreter\n")
+    os.chmod(junk, 0o755)
+    tether.run(["true"])
+    before = oracle.open_fds()
+    real = _guard._reap_quietly
+    calls = 0
+
+    def interrupted_once(pidfd: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KeyboardInterrupt
+        return real(pidfd)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_guard, "_reap_quietly", interrupted_once)
+    with pytest.raises(KeyboardInterrupt) as info:
+        tether.spawn([junk])
+    # Checked while the traceback (and so the Guard) is still alive: nothing left to the GC.
+    assert oracle.open_fds() == before
+    assert calls == 2
+    del info
     assert oracle.no_descendants()
 
 

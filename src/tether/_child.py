@@ -195,7 +195,7 @@ class Child(metaclass=NoPublicConstructor):
             assert timeout is not None
             raise TimeoutExpired(self.args, timeout)
         if isinstance(b, Guard) and b.start_error is not None:
-            # Started without waiting for the exec (run() does): the program never ran.
+            # Started without waiting for the exec (tether.aio.run does): the program never ran.
             raise b.start_error
         rc = self._settle()
         assert rc is not None

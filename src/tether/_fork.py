@@ -63,7 +63,7 @@ def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spaw
     os.close(read_fd)
     try:
         with parent_sock:
-            msg, fds, _flags = recv_with_fds(parent_sock, 16)
+            msg, fds, msg_flags = recv_with_fds(parent_sock, 16)
     except BaseException:
         writer.close()  # the child, attached or about to be, dies of it
         try:
@@ -76,6 +76,10 @@ def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spaw
             os.close(fd)
         writer.close()
         exit_ = _reap_unhanded(pid)
+        if msg == b"P" and msg_flags & socket.MSG_CTRUNC:
+            # Sent, but the kernel could not install it here: we are at the open-file limit.
+            raise OSError(errno.EMFILE, f"run_in_fork: child {pid}'s pidfd could not be "
+                          f"received (at the open-file limit?); the child was ended ({exit_})")
         raise ChildProcessError(
             errno.ECHILD, f"run_in_fork child {pid} died before handing over its pidfd ({exit_})"
         )

@@ -358,13 +358,16 @@ class Guard:
 
     def _abort_start(self, error: OSError) -> None:
         """No tree for the caller: cut the lifeline (the guard ends whatever it started),
-        reap the guard, drop our handles; ``error`` is what waiting for the tree raises."""
-        self.start_error = error
+        reap the guard, drop our handles; ``error`` is what waiting for the tree raises.
+        Recorded last: an interrupt during the reap leaves a Guard that is not ended, which
+        ``_discard`` (or a later pump, which then finds the guard gone) cleans up."""
         self.spawned.lifeline.close()
-        self.guard_exit = _reap_quietly(self.spawned.pidfd)
+        guard_exit = _reap_quietly(self.spawned.pidfd)
         self.sock.close()
         if self.cgroup is not None:
             self.cgroup.remove()  # the guard removed the directory; this drops our lock
+        self.guard_exit = guard_exit
+        self.start_error = error
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -376,11 +379,14 @@ class Guard:
         guard's CPU, then reaps the guard, which is exiting by then.)"""
         return self.sock.fileno()
 
-    def pump(self) -> bool:
-        """Read whatever the guard has said, without blocking; True once the tree has ended."""
+    def pump(self, *, stop_at_start: bool = False) -> bool:
+        """Read whatever the guard has said, without blocking; True once the tree has ended.
+        With ``stop_at_start``, read no further than the start report."""
         if self.ended:
             return True
         while True:
+            if stop_at_start and self._program is not None:
+                return False
             try:
                 message = self._recv(socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -390,12 +396,17 @@ class Guard:
 
     def _recv(self, flags: int) -> tuple[bytes, list[int], int]:
         """One message: (data, fds passed with it, message flags); b"" once the guard is gone."""
-        try:
-            if self._program is None:  # the start report may carry the program's pidfd
-                return recv_with_fds(self.sock, _MSG.size, flags)
-            return self.sock.recv(_MSG.size, flags), [], 0
-        except ConnectionResetError:
-            return b"", [], 0
+        for _ in range(3):
+            try:
+                if self._program is None:  # the start report may carry the program's pidfd
+                    return recv_with_fds(self.sock, _MSG.size, flags)
+                return self.sock.recv(_MSG.size, flags), [], 0
+            except ConnectionResetError:
+                # The guard exited with a command of ours still unread (a terminate() racing
+                # with the end, or any command to a program that could not start): the kernel
+                # then reports ECONNRESET, once, ahead of the reports still queued. Read on.
+                continue
+        return b"", [], 0
 
     def _handle(self, data: bytes, fds: list[int], msg_flags: int) -> bool:
         """Act on one message; True once the tree has ended."""

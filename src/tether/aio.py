@@ -175,6 +175,11 @@ class AsyncChild(metaclass=NoPublicConstructor):
             return None
 
     def __repr__(self) -> str:
+        backend = self._child._backend
+        if isinstance(backend, Guard) and not backend.started:
+            return f"<tether.aio.AsyncChild contain={self.contain!r} starting>"
+        if isinstance(backend, Guard) and backend.start_error is not None:
+            return f"<tether.aio.AsyncChild contain={self.contain!r} failed to start>"
         exit_ = self.exit
         state = "running" if exit_ is None else str(exit_)
         return f"<tether.aio.AsyncChild pid={self.pid} contain={self.contain!r} {state}>"
@@ -193,7 +198,9 @@ class AsyncChild(metaclass=NoPublicConstructor):
         if not isinstance(backend, Guard):
             return
         while True:
-            backend.pump()
+            # Only up to the start report: a report of the end read here would reap the guard
+            # with a blocking wait in the loop's thread (it is still exiting then).
+            backend.pump(stop_at_start=True)
             if backend.started:
                 break
             fd = backend.sock.fileno()
@@ -695,6 +702,12 @@ async def run(
     # may be cut in half there.
     out, err = child._collected(decode=ended)
     args = child.args
+    backend = child._child._backend
+    if isinstance(backend, Guard) and backend.start_error is not None:
+        # The program never ran (its start was not awaited, so the deadline may have passed
+        # before the failure was read): what subprocess raises, not a timeout.
+        del child
+        raise backend.start_error
     retcode = None if not ended else child._settle()
     # Raised without `child` in this frame: in asyncio the exception and the task that
     # carries it form a reference cycle, and a frame in that cycle holding the child would
