@@ -263,6 +263,24 @@ def test_a_report_queued_behind_an_unread_command_is_still_read(
     assert oracle.no_descendants()
 
 
+def test_a_lost_report_of_a_finished_tree_is_recovered_from_the_kernel(mode: str) -> None:
+    # If the guard's final report never reaches us although the guard finished its work
+    # (it exits 0 only then), the program's status comes from its pidfd (PIDFD_INFO_EXIT),
+    # not a "guard died" error. The test steals the report off the socket to lose it.
+    with tether.spawn(["sh", "-c", "exit 7"], contain=mode) as child:
+        backend = child._backend
+        assert isinstance(backend, Guard)
+        try:
+            child.pidfd.info()
+        except tether.Unsupported as exc:
+            pytest.skip(f"PIDFD_GET_INFO is not available here: {exc}")
+        stolen = backend.sock.recv(16)  # blocks until the guard reports
+        assert len(stolen) == 16
+        assert child.wait(timeout=10) == 7
+        assert not backend.dead and backend.exit == tether.Exit(code=7, signal=None)
+    assert oracle.no_descendants()
+
+
 def test_an_interrupt_while_a_failed_start_is_cleaned_up_leaks_nothing(
         monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
     # Ctrl-C inside the reap of a guard whose program could not start: launch() must still

@@ -458,10 +458,24 @@ class Guard:
 
     def _guard_died(self) -> None:
         """The guard is gone without a report (someone killed it): end the tree ourselves."""
-        self._dead = True
         self.spawned.lifeline.close()
         guard_exit = _reap_quietly(self.spawned.pidfd)
         program = self._program
+        if guard_exit == _GUARD_DONE and program is not None:
+            # The guard exits 0 only at the end of its loop: the tree had ended and it had
+            # tried to report. The report was lost, not the tree, and the kernel keeps the
+            # program's exact status for whoever holds its pidfd once the guard has reaped
+            # it (PIDFD_INFO_EXIT, 6.15+). Without that, it stays "unknown" below.
+            recovered = program._info_exit()
+            if recovered is not None:
+                self.sock.close()
+                if self.cgroup is not None:
+                    self.cgroup.remove()
+                self.guard_exit = guard_exit
+                self.exit = recovered
+                program._set_exit(recovered)
+                return
+        self._dead = True
         if self.mode == "group" and program is not None:
             # The program got PDEATHSIG=SIGKILL from the guard's death; its group may live on.
             # The leader's pidfd is a race-free handle on the group, even once it is reaped.
@@ -520,6 +534,9 @@ class Guard:
             self.kill_tree()
             self.spawned.lifeline.close()
             self.wait(None)
+
+
+_GUARD_DONE: Final = Exit(code=0, signal=None)
 
 
 def _reap_quietly(pidfd: Pidfd) -> Exit | None:
