@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +96,16 @@ def mode(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     require_mode(name)
     return name
+
+
+@pytest.fixture
+def junk_program(tmp_path: Path) -> str:
+    """An executable file that only exec itself refuses (its interpreter does not exist):
+    spawn's own checks pass, the failure comes back from the child (ENOENT)."""
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"#!/nonexistent/interpreter\n")
+    junk.chmod(0o755)
+    return str(junk)
 
 
 @pytest.fixture

@@ -90,17 +90,13 @@ def test_missing_program_raises_file_not_found_and_leaves_nothing() -> None:
 
 
 def test_exec_failure_seen_by_the_guard_raises_typed_and_leaves_nothing(
-        mode: str, tmp_path: Any) -> None:
-    junk = os.path.join(str(tmp_path), "junk")
-    with open(junk, "wb") as f:
-        f.write(b"#!/nonexistent/interpreter\n")
-    os.chmod(junk, 0o755)
+        mode: str, junk_program: str) -> None:
     arun(aio.run(["true"], contain=mode))
     before = _fds()
     with pytest.raises(FileNotFoundError):
-        arun(aio.run([junk], input=b"x" * 200000, capture_output=True, contain=mode))
+        arun(aio.run([junk_program], input=b"x" * 200000, capture_output=True, contain=mode))
     with pytest.raises(FileNotFoundError):
-        arun(aio.spawn([junk], stdout=PIPE, contain=mode))
+        arun(aio.spawn([junk_program], stdout=PIPE, contain=mode))
     assert oracle.no_descendants()
     assert _fds() == before
 
@@ -152,16 +148,12 @@ def test_timeout_zero_ends_the_tree_on_sigterm_alone(mode: str) -> None:
     assert oracle.no_descendants()
 
 
-def test_a_program_that_cannot_start_is_no_timeout(mode: str, tmp_path: Any) -> None:
+def test_a_program_that_cannot_start_is_no_timeout(mode: str, junk_program: str) -> None:
     # The deadline may pass before the guard's failure report is read: still the error
     # subprocess raises, never a TimeoutExpired for a program that never ran.
-    junk = os.path.join(str(tmp_path), "junk")
-    with open(junk, "wb") as f:
-        f.write(b"#!/nonexistent/interpreter\n")
-    os.chmod(junk, 0o755)
     for _ in range(10):
         with pytest.raises(FileNotFoundError):
-            arun(aio.run([junk], timeout=0, contain=mode))
+            arun(aio.run([junk_program], timeout=0, contain=mode))
     assert oracle.no_descendants()
 
 

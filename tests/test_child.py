@@ -244,18 +244,14 @@ def test_a_signal_sent_before_the_start_is_read_reaches_the_program(mode: str) -
 
 
 def test_a_report_queued_behind_an_unread_command_is_still_read(
-        mode: str, tmp_path: object) -> None:
+        mode: str, junk_program: str) -> None:
     # A guard that exits with a command of ours unread makes the kernel report ECONNRESET
     # once, ahead of the reports still queued: that is not the guard dying unreported. Here
     # the command is sent before the guard can have failed the exec (it never reads it).
     from tether._child import spawn
 
-    junk = os.path.join(str(tmp_path), "junk")
-    with open(junk, "wb") as f:
-        f.write(b"#!/nonexistent/interpreter\n")
-    os.chmod(junk, 0o755)
     for _ in range(5):
-        with spawn([junk], contain=mode, _await_start=False) as child:
+        with spawn([junk_program], contain=mode, _await_start=False) as child:
             assert isinstance(child._backend, Guard)
             child._backend.signal_tree(signal.SIGTERM)
             with pytest.raises(FileNotFoundError):
@@ -282,15 +278,11 @@ def test_a_lost_report_of_a_finished_tree_is_recovered_from_the_kernel(mode: str
 
 
 def test_an_interrupt_while_a_failed_start_is_cleaned_up_leaks_nothing(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+        monkeypatch: pytest.MonkeyPatch, junk_program: str) -> None:
     # Ctrl-C inside the reap of a guard whose program could not start: launch() must still
     # close the control socket and the guard's pidfd, and reap the guard.
     from tether import _guard
 
-    junk = os.path.join(str(tmp_path), "junk")
-    with open(junk, "wb") as f:
-        f.write(b"#!/nonexistent/interpreter\n")
-    os.chmod(junk, 0o755)
     tether.run(["true"])
     before = oracle.open_fds()
     real = _guard._reap_quietly
@@ -305,7 +297,7 @@ def test_an_interrupt_while_a_failed_start_is_cleaned_up_leaks_nothing(
 
     monkeypatch.setattr(_guard, "_reap_quietly", interrupted_once)
     with pytest.raises(KeyboardInterrupt) as info:
-        tether.spawn([junk])
+        tether.spawn([junk_program])
     # Checked while the traceback (and so the Guard) is still alive: nothing left to the GC.
     assert oracle.open_fds() == before
     assert calls == 2

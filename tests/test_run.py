@@ -130,18 +130,15 @@ def test_run_in_every_mode(mode: str) -> None:
 
 
 def test_exec_failure_raises_what_subprocess_raises_and_leaves_nothing(
-        mode: str, tmp_path: Path) -> None:
+        mode: str, junk_program: str) -> None:
     # Found executable, refused by exec itself (a missing interpreter): only the guard sees
     # it, and run() must raise what subprocess.run raises, with nothing left behind.
-    junk = tmp_path / "junk"
-    junk.write_bytes(b"#!/nonexistent/interpreter\n")
-    junk.chmod(0o755)
     with pytest.raises(FileNotFoundError) as expected:
-        subprocess.run([str(junk)])
+        subprocess.run([junk_program])
     tether.run(["true"], contain=mode)  # lazy state (cgroup root, probes) before the count
     before = oracle.open_fds()
     with pytest.raises(FileNotFoundError) as info:
-        tether.run([str(junk)], input=b"x" * 200000, capture_output=True, contain=mode)
+        tether.run([junk_program], input=b"x" * 200000, capture_output=True, contain=mode)
     assert info.value.errno == expected.value.errno
     assert oracle.open_fds() == before
     assert oracle.no_descendants()
