@@ -280,14 +280,10 @@ class Guard:
     def _discard(self) -> None:
         """Undo a launch whose start was not seen through (an error or an interrupt while
         waiting for it): the guard ends whatever it started, and is reaped."""
-        if self.exit is not None or self._dead or self.start_error is not None:
+        if self.ended:
             return
         self._dead = True
-        self.spawned.lifeline.close()
-        _reap_quietly(self.spawned.pidfd)
-        self.sock.close()
-        if self.cgroup is not None:
-            self.cgroup.remove()
+        self.guard_exit = self._release()
         if self._program is not None:
             self._program.close()
 
@@ -361,13 +357,20 @@ class Guard:
         reap the guard, drop our handles; ``error`` is what waiting for the tree raises.
         Recorded last: an interrupt during the reap leaves a Guard that is not ended, which
         ``_discard`` (or a later pump, which then finds the guard gone) cleans up."""
+        self.guard_exit = self._release()
+        self.start_error = error
+
+    def _release(self) -> Exit | None:
+        """Drop our side of the tree once the guard is done or must be: cut the lifeline
+        (a guard still running ends the tree on it), reap the guard, close the control
+        socket, and remove the cgroup directory (the guard removed it already unless it was
+        killed; remove() then only drops our lock). Returns how the guard ended."""
         self.spawned.lifeline.close()
         guard_exit = _reap_quietly(self.spawned.pidfd)
         self.sock.close()
         if self.cgroup is not None:
-            self.cgroup.remove()  # the guard removed the directory; this drops our lock
-        self.guard_exit = guard_exit
-        self.start_error = error
+            self.cgroup.remove()
+        return guard_exit
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -448,18 +451,11 @@ class Guard:
         if self._program is not None:  # (always: the start is reported before the end)
             self._program._set_exit(exit_)
         # The guard exits right after its report: reap it (no zombie), drop our handles.
-        self.spawned.lifeline.close()
-        self.guard_exit = _reap_quietly(self.spawned.pidfd)
-        self.sock.close()
-        if self.cgroup is not None:
-            # The guard removed the directory; remove() only releases our lock (and would
-            # finish the job if the guard could not).
-            self.cgroup.remove()
+        self.guard_exit = self._release()
 
     def _guard_died(self) -> None:
         """The guard is gone without a report (someone killed it): end the tree ourselves."""
-        self.spawned.lifeline.close()
-        guard_exit = _reap_quietly(self.spawned.pidfd)
+        guard_exit = self.guard_exit = self._release()  # in cgroup mode, ends what is left
         program = self._program
         if guard_exit == _GUARD_DONE and program is not None:
             # The guard exits 0 only at the end of its loop: the tree had ended and it had
@@ -468,10 +464,6 @@ class Guard:
             # it (PIDFD_INFO_EXIT, 6.15+). Without that, it stays "unknown" below.
             recovered = program._info_exit()
             if recovered is not None:
-                self.sock.close()
-                if self.cgroup is not None:
-                    self.cgroup.remove()
-                self.guard_exit = guard_exit
                 self.exit = recovered
                 program._set_exit(recovered)
                 return
@@ -492,14 +484,11 @@ class Guard:
                     os.killpg(self._program_pid, signal.SIGKILL)  # noqa: TET201  proven above
                 except ProcessLookupError:
                     pass
-        elif self.cgroup is not None:
-            self.cgroup.remove()
-        # pidns: the kernel killed the namespace when its init (the guard) died. A guard that
-        # died before reporting the start took its program with it (PDEATHSIG), if any.
-        self.sock.close()
+        # cgroup: _release() killed what was left. pidns: the kernel killed the namespace when
+        # its init (the guard) died. A guard that died before reporting the start took its
+        # program with it (PDEATHSIG), if any.
         self.exit = None
         self.flags = TREE_FORCED
-        self.guard_exit = guard_exit
 
     @property
     def dead(self) -> bool:
