@@ -1,6 +1,6 @@
 """Build tether's C parts: the extension module (tether._core) and the guard executable.
 
-The guard is a plain C program (no Python) installed inside the package as ``tether/_guard``
+The guard is a plain C program (no Python) installed inside the package as ``tether/_kernel/_guard``
 and found through the package, never through PATH. It is linked statically where the
 toolchain has a static libc, so it starts fast and keeps a small RSS; otherwise dynamically.
 """
@@ -18,7 +18,8 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PKG_SRC = os.path.join(HERE, "src", "tether")
-GUARD_SRC = os.path.join(PKG_SRC, "guard.c")
+KERNEL_SRC = os.path.join(PKG_SRC, "_kernel")
+GUARD_SRC = os.path.join(KERNEL_SRC, "guard.c")
 GUARD_NAME = "_guard"
 
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
@@ -37,7 +38,7 @@ def _compile_guard(out_path: str) -> None:
     compilers.append(_compiler())
     attempts = []
     for cc in compilers:
-        base = [cc, *CFLAGS, "-Os", "-I", PKG_SRC, GUARD_SRC, "-o", out_path]
+        base = [cc, *CFLAGS, "-Os", "-I", KERNEL_SRC, GUARD_SRC, "-o", out_path]
         attempts += [[*base, "-static"], base]
     last: subprocess.CalledProcessError | None = None
     for cmd in attempts:
@@ -62,9 +63,9 @@ class BuildWithGuard(build_ext):
         if not os.path.exists(GUARD_SRC):
             return
         if self.inplace:
-            target_dir = PKG_SRC
+            target_dir = KERNEL_SRC
         else:
-            target_dir = os.path.join(self.build_lib, "tether")
+            target_dir = os.path.join(self.build_lib, "tether", "_kernel")
         os.makedirs(target_dir, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             built = os.path.join(tmp, GUARD_NAME)
@@ -80,9 +81,9 @@ class BuildWithGuard(build_ext):
 setup(
     ext_modules=[
         Extension(
-            "tether._core",
-            sources=["src/tether/_core.c"],
-            depends=["src/tether/_clone.h"],
+            "tether._kernel.core",
+            sources=["src/tether/_kernel/core.c"],
+            depends=["src/tether/_kernel/clone.h"],
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers", "-fno-strict-aliasing"],
         )

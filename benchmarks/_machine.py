@@ -60,9 +60,9 @@ def _git() -> str:
 def describe() -> JSONDict:
     """Everything the report prints at the top."""
     import tether
-    from tether import _features
-    from tether._cgroup import cgroup_unavailable_reason
-    from tether._guard import pidns_unavailable_reason
+    from tether._kernel import features as _features
+    from tether._kernel.cgroup import cgroup_unavailable_reason
+    from tether._tree.guarded import pidns_unavailable_reason
 
     uname = os.uname()
     try:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import tether
-import tether._guard
+import tether._tree.guarded
 import tether.aio
 
 CAT = shutil.which("cat") or "/bin/cat"
@@ -118,7 +118,7 @@ async def _latency_guard_hop(which: str) -> int:
     with tether.spawn([CAT], stdin=r, stdout=subprocess.DEVNULL) as child:
         os.close(r)
         guard = child._backend
-        assert isinstance(guard, tether._guard.Guard)
+        assert isinstance(guard, tether._tree.guarded.Guard)
         fd = {"program pidfd": guard.program.fileno(), "report": guard.sock.fileno(),
               "guard exit": guard.spawned.pidfd.fileno()}[which]
         ep = select.epoll()

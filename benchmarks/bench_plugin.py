@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import tether
-from tether._cgroup import cgroup_unavailable_reason
+from tether._kernel.cgroup import cgroup_unavailable_reason
 
 TIMING_CONFTEST = '''
 import json, os, time

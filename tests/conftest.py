@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import oracle
 import tether
-from tether import _core, _features
+from tether._kernel import core as _core
+from tether._kernel import features as _features
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -22,7 +23,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _tether_cgroups() -> set[str]:
-    from tether._cgroup import PARENT_NAME, cgroup_root, cgroup_unavailable_reason
+    from tether._kernel.cgroup import PARENT_NAME, cgroup_root, cgroup_unavailable_reason
 
     if cgroup_unavailable_reason() is not None:
         return set()
@@ -54,7 +55,7 @@ def _unowned(name: str) -> bool:
     """A tree directory whose lock nobody holds. Our descendants are all gone by now (checked
     just before), so a directory still locked belongs to another tether user of this machine
     (a concurrent test run), not to this test."""
-    from tether._cgroup import PARENT_NAME, cgroup_root
+    from tether._kernel.cgroup import PARENT_NAME, cgroup_root
 
     return oracle.cgroup_locked(os.path.join(cgroup_root(), PARENT_NAME, name)) is False
 
@@ -77,8 +78,8 @@ def each_clone_method(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def require_mode(mode: str) -> None:
-    from tether._cgroup import cgroup_unavailable_reason
-    from tether._guard import pidns_unavailable_reason
+    from tether._kernel.cgroup import cgroup_unavailable_reason
+    from tether._tree.guarded import pidns_unavailable_reason
 
     if mode == "cgroup":
         why = cgroup_unavailable_reason()

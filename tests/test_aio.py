@@ -105,7 +105,7 @@ def test_spawn_awaits_the_start_in_the_loop_without_blocking_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The guard's start report is awaited in the selector: the blocking wait is never used,
     # and another task gets turns while a spawn is in progress.
-    from tether._guard import Guard
+    from tether._tree.guarded import Guard
 
     def blocking(self: Guard) -> None:
         raise AssertionError("tether.aio.spawn blocked the loop in Guard.await_start")

@@ -12,7 +12,7 @@ import pytest
 
 import oracle
 import tether
-from tether._guard import Guard
+from tether._tree.guarded import Guard
 
 PY = sys.executable
 
@@ -190,7 +190,7 @@ def test_program_pidfd_handed_over_by_the_guard_is_close_on_exec(mode: str) -> N
 _PIDFD_DROPPED = """
 import ctypes, errno, os, resource, sys
 import tether
-from tether._child import spawn
+from tether._tree.child import spawn
 # A subreaper: whatever the guard leaves behind comes back to us, and ECHILD below proves
 # that nothing did.
 ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
@@ -234,7 +234,7 @@ def test_program_pidfd_dropped_at_the_fd_limit_ends_the_tree_and_raises(
 def test_a_signal_sent_before_the_start_is_read_reaches_the_program(mode: str) -> None:
     # The guard reads its control socket only once the program runs; a tree signal sent
     # before the parent has even read the start report must not be lost.
-    from tether._child import spawn
+    from tether._tree.child import spawn
 
     with spawn(["sleep", "30"], contain=mode, _await_start=False) as child:
         backend = child._backend
@@ -248,7 +248,7 @@ def test_a_report_queued_behind_an_unread_command_is_still_read(
     # A guard that exits with a command of ours unread makes the kernel report ECONNRESET
     # once, ahead of the reports still queued: that is not the guard dying unreported. Here
     # the command is sent before the guard can have failed the exec (it never reads it).
-    from tether._child import spawn
+    from tether._tree.child import spawn
 
     for _ in range(5):
         with spawn([junk_program], contain=mode, _await_start=False) as child:
@@ -281,7 +281,7 @@ def test_an_interrupt_while_a_failed_start_is_cleaned_up_leaks_nothing(
         monkeypatch: pytest.MonkeyPatch, junk_program: str) -> None:
     # Ctrl-C inside the reap of a guard whose program could not start: launch() must still
     # close the control socket and the guard's pidfd, and reap the guard.
-    from tether import _guard
+    from tether._tree import guarded as _guard
 
     tether.run(["true"])
     before = oracle.open_fds()

@@ -87,7 +87,7 @@ def test_cgroup_directory_is_removed_after_parent_sigkill(python_env: dict[str, 
     from conftest import require_mode
 
     require_mode("cgroup")
-    from tether._cgroup import PARENT_NAME, cgroup_root
+    from tether._kernel.cgroup import PARENT_NAME, cgroup_root
 
     parent_dir = os.path.join(cgroup_root(), PARENT_NAME)
     before = set(os.listdir(parent_dir))
@@ -102,7 +102,7 @@ def test_stale_cgroup_directory_is_swept_by_the_next_start() -> None:
     from conftest import require_mode
 
     require_mode("cgroup")
-    from tether import _cgroup
+    from tether._kernel import cgroup as _cgroup
 
     parent_dir = os.path.join(_cgroup.cgroup_root(), _cgroup.PARENT_NAME)
     stale = os.path.join(parent_dir, "t-stale-test")
@@ -117,8 +117,8 @@ def test_stale_cgroup_directory_is_swept_by_the_next_start() -> None:
 
 
 def test_auto_picks_the_strongest_available_mode() -> None:
-    from tether._cgroup import cgroup_unavailable_reason
-    from tether._guard import pidns_unavailable_reason, resolve_mode
+    from tether._kernel.cgroup import cgroup_unavailable_reason
+    from tether._tree.guarded import pidns_unavailable_reason, resolve_mode
 
     expected = "pidns" if pidns_unavailable_reason() is None else (
         "cgroup" if cgroup_unavailable_reason() is None else "group")
@@ -136,7 +136,7 @@ def test_pidns_unprivileged_maps_the_caller_to_itself() -> None:
     import shutil
     import tempfile
 
-    from tether import _guard
+    from tether._tree import guarded as _guard
 
     guard_dir = tempfile.mkdtemp(prefix="tether-guard-")  # under /tmp: reachable by any uid
     os.chmod(guard_dir, 0o755)

@@ -13,8 +13,9 @@ import threading
 import pytest
 
 import tether
-from tether import _core, _features
-from tether._spawn import _spawn
+from tether._kernel import core as _core
+from tether._kernel import features as _features
+from tether._kernel.spawn import _spawn
 
 pytestmark = pytest.mark.usefixtures("each_clone_method")
 
@@ -161,7 +162,8 @@ def test_process_group_signal_reaches_the_whole_group() -> None:
 
 REUSE = r"""
 import os, signal, sys, tether
-from tether import _core, _features
+from tether._kernel import core as _core
+from tether._kernel import features as _features
 methods = {'clone3': _core.CLONE_CLONE3, 'legacy': _core.CLONE_LEGACY}
 _features.force_clone_method(methods[sys.argv[1]])
 assert os.getpid() == 1, os.getpid()

@@ -21,7 +21,7 @@ import pytest
 
 import oracle
 import tether
-from tether._cgroup import PARENT_NAME, cgroup_root, cgroup_unavailable_reason
+from tether._kernel.cgroup import PARENT_NAME, cgroup_root, cgroup_unavailable_reason
 
 pytest_plugins = ["pytester"]
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from subprocess import DEVNULL, PIPE, STDOUT
 
-from ._child import Child, spawn
-from ._enforce import DoctrineViolation, enforce
-from ._errors import TimeoutExpired, Unsupported
-from ._exit import Exit
-from ._fork import run_in_fork
-from ._lifeline import LifelineWriter, attach
-from ._pidfd import Pidfd, PidfdInfo
-from ._run import check_output, run
-from ._signalfd import SignalFd, SignalInfo
-from ._spawn import Spawned, spawn_lifelined
+from tether._enforce import DoctrineViolation, enforce
+from tether._kernel.errors import TimeoutExpired, Unsupported
+from tether._kernel.exit import Exit
+from tether._kernel.fork import run_in_fork
+from tether._kernel.lifeline import LifelineWriter, attach
+from tether._kernel.pidfd import Pidfd, PidfdInfo
+from tether._kernel.signalfd import SignalFd, SignalInfo
+from tether._kernel.spawn import Spawned, spawn_lifelined
+from tether._tree.child import Child, spawn
+from tether._tree.run import check_output, run
 
 __version__ = "0.1.0"
 

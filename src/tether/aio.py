@@ -23,15 +23,15 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, Final, TypeVar, final
 
-from ._child import Child
-from ._child import spawn as _spawn_child
-from ._errors import TimeoutExpired
-from ._exit import Exit
-from ._guard import Guard
-from ._pidfd import NoPublicConstructor, Pidfd
-from ._run import DEFAULT_GRACE, prepare_run
-from ._signalfd import SignalFd, SignalInfo
-from ._spawn import StrOrBytesPath
+from tether._kernel.errors import TimeoutExpired
+from tether._kernel.exit import Exit
+from tether._kernel.pidfd import NoPublicConstructor, Pidfd
+from tether._kernel.signalfd import SignalFd, SignalInfo
+from tether._kernel.spawn import StrOrBytesPath
+from tether._tree.child import Child
+from tether._tree.child import spawn as _spawn_child
+from tether._tree.guarded import Guard
+from tether._tree.run import DEFAULT_GRACE, prepare_run
 
 __all__ = ["AsyncChild", "Signals", "run", "signals", "spawn"]
 

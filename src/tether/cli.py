@@ -10,11 +10,11 @@ import sys
 import time
 from collections.abc import Sequence
 
-from ._child import Child, spawn
-from ._errors import Unsupported
-from ._pidfd import _poll_ms
-from ._run import DEFAULT_GRACE, end_tree
-from ._signalfd import SignalFd
+from tether._kernel.errors import Unsupported
+from tether._kernel.pidfd import _poll_ms
+from tether._kernel.signalfd import SignalFd
+from tether._tree.child import Child, spawn
+from tether._tree.run import DEFAULT_GRACE, end_tree
 
 __all__ = ["main"]
 
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tether`` command; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["lint"]:
-        from .lint import main as lint_main
+        from tether.lint import main as lint_main
 
         return lint_main(args_list[1:])
     parser = _parser()
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise _UsageError("tether run: error: no command given (tether run -- CMD ...)")
             return _run(cmd, args.timeout, args.grace, args.contain, args.wait_tree)
         if args.command == "doctor":
-            from ._doctor import doctor
+            from tether._tree.doctor import doctor
 
             return doctor(as_json=args.json)
     except _UsageError as exc:

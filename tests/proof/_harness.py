@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 import tether
-from tether import _cgroup
-from tether._spawn import _spawn
+from tether._kernel import cgroup as _cgroup
+from tether._kernel.spawn import _spawn
 
 FULL: Final = os.environ.get("TETHER_FULL", "") not in ("", "0")
 PY: Final = sys.executable

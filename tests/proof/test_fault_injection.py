@@ -77,7 +77,11 @@ def mark(point, arg=""):
 
 
 import tether
-from tether import _cgroup, _core, _fork, _guard, _spawn
+from tether._kernel import cgroup as _cgroup
+from tether._kernel import core as _core
+from tether._kernel import fork as _fork
+from tether._tree import guarded as _guard
+from tether._kernel import spawn as _spawn
 
 tether.attach()  # safety net only: if the *test* dies, so do we
 

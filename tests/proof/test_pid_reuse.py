@@ -24,8 +24,8 @@ import os
 
 import pytest
 
-from tether import _core
-from tether._spawn import _spawn
+from tether._kernel import core as _core
+from tether._kernel.spawn import _spawn
 
 from ._harness import PY, python_env, record, size
 

@@ -12,7 +12,7 @@ import os
 import threading
 from typing import Final
 
-from . import _core
+from tether._kernel import core as _core
 
 __all__ = ["clone_method", "clone_unsupported_reason", "force_clone_method", "kernel_release"]
 

@@ -16,10 +16,11 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Final, NamedTuple, TypeAlias
 
-from . import _core, _features
-from ._errors import Unsupported
-from ._lifeline import LIFELINE_ENV, LifelineWriter, _new_lifeline
-from ._pidfd import Pidfd
+from tether._kernel import core as _core
+from tether._kernel import features as _features
+from tether._kernel.errors import Unsupported
+from tether._kernel.lifeline import LIFELINE_ENV, LifelineWriter, _new_lifeline
+from tether._kernel.pidfd import Pidfd
 
 __all__ = ["Spawned", "spawn_lifelined"]
 

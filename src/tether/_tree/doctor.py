@@ -12,11 +12,12 @@ import os
 import signal
 from dataclasses import asdict, dataclass
 
-from . import _core, _features
-from ._cgroup import cgroup_root, cgroup_unavailable_reason
-from ._errors import Unsupported
-from ._guard import _devnull, guard_path, pidns_unavailable_reason
-from ._pidfd import PIDFD_SIGNAL_PROCESS_GROUP
+from tether._kernel import core as _core
+from tether._kernel import features as _features
+from tether._kernel.cgroup import cgroup_root, cgroup_unavailable_reason
+from tether._kernel.errors import Unsupported
+from tether._kernel.pidfd import PIDFD_SIGNAL_PROCESS_GROUP
+from tether._tree.guarded import _devnull, guard_path, pidns_unavailable_reason
 
 __all__ = ["doctor", "probe_all"]
 
@@ -51,7 +52,7 @@ def _probe_group_signal() -> tuple[bool, str]:
 
 def _probe_info() -> tuple[tuple[bool, str], tuple[bool, str], tuple[bool, str]]:
     """PIDFD_GET_INFO, PIDFD_INFO_EXIT and pidfs, asked of one short-lived child."""
-    from ._spawn import spawn_lifelined
+    from tether._kernel.spawn import spawn_lifelined
 
     s = spawn_lifelined([guard_path()], stdout=_devnull(), stderr=_devnull())
     s.lifeline.close()

@@ -55,9 +55,9 @@
 /* _clone.h also holds the extension's clone-method probe, which the guard does not use. */
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wunused-function"
-#include "_clone.h"
+#include "clone.h"
 #pragma GCC diagnostic pop
-#include "_guard_proto.h"
+#include "guard_proto.h"
 
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424 /* since 5.1 */

@@ -24,8 +24,8 @@ import threading
 import time
 from typing import Final
 
-from ._errors import Unsupported
-from ._pidfd import _poll_ms
+from tether._kernel.errors import Unsupported
+from tether._kernel.pidfd import _poll_ms
 
 __all__ = ["CgroupTree", "cgroup_root", "cgroup_unavailable_reason"]
 

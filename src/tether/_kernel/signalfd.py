@@ -29,8 +29,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Final, NamedTuple, final
 
-from . import _core
-from ._pidfd import _check_timeout, _poll_ms
+from tether._kernel import core as _core
+from tether._kernel.pidfd import _check_timeout, _poll_ms
 
 __all__ = ["SignalFd", "SignalInfo"]
 

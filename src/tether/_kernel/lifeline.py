@@ -17,8 +17,8 @@ import select
 import signal
 from typing import Final, final
 
-from . import _core
-from ._pidfd import NoPublicConstructor
+from tether._kernel import core as _core
+from tether._kernel.pidfd import NoPublicConstructor
 
 __all__ = ["LIFELINE_ENV", "LifelineWriter", "attach", "lifeline_fd"]
 

@@ -22,17 +22,17 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any, Final, final
 
-from ._errors import TimeoutExpired, Unsupported
-from ._exit import Exit
-from ._guard import Guard, Mode, resolve_mode
-from ._pidfd import NoPublicConstructor, Pidfd, _check_timeout, _poll_ms
-from ._spawn import (
+from tether._kernel.errors import TimeoutExpired, Unsupported
+from tether._kernel.exit import Exit
+from tether._kernel.pidfd import NoPublicConstructor, Pidfd, _check_timeout, _poll_ms
+from tether._kernel.spawn import (
     Spawned,
     StdioPlan,
     StrOrBytesPath,
     _spawn,
     _stdio_fd,
 )
+from tether._tree.guarded import Guard, Mode, resolve_mode
 
 __all__ = ["Child", "spawn"]
 

@@ -21,8 +21,8 @@ import threading
 import time
 from typing import Any, Final, NamedTuple, NoReturn, TypeVar, final
 
-from ._errors import TimeoutExpired, Unsupported
-from ._exit import Exit
+from tether._kernel.errors import TimeoutExpired, Unsupported
+from tether._kernel.exit import Exit
 
 __all__ = ["NoPublicConstructor", "Pidfd", "PidfdInfo"]
 

@@ -1,5 +1,5 @@
 /*
- * tether._core — the only C in the library.
+ * tether._kernel.core — the only C in the library.
  *
  * It holds what the standard library cannot do for us:
  *   - the clone site (_clone.h): clone3(CLONE_PIDFD|CLONE_CLEAR_SIGHAND) in vfork style,
@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <sys/signalfd.h>
 
-#include "_clone.h"
+#include "clone.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Clone method probe (cached; a forced method is for tests of the fallback).                   */
@@ -433,11 +433,11 @@ static PyMethodDef core_methods[] = {
 };
 
 static struct PyModuleDef core_module = {
-    PyModuleDef_HEAD_INIT, "tether._core", "tether's kernel layer (L0).", -1, core_methods,
+    PyModuleDef_HEAD_INIT, "tether._kernel.core", "tether's kernel layer (L0).", -1, core_methods,
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__core(void)
+PyMODINIT_FUNC PyInit_core(void)
 {
     PyObject *m;
     static int atfork_done = 0;

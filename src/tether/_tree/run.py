@@ -14,11 +14,11 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._child import Child, spawn
-from ._errors import TimeoutExpired
-from ._guard import resolve_mode
-from ._pidfd import _check_timeout
-from ._spawn import StrOrBytesPath
+from tether._kernel.errors import TimeoutExpired
+from tether._kernel.pidfd import _check_timeout
+from tether._kernel.spawn import StrOrBytesPath
+from tether._tree.child import Child, spawn
+from tether._tree.guarded import resolve_mode
 
 __all__ = ["DEFAULT_GRACE", "check_output", "end_tree", "run"]
 

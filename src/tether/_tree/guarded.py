@@ -18,12 +18,13 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, Literal, TypeAlias
 
-from . import _core, _features
-from ._cgroup import CgroupTree, cgroup_root
-from ._errors import Unsupported
-from ._exit import Exit
-from ._pidfd import Pidfd, _check_timeout, _poll_ms, recv_with_fds
-from ._spawn import (
+from tether._kernel import core as _core
+from tether._kernel import features as _features
+from tether._kernel.cgroup import CgroupTree, cgroup_root
+from tether._kernel.errors import Unsupported
+from tether._kernel.exit import Exit
+from tether._kernel.pidfd import Pidfd, _check_timeout, _poll_ms, recv_with_fds
+from tether._kernel.spawn import (
     Spawned,
     StrOrBytesPath,
     _spawn,
@@ -37,7 +38,8 @@ from ._spawn import (
 
 __all__ = ["GUARD_PATH", "Guard", "Mode", "resolve_mode"]
 
-GUARD_PATH: Final = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_guard")
+GUARD_PATH: Final = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_kernel", "_guard")
 
 Mode: TypeAlias = Literal["group", "cgroup", "pidns"]
 MODES: Final = ("group", "cgroup", "pidns", "auto", None)
@@ -126,7 +128,7 @@ def resolve_mode(
     if _features.clone_method() == _core.CLONE_CLONE3:
         if pidns_unavailable_reason() is None:
             return "pidns"
-        from ._cgroup import cgroup_unavailable_reason
+        from tether._kernel.cgroup import cgroup_unavailable_reason
 
         if cgroup_unavailable_reason(cgroup_root_arg) is None:
             return "cgroup"
@@ -548,7 +550,7 @@ def _pid_in_our_namespace(pidfd_fd: int, fallback: int) -> int:
     this process's fd table (the Pid: line the kernel prints for a pidfd, 5.3+)."""
     import fcntl
 
-    from ._pidfd import _INFO_FMT, PIDFD_GET_INFO, PIDFD_INFO_PID
+    from tether._kernel.pidfd import _INFO_FMT, PIDFD_GET_INFO, PIDFD_INFO_PID
 
     buf = bytearray(struct.pack(_INFO_FMT, PIDFD_INFO_PID, *([0] * 15)))
     try:

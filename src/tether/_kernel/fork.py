@@ -18,11 +18,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ._enforce import call_as_user
-from ._exit import Exit
-from ._lifeline import LIFELINE_ENV, _new_lifeline, attach
-from ._pidfd import Pidfd, recv_with_fds
-from ._spawn import Spawned
+from tether._enforce import call_as_user
+from tether._kernel.exit import Exit
+from tether._kernel.lifeline import LIFELINE_ENV, _new_lifeline, attach
+from tether._kernel.pidfd import Pidfd, recv_with_fds
+from tether._kernel.spawn import Spawned
 
 __all__ = ["run_in_fork"]
 

@@ -53,7 +53,8 @@ from typing import Any, Final, NamedTuple
 
 import pytest
 
-from ._cgroup import (
+from tether._enforce import enforce
+from tether._kernel.cgroup import (
     PARENT_NAME,
     ROOT_ENV,
     _mounted_cgroup2,
@@ -63,8 +64,7 @@ from ._cgroup import (
     cgroup_unavailable_reason,
     wait_events,
 )
-from ._child import Child, spawn
-from ._enforce import enforce
+from tether._tree.child import Child, spawn
 
 __all__ = [
     "CGROUP_BLIND_SPOTS",
