@@ -10,8 +10,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from tether._kernel.deadline import poll_ms
 from tether._kernel.errors import Unsupported
-from tether._kernel.pidfd import _poll_ms
 from tether._kernel.signalfd import SignalFd
 from tether._tree.child import Child, spawn
 from tether._tree.run import DEFAULT_GRACE, end_tree
@@ -181,7 +181,7 @@ def _supervise(child: Child, sigfd: SignalFd, timeout: float | None, grace: floa
         if remaining is not None and remaining <= 0:
             end_tree(child, grace)
             return EXIT_TIMEOUT
-        poller.poll(_poll_ms(remaining))
+        poller.poll(poll_ms(remaining))
         for info in sigfd.read_all():
             if info.signo in TREE_SIGNALS:
                 backend.signal_tree(info.signo)

@@ -24,8 +24,8 @@ import threading
 import time
 from typing import Final
 
+from tether._kernel.deadline import poll_ms
 from tether._kernel.errors import Unsupported
-from tether._kernel.pidfd import _poll_ms
 
 __all__ = ["CgroupTree", "cgroup_root", "cgroup_unavailable_reason"]
 
@@ -238,7 +238,7 @@ def wait_events(path: str, wanted: bytes, timeout: float) -> bool:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            poller.poll(max(1, _poll_ms(remaining) or 1))
+            poller.poll(max(1, poll_ms(remaining) or 1))
     finally:
         os.close(fd)
 

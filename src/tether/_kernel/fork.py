@@ -20,8 +20,9 @@ from typing import Any, NoReturn
 
 from tether._enforce import call_as_user
 from tether._kernel.exit import Exit
+from tether._kernel.fds import recv_with_fds
 from tether._kernel.lifeline import LIFELINE_ENV, _new_lifeline, attach
-from tether._kernel.pidfd import Pidfd, recv_with_fds
+from tether._kernel.pidfd import Pidfd
 from tether._kernel.spawn import Spawned
 
 __all__ = ["run_in_fork"]

@@ -15,12 +15,12 @@ import fcntl
 import os
 import select
 import signal
-import socket
 import struct
 import threading
 import time
 from typing import Any, Final, NamedTuple, NoReturn, TypeVar, final
 
+from tether._kernel.deadline import check_timeout, poll_ms
 from tether._kernel.errors import TimeoutExpired, Unsupported
 from tether._kernel.exit import Exit
 
@@ -43,28 +43,6 @@ PIDFD_INFO_EXIT: Final = 0x8  # since 6.15
 PIDFD_INFO_COREDUMP: Final = 0x10  # since 6.16
 
 _T = TypeVar("_T")
-
-_FD_SPACE: Final = socket.CMSG_SPACE(struct.calcsize("i"))
-
-
-def recv_with_fds(
-    sock: socket.socket, size: int, flags: int = 0
-) -> tuple[bytes, list[int], int]:
-    """One message, the fds passed with it (SCM_RIGHTS), received close-on-exec, and the
-    message flags (MSG_CTRUNC: an fd was dropped, e.g. at the open-file limit).
-
-    ``socket.recv_fds`` does not ask for MSG_CMSG_CLOEXEC, so the fds it returns would be
-    inherited by anything the caller later forks and execs; these never are. Room is made
-    for one fd (all that tether's senders pass)."""
-    data, ancdata, msg_flags, _addr = sock.recvmsg(
-        size, _FD_SPACE, flags | socket.MSG_CMSG_CLOEXEC)
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
-    return data, fds, msg_flags
-
 
 class NoPublicConstructor(type):
     """Metaclass: ``Cls(...)`` raises TypeError; tether makes instances with ``Cls._create``."""
@@ -93,32 +71,6 @@ class PidfdInfo(NamedTuple):
     egid: int
     cgroupid: int | None
     exit: Exit | None
-
-
-# poll(2) takes an int of milliseconds; longer waits are done as several polls.
-_POLL_MAX_MS: Final = 2**31 - 1
-
-
-def _check_timeout(timeout: float | None) -> float | None:
-    """Validate a timeout in seconds: None or inf waits for ever (as subprocess does)."""
-    if timeout is None:
-        return None
-    try:
-        timeout = float(timeout)
-    except (TypeError, ValueError, OverflowError):
-        raise TypeError(f"timeout must be a number or None, not {timeout!r}") from None
-    if timeout != timeout or timeout < 0:  # NaN or negative
-        raise ValueError(f"timeout must be >= 0 or None, not {timeout!r}")
-    if timeout == float("inf"):
-        return None
-    return timeout
-
-
-def _poll_ms(remaining: float | None) -> int | None:
-    if remaining is None:
-        return None
-    # Round up: returning early would only cost a loop; returning late is what we avoid.
-    return min(_POLL_MAX_MS, max(0, int(remaining * 1000.0 + 0.999)))
 
 
 @final
@@ -245,7 +197,7 @@ class Pidfd(metaclass=NoPublicConstructor):
         Waits on the pidfd itself (poll), with no sleep loop. A timeout raises
         :class:`tether.TimeoutExpired` (a :class:`subprocess.TimeoutExpired`).
         """
-        timeout = _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         fd = self._checked_fd()
         if self._exit is not None:
             return self._exit
@@ -271,7 +223,7 @@ class Pidfd(metaclass=NoPublicConstructor):
         poller.register(fd, select.POLLIN)
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = poller.poll(_poll_ms(remaining))
+            ready = poller.poll(poll_ms(remaining))
             with self._lock:
                 result = self._reap_locked(block=False)
             if result is not None:
@@ -320,7 +272,7 @@ class Pidfd(metaclass=NoPublicConstructor):
         # events=0: poll reports only POLLHUP, which a pidfd raises once the process is reaped.
         poller.register(fd, 0)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not poller.poll(_poll_ms(
+        while not poller.poll(poll_ms(
                 None if deadline is None else max(0.0, deadline - time.monotonic()))):
             if deadline is not None and time.monotonic() >= deadline:
                 return self._exit

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from typing import Final, NamedTuple, final
 
 from tether._kernel import core as _core
-from tether._kernel.pidfd import _check_timeout, _poll_ms
+from tether._kernel.deadline import check_timeout, poll_ms
 
 __all__ = ["SignalFd", "SignalInfo"]
 
@@ -87,7 +87,7 @@ class SignalFd:
     def read(self, timeout: float | None = 0.0) -> SignalInfo | None:
         """The next pending signal, waiting up to ``timeout`` seconds (None: for ever);
         None if nothing arrived in time."""
-        timeout = _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         fd = self.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
@@ -99,7 +99,7 @@ class SignalFd:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
-                poller.poll(_poll_ms(remaining))
+                poller.poll(poll_ms(remaining))
                 continue
             fields = _SIGINFO.unpack_from(data)
             signo, _errno, code, pid, uid, _fd, _tid, _band, _ovr, _trap, status = fields[:11]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import errno
-import fcntl
 import io
 import locale
 import os
@@ -22,9 +21,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any, Final, final
 
+from tether._kernel.deadline import check_timeout, poll_ms
 from tether._kernel.errors import TimeoutExpired, Unsupported
 from tether._kernel.exit import Exit
-from tether._kernel.pidfd import NoPublicConstructor, Pidfd, _check_timeout, _poll_ms
+from tether._kernel.fds import set_nonblocking
+from tether._kernel.pidfd import NoPublicConstructor, Pidfd
 from tether._kernel.spawn import (
     Spawned,
     StdioPlan,
@@ -187,7 +188,7 @@ class Child(metaclass=NoPublicConstructor):
         """Wait until the tree has ended; return the program's returncode.
 
         Raises :class:`tether.TimeoutExpired` (a subprocess.TimeoutExpired) on timeout."""
-        timeout = _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         if self.returncode is not None:
             return self.returncode
         b = self._backend
@@ -234,7 +235,7 @@ class Child(metaclass=NoPublicConstructor):
         holds a pipe open (what is already in the pipes is read). On timeout it raises
         :class:`tether.TimeoutExpired` carrying the output so far; call it again to go on.
         """
-        timeout = _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         if input is not None:
             if self.stdin is None:
                 raise ValueError("communicate(input=...) needs stdin=PIPE")
@@ -282,13 +283,13 @@ class Child(metaclass=NoPublicConstructor):
                 fd = stream.fileno()
                 readers[fd] = fd
                 self._out_chunks.setdefault(fd, [])
-                _set_nonblocking(fd)
+                set_nonblocking(fd)
                 poller.register(fd, select.POLLIN)
         writer = -1
         if self.stdin is not None and not self.stdin.closed:
             if data[self._input_offset:]:
                 writer = self.stdin.fileno()
-                _set_nonblocking(writer)
+                set_nonblocking(writer)
                 poller.register(writer, select.POLLOUT)
             else:
                 self._close_stdin()
@@ -311,7 +312,7 @@ class Child(metaclass=NoPublicConstructor):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutExpired(self.args, 0.0)
-            for fd, events in poller.poll(_poll_ms(remaining)):
+            for fd, events in poller.poll(poll_ms(remaining)):
                 if fd == tree_fd:
                     if self._backend.pump():
                         poller.unregister(tree_fd)
@@ -403,12 +404,6 @@ class Child(metaclass=NoPublicConstructor):
         # Dropping the last reference cuts the lifeline (the LifelineWriter closes when it is
         # collected), and the guard then ends the tree. Nothing to do here beyond that.
         pass
-
-
-def _set_nonblocking(fd: int) -> None:
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    if not flags & os.O_NONBLOCK:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
 
 
 def _stdio_with_pipes(

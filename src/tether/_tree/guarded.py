@@ -21,9 +21,11 @@ from typing import Final, Literal, TypeAlias
 from tether._kernel import core as _core
 from tether._kernel import features as _features
 from tether._kernel.cgroup import CgroupTree, cgroup_root
+from tether._kernel.deadline import check_timeout, poll_ms
 from tether._kernel.errors import Unsupported
 from tether._kernel.exit import Exit
-from tether._kernel.pidfd import Pidfd, _check_timeout, _poll_ms, recv_with_fds
+from tether._kernel.fds import recv_with_fds
+from tether._kernel.pidfd import Pidfd
 from tether._kernel.spawn import (
     Spawned,
     StrOrBytesPath,
@@ -435,7 +437,7 @@ class Guard:
 
     def wait(self, timeout: float | None) -> bool:
         """Block until the tree has ended (True) or the timeout passed (False)."""
-        timeout = _check_timeout(timeout)
+        timeout = check_timeout(timeout)
         if self.pump():
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -445,7 +447,7 @@ class Guard:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            poller.poll(_poll_ms(remaining))
+            poller.poll(poll_ms(remaining))
         return True
 
     def _finish(self, exit_: Exit) -> None:

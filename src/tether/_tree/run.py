@@ -14,8 +14,8 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tether._kernel.deadline import check_timeout
 from tether._kernel.errors import TimeoutExpired
-from tether._kernel.pidfd import _check_timeout
 from tether._kernel.spawn import StrOrBytesPath
 from tether._tree.child import Child, spawn
 from tether._tree.guarded import resolve_mode
@@ -54,8 +54,8 @@ def prepare_run(
 ) -> tuple[float | None, float | None, Any, Any, Any, bool]:
     """Check run()'s arguments (as subprocess.run does) before anything starts; returns
     (timeout, grace, stdin, stdout, stderr, text) normalised. Shared with tether.aio.run."""
-    timeout = _check_timeout(timeout)
-    grace = _check_timeout(grace)  # None (inf): SIGTERM only, never SIGKILL
+    timeout = check_timeout(timeout)
+    grace = check_timeout(grace)  # None (inf): SIGTERM only, never SIGKILL
     if input is not None:
         if stdin is not None:
             raise ValueError("stdin and input arguments may not both be used.")
