@@ -20,6 +20,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PKG_SRC = os.path.join(HERE, "src", "tether")
 KERNEL_SRC = os.path.join(PKG_SRC, "_kernel")
 GUARD_SRC = os.path.join(KERNEL_SRC, "guard.c")
+# The guard's other parts (guard.h says which does what), and the one clone site, which is
+# compiled into both the guard and the extension.
+CLONE_SOURCES = ["clone.c", "clone_raw.c"]
+GUARD_SOURCES = [GUARD_SRC] + [
+    os.path.join(KERNEL_SRC, name)
+    for name in ("guard_start.c", "guard_tree.c", "guard_cgroup.c", *CLONE_SOURCES)
+]
 GUARD_NAME = "_guard"
 
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
@@ -38,7 +45,7 @@ def _compile_guard(out_path: str) -> None:
     compilers.append(_compiler())
     attempts = []
     for cc in compilers:
-        base = [cc, *CFLAGS, "-Os", "-I", KERNEL_SRC, GUARD_SRC, "-o", out_path]
+        base = [cc, *CFLAGS, "-Os", "-I", KERNEL_SRC, *GUARD_SOURCES, "-o", out_path]
         attempts += [[*base, "-static"], base]
     last: subprocess.CalledProcessError | None = None
     for cmd in attempts:
@@ -82,8 +89,10 @@ setup(
     ext_modules=[
         Extension(
             "tether._kernel.core",
-            sources=["src/tether/_kernel/core.c"],
-            depends=["src/tether/_kernel/clone.h"],
+            sources=[f"src/tether/_kernel/{name}"
+                     for name in ("core.c", "lifeline_registry.c", *CLONE_SOURCES)],
+            depends=[f"src/tether/_kernel/{name}"
+                     for name in ("clone.h", "guard_proto.h", "lifeline_registry.h")],
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers", "-fno-strict-aliasing"],
         )

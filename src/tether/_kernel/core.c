@@ -2,11 +2,13 @@
  * tether._kernel.core — the only C in the library.
  *
  * It holds what the standard library cannot do for us:
- *   - the clone site (_clone.h): clone3(CLONE_PIDFD|CLONE_CLEAR_SIGHAND) in vfork style,
- *     or the legacy clone fallback, probed once and cached;
- *   - the lifeline registry: every lifeline write end is created and registered under one
- *     mutex, and a pthread_atfork child handler closes all of them in every fork()ed child,
- *     so one child's writer can never keep another child's lifeline open.
+ *   - the clone site (clone.c): clone3(CLONE_PIDFD|CLONE_CLEAR_SIGHAND) in vfork style,
+ *     or the legacy clone fallback, probed once and cached here (the only cache of it);
+ *   - the tables the Python side must not copy: the child's and the guard's failure stages
+ *     (clone.h, guard_proto.h) and the guard's wire protocol (guard_proto.h);
+ *   - the lifeline registry (lifeline_registry.c): every lifeline write end is created and
+ *     registered under one mutex, and a pthread_atfork child handler closes all of them in
+ *     every fork()ed child, so one child's writer can never keep another child's lifeline open.
  *
  * Everything else (pidfd_send_signal, waitid(P_PIDFD), poll, ioctl) is reached from Python
  * through the standard library.
@@ -14,16 +16,30 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
+#include <limits.h>
 #include <pthread.h>
-#include <stdlib.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "clone.h"
+#include "guard_proto.h"
+#include "lifeline_registry.h"
+
+#ifndef SYS_close_range
+#define SYS_close_range 436 /* since 5.9 */
+#endif
 
 /* ------------------------------------------------------------------------------------------ */
 /* Clone method probe (cached; a forced method is for tests of the fallback).                   */
 /* ------------------------------------------------------------------------------------------ */
 
+/* The one cache of the answer (features.py keeps no copy). Written under probe_lock, with the
+ * method stored last (release), so a reader that sees a method without the lock (acquire) also
+ * sees its errnos. */
 static int probed_method = TETHER_CLONE_UNKNOWN;
 static int clone3_errno = 0;
 static int legacy_errno = 0;
@@ -64,7 +80,7 @@ static int probe_clone_method(void)
             errno = -r;
             return -1;
         }
-        probed_method = method;
+        __atomic_store_n(&probed_method, method, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&probe_lock);
     return method;
@@ -75,6 +91,10 @@ static PyObject *core_clone_method(PyObject *self, PyObject *noargs)
     int method;
     (void)self;
     (void)noargs;
+    /* Every spawn asks: answer a cached method without dropping the GIL or taking the lock. */
+    method = __atomic_load_n(&probed_method, __ATOMIC_ACQUIRE);
+    if (method != TETHER_CLONE_UNKNOWN)
+        return Py_BuildValue("iii", method, clone3_errno, legacy_errno);
     Py_BEGIN_ALLOW_THREADS
     method = probe_clone_method();
     Py_END_ALLOW_THREADS
@@ -94,11 +114,11 @@ static PyObject *core_force_clone_method(PyObject *self, PyObject *arg)
         return NULL;
     }
     pthread_mutex_lock(&probe_lock);
-    probed_method = (int)m;
     if (m == TETHER_CLONE_UNKNOWN) {
         clone3_errno = 0;
         legacy_errno = 0;
     }
+    __atomic_store_n(&probed_method, (int)m, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&probe_lock);
     Py_RETURN_NONE;
 }
@@ -148,6 +168,34 @@ static char **bytes_array(PyObject *seq, const char *what)
     return out;
 }
 
+/* keep_fds (a tuple of ints) as a C array; raises ValueError unless sorted, unique, >= 3.
+ * *floor_fd is raised above every number in it. The caller frees it with PyMem_Free. */
+static int *keep_fds_array(PyObject *keep_obj, int *floor_fd)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(keep_obj), i;
+    int *keep = PyMem_Calloc((size_t)n + 1, sizeof(int));
+    if (keep == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        long v = PyLong_AsLong(PyTuple_GET_ITEM(keep_obj, i));
+        if (v == -1 && PyErr_Occurred())
+            goto error;
+        if (v < 3 || v > INT_MAX || (i > 0 && v <= keep[i - 1])) {
+            PyErr_SetString(PyExc_ValueError, "keep_fds must be sorted, unique and >= 3");
+            goto error;
+        }
+        keep[i] = (int)v;
+        if (v + 1 > *floor_fd)
+            *floor_fd = (int)v + 1;
+    }
+    return keep;
+error:
+    PyMem_Free(keep);
+    return NULL;
+}
+
 static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"path",    "argv",        "envp",         "cwd",       "stdin",
@@ -162,8 +210,7 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     struct tether_failure failure;
     char **argv = NULL, **envp = NULL;
     int *keep = NULL;
-    Py_ssize_t n_keep, i;
-    int floor_fd;
+    int floor_fd = 3;
     pid_t pid = 0;
     int pidfd = -1;
     int rc;
@@ -187,25 +234,9 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     if (envp == NULL)
         goto error;
 
-    n_keep = PyTuple_GET_SIZE(keep_obj);
-    keep = PyMem_Calloc((size_t)n_keep + 1, sizeof(int));
-    if (keep == NULL) {
-        PyErr_NoMemory();
+    keep = keep_fds_array(keep_obj, &floor_fd);
+    if (keep == NULL)
         goto error;
-    }
-    floor_fd = 3;
-    for (i = 0; i < n_keep; i++) {
-        long v = PyLong_AsLong(PyTuple_GET_ITEM(keep_obj, i));
-        if (v == -1 && PyErr_Occurred())
-            goto error;
-        if (v < 3 || v > INT_MAX || (i > 0 && v <= keep[i - 1])) {
-            PyErr_SetString(PyExc_ValueError, "keep_fds must be sorted, unique and >= 3");
-            goto error;
-        }
-        keep[i] = (int)v;
-        if (v + 1 > floor_fd)
-            floor_fd = (int)v + 1;
-    }
     if (lifeline_src >= 0) {
         if (lifeline_dst < 3) {
             PyErr_SetString(PyExc_ValueError, "lifeline_dst must be >= 3");
@@ -233,7 +264,7 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     plan.stdio[1] = stdio[1];
     plan.stdio[2] = stdio[2];
     plan.keep_fds = keep;
-    plan.n_keep = (int)n_keep;
+    plan.n_keep = (int)PyTuple_GET_SIZE(keep_obj);
     plan.lifeline_src = lifeline_src;
     plan.lifeline_dst = lifeline_dst;
     plan.floor = floor_fd;
@@ -260,120 +291,6 @@ error:
     PyMem_Free(envp);
     PyMem_Free(keep);
     return NULL;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* Lifeline registry                                                                            */
-/* ------------------------------------------------------------------------------------------ */
-
-/* Every open lifeline write end of this process. Guarded by registry_lock, which the atfork
- * prepare handler also takes: a fork() therefore never happens between pipe2() and the
- * registration of its write end. The critical sections never need the GIL (a thread that
- * holds the GIL may block here, but never the other way round). */
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static int *registry = NULL;
-static size_t registry_len = 0;
-static size_t registry_cap = 0;
-/* Bumped in every fork()ed child: a LifelineWriter made before the fork sees the mismatch and
- * knows its fd number no longer belongs to it. */
-static volatile unsigned long fork_generation = 0;
-
-static void atfork_prepare(void) { pthread_mutex_lock(&registry_lock); }
-
-static void atfork_parent(void) { pthread_mutex_unlock(&registry_lock); }
-
-static void atfork_child(void)
-{
-    size_t i;
-    for (i = 0; i < registry_len; i++)
-        close(registry[i]);
-    registry_len = 0;
-    fork_generation++;
-    pthread_mutex_unlock(&registry_lock);
-}
-
-static PyObject *core_lifeline_pipe(PyObject *self, PyObject *noargs)
-{
-    int fds[2];
-    int err = 0;
-    (void)self;
-    (void)noargs;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&registry_lock);
-    if (registry_len == registry_cap) {
-        size_t cap = registry_cap ? registry_cap * 2 : 64;
-        int *grown = realloc(registry, cap * sizeof(int));
-        if (grown == NULL)
-            err = ENOMEM;
-        else {
-            registry = grown;
-            registry_cap = cap;
-        }
-    }
-    if (err == 0) {
-        if (pipe2(fds, O_CLOEXEC) != 0)
-            err = errno;
-        else
-            registry[registry_len++] = fds[1];
-    }
-    pthread_mutex_unlock(&registry_lock);
-    Py_END_ALLOW_THREADS
-    if (err) {
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return Py_BuildValue("ii", fds[0], fds[1]);
-}
-
-static PyObject *core_lifeline_release(PyObject *self, PyObject *arg)
-{
-    long fd = PyLong_AsLong(arg);
-    size_t i;
-    int found = 0;
-    int rc = 0;
-    (void)self;
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&registry_lock);
-    for (i = 0; i < registry_len; i++) {
-        if (registry[i] == (int)fd) {
-            registry[i] = registry[--registry_len];
-            found = 1;
-            break;
-        }
-    }
-    /* Close under the lock: a fork() must not see the number registered but closed (and maybe
-     * reused by an unrelated fd that the atfork handler would then close). */
-    if (found)
-        rc = close((int)fd);
-    pthread_mutex_unlock(&registry_lock);
-    Py_END_ALLOW_THREADS
-    if (!found) {
-        PyErr_SetString(PyExc_ValueError, "not a registered lifeline write end");
-        return NULL;
-    }
-    if (rc != 0 && errno != EINTR)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    Py_RETURN_NONE;
-}
-
-static PyObject *core_lifeline_count(PyObject *self, PyObject *noargs)
-{
-    size_t n;
-    (void)self;
-    (void)noargs;
-    pthread_mutex_lock(&registry_lock);
-    n = registry_len;
-    pthread_mutex_unlock(&registry_lock);
-    return PyLong_FromSize_t(n);
-}
-
-static PyObject *core_fork_generation(PyObject *self, PyObject *noargs)
-{
-    (void)self;
-    (void)noargs;
-    return PyLong_FromUnsignedLong(fork_generation);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -432,6 +349,72 @@ static PyMethodDef core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* ------------------------------------------------------------------------------------------ */
+/* Tables exported to Python: C holds the one copy.                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+static int add_stage(PyObject *stages, int number, const char *what)
+{
+    PyObject *key = PyLong_FromLong(number);
+    PyObject *value = key ? PyUnicode_FromString(what) : NULL;
+    int rc = value ? PyDict_SetItem(stages, key, value) : -1;
+    Py_XDECREF(key);
+    Py_XDECREF(value);
+    return rc;
+}
+
+/* STAGES: {stage number: what the child (clone.h) or the guard (guard_proto.h) was doing}. */
+static int add_stage_table(PyObject *m)
+{
+    int rc = -1;
+    PyObject *stages = PyDict_New();
+    if (stages == NULL)
+        return -1;
+#define TETHER_ADD_STAGE(name, number, what)          \
+    if (add_stage(stages, number, what) < 0)          \
+        goto done;
+    TETHER_CHILD_STAGES(TETHER_ADD_STAGE)
+    TETHER_GUARD_STAGES(TETHER_ADD_STAGE)
+#undef TETHER_ADD_STAGE
+    rc = PyModule_AddObjectRef(m, "STAGES", stages);
+done:
+    Py_DECREF(stages);
+    return rc;
+}
+
+static int add_constants(PyObject *m)
+{
+    static const struct {
+        const char *name;
+        long value;
+    } ints[] = {
+        {"CLONE_UNKNOWN", TETHER_CLONE_UNKNOWN},
+        {"CLONE_CLONE3", TETHER_CLONE_CLONE3},
+        {"CLONE_LEGACY", TETHER_CLONE_LEGACY},
+        {"CLONE_NONE", TETHER_CLONE_NONE},
+        {"CLONE_NEWPID", CLONE_NEWPID},
+        {"CLONE_NEWUSER", CLONE_NEWUSER},
+        {"SFD_CLOEXEC", SFD_CLOEXEC},
+        {"SFD_NONBLOCK", SFD_NONBLOCK},
+        {"STAGE_CHDIR", TETHER_STAGE_CHDIR},
+        {"STAGE_EXEC", TETHER_STAGE_EXEC},
+        {"GUARD_MSG_SIZE", (long)sizeof(struct tether_guard_msg)},
+        {"GUARD_MSG_STARTED", TETHER_MSG_STARTED},
+        {"GUARD_MSG_FAILED", TETHER_MSG_FAILED},
+        {"GUARD_MSG_EXITED", TETHER_MSG_EXITED},
+        {"GUARD_MSG_SIGNAL_TREE", TETHER_MSG_SIGNAL_TREE},
+        {"GUARD_MSG_KILL_TREE", TETHER_MSG_KILL_TREE},
+    };
+    size_t i;
+    for (i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        if (PyModule_AddIntConstant(m, ints[i].name, ints[i].value) < 0)
+            return -1;
+    }
+    if (PyModule_AddStringConstant(m, "GUARD_MSG_FORMAT", TETHER_GUARD_MSG_FORMAT) < 0)
+        return -1;
+    return add_stage_table(m);
+}
+
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT, "tether._kernel.core", "tether's kernel layer (L0).", -1, core_methods,
     NULL, NULL, NULL, NULL,
@@ -440,25 +423,14 @@ static struct PyModuleDef core_module = {
 PyMODINIT_FUNC PyInit_core(void)
 {
     PyObject *m;
-    static int atfork_done = 0;
-    if (!atfork_done) {
-        if (pthread_atfork(atfork_prepare, atfork_parent, atfork_child) != 0) {
-            PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
-            return NULL;
-        }
-        atfork_done = 1;
+    if (lifeline_registry_init() != 0) {
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
     }
     m = PyModule_Create(&core_module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddIntConstant(m, "CLONE_UNKNOWN", TETHER_CLONE_UNKNOWN) < 0 ||
-        PyModule_AddIntConstant(m, "CLONE_CLONE3", TETHER_CLONE_CLONE3) < 0 ||
-        PyModule_AddIntConstant(m, "CLONE_LEGACY", TETHER_CLONE_LEGACY) < 0 ||
-        PyModule_AddIntConstant(m, "CLONE_NONE", TETHER_CLONE_NONE) < 0 ||
-        PyModule_AddIntConstant(m, "CLONE_NEWPID", CLONE_NEWPID) < 0 ||
-        PyModule_AddIntConstant(m, "CLONE_NEWUSER", CLONE_NEWUSER) < 0 ||
-        PyModule_AddIntConstant(m, "SFD_CLOEXEC", SFD_CLOEXEC) < 0 ||
-        PyModule_AddIntConstant(m, "SFD_NONBLOCK", SFD_NONBLOCK) < 0) {
+    if (add_constants(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

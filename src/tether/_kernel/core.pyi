@@ -1,4 +1,4 @@
-"""Type stub for tether._core, the C extension (L0)."""
+"""Type stub for tether._kernel.core, the C extension (L0)."""
 
 CLONE_UNKNOWN: int
 CLONE_CLONE3: int
@@ -8,6 +8,21 @@ CLONE_NEWPID: int
 CLONE_NEWUSER: int
 SFD_CLOEXEC: int
 SFD_NONBLOCK: int
+
+# Failure stages: clone.h's child stages and guard_proto.h's guard setup stages (100-103),
+# number -> what was being done.
+STAGES: dict[int, str]
+STAGE_CHDIR: int
+STAGE_EXEC: int
+
+# The guard's wire protocol (guard_proto.h).
+GUARD_MSG_FORMAT: str
+GUARD_MSG_SIZE: int
+GUARD_MSG_STARTED: int
+GUARD_MSG_FAILED: int
+GUARD_MSG_EXITED: int
+GUARD_MSG_SIGNAL_TREE: int
+GUARD_MSG_KILL_TREE: int
 
 def spawn(
     *,

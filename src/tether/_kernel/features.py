@@ -8,13 +8,11 @@ definite answer (success, or ENOSYS/EPERM/EINVAL meaning "not here"); a transien
 from __future__ import annotations
 
 import errno
-import os
-import threading
 from typing import Final
 
 from tether._kernel import core as _core
 
-__all__ = ["clone_method", "clone_unsupported_reason", "force_clone_method", "kernel_release"]
+__all__ = ["clone_method", "clone_unsupported_reason", "force_clone_method"]
 
 CLONE_METHOD_NAMES: Final = {
     _core.CLONE_CLONE3: "clone3",
@@ -22,48 +20,29 @@ CLONE_METHOD_NAMES: Final = {
     _core.CLONE_NONE: "none",
 }
 
-_lock = threading.Lock()
-_method: int | None = None
-_clone3_errno = 0
-_legacy_errno = 0
+# The clone method is cached in one place, the extension (core.c, under its own lock): the
+# spawn path and the test hook below share that cache, and a cached answer costs one C call
+# without the GIL being dropped, so this module keeps no copy that could disagree with it.
 
 
 def clone_method() -> int:
     """The clone method spawns use: _core.CLONE_CLONE3, CLONE_LEGACY or CLONE_NONE."""
-    global _method, _clone3_errno, _legacy_errno
-    method = _method
-    if method is not None:
-        return method
-    with _lock:
-        if _method is None:
-            _method, _clone3_errno, _legacy_errno = _core.clone_method()
-        return _method
+    return _core.clone_method()[0]
 
 
 def clone_unsupported_reason() -> str:
     def why(err: int) -> str:
         return errno.errorcode.get(err, str(err)) if err else "not tried"
 
+    _, clone3_errno, legacy_errno = _core.clone_method()
     return (
         "no pidfd-returning clone here: clone3 with CLONE_PIDFD|CLONE_CLEAR_SIGHAND "
-        f"(Linux 5.5) failed with {why(_clone3_errno)}, and clone with CLONE_PIDFD "
-        f"(Linux 5.2) failed with {why(_legacy_errno)}"
+        f"(Linux 5.5) failed with {why(clone3_errno)}, and clone with CLONE_PIDFD "
+        f"(Linux 5.2) failed with {why(legacy_errno)}"
     )
 
 
 def force_clone_method(method: int | None) -> None:
-    """Test hook: force a clone method (e.g. the legacy fallback), or None to re-probe."""
-    global _method
-    with _lock:
-        _core.force_clone_method(0 if method is None else method)
-        _method = method
-
-
-def kernel_release() -> tuple[int, int]:
-    """(major, minor) of the running kernel."""
-    release = os.uname().release
-    parts = release.split(".")
-    try:
-        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return (0, 0)
+    """Test hook: force a clone method (e.g. the legacy fallback), or None to re-probe. The
+    guard follows a forced legacy method too (Guard.launch passes it ``--clone legacy``)."""
+    _core.force_clone_method(0 if method is None else method)

@@ -1,6 +1,8 @@
 /*
- * _guard_proto.h — the wire protocol between the Python parent (tether/_guard.py) and the
- * guard executable (guard.c). Keep in sync with _guard.py (_MSG_FMT and the constants).
+ * guard_proto.h — the wire protocol between the Python parent (tether/_tree/guarded.py) and
+ * the guard executable (guard.c). The one copy: the extension exports every constant below
+ * (core.GUARD_MSG_FORMAT, core.GUARD_MSG_*, the stages in core.STAGES), and
+ * guarded.py takes them from there.
  *
  * Transport: one AF_UNIX SOCK_SEQPACKET socket (a socketpair), the guard's end passed with
  * --control FD. Every message is one struct tether_guard_msg (16 bytes, native byte order,
@@ -8,12 +10,14 @@
  *
  * guard -> parent, in this order:
  *   MSG_STARTED  a = program pid (in the guard's PID namespace; the parent derives its own
- *                view of the pid from the pidfd), with the program's pidfd attached
+ *                view of the pid from the pidfd), b = the clone method that made the program
+ *                (TETHER_CLONE_CLONE3 or TETHER_CLONE_LEGACY, clone.h), with the program's
+ *                pidfd attached
  *     or
- *   MSG_FAILED   a = stage (enum tether_stage, or GUARD_STAGE_*), b = errno; the guard then
- *                exits 127 without starting anything (nothing is left behind)
- *   MSG_EXITED   a = the program's wait status (as waitpid reports it), b = GUARD_TREE_*
- *                flags; sent once the tree has ended per the policy, every descendant the
+ *   MSG_FAILED   a = stage (enum tether_stage, or TETHER_GUARD_STAGE_*), b = errno; the
+ *                guard then exits 127 without starting anything (nothing is left behind)
+ *   MSG_EXITED   a = the program's wait status (as waitpid reports it), b = 0 (the
+ *                parent knows its own policy); sent once the tree has ended per the policy, every descendant the
  *                guard could reach is reaped and the cgroup directory (if any) is removed.
  *                The guard exits 0 right after.
  *
@@ -29,6 +33,7 @@
 #ifndef TETHER_GUARD_PROTO_H
 #define TETHER_GUARD_PROTO_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct tether_guard_msg {
@@ -38,6 +43,14 @@ struct tether_guard_msg {
     int32_t c;
 };
 
+/* The same layout as a Python struct format (native byte order, no padding). */
+#define TETHER_GUARD_MSG_FORMAT "=Iiii"
+_Static_assert(sizeof(struct tether_guard_msg) == 16 &&
+                   offsetof(struct tether_guard_msg, a) == 4 &&
+                   offsetof(struct tether_guard_msg, b) == 8 &&
+                   offsetof(struct tether_guard_msg, c) == 12,
+               "struct tether_guard_msg must match TETHER_GUARD_MSG_FORMAT");
+
 enum tether_guard_msg_type {
     TETHER_MSG_STARTED = 1,
     TETHER_MSG_FAILED = 2,
@@ -46,17 +59,18 @@ enum tether_guard_msg_type {
     TETHER_MSG_KILL_TREE = 11,
 };
 
-/* Guard-side setup stages for MSG_FAILED (above the child stages of _clone.h). */
-enum tether_guard_stage {
-    TETHER_GUARD_STAGE_SETUP = 100,    /* signalfd, subreaper, pipes, socket */
-    TETHER_GUARD_STAGE_CLONE = 101,    /* the clone itself failed (errno) */
-    TETHER_GUARD_STAGE_USERNS = 102,   /* writing uid_map/gid_map/setgroups */
-    TETHER_GUARD_STAGE_CGROUP = 103,   /* opening cgroup files */
-};
+/* Guard-side setup stages for MSG_FAILED, above the child stages of clone.h:
+ * X(NAME, number, what the guard was doing), exported with them in core.STAGES. */
+#define TETHER_GUARD_STAGES(X)                                                   \
+    X(SETUP, 100, "guard setup")           /* signalfd, subreaper, pipes, usage */ \
+    X(CLONE, 101, "clone in the guard")    /* the clone itself failed (errno) */   \
+    X(USERNS, 102, "user namespace setup") /* not running as the --userns ids */   \
+    X(CGROUP, 103, "cgroup setup")         /* opening cgroup files */
 
-/* MSG_EXITED b flags */
-#define TETHER_TREE_KILLED 0x1   /* the rest of the tree was killed after the program exited */
-#define TETHER_TREE_WAITED 0x2   /* the guard waited for every descendant (--wait-tree) */
-#define TETHER_TREE_FORCED 0x4   /* the parent asked for MSG_KILL_TREE */
+enum tether_guard_stage {
+#define TETHER_GUARD_STAGE_ENUM(name, number, what) TETHER_GUARD_STAGE_##name = number,
+    TETHER_GUARD_STAGES(TETHER_GUARD_STAGE_ENUM)
+#undef TETHER_GUARD_STAGE_ENUM
+};
 
 #endif /* TETHER_GUARD_PROTO_H */

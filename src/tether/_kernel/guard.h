@@ -1,0 +1,137 @@
+/*
+ * guard.h — what the parts of the guard executable share. The guard is one single-threaded
+ * process, and its state is one struct, g:
+ *   guard.c         the poll loop, its event handlers and the protocol (main);
+ *   guard_start.c   everything before the loop: parse the command line, set up, start the
+ *                   program;
+ *   guard_tree.c    the tree: signal it, kill it, see the program exit, reap, decide the end;
+ *   guard_cgroup.c  the cgroup files (cgroup mode), and the directory's removal.
+ */
+#ifndef TETHER_GUARD_H
+#define TETHER_GUARD_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "clone.h"
+#include "guard_proto.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3 /* since 5.4 */
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* since 5.3 */
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424 /* since 5.1 */
+#endif
+#ifndef PIDFD_SIGNAL_PROCESS_GROUP
+#define PIDFD_SIGNAL_PROCESS_GROUP 4 /* since 6.9 */
+#endif
+#ifndef PR_SET_CHILD_SUBREAPER
+#define PR_SET_CHILD_SUBREAPER 36 /* since 3.4 */
+#endif
+
+#define LIFELINE_ENV "TETHER_LIFELINE_FD"
+
+/* How long, after the kill, the guard keeps waiting for dead members that are not its own to
+ * be reaped by their parents (group mode), or for children that left the cgroup (cgroup mode).
+ * Only those pathological trees ever wait this long: a normal tree ends the moment the kernel
+ * says so (group-empty test, "populated 0", ECHILD). */
+#define SETTLE_MS 1000
+/* Removing the cgroup directory: see cg_remove for the policy. */
+#define CG_REMOVE_TIMEOUT_MS 5000
+#define CG_REMOVE_WAIT_MS 2
+/* Nested cgroups the program may have made below ours (only root can); deeper is ignored. */
+#define CGROUP_MAX_DEPTH 8
+
+enum contain { CONTAIN_GROUP, CONTAIN_CGROUP, CONTAIN_PIDNS };
+
+/* Children left, as a reap pass sees them. */
+enum reaped { REAP_SOME_ALIVE, REAP_NONE_LEFT, REAP_PROGRAM_WAITS };
+
+struct guard {
+    /* options */
+    int control;       /* our end of the SEQPACKET socketpair; -1 once the parent hung up */
+    int lifeline;      /* our lifeline read end; -1 once it said EOF */
+    enum contain contain;
+    int wait_tree;
+    int foreground;
+    int cgroup_fd;     /* the tree's cgroup directory (cgroup mode) */
+    const char *cgroup_path;
+    int *keep;         /* the user's pass_fds, sorted, unique */
+    int n_keep;
+    const char *userns; /* --userns UID:GID, or NULL */
+    int clone_method;   /* --clone: TETHER_CLONE_*; TETHER_CLONE_UNKNOWN: clone3, then legacy */
+    /* runtime */
+    int sigfd;
+    int events_fd;     /* cgroup.events (cgroup mode) */
+    int cgkill_fd;     /* cgroup.kill, or -1 before 5.14 */
+    int populated;     /* from cgroup.events */
+    int frozen;
+    pid_t program_pid; /* in our PID namespace */
+    int program_pidfd;
+    int program_exited;
+    int program_reaped;
+    int program_status; /* wait status, as waitpid reports it */
+    int group_fallback; /* PIDFD_SIGNAL_PROCESS_GROUP said EINVAL: a kernel before 6.9 */
+    int killing;        /* the tree has been sent SIGKILL */
+    int64_t settle_deadline;
+    int fg_given;       /* the program's group took the terminal */
+    pid_t fg_restore;   /* the group to give it back to */
+    int children;       /* enum reaped, from the last pass */
+};
+
+extern struct guard g;
+
+/* Small helpers (no stdio). */
+
+static inline int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline int sys_pidfd_send_signal(int pidfd, int sig, unsigned int flags)
+{
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, flags);
+}
+
+static inline int sys_pidfd_open(pid_t pid)
+{
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+/* guard.c */
+void send_msg(uint32_t type, int32_t a, int32_t b, int pass_fd);
+
+/* guard_start.c */
+int parse_args(int argc, char **argv);
+void setup_guard(void);
+void start_program(char **path_argv);
+
+/* guard_tree.c */
+void signal_tree(int sig);
+void kill_tree(void);
+void program_check(void);
+int reap_children(void);
+int tree_done(int64_t now);
+__attribute__((noreturn)) void die_with_tree(void);
+
+/* guard_cgroup.c */
+void cg_read_events(void);
+void cg_signal_frozen(int sig);
+void cg_kill(void);
+int cg_remove(void);
+
+#endif /* TETHER_GUARD_H */

@@ -1,0 +1,271 @@
+/*
+ * guard_cgroup.c — the tree's cgroup (cgroup mode): cgroup.events, cgroup.kill, cgroup.freeze,
+ * the members of nested cgroups, and the removal of the directory when the tree has ended.
+ */
+#include "guard.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------------ */
+/* cgroup files (cgroup mode). Reached through the directory fd, never re-resolved by path,    */
+/* except for the final rmdir, which needs the path.                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+static int line_value(const char *text, const char *key)
+{
+    size_t klen = strlen(key);
+    const char *p = text;
+    while (*p != '\0') {
+        if (strncmp(p, key, klen) == 0 && p[klen] == ' ')
+            return p[klen + 1] == '1';
+        p = strchr(p, '\n');
+        if (p == NULL)
+            break;
+        p++;
+    }
+    return -1;
+}
+
+/* Re-read cgroup.events: refreshes populated/frozen and re-arms its POLLPRI notification. */
+void cg_read_events(void)
+{
+    char buf[160];
+    ssize_t n;
+    int v;
+    do
+        n = pread(g.events_fd, buf, sizeof buf - 1, 0);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    v = line_value(buf, "populated");
+    if (v >= 0)
+        g.populated = v;
+    v = line_value(buf, "frozen");
+    if (v >= 0)
+        g.frozen = v;
+}
+
+static int write_text_at(int dirfd, const char *name, const char *text)
+{
+    int fd = openat(dirfd, name, O_WRONLY | O_CLOEXEC);
+    ssize_t n;
+    if (fd < 0)
+        return -errno;
+    do
+        n = write(fd, text, strlen(text));
+    while (n < 0 && errno == EINTR);
+    n = n < 0 ? -errno : 0;
+    close(fd);
+    return (int)n;
+}
+
+struct linux_dirent64 {
+    uint64_t ino;
+    int64_t off;
+    unsigned short reclen;
+    unsigned char type;
+    char name[];
+};
+
+/* Call visit(listing_fd, name, depth, arg) for each sub-directory of dirfd (nested cgroups
+ * the program made; only root can). Returns how many visits returned non-zero. */
+static int cg_each_subdir(int dirfd, int (*visit)(int, const char *, int, int), int depth,
+                          int arg)
+{
+    char buf[512];
+    ssize_t n;
+    int hits = 0;
+    /* A fresh open of ".": its own directory offset, whatever the caller's fd has read. */
+    int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || depth > CGROUP_MAX_DEPTH) {
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    for (;;) {
+        ssize_t off = 0;
+        do
+            n = syscall(SYS_getdents64, fd, buf, sizeof buf);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0)
+            break;
+        while (off < n) {
+            const struct linux_dirent64 *d = (const void *)(buf + off);
+            if (d->type == DT_DIR && strcmp(d->name, ".") != 0 && strcmp(d->name, "..") != 0)
+                hits += visit(fd, d->name, depth, arg) != 0;
+            off += d->reclen;
+        }
+    }
+    close(fd);
+    return hits;
+}
+
+static void signal_one_pid(pid_t pid, int sig)
+{
+    /* Race-free only because the cgroup is frozen: a frozen task cannot exit by itself, so
+     * the number read from cgroup.procs still names that task when we open it. */
+    int pidfd = sys_pidfd_open(pid);
+    if (pidfd < 0)
+        return;
+    (void)sys_pidfd_send_signal(pidfd, sig, 0);
+    close(pidfd);
+}
+
+static int signal_nested(int dirfd, const char *name, int depth, int sig);
+
+/* Signal every pid in dirfd's cgroup.procs and, depth first, in every nested cgroup below it
+ * (cgroup.freeze and cgroup.kill act on the whole subtree; so must we). */
+static void cg_signal_members(int dirfd, int depth, int sig)
+{
+    char buf[512];
+    ssize_t n;
+    long pid = -1;
+    int fd = openat(dirfd, "cgroup.procs", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        for (;;) {
+            ssize_t i;
+            do
+                n = read(fd, buf, sizeof buf);
+            while (n < 0 && errno == EINTR);
+            if (n <= 0)
+                break;
+            for (i = 0; i < n; i++) { /* one pid per line; a number may span two reads */
+                if (buf[i] >= '0' && buf[i] <= '9') {
+                    pid = (pid < 0 ? 0 : pid * 10) + (buf[i] - '0');
+                } else if (pid >= 0) {
+                    signal_one_pid((pid_t)pid, sig);
+                    pid = -1;
+                }
+            }
+        }
+        if (pid >= 0)
+            signal_one_pid((pid_t)pid, sig);
+        close(fd);
+    }
+    (void)cg_each_subdir(dirfd, signal_nested, depth + 1, sig);
+}
+
+static int signal_nested(int dirfd, const char *name, int depth, int sig)
+{
+    int sub = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (sub >= 0) {
+        cg_signal_members(sub, depth, sig);
+        close(sub);
+    }
+    return 0;
+}
+
+/* Signal every member of the cgroup: freeze, list, signal through fresh pidfds, thaw. */
+void cg_signal_frozen(int sig)
+{
+    struct pollfd pfd[2];
+    if (write_text_at(g.cgroup_fd, "cgroup.freeze", "1") < 0)
+        return;
+    for (;;) {
+        int n = 1;
+        cg_read_events();
+        if (g.frozen == 1 || g.populated == 0)
+            break;
+        pfd[0].fd = g.events_fd;
+        pfd[0].events = POLLPRI;
+        if (g.lifeline >= 0 && sig != SIGKILL) {
+            /* Do not sit here while the parent dies: the main loop kills the tree instead
+             * (unless this already is that kill: cgroup.kill missing, before 5.14). */
+            pfd[1].fd = g.lifeline;
+            pfd[1].events = POLLIN;
+            n = 2;
+        }
+        /* No deadline: only a task in uninterruptible sleep delays the freeze, and it would
+         * delay its own death just as much. */
+        if (poll(pfd, (nfds_t)n, -1) < 0 && errno != EINTR)
+            goto thaw; /* never signal by number unfrozen */
+        if (n == 2 && pfd[1].revents != 0)
+            goto thaw;
+    }
+    cg_signal_members(g.cgroup_fd, 0, sig);
+thaw:
+    (void)write_text_at(g.cgroup_fd, "cgroup.freeze", "0");
+}
+
+void cg_kill(void)
+{
+    ssize_t n = -1;
+    if (g.cgkill_fd >= 0) {
+        /* cgroup.kill (5.14) SIGKILLs the whole subtree and keeps killing what forks
+         * meanwhile, setsid'd daemons included. */
+        do
+            n = pwrite(g.cgkill_fd, "1", 1, 0);
+        while (n < 0 && errno == EINTR);
+    }
+    if (n < 0)
+        cg_signal_frozen(SIGKILL);
+}
+
+/* Remove a nested cgroup (the program made it) after its own nested ones; 1 if removed. */
+static int remove_nested(int dirfd, const char *name, int depth, int unused)
+{
+    int sub = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    (void)unused;
+    if (sub >= 0) {
+        /* Again until a pass removes nothing: removing entries while listing them may make
+         * the listing skip some. */
+        while (cg_each_subdir(sub, remove_nested, depth + 1, 0) > 0)
+            ;
+        close(sub);
+    }
+    return unlinkat(dirfd, name, AT_REMOVEDIR) == 0;
+}
+
+/* Wait up to ms for cgroup.events to change (re-armed by the read). */
+static void cg_wait_events(int ms)
+{
+    if (g.events_fd >= 0) {
+        struct pollfd pfd = {g.events_fd, POLLPRI, 0};
+        cg_read_events();
+        (void)poll(&pfd, 1, ms);
+    } else {
+        struct timespec ts = {0, ms * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Remove the tree's cgroup directory: 0 once it is gone, else -errno.
+ *
+ * The one retry policy, the same as cgroup.py's (_kill_and_remove, which CgroupTree.remove
+ * and the start-up sweep use on a directory that no guard removed):
+ *   - ENOENT counts as removed; any error but EBUSY is final;
+ *   - EBUSY means a member is still on its way out (the directory becomes removable once
+ *     every member has exited, zombies included): try again after a wait for cgroup.events
+ *     to change (its "populated 0"), until CG_REMOVE_TIMEOUT_MS have passed (5 s, as in
+ *     cgroup.py).
+ * Each try first removes, depth first, the nested cgroups the program made (only root can);
+ * a try that removed some goes again at once. The one deliberate difference: the guard waits
+ * at most CG_REMOVE_WAIT_MS (2 ms) per try where cgroup.py waits 10 ms. The guard is on every
+ * cgroup tree's exit path, and the populated notification is rate-limited (one per 10 ms per
+ * file), so waiting for the event alone could cost each such tree 10 ms; cgroup.py only runs
+ * where no guard did the removal. EINTR is not a policy matter: the same try again, as
+ * Python's os.rmdir does by itself (PEP 475). */
+int cg_remove(void)
+{
+    int64_t deadline;
+    if (g.contain != CONTAIN_CGROUP || g.cgroup_path == NULL)
+        return 0;
+    deadline = now_ms() + CG_REMOVE_TIMEOUT_MS;
+    for (;;) {
+        int nested = g.cgroup_fd >= 0 ? cg_each_subdir(g.cgroup_fd, remove_nested, 1, 0) : 0;
+        if (rmdir(g.cgroup_path) == 0 || errno == ENOENT)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        if (errno != EBUSY)
+            return -errno;
+        if (now_ms() >= deadline)
+            return -EBUSY;
+        if (nested == 0)
+            cg_wait_events(CG_REMOVE_WAIT_MS);
+    }
+}

@@ -1,0 +1,405 @@
+/*
+ * guard_start.c — the guard before its loop: parse the command line, set up (ids, fds,
+ * signals, subreaper, cgroup files), start the program through the one clone site and report
+ * MSG_STARTED. Any failure here ends the guard with MSG_FAILED and nothing left behind.
+ */
+#include "guard.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/uio.h>
+#include <termios.h>
+
+/* The signals a user sends to "the command" and that we pass on to the program. */
+static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
+                                SIGCONT};
+
+static void say(const char *a, const char *b)
+{
+    struct iovec iov[4] = {
+        {(void *)"tether guard: ", 14},
+        {(void *)a, strlen(a)},
+        {(void *)b, b ? strlen(b) : 0},
+        {(void *)"\n", 1},
+    };
+    (void)!writev(2, iov, 4);
+}
+
+/* A non-negative decimal int that fills the whole string; -1 if it is not one. */
+static int parse_uint(const char *s, const char **end_out)
+{
+    long v = 0;
+    const char *p = s;
+    while (*p >= '0' && *p <= '9') {
+        v = v * 10 + (*p - '0');
+        if (v > INT_MAX)
+            return -1;
+        p++;
+    }
+    if (p == s)
+        return -1;
+    if (end_out != NULL)
+        *end_out = p;
+    else if (*p != '\0')
+        return -1;
+    return (int)v;
+}
+
+static int fmt_uint(char *out, unsigned int v)
+{
+    char digits[12];
+    int n = 0, k = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    while (n > 0)
+        out[k++] = digits[--n];
+    out[k] = '\0';
+    return k;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Startup.                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A setup failure before the program exists: nothing is left behind, say why, exit 127. */
+__attribute__((noreturn)) static void fail(int stage, int err)
+{
+    (void)cg_remove();
+    send_msg(TETHER_MSG_FAILED, stage, err, -1);
+    _exit(127);
+}
+
+__attribute__((noreturn)) static void usage(const char *why, const char *what)
+{
+    say(why, what);
+    if (g.control >= 0)
+        fail(TETHER_GUARD_STAGE_SETUP, EINVAL);
+    _exit(2);
+}
+
+static int fd_is_open(int fd)
+{
+    return fd >= 0 && fcntl(fd, F_GETFD) >= 0;
+}
+
+static int is_kept(int fd)
+{
+    int i;
+    for (i = 0; i < g.n_keep; i++)
+        if (g.keep[i] == fd)
+            return 1;
+    return 0;
+}
+
+static void parse_keep(const char *s)
+{
+    const char *p = s;
+    int n = 1, i, j;
+    for (p = s; *p; p++)
+        n += *p == ',';
+    g.keep = malloc((size_t)n * sizeof(int));
+    if (g.keep == NULL)
+        fail(TETHER_GUARD_STAGE_SETUP, ENOMEM);
+    p = s;
+    for (i = 0; i < n; i++) {
+        const char *end;
+        int fd = parse_uint(p, &end);
+        if (fd < 3 || (*end != ',' && *end != '\0'))
+            usage("bad --keep list: ", s);
+        p = end + (*end == ',');
+        if (is_kept(fd))
+            continue;
+        /* insertion sort: the clone plan wants them ascending */
+        for (j = g.n_keep; j > 0 && g.keep[j - 1] > fd; j--)
+            g.keep[j] = g.keep[j - 1];
+        g.keep[j] = fd;
+        g.n_keep++;
+    }
+}
+
+/* --userns: the clone site mapped our ids in the new user namespace before it exec'd us
+ * (clone.c, map_own_ids: after execve we would hold no capability there to do it ourselves).
+ * Check that we run as the ids the parent asked for. */
+static void userns_check(const char *spec)
+{
+    const char *end;
+    int uid = parse_uint(spec, &end), gid = -1;
+    if (uid >= 0 && *end == ':')
+        gid = parse_uint(end + 1, NULL);
+    if (uid < 0 || gid < 0)
+        usage("bad --userns (want UID:GID): ", spec);
+    if (getuid() != (uid_t)uid || getgid() != (gid_t)gid)
+        fail(TETHER_GUARD_STAGE_USERNS, EPERM);
+}
+
+/* The program's environment: ours, with TETHER_LIFELINE_FD naming the program's lifeline. */
+static char **program_env(int lifeline_dst)
+{
+    extern char **environ;
+    static char entry[sizeof LIFELINE_ENV + 12] = LIFELINE_ENV "=";
+    size_t n = 0, i, k = 0;
+    char **envp;
+    fmt_uint(entry + sizeof LIFELINE_ENV, (unsigned int)lifeline_dst);
+    while (environ[n] != NULL)
+        n++;
+    envp = malloc((n + 2) * sizeof(char *));
+    if (envp == NULL)
+        fail(TETHER_GUARD_STAGE_SETUP, ENOMEM);
+    for (i = 0; i < n; i++) {
+        if (strncmp(environ[i], LIFELINE_ENV "=", sizeof LIFELINE_ENV) != 0)
+            envp[k++] = environ[i];
+    }
+    envp[k++] = entry;
+    envp[k] = NULL;
+    return envp;
+}
+
+/* --control first, so that every later complaint can travel as MSG_FAILED. */
+static void parse_control(int argc, char **argv)
+{
+    int i;
+    for (i = 1; i + 1 < argc && strcmp(argv[i], "--") != 0; i++) {
+        if (strcmp(argv[i], "--control") == 0) {
+            g.control = parse_uint(argv[i + 1], NULL);
+            if (!fd_is_open(g.control)) {
+                g.control = -1;
+                usage("bad --control fd: ", argv[i + 1]);
+            }
+            break;
+        }
+    }
+    if (g.control < 0)
+        usage("--control FD is required", NULL);
+}
+
+/* --contain and --clone, once every option has been read. */
+static void check_modes(const char *contain, const char *clone)
+{
+    if (strcmp(contain, "group") == 0)
+        g.contain = CONTAIN_GROUP;
+    else if (strcmp(contain, "cgroup") == 0)
+        g.contain = CONTAIN_CGROUP;
+    else if (strcmp(contain, "pidns") == 0)
+        g.contain = CONTAIN_PIDNS;
+    else
+        usage("bad --contain: ", contain);
+    if (clone == NULL)
+        g.clone_method = TETHER_CLONE_UNKNOWN;
+    else if (strcmp(clone, "clone3") == 0)
+        g.clone_method = TETHER_CLONE_CLONE3;
+    else if (strcmp(clone, "legacy") == 0)
+        g.clone_method = TETHER_CLONE_LEGACY;
+    else
+        usage("bad --clone (want clone3 or legacy): ", clone);
+    if (g.contain != CONTAIN_CGROUP)
+        return;
+    /* CLONE_INTO_CGROUP rides on clone3 only (5.7): no legacy clone can start the program
+     * inside the cgroup, and starting it outside and moving it would be a race. */
+    if (g.clone_method == TETHER_CLONE_LEGACY)
+        usage("cgroup mode needs clone3 (CLONE_INTO_CGROUP), not --clone legacy", NULL);
+    if (g.cgroup_path == NULL || g.cgroup_path[0] != '/')
+        usage("cgroup mode needs --cgroup-path (absolute)", NULL);
+    if (!fd_is_open(g.cgroup_fd))
+        usage("cgroup mode needs --cgroup-fd", NULL);
+}
+
+/* Read the command line into g; returns the index of PATH (after "--"). */
+int parse_args(int argc, char **argv)
+{
+    const char *contain = "group";
+    const char *clone = NULL;
+    int i;
+
+    parse_control(argc, argv);
+    for (i = 1; i < argc; i++) {
+        const char *opt = argv[i];
+        if (strcmp(opt, "--") == 0) {
+            i++;
+            break;
+        }
+        if (strcmp(opt, "--wait-tree") == 0) {
+            g.wait_tree = 1;
+            continue;
+        }
+        if (strcmp(opt, "--foreground") == 0) {
+            g.foreground = 1;
+            continue;
+        }
+        if (i + 1 >= argc)
+            usage("option needs a value: ", opt);
+        if (strcmp(opt, "--control") == 0) {
+            /* parsed above */
+        } else if (strcmp(opt, "--keep") == 0) {
+            parse_keep(argv[i + 1]);
+        } else if (strcmp(opt, "--contain") == 0) {
+            contain = argv[i + 1];
+        } else if (strcmp(opt, "--clone") == 0) {
+            clone = argv[i + 1];
+        } else if (strcmp(opt, "--cgroup-fd") == 0) {
+            g.cgroup_fd = parse_uint(argv[i + 1], NULL);
+            if (g.cgroup_fd < 0)
+                usage("bad --cgroup-fd: ", argv[i + 1]);
+        } else if (strcmp(opt, "--cgroup-path") == 0) {
+            g.cgroup_path = argv[i + 1];
+        } else if (strcmp(opt, "--userns") == 0) {
+            g.userns = argv[i + 1];
+        } else {
+            usage("unknown option: ", opt);
+        }
+        i++;
+    }
+    check_modes(contain, clone);
+    if (i + 1 >= argc)
+        usage("usage: _guard --control FD [options] -- PATH ARGV0 [ARG...]", NULL);
+    return i;
+}
+
+/* Signals: the ones we forward and SIGCHLD are blocked for good and read from a signalfd. A
+ * blocked signal is queued even for a PID-namespace init with SIG_DFL (sig_ignored() never
+ * ignores a blocked signal). SIGCHLD must not be SIG_IGN (inherited through exec from a parent
+ * that ignores it): the kernel would then reap our children itself and we could not read the
+ * program's status. */
+static void setup_signals(void)
+{
+    sigset_t mask;
+    size_t s;
+    sigemptyset(&mask);
+    for (s = 0; s < sizeof forwarded / sizeof forwarded[0]; s++)
+        sigaddset(&mask, forwarded[s]);
+    sigaddset(&mask, SIGCHLD);
+    signal(SIGCHLD, SIG_DFL);
+    g.sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    /* Job control must never stop the guard: a stopped guard cannot honour lifeline EOF.
+     * SIGTSTP/SIGTTIN/SIGTTOU are blocked (not ignored: an ignored disposition would be
+     * inherited by the program, a blocked one is not, the child clears its mask) and never
+     * read. Blocked SIGTTOU also lets us give the terminal back from a background group. */
+    sigaddset(&mask, SIGTSTP);
+    sigaddset(&mask, SIGTTIN);
+    sigaddset(&mask, SIGTTOU);
+    if (g.sigfd < 0 || sigprocmask(SIG_BLOCK, &mask, NULL) != 0)
+        fail(TETHER_GUARD_STAGE_SETUP, errno);
+}
+
+/* Everything the guard needs before the program exists: its ids, its lifeline, its own fds
+ * kept from the program, signals, the subreaper bit, the cgroup's files. */
+void setup_guard(void)
+{
+    const char *lifeline_env;
+
+    /* In the new user namespace, before anything else (the ids every later step runs as). */
+    if (g.userns != NULL)
+        userns_check(g.userns);
+
+    lifeline_env = getenv(LIFELINE_ENV);
+    g.lifeline = lifeline_env ? parse_uint(lifeline_env, NULL) : -1;
+    if (!fd_is_open(g.lifeline) || g.lifeline == g.control || is_kept(g.lifeline) ||
+        is_kept(g.control) || (g.cgroup_fd >= 0 && is_kept(g.cgroup_fd)))
+        fail(TETHER_GUARD_STAGE_SETUP, EBADF);
+    /* Our own fds must not leak into the program (the child closes all but its plan anyway;
+     * this also covers any exec we do not know of). */
+    fcntl(g.lifeline, F_SETFD, FD_CLOEXEC);
+    fcntl(g.control, F_SETFD, FD_CLOEXEC);
+    if (g.cgroup_fd >= 0)
+        fcntl(g.cgroup_fd, F_SETFD, FD_CLOEXEC);
+
+    setup_signals();
+    /* Orphans of the tree are reparented to us, so we can reap them and see when they are
+     * gone (since 3.4). In pidns mode we are PID 1 and get them anyway. */
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
+        fail(TETHER_GUARD_STAGE_SETUP, errno);
+
+    if (g.contain == CONTAIN_CGROUP) {
+        g.events_fd = openat(g.cgroup_fd, "cgroup.events", O_RDONLY | O_CLOEXEC);
+        if (g.events_fd < 0)
+            fail(TETHER_GUARD_STAGE_CGROUP, errno);
+        g.cgkill_fd = openat(g.cgroup_fd, "cgroup.kill", O_WRONLY | O_CLOEXEC);
+        if (g.cgkill_fd < 0 && errno != ENOENT) /* ENOENT: before 5.14, freeze instead */
+            fail(TETHER_GUARD_STAGE_CGROUP, errno);
+        cg_read_events();
+    }
+}
+
+/* Clone the program through the one clone site; returns the method that made it. clone3
+ * first, unless --clone names one; CLONE_INTO_CGROUP exists only there (5.7). The legacy clone
+ * stands in where seccomp or an old kernel refuses clone3 (ENOSYS/EPERM), or rejects
+ * CLONE_CLEAR_SIGHAND (EINVAL on 5.3/5.4), as in core.c's probe. */
+static int clone_program(struct tether_plan *plan, pid_t *pid, int *pidfd)
+{
+    struct tether_failure failure;
+    int cgroup_fd = g.contain == CONTAIN_CGROUP ? g.cgroup_fd : -1;
+    int method = g.clone_method != TETHER_CLONE_UNKNOWN ? g.clone_method : TETHER_CLONE_CLONE3;
+    int r = tether_clone_exec(plan, method, 0, cgroup_fd, pid, pidfd, &failure);
+    if (g.clone_method == TETHER_CLONE_UNKNOWN && (r == -ENOSYS || r == -EPERM || r == -EINVAL)) {
+        if (g.contain == CONTAIN_CGROUP)
+            fail(TETHER_GUARD_STAGE_CLONE, ENOSYS);
+        method = TETHER_CLONE_LEGACY;
+        r = tether_clone_exec(plan, method, 0, -1, pid, pidfd, &failure);
+    }
+    close(plan->lifeline_src);
+    if (r < 0)
+        fail(TETHER_GUARD_STAGE_CLONE, -r);
+    if (*pidfd < 0) /* the child failed before exec and has been reaped */
+        fail(failure.stage, failure.error);
+    return method;
+}
+
+/* Start PATH as the program: leader of its own process group, with a lifeline of its own,
+ * PDEATHSIG tied to us; then report MSG_STARTED with its pidfd and the clone method used. */
+void start_program(char **path_argv)
+{
+    struct tether_plan plan;
+    int life_pipe[2];
+    int lifeline_dst, method;
+    pid_t pid = 0;
+    int pidfd = -1;
+
+    /* The program's own lifeline: we keep the write end, so the program's lifeline-aware
+     * descendants see EOF when we are gone. Its number there: the lowest fd >= 3 not kept. */
+    if (pipe2(life_pipe, O_CLOEXEC) != 0)
+        fail(TETHER_GUARD_STAGE_SETUP, errno);
+    for (lifeline_dst = 3; is_kept(lifeline_dst); lifeline_dst++)
+        ;
+
+    memset(&plan, 0, sizeof plan);
+    plan.path = path_argv[0];
+    plan.argv = path_argv + 1;
+    plan.envp = program_env(lifeline_dst);
+    plan.cwd = NULL;
+    plan.stdio[0] = plan.stdio[1] = plan.stdio[2] = -1;
+    plan.keep_fds = g.keep;
+    plan.n_keep = g.n_keep;
+    plan.lifeline_src = life_pipe[0];
+    plan.lifeline_dst = lifeline_dst;
+    plan.floor = lifeline_dst + 1;
+    if (g.n_keep > 0 && g.keep[g.n_keep - 1] + 1 > plan.floor)
+        plan.floor = g.keep[g.n_keep - 1] + 1;
+    plan.new_pgroup = 1;
+    /* Safe here, unlike in a threaded parent: PDEATHSIG follows the creating *thread*, and
+     * the guard has only one. It backs up the lifeline if the guard itself is SIGKILLed. */
+    plan.pdeathsig = SIGKILL;
+    plan.expected_ppid = getpid();
+    if (g.foreground && isatty(0)) {
+        /* Only our controlling terminal can be handed over; tcgetpgrp says if it is one. The
+         * foreground group seen now is the one to give it back to (0 when that group is
+         * outside our PID namespace: see foreground_restore). */
+        pid_t fg = tcgetpgrp(0);
+        if (fg >= 0) {
+            g.fg_restore = fg;
+            plan.foreground = 1;
+        }
+    }
+
+    method = clone_program(&plan, &pid, &pidfd);
+    free((void *)plan.envp);
+    g.program_pid = pid;
+    g.program_pidfd = pidfd;
+    g.fg_given = plan.foreground;
+    send_msg(TETHER_MSG_STARTED, pid, method, pidfd);
+}
+

@@ -1,0 +1,140 @@
+/*
+ * lifeline_registry.c — every lifeline write end of this process, closed in every fork()ed
+ * child (part of the extension, tether._kernel.core; declarations: lifeline_registry.h).
+ *
+ * Each write end is created and registered under one mutex, and a pthread_atfork child
+ * handler closes all of them, so one child's writer can never keep another child's lifeline
+ * open (the orphan bug the doctrine was born from; KERNEL-FACTS.md section 4: a leaked write
+ * end delayed EOF by the forked sibling's whole lifetime).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "lifeline_registry.h"
+
+/* Every open lifeline write end of this process. Guarded by registry_lock, which the atfork
+ * prepare handler also takes: a fork() therefore never happens between pipe2() and the
+ * registration of its write end. The critical sections never need the GIL (a thread that
+ * holds the GIL may block here, but never the other way round). */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static int *registry = NULL;
+static size_t registry_len = 0;
+static size_t registry_cap = 0;
+/* Bumped in every fork()ed child: a LifelineWriter made before the fork sees the mismatch and
+ * knows its fd number no longer belongs to it. */
+static volatile unsigned long fork_generation = 0;
+
+static void atfork_prepare(void) { pthread_mutex_lock(&registry_lock); }
+
+static void atfork_parent(void) { pthread_mutex_unlock(&registry_lock); }
+
+static void atfork_child(void)
+{
+    size_t i;
+    for (i = 0; i < registry_len; i++)
+        close(registry[i]);
+    registry_len = 0;
+    fork_generation++;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+PyObject *core_lifeline_pipe(PyObject *self, PyObject *noargs)
+{
+    int fds[2];
+    int err = 0;
+    (void)self;
+    (void)noargs;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&registry_lock);
+    if (registry_len == registry_cap) {
+        size_t cap = registry_cap ? registry_cap * 2 : 64;
+        int *grown = realloc(registry, cap * sizeof(int));
+        if (grown == NULL)
+            err = ENOMEM;
+        else {
+            registry = grown;
+            registry_cap = cap;
+        }
+    }
+    if (err == 0) {
+        if (pipe2(fds, O_CLOEXEC) != 0)
+            err = errno;
+        else
+            registry[registry_len++] = fds[1];
+    }
+    pthread_mutex_unlock(&registry_lock);
+    Py_END_ALLOW_THREADS
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("ii", fds[0], fds[1]);
+}
+
+PyObject *core_lifeline_release(PyObject *self, PyObject *arg)
+{
+    long fd = PyLong_AsLong(arg);
+    size_t i;
+    int found = 0;
+    int rc = 0;
+    (void)self;
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&registry_lock);
+    for (i = 0; i < registry_len; i++) {
+        if (registry[i] == (int)fd) {
+            registry[i] = registry[--registry_len];
+            found = 1;
+            break;
+        }
+    }
+    /* Close under the lock: a fork() must not see the number registered but closed (and maybe
+     * reused by an unrelated fd that the atfork handler would then close). */
+    if (found)
+        rc = close((int)fd);
+    pthread_mutex_unlock(&registry_lock);
+    Py_END_ALLOW_THREADS
+    if (!found) {
+        PyErr_SetString(PyExc_ValueError, "not a registered lifeline write end");
+        return NULL;
+    }
+    if (rc != 0 && errno != EINTR)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+PyObject *core_lifeline_count(PyObject *self, PyObject *noargs)
+{
+    size_t n;
+    (void)self;
+    (void)noargs;
+    pthread_mutex_lock(&registry_lock);
+    n = registry_len;
+    pthread_mutex_unlock(&registry_lock);
+    return PyLong_FromSize_t(n);
+}
+
+PyObject *core_fork_generation(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    return PyLong_FromUnsignedLong(fork_generation);
+}
+
+int lifeline_registry_init(void)
+{
+    static int atfork_done = 0;
+    if (atfork_done)
+        return 0;
+    if (pthread_atfork(atfork_prepare, atfork_parent, atfork_child) != 0)
+        return -1;
+    atfork_done = 1;
+    return 0;
+}

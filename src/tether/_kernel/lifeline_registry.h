@@ -1,0 +1,19 @@
+/*
+ * lifeline_registry.h — the lifeline registry (lifeline_registry.c), as core.c's method table
+ * and module init reach it.
+ */
+#ifndef TETHER_LIFELINE_REGISTRY_H
+#define TETHER_LIFELINE_REGISTRY_H
+
+#include <Python.h>
+
+#define TETHER_REGISTRY_API __attribute__((visibility("hidden")))
+
+TETHER_REGISTRY_API PyObject *core_lifeline_pipe(PyObject *self, PyObject *noargs);
+TETHER_REGISTRY_API PyObject *core_lifeline_release(PyObject *self, PyObject *arg);
+TETHER_REGISTRY_API PyObject *core_lifeline_count(PyObject *self, PyObject *noargs);
+TETHER_REGISTRY_API PyObject *core_fork_generation(PyObject *self, PyObject *noargs);
+/* Install the pthread_atfork handlers (once per process): 0, or -1 if that failed. */
+TETHER_REGISTRY_API int lifeline_registry_init(void);
+
+#endif /* TETHER_LIFELINE_REGISTRY_H */
