@@ -24,7 +24,8 @@ from typing import cast
 import pytest
 
 import tether
-from tether._enforce import DoctrineViolation, call_as_user, enforce
+from tether._enforce import DoctrineViolation, enforce
+from tether._kernel.usercall import call_as_user
 
 NOT_BLOCKED = 3
 WRONG_EVENT = 4

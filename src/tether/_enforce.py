@@ -9,10 +9,10 @@ Who is calling: the hook walks the Python stack from the audited call outwards, 
 standard-library frames (``subprocess.py``, ``multiprocessing/``, the frozen ``os`` module), and
 the first other frame decides.  A frame in the tether package is allowed (``run_in_fork`` forks,
 ``attach`` kills its own group); anything else -- user code, third-party packages, a callable
-that tether runs in a forked child -- is a violation.  ``_enforce.py`` itself is not trusted,
-which is what makes `call_as_user` work: tether code that calls a user-supplied callable goes
-through it, so that ``run_in_fork(os.system, "...")`` (a builtin, with no frame of its own) is
-charged to the user and not to tether's call site.
+that tether runs in a forked child -- is a violation.  ``tether/_kernel/usercall.py`` is not
+trusted, which is what makes `call_as_user` work: tether code that calls a user-supplied
+callable goes through it, so that ``run_in_fork(os.system, "...")`` (a builtin, with no frame
+of its own) is charged to the user and not to tether's call site.
 
 What the audit mechanism cannot see (CPython 3.11 raises no audit event for these, or they never
 pass through Python):
@@ -35,14 +35,13 @@ import reprlib
 import sys
 import sysconfig
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from types import FrameType
-from typing import Final, TypeVar
+from typing import Final
+
+from tether._kernel.usercall import USER_CALL_FILE, call_as_user
 
 __all__ = ["DoctrineViolation", "call_as_user", "enforce"]
-
-_T = TypeVar("_T")
-
 
 class DoctrineViolation(RuntimeError):
     """A never-use primitive was called from outside tether while `enforce()` is active.
@@ -105,7 +104,7 @@ def _origin(filename: str) -> int:
         origin = _STDLIB  # os, importlib, codecs...: frozen into the 3.11 interpreter
     else:
         path = os.path.realpath(filename)
-        if path == _THIS_FILE:
+        if path in (_THIS_FILE, USER_CALL_FILE):
             origin = _OUTSIDE
         elif path.startswith(_TETHER_DIR):
             origin = _TETHER
@@ -164,16 +163,6 @@ def _hook(event: str, args: tuple[object, ...]) -> None:
     if _called_from_tether(sys._getframe(1)):
         return
     raise DoctrineViolation(event, _describe(event, args), _REPLACEMENTS[event])
-
-
-def call_as_user(fn: Callable[..., _T], /, *args: object, **kwargs: object) -> _T:
-    """Call `fn` as user code: a primitive it reaches is judged as if the user had called it.
-
-    For tether modules that run callables they were handed (``run_in_fork``): without it, a
-    builtin such as ``os.kill`` passed as `fn` would be called directly from a tether frame and
-    be allowed.  This frame is in ``_enforce.py``, which `enforce()` never trusts.
-    """
-    return fn(*args, **kwargs)
 
 
 def enforce(*, allow: Iterable[str] = ()) -> None:

@@ -18,12 +18,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from tether._enforce import call_as_user
 from tether._kernel.exit import Exit
 from tether._kernel.fds import recv_with_fds
-from tether._kernel.lifeline import LIFELINE_ENV, _new_lifeline, attach
+from tether._kernel.lifeline import LIFELINE_ENV, attach, new_lifeline
 from tether._kernel.pidfd import Pidfd
 from tether._kernel.spawn import Spawned
+from tether._kernel.usercall import call_as_user
 
 __all__ = ["run_in_fork"]
 
@@ -42,7 +42,7 @@ def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spaw
     """
     if not callable(fn):
         raise TypeError(f"run_in_fork needs a callable, not {type(fn).__name__}")
-    read_fd, writer = _new_lifeline()
+    read_fd, writer = new_lifeline()
     try:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     except BaseException:

@@ -75,7 +75,7 @@ class LifelineWriter(metaclass=NoPublicConstructor):
         return f"<tether.LifelineWriter {'closed' if self.closed else f'fd={self._fd}'}>"
 
 
-def _new_lifeline() -> tuple[int, LifelineWriter]:
+def new_lifeline() -> tuple[int, LifelineWriter]:
     """Create a lifeline pipe: (read end fd for the child, writer kept by the parent)."""
     read_fd, write_fd = _core.lifeline_pipe()
     return read_fd, LifelineWriter._create(write_fd)

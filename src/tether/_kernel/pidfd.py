@@ -17,10 +17,9 @@ import select
 import signal
 import struct
 import threading
-import time
 from typing import Any, Final, NamedTuple, NoReturn, TypeVar, final
 
-from tether._kernel.deadline import check_timeout, poll_ms
+from tether._kernel.deadline import Deadline, check_timeout
 from tether._kernel.errors import TimeoutExpired, Unsupported
 from tether._kernel.exit import Exit
 
@@ -201,14 +200,14 @@ class Pidfd(metaclass=NoPublicConstructor):
         fd = self._checked_fd()
         if self._exit is not None:
             return self._exit
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline.after(timeout)
         if not self._reaper:
             result = self._observe(fd, timeout)
             if result is None:
                 assert timeout is not None
                 raise TimeoutExpired(self._timeout_cmd(), timeout)
             return result
-        if deadline is None:
+        if timeout is None:
             # Wait until reapable without reaping (WNOWAIT needs no lock, so pollers and other
             # waiters are never blocked behind us), then reap in the one place that does.
             try:
@@ -222,13 +221,12 @@ class Pidfd(metaclass=NoPublicConstructor):
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = poller.poll(poll_ms(remaining))
+            ready = poller.poll(deadline.poll_ms())
             with self._lock:
                 result = self._reap_locked(block=False)
             if result is not None:
                 return result
-            if not ready and deadline is not None and time.monotonic() >= deadline:
+            if not ready and deadline.expired:
                 assert timeout is not None
                 raise TimeoutExpired(self._timeout_cmd(), timeout)
 
@@ -271,10 +269,9 @@ class Pidfd(metaclass=NoPublicConstructor):
         poller = select.poll()
         # events=0: poll reports only POLLHUP, which a pidfd raises once the process is reaped.
         poller.register(fd, 0)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not poller.poll(poll_ms(
-                None if deadline is None else max(0.0, deadline - time.monotonic()))):
-            if deadline is not None and time.monotonic() >= deadline:
+        deadline = Deadline.after(timeout)
+        while not poller.poll(deadline.poll_ms()):
+            if deadline.expired:
                 return self._exit
         if self._exit is not None:
             return self._exit
@@ -332,3 +329,25 @@ class Pidfd(metaclass=NoPublicConstructor):
             cgroupid=cgroupid if mask & PIDFD_INFO_CGROUPID else None,
             exit=exit_,
         )
+
+
+def pid_in_our_namespace(pidfd_fd: int, fallback: int) -> int:
+    """The PID of ``pidfd_fd``'s process as this process sees it (a guard that is PID 1 of
+    its own namespace reports the program's PID from inside it).
+
+    Asked of the pidfd itself: PIDFD_GET_INFO (6.13+), else the pidfd's own fdinfo entry in
+    this process's fd table (the Pid: line the kernel prints for a pidfd, 5.3+)."""
+    buf = bytearray(struct.pack(_INFO_FMT, PIDFD_INFO_PID, *([0] * 15)))
+    try:
+        fcntl.ioctl(pidfd_fd, PIDFD_GET_INFO, buf, True)
+        return int(struct.unpack(_INFO_FMT, buf)[2])
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd_fd}", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return fallback

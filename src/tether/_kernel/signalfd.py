@@ -25,12 +25,11 @@ import select
 import signal
 import struct
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from typing import Final, NamedTuple, final
 
 from tether._kernel import core as _core
-from tether._kernel.deadline import check_timeout, poll_ms
+from tether._kernel.deadline import Deadline, check_timeout
 
 __all__ = ["SignalFd", "SignalInfo"]
 
@@ -91,15 +90,14 @@ class SignalFd:
         fd = self.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline.after(timeout)
         while True:
             try:
                 data = os.read(fd, _SIGINFO_SIZE)
             except BlockingIOError:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if deadline.expired:
                     return None
-                poller.poll(poll_ms(remaining))
+                poller.poll(deadline.poll_ms())
                 continue
             fields = _SIGINFO.unpack_from(data)
             signo, _errno, code, pid, uid, _fd, _tid, _band, _ovr, _trap, status = fields[:11]

@@ -1,0 +1,321 @@
+"""SpawnSpec: what to start, checked and converted once.
+
+The one rule this module owns: every spawn argument is checked and converted here, in the
+parent, exactly once, into a frozen :class:`SpawnSpec`; the C core consumes it as it is and
+the guard launch serialises it onto the guard's command line. The child (C,
+async-signal-safe) receives only C arrays and ints. Bad input raises a typed error before any
+process exists; the only resources a spec stands for (DEVNULL and PIPE fds) are opened by
+:meth:`SpawnSpec.open_stdio` at the last moment, and every error path closes them again.
+
+A new process attribute plugs in here: a field, its check in :meth:`SpawnSpec.build`, and
+its hand-over in ``spawn.clone_spec`` (and, for guarded trees, in the guard's argv).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import os
+import stat
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, Any, Final, TypeAlias
+
+from tether._kernel.lifeline import LIFELINE_ENV
+
+__all__ = ["FileSpec", "SpawnSpec", "StdioPlan", "StrOrBytesPath"]
+
+StrOrBytesPath: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
+FileSpec: TypeAlias = "int | IO[bytes] | IO[str] | None"
+EnvSpec: TypeAlias = "Mapping[str, str] | Mapping[bytes, bytes] | None"
+
+# What a spec says about each of fds 0-2 besides "this fd of ours" (>= 0).
+INHERIT: Final = -1
+DEVNULL: Final = -2
+PIPE: Final = -3
+SAME_AS_STDOUT: Final = -4  # stderr=subprocess.STDOUT
+_NAMES: Final = ("stdin", "stdout", "stderr")
+_FD_MAX: Final = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SpawnSpec:
+    """One program to start, every field already checked and converted.
+
+    ``args`` is the argv as the caller gave it (for ``Child.args`` and error messages);
+    ``argv``/``executable``/``cwd`` are bytes; ``env`` is the environment without the
+    lifeline variable (added at the clone); ``pass_fds`` are sorted, open and above 2;
+    ``stdio`` holds an fd or one of INHERIT, DEVNULL, PIPE, SAME_AS_STDOUT per stream."""
+
+    args: Any
+    argv: tuple[bytes, ...]
+    executable: bytes
+    env: Mapping[bytes, bytes]
+    cwd: bytes | None
+    pass_fds: tuple[int, ...]
+    stdio: tuple[int, int, int]
+    process_group: bool = True
+
+    @classmethod
+    def build(
+        cls,
+        argv: Sequence[StrOrBytesPath],
+        *,
+        env: EnvSpec = None,
+        cwd: StrOrBytesPath | None = None,
+        stdin: object = None,
+        stdout: object = None,
+        stderr: object = None,
+        pass_fds: Iterable[int] = (),
+        process_group: bool = True,
+        allow_pipe: bool = False,
+    ) -> SpawnSpec:
+        """Check and convert everything (nothing is opened; PIPE only with ``allow_pipe``)."""
+        argv_b = convert_argv(argv)
+        env_b = convert_env(env)
+        cwd_b = convert_cwd(cwd)
+        keep = convert_pass_fds(pass_fds)
+        stdio = convert_stdio(stdin, stdout, stderr, allow_pipe=allow_pipe)
+        path = resolve_executable(argv_b[0], env_b, cwd_b, argv[0])
+        args = argv if isinstance(argv, list) else list(argv)
+        return cls(args, tuple(argv_b), path, env_b, cwd_b, keep, stdio, process_group)
+
+    def replace(self, **changes: Any) -> SpawnSpec:
+        """A copy with ``changes`` (already converted: nothing is checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def lifeline_fd(self) -> int:
+        """The child's lifeline fd: the lowest number >= 3 that no passed fd uses."""
+        fd = 3
+        taken = set(self.pass_fds)
+        while fd in taken:
+            fd += 1
+        return fd
+
+    def envp(self, lifeline_fd: int | None) -> list[bytes]:
+        """The child's envp: env with TETHER_LIFELINE_FD set (or removed when there is none)."""
+        key = LIFELINE_ENV.encode()
+        envp = [k + b"=" + v for k, v in self.env.items() if k != key]
+        if lifeline_fd is not None:
+            envp.append(key + b"=" + str(lifeline_fd).encode())
+        return envp
+
+    def open_stdio(self) -> StdioPlan:
+        """Open what ``stdio`` asks for (/dev/null, pipes): the child's fds 0-2 and, for each
+        PIPE, the parent's end. The caller closes ``plan.close_child_ends()`` after the clone."""
+        plan = StdioPlan()
+        try:
+            for index, source in enumerate(self.stdio):
+                if source == DEVNULL:
+                    fd = os.open(os.devnull,
+                                 (os.O_RDONLY if index == 0 else os.O_WRONLY) | os.O_CLOEXEC)
+                    plan.child_ends.append(fd)
+                    plan.fds[index] = fd
+                elif source == PIPE:
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    child_end, parent_end = (r, w) if index == 0 else (w, r)
+                    plan.child_ends.append(child_end)
+                    plan.parent_ends[index] = parent_end
+                    plan.fds[index] = child_end
+                elif source == SAME_AS_STDOUT:
+                    plan.fds[2] = plan.fds[1] if plan.fds[1] >= 0 else 1
+                else:
+                    plan.fds[index] = source
+        except BaseException:
+            plan.close_child_ends()
+            plan.close_parent_ends()
+            raise
+        return plan
+
+
+class StdioPlan:
+    """The child's fds 0-2 as parent-side fds (-1: inherit), the fds opened for the child
+    (closed once it is cloned) and the parent's ends of PIPEs (None where there is none)."""
+
+    __slots__ = ("child_ends", "fds", "parent_ends")
+
+    def __init__(self) -> None:
+        self.fds = [-1, -1, -1]
+        self.child_ends: list[int] = []
+        self.parent_ends: list[int | None] = [None, None, None]
+
+    @property
+    def triple(self) -> tuple[int, int, int]:
+        return self.fds[0], self.fds[1], self.fds[2]
+
+    def close_child_ends(self) -> None:
+        for fd in self.child_ends:
+            os.close(fd)
+        self.child_ends.clear()
+
+    def close_parent_ends(self) -> None:
+        for index, fd in enumerate(self.parent_ends):
+            if fd is not None:
+                os.close(fd)
+                self.parent_ends[index] = None
+
+
+# -- the conversions --------------------------------------------------------------------------
+
+
+def _to_bytes(value: object, what: str) -> bytes:
+    if isinstance(value, bytes):
+        out = value
+    elif isinstance(value, str):
+        out = os.fsencode(value)
+    elif isinstance(value, os.PathLike):
+        raw = os.fspath(value)
+        out = raw if isinstance(raw, bytes) else os.fsencode(raw)
+    else:
+        raise TypeError(f"{what} must be str, bytes or os.PathLike, not {type(value).__name__}")
+    if b"\0" in out:
+        raise ValueError(f"{what} contains a NUL byte: {value!r}")
+    return out
+
+
+def convert_argv(argv: object) -> list[bytes]:
+    """Check and encode argv: a non-empty sequence of str/bytes/PathLike without NUL."""
+    if isinstance(argv, str | bytes | os.PathLike):
+        raise TypeError(
+            "argv must be a sequence of arguments, not a single string "
+            "(tether never runs a shell for you: use ['sh', '-c', cmd])"
+        )
+    if not isinstance(argv, Sequence):
+        raise TypeError(f"argv must be a sequence, not {type(argv).__name__}")
+    if len(argv) == 0:
+        raise ValueError("argv must not be empty")
+    return [_to_bytes(arg, f"argv[{i}]") for i, arg in enumerate(argv)]
+
+
+def convert_env(env: EnvSpec) -> dict[bytes, bytes]:
+    """Check and encode the environment; None means a copy of os.environ."""
+    if env is None:
+        # CPython keeps os.environ's bytes in a plain dict; copying that is a C-level copy,
+        # where walking the os.environb mapping costs tens of microseconds per spawn.
+        data = getattr(os.environb, "_data", None)
+        return dict(data if isinstance(data, dict) else os.environb)
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+    out: dict[bytes, bytes] = {}
+    for key, value in env.items():
+        k = _to_bytes(key, "env key")
+        v = _to_bytes(value, f"env[{key!r}]")
+        if not k or b"=" in k:
+            raise ValueError(f"illegal environment variable name: {key!r}")
+        out[k] = v
+    return out
+
+
+def convert_cwd(cwd: StrOrBytesPath | None) -> bytes | None:
+    """Encode cwd and check, before any clone, that it is a directory we can enter."""
+    if cwd is None:
+        return None
+    raw = _to_bytes(cwd, "cwd")
+    try:
+        st = os.stat(raw)
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, os.fsdecode(raw)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fsdecode(raw))
+    return raw
+
+
+def _exec_path(env: Mapping[bytes, bytes]) -> list[bytes]:
+    path = env.get(b"PATH")
+    if path is None:
+        path = os.fsencode(os.defpath)
+    return [d or b"." for d in path.split(b":")]
+
+
+def resolve_executable(
+    program: bytes, env: Mapping[bytes, bytes], cwd: bytes | None, display: object
+) -> bytes:
+    """Find the file execve will run, as subprocess would, and check it before the clone.
+
+    A name with a slash is taken as is (relative to cwd); a bare name is looked up in the
+    PATH of ``env`` (``os.defpath`` if it has none). Raises FileNotFoundError or
+    PermissionError with ``filename`` set to the program as the caller spelt it.
+    """
+    filename = display if isinstance(display, str) else os.fsdecode(program)
+    if b"/" in program:
+        candidates = [program]
+    else:
+        candidates = [os.path.join(d, program) for d in _exec_path(env)]
+    denied: OSError | None = None
+    for candidate in candidates:
+        probe = candidate if cwd is None else os.path.join(cwd, candidate)
+        try:
+            st = os.stat(probe)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except PermissionError as exc:
+            denied = exc
+            continue
+        if stat.S_ISDIR(st.st_mode) or not os.access(probe, os.X_OK):
+            denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), filename)
+            continue
+        return candidate
+    if denied is not None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), filename)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), filename)
+
+
+def check_fd_open(fd: int, what: str) -> None:
+    if not 0 <= fd <= _FD_MAX:
+        raise ValueError(f"{what}: {fd} is not a valid fd number")
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{what}: fd {fd} is not open") from None
+
+
+def convert_pass_fds(pass_fds: Iterable[int]) -> tuple[int, ...]:
+    """Check pass_fds (each open, non-negative) and return the sorted set above 2."""
+    if isinstance(pass_fds, str | bytes):
+        raise TypeError("pass_fds must be a collection of ints")
+    out: set[int] = set()
+    for fd in pass_fds:
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"pass_fds items must be ints, not {type(fd).__name__}")
+        if fd < 0:
+            raise ValueError(f"pass_fds: negative fd {fd}")
+        check_fd_open(fd, "pass_fds")
+        if fd > 2:
+            out.add(fd)
+    return tuple(sorted(out))
+
+
+def _stdio_source(spec: object, index: int, allow_pipe: bool) -> int:
+    name = _NAMES[index]
+    if spec is None:
+        return INHERIT
+    if spec is subprocess.DEVNULL:
+        return DEVNULL
+    if spec is subprocess.PIPE:
+        if not allow_pipe:
+            raise ValueError(f"{name}=PIPE needs tether.spawn(); spawn_lifelined takes fds only")
+        return PIPE
+    if isinstance(spec, bool):
+        raise TypeError(f"{name} must be None, an fd, a file object or DEVNULL")
+    if isinstance(spec, int):
+        if spec < 0:
+            raise ValueError(f"{name}: invalid fd {spec}")
+        check_fd_open(spec, name)
+        return spec
+    fileno = getattr(spec, "fileno", None)
+    if fileno is None:
+        raise TypeError(f"{name} must be None, an fd, a file object or DEVNULL")
+    fd = fileno()
+    if not isinstance(fd, int) or fd < 0:
+        raise ValueError(f"{name}.fileno() returned {fd!r}")
+    return fd
+
+
+def convert_stdio(
+    stdin: object, stdout: object, stderr: object, *, allow_pipe: bool
+) -> tuple[int, int, int]:
+    """subprocess-style stdio specs as spec sources. STDOUT for stderr: "where stdout goes"."""
+    err = SAME_AS_STDOUT if stderr is subprocess.STDOUT else _stdio_source(stderr, 2, allow_pipe)
+    return (_stdio_source(stdin, 0, allow_pipe), _stdio_source(stdout, 1, allow_pipe), err)
