@@ -10,7 +10,6 @@ started is left, daemons included.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.metadata
 import os
 import signal
@@ -52,20 +51,7 @@ def _sessions() -> set[str]:
         names = [n for n in os.listdir(parent) if n.startswith("pytest-")]
     except FileNotFoundError:
         return set()
-    unowned = set()
-    for name in names:
-        try:
-            fd = os.open(os.path.join(parent, name), os.O_RDONLY | os.O_DIRECTORY)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            unowned.add(name)
-        except BlockingIOError:
-            pass
-        finally:
-            os.close(fd)
-    return unowned
+    return {n for n in names if oracle.cgroup_locked(os.path.join(parent, n)) is False}
 
 
 @pytest.fixture(autouse=True)

@@ -1,16 +1,18 @@
-"""cgroup v2 trees: one directory per guarded tree, removed when the tree ends.
+"""cgroup v2 directories: every cgroup operation tether makes, in one place.
 
-The one rule this module owns: a tree's directory lives exactly as long as somebody holds
-its lock. The creator takes ``flock(LOCK_EX)`` on the directory fd and hands that same open
-file to the guard (which uses it for CLONE_INTO_CGROUP), so the lock is held while the parent
-*or* the guard lives. A directory whose lock can be taken belongs to a tree whose parent and
-guard are both gone: the next tether start kills what is left in it (``cgroup.kill``) and
-removes it. Nothing here reads /proc/PID; members are found only through the cgroup files.
+The one rule this module owns: a directory that tether creates lives exactly as long as
+somebody holds its lock. The creator takes ``flock(LOCK_EX)`` on the directory fd (a tree's
+creator hands that same open file to the guard, which uses it for CLONE_INTO_CGROUP), so the
+lock is held while the parent *or* the guard lives. A directory whose lock can be taken
+belongs to nobody: the next start kills what is left in it (``cgroup.kill``) and removes it.
+Directories made inside a locked one are covered by its lock. Nothing here reads /proc/PID;
+members are found only through the cgroup files.
 
-Layout: ``<root>/tether/<tree>``, where ``<root>`` is the writable cgroup v2 hierarchy (found
-in this process's mount table: ``/sys/fs/cgroup``, or ``/sys/fs/cgroup/unified`` in hybrid
-layouts), or ``TETHER_CGROUP_ROOT``, or the ``cgroup_root`` argument. ``<root>/tether`` is
-one long-lived, empty parent directory, like a systemd slice.
+Layout: ``<root>/tether/t-<random>`` per tree (and ``pytest-<random>`` per session of the
+pytest plugin), where ``<root>`` is the writable cgroup v2 hierarchy (found in this process's
+mount table: ``/sys/fs/cgroup``, or ``/sys/fs/cgroup/unified`` in hybrid layouts), or
+``TETHER_CGROUP_ROOT``, or the ``cgroup_root`` argument. ``<root>/tether`` is one long-lived,
+empty parent directory, like a systemd slice.
 """
 
 from __future__ import annotations
@@ -24,16 +26,41 @@ import threading
 import time
 from typing import Final
 
-from tether._kernel.deadline import poll_ms
+from tether._kernel.deadline import Deadline
 from tether._kernel.errors import Unsupported
 
-__all__ = ["CgroupTree", "cgroup_root", "cgroup_unavailable_reason"]
+__all__ = [
+    "PARENT_NAME",
+    "ROOT_ENV",
+    "TREE_PREFIX",
+    "CgroupTree",
+    "cgroup_root",
+    "cgroup_unavailable_reason",
+    "create",
+    "create_locked",
+    "freeze",
+    "kill",
+    "kill_and_remove",
+    "members",
+    "move_self",
+    "own_cgroup",
+    "populated",
+    "release_lock",
+    "remove",
+    "sweep",
+    "wait_empty",
+    "wait_events",
+]
 
 PARENT_NAME: Final = "tether"
 ROOT_ENV: Final = "TETHER_CGROUP_ROOT"
+TREE_PREFIX: Final = "t-"
 
 _sweep_lock = threading.Lock()
 _swept: set[str] = set()
+
+
+# -- where the hierarchy is ----------------------------------------------------------------------
 
 
 def _mounted_cgroup2() -> list[str]:
@@ -89,7 +116,7 @@ def _find_root(explicit: str | os.PathLike[str] | None) -> tuple[str, str | None
     cached = _root_cache.get(key)
     if cached is not None:
         # Only successes are cached (parsing the mount table and probing costs ~0.1 ms per
-        # spawn); CgroupTree.create recreates the parent directory if it was removed since.
+        # spawn); create_locked recreates the parent directory if it was removed since.
         return "", cached
     reason, root = _probe_root(explicit)
     if root is not None:
@@ -125,6 +152,22 @@ def _probe_root(explicit: str | os.PathLike[str] | None) -> tuple[str, str | Non
     return "; ".join(problems), None
 
 
+def own_cgroup() -> str:
+    """This process's cgroup v2 directory, from its own /proc/self/cgroup ("0::<path>")."""
+    with open("/proc/self/cgroup", encoding="utf-8") as f:
+        relative = next((line[3:].rstrip("\n") for line in f if line.startswith("0::")), None)
+    if relative is None:
+        raise OSError(errno.ENOENT, "this process is in no cgroup v2 hierarchy")
+    for mount in _mounted_cgroup2():
+        candidate = os.path.normpath(mount + relative)
+        if os.path.exists(os.path.join(candidate, "cgroup.procs")):
+            return candidate
+    raise OSError(errno.ENOENT, f"cannot find this process's cgroup {relative} in a mount")
+
+
+# -- creating ------------------------------------------------------------------------------------
+
+
 class CgroupTree:
     """One tree's cgroup directory: created locked, handed to the guard, removed at the end."""
 
@@ -136,60 +179,262 @@ class CgroupTree:
 
     @classmethod
     def create(cls, root: str) -> CgroupTree:
+        """A fresh, locked ``<root>/tether/t-<random>``; the first call per parent in this
+        process first sweeps that parent's stale tree directories."""
         parent = os.path.join(root, PARENT_NAME)
         _sweep_once(parent)
-        for _ in range(8):
-            path = os.path.join(parent, f"t-{secrets.token_hex(8)}")
-            try:
-                os.mkdir(path, 0o755)
-            except FileNotFoundError:
-                os.makedirs(parent, 0o755, exist_ok=True)  # removed since we looked
-                os.mkdir(path, 0o755)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except BaseException:
-                _rmdir_quiet(path)
-                raise
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                # A sweeper in another process took the fresh, unlocked directory for a stale
-                # one; it will remove it. Take another name.
-                os.close(fd)
-                continue
-            except BaseException:
-                os.close(fd)
-                _rmdir_quiet(path)
-                raise
-            if os.path.isdir(path):
-                # Locked and still there: no sweeper can remove it from now on.
-                return cls(path, fd)
-            os.close(fd)  # a sweeper removed it between mkdir and flock
-        raise OSError(errno.EAGAIN, f"could not create a locked cgroup under {parent}")
-
-    def kill(self) -> None:
-        """SIGKILL every member (cgroup.kill, Linux 5.14)."""
-        _write(os.path.join(self.path, "cgroup.kill"), "1")
-
-    def populated(self) -> bool:
-        return _populated(self.path)
+        return cls(*create_locked(parent, TREE_PREFIX))
 
     def remove(self, timeout: float = 5.0) -> None:
         """Kill what is left, wait until empty, rmdir, and release the lock. Idempotent."""
         if self.fd < 0:
             return
         try:
-            if os.path.isdir(self.path):
-                _kill_and_remove(self.path, timeout)
+            if os.path.isdir(self.path) and not kill_and_remove(self.path, timeout):
+                raise OSError(errno.EBUSY, f"cgroup still busy after {timeout} s", self.path)
         finally:
             os.close(self.fd)
             self.fd = -1
 
-    def close_fd(self) -> None:
-        """Drop our fd (the guard keeps the lock through its own copy)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+
+def create_locked(parent: str, prefix: str, *, private: bool = False) -> tuple[str, int]:
+    """mkdir a fresh ``<parent>/<prefix><random>`` (and ``parent`` if missing) and flock it;
+    returns (path, lock fd). From the moment this returns, no sweep can remove it.
+
+    ``private``: the lock is this process's alone -- its fd is closed in every child this
+    process forks, so a forked child that outlives us cannot make the directory look live.
+    Release it with :func:`release_lock`."""
+    for _ in range(8):
+        path = os.path.join(parent, prefix + secrets.token_hex(8))
+        try:
+            os.mkdir(path, 0o755)
+        except FileNotFoundError:
+            os.makedirs(parent, 0o755, exist_ok=True)  # removed since we looked
+            os.mkdir(path, 0o755)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except BaseException:
+            _rmdir_quiet(path)
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # A sweeper in another process took the fresh, unlocked directory for a stale
+            # one; it will remove it. Take another name.
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            _rmdir_quiet(path)
+            raise
+        if os.path.isdir(path):
+            # Locked and still there: no sweeper can remove it from now on.
+            if private:
+                _private_locks.add(fd)
+            return path, fd
+        os.close(fd)  # a sweeper removed it between mkdir and flock
+    raise OSError(errno.EAGAIN, f"could not create a locked cgroup under {parent}")
+
+
+def release_lock(fd: int) -> None:
+    """Close a lock fd from :func:`create_locked` (private or not)."""
+    _private_locks.discard(fd)
+    os.close(fd)
+
+
+# A forked child runs no code of ours that could release these, so close them at the fork.
+_private_locks: set[int] = set()
+
+
+def _close_private_locks_in_child() -> None:
+    for fd in _private_locks:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _private_locks.clear()
+
+
+os.register_at_fork(after_in_child=_close_private_locks_in_child)
+
+
+def create(path: str) -> None:
+    """mkdir the cgroup ``path`` inside a locked one: that lock covers it (a sweep of the
+    locked directory removes it too)."""
+    os.mkdir(path, 0o755)
+
+
+def move_self(directory: str) -> None:
+    """Move this process into the cgroup ``directory``: every thread at once, and every
+    process it forks from now on starts there."""
+    _write(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def populated(path: str) -> bool:
+    """Whether ``path`` or a cgroup nested in it has a live member (cgroup.events)."""
+    try:
+        with open(os.path.join(path, "cgroup.events"), encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == "populated":
+                    return value.strip() == "1"
+    except FileNotFoundError:
+        return False
+    return False
+
+
+def members(path: str) -> list[int]:
+    """Every process in the cgroup ``path`` and its nested cgroups (depth first). Unless the
+    cgroup is frozen, a member may exit and its number be reused right after this returns."""
+    pids: list[int] = []
+    try:
+        with open(os.path.join(path, "cgroup.procs"), encoding="ascii") as f:
+            # 0 stands for a member outside our PID namespace: not one we could name.
+            pids = [pid for pid in map(int, f.read().split()) if pid > 0]
+    except FileNotFoundError:
+        return pids
+    for sub in _subdirs(path):
+        pids += members(sub)
+    return pids
+
+
+def wait_events(path: str, wanted: bytes, timeout: float | None) -> bool:
+    """Wait until the cgroup's cgroup.events shows ``wanted`` (e.g. b"populated 0" or
+    b"frozen 1"): POLLPRI, re-reading the file after each event to re-arm it. True once
+    seen (or the directory is gone), False on timeout (None: wait for ever)."""
+    return _wait_events(path, wanted, Deadline.after(timeout))
+
+
+def _wait_events(path: str, wanted: bytes, deadline: Deadline) -> bool:
+    try:
+        fd = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI)
+        while True:
+            os.lseek(fd, 0, os.SEEK_SET)
+            if wanted in os.read(fd, 4096):
+                return True
+            if deadline.expired:
+                return False
+            poller.poll(deadline.poll_ms())
+    finally:
+        os.close(fd)
+
+
+def wait_empty(path: str, timeout: float | None) -> bool:
+    """Wait until no member of ``path`` (nested cgroups included) is alive: ``populated 0``."""
+    return wait_events(path, b"populated 0", timeout)
+
+
+# -- ending --------------------------------------------------------------------------------------
+
+
+def freeze(path: str, timeout: float) -> bool:
+    """Freeze ``path`` and its nested cgroups (cgroup.freeze, Linux 5.2) and wait until the
+    kernel says ``frozen 1``; False if that took longer than ``timeout``. A frozen member
+    cannot exit by itself, so its number stays its own until it is killed or thawed."""
+    _write(os.path.join(path, "cgroup.freeze"), "1")
+    return wait_events(path, b"frozen 1", timeout)
+
+
+def kill(path: str) -> None:
+    """SIGKILL every member of ``path`` and its nested cgroups, frozen ones included
+    (cgroup.kill, Linux 5.14). Returns at once; :func:`wait_empty` waits for them."""
+    _write(os.path.join(path, "cgroup.kill"), "1")
+
+
+def remove(path: str, timeout: float) -> bool:
+    """rmdir ``path`` and the cgroups nested in it, deepest first. True once gone; False if
+    it is still busy after ``timeout`` (a member still exiting). Other errors raise."""
+    return _remove_until(path, Deadline.after(timeout))
+
+
+def _remove_until(path: str, deadline: Deadline) -> bool:
+    while True:
+        try:
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+        # EBUSY: nested cgroups, or members that have just been killed and are not quite gone
+        # (they leave as they exit).
+        subdirs = _subdirs(path)
+        for sub in subdirs:
+            if not _remove_until(sub, deadline):
+                return False
+        if not subdirs:
+            if deadline.expired:
+                return False
+            if _wait_events(path, b"populated 0", Deadline.after(0.01)):
+                # Empty, yet rmdir still said EBUSY: the kernel is finishing the members'
+                # exit (seen for a few hundred microseconds). A bounded back-off, not a poll
+                # of process state.
+                time.sleep(0.001)
+
+
+def kill_and_remove(path: str, timeout: float) -> bool:
+    """Kill every member of ``path`` (nested cgroups included), wait until it is empty, and
+    remove it all. True once gone; False if still busy after ``timeout``."""
+    deadline = Deadline.after(timeout)
+    if populated(path):
+        try:
+            kill(path)
+        except FileNotFoundError:
+            return True
+        _wait_events(path, b"populated 0", deadline)
+    return _remove_until(path, deadline)
+
+
+def _sweep_once(parent: str) -> None:
+    with _sweep_lock:
+        if parent in _swept:
+            return
+        _swept.add(parent)
+        sweep(parent)
+
+
+def sweep(parent: str, prefix: str = TREE_PREFIX) -> list[str]:
+    """Kill and remove the ``<prefix>*`` directories of ``parent`` whose lock nobody holds
+    (their owners are all gone); returns them. Never fails over another's debris: what
+    cannot be removed now is left for a later sweep."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live owner holds it
+            try:
+                if kill_and_remove(path, 5.0):
+                    removed.append(path)
+            except OSError:
+                pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+# -- files ---------------------------------------------------------------------------------------
 
 
 def _rmdir_quiet(path: str) -> None:
@@ -207,100 +452,8 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
-def _populated(path: str) -> bool:
+def _subdirs(path: str) -> list[str]:
     try:
-        with open(os.path.join(path, "cgroup.events"), encoding="ascii") as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if key == "populated":
-                    return value.strip() == "1"
+        return [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
-        return False
-    return False
-
-
-def wait_events(path: str, wanted: bytes, timeout: float) -> bool:
-    """Wait until the cgroup's cgroup.events shows ``wanted`` (e.g. b"populated 0" or
-    b"frozen 1"): POLLPRI, re-reading the file after each event to re-arm it. True once
-    seen (or the directory is gone), False on timeout."""
-    deadline = time.monotonic() + timeout
-    try:
-        fd = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLPRI)
-        while True:
-            os.lseek(fd, 0, os.SEEK_SET)
-            if wanted in os.read(fd, 4096):
-                return True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            poller.poll(max(1, poll_ms(remaining) or 1))
-    finally:
-        os.close(fd)
-
-
-def _wait_empty(path: str, timeout: float) -> bool:
-    return wait_events(path, b"populated 0", timeout)
-
-
-def _kill_and_remove(path: str, timeout: float) -> None:
-    if _populated(path):
-        try:
-            _write(os.path.join(path, "cgroup.kill"), "1")
-        except FileNotFoundError:
-            return
-        _wait_empty(path, timeout)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            # EBUSY: members have not quite left yet (they leave as they exit).
-            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
-                raise
-            _wait_empty(path, 0.01)
-
-
-def _sweep_once(parent: str) -> None:
-    with _sweep_lock:
-        if parent in _swept:
-            return
-        _swept.add(parent)
-        sweep(parent)
-
-
-def sweep(parent: str) -> list[str]:
-    """Remove tree directories whose owners (parent and guard) are both gone; returns them."""
-    removed: list[str] = []
-    try:
-        names = os.listdir(parent)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        path = os.path.join(parent, name)
-        if not name.startswith("t-") or not os.path.isdir(path):
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live parent or guard owns it
-            try:
-                _kill_and_remove(path, 5.0)
-                removed.append(path)
-            except OSError:
-                pass
-        finally:
-            os.close(fd)
-    return removed
+        return []
