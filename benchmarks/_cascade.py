@@ -166,7 +166,7 @@ def one(mode: str, k: int, m: int, settle: float) -> JSONDict:
 
 def measure(params: JSONDict) -> JSONDict:
     from tether._kernel.cgroup import cgroup_unavailable_reason
-    from tether._tree.guarded import pidns_unavailable_reason
+    from tether._tree.modes import pidns_unavailable_reason
 
     quick = bool(params.get("quick"))
     samples = int(params.get("samples", 1 if quick else 15))

@@ -63,7 +63,7 @@ def one(params: JSONDict) -> JSONDict:
         return {"unsupported": str(exc)}
     with child:
         time.sleep(0.15)
-        guard_pid = child._backend.spawned.pid
+        guard_pid = child._tree.spawned.pid
         st = _status(guard_pid)
         child.wait()
     return {"kib": st["VmHWM"], "status": st}

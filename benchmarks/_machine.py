@@ -62,7 +62,7 @@ def describe() -> JSONDict:
     import tether
     from tether._kernel import features as _features
     from tether._kernel.cgroup import cgroup_unavailable_reason
-    from tether._tree.guarded import pidns_unavailable_reason
+    from tether._tree.modes import pidns_unavailable_reason
 
     uname = os.uname()
     try:

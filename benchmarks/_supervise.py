@@ -11,7 +11,7 @@ end and ends when the method has seen and reaped all N; its cost is this process
 
 Methods:
   tether.spawn (sync)  one guarded tree per child; an epoll loop over every Child's
-                       ``_backend.fileno()`` (the guard's control socket), ``Child.poll()`` on
+                       ``Child.fileno()`` (the guard's control socket), ``Child.poll()`` on
                        readiness (epoll, like the pidfd loops: a select.poll over N fds would
                        cost O(N) kernel time per wake-up and measure the loop, not tether).
   Pidfd.poll + epoll   spawn_lifelined children; epoll on the pidfds, ``Pidfd.poll()`` (reaps),
@@ -105,7 +105,7 @@ def _tether_spawn(ph: Phase) -> Callable[[], None]:
     ep = select.epoll(len(children))
     by_fd: dict[int, Any] = {}
     for c in children:
-        fd = c._backend.fileno()
+        fd = c.fileno()
         by_fd[fd] = c
         ep.register(fd, select.EPOLLIN)
 

@@ -117,7 +117,7 @@ async def _latency_guard_hop(which: str) -> int:
     r, w = os.pipe2(os.O_CLOEXEC)
     with tether.spawn([CAT], stdin=r, stdout=subprocess.DEVNULL) as child:
         os.close(r)
-        guard = child._backend
+        guard = child._tree
         assert isinstance(guard, tether._tree.guarded.Guard)
         fd = {"program pidfd": guard.program.fileno(), "report": guard.sock.fileno(),
               "guard exit": guard.spawned.pidfd.fileno()}[which]

@@ -7,13 +7,14 @@ import os
 import select
 import signal
 import sys
-import time
 from collections.abc import Sequence
 
-from tether._kernel.deadline import poll_ms
+from tether._kernel.deadline import Deadline
 from tether._kernel.errors import Unsupported
 from tether._kernel.signalfd import SignalFd
-from tether._tree.child import Child, spawn
+from tether._kernel.spec import SpawnSpec
+from tether._tree.child import Child, start_child
+from tether._tree.modes import Contain, resolve_mode
 from tether._tree.run import DEFAULT_GRACE, end_tree
 
 __all__ = ["main"]
@@ -129,32 +130,33 @@ def _in_terminal_foreground() -> bool:
         return False
 
 
-def _run(cmd: list[str], timeout: float | None, grace: float, contain: str,
+def _run(cmd: list[str], timeout: float | None, grace: float, contain: Contain,
          wait_tree: bool) -> int:
     # Block and read our signals as data before the tree exists, so none is lost between
     # spawn and the loop; the spawn path resets the mask in the children.
     foreground = _in_terminal_foreground()
     with SignalFd(TREE_SIGNALS + PROGRAM_SIGNALS) as sigfd:
         try:
-            child = spawn(cmd, contain=contain, wait_tree=wait_tree, _foreground=foreground)
-        except FileNotFoundError as exc:
-            print(f"tether: {exc.filename or cmd[0]}: {exc.strerror}", file=sys.stderr)
-            return EXIT_NOT_FOUND
-        except PermissionError as exc:
-            print(f"tether: {exc.filename or cmd[0]}: {exc.strerror}", file=sys.stderr)
-            return EXIT_CANNOT_EXECUTE
-        except Unsupported as exc:
-            print(f"tether: {exc}", file=sys.stderr)
-            return EXIT_TETHER_FAILED
+            child = start_child(SpawnSpec.build(cmd), resolve_mode(contain), wait_tree=wait_tree,
+                                foreground=foreground)
         except OSError as exc:
-            print(f"tether: {cmd[0]}: {exc}", file=sys.stderr)
-            return EXIT_TETHER_FAILED
+            return _not_started(exc, cmd[0])
         try:
             with child:
                 return _supervise(child, sigfd, timeout, grace)
         finally:
             if foreground:
                 _take_terminal_back()
+
+
+def _not_started(exc: OSError, program: str) -> int:
+    """Say why the tree did not start; the exit status that says so (like env(1))."""
+    if isinstance(exc, FileNotFoundError | PermissionError):
+        print(f"tether: {exc.filename or program}: {exc.strerror}", file=sys.stderr)
+        return EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_CANNOT_EXECUTE
+    print(f"tether: {exc}" if isinstance(exc, Unsupported) else f"tether: {program}: {exc}",
+          file=sys.stderr)
+    return EXIT_TETHER_FAILED
 
 
 def _take_terminal_back() -> None:
@@ -170,21 +172,19 @@ def _take_terminal_back() -> None:
 
 
 def _supervise(child: Child, sigfd: SignalFd, timeout: float | None, grace: float) -> int:
-    backend = child._backend
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = Deadline.after(timeout)
     poller = select.poll()
-    if not backend.pump():  # (a short program's end may have come with its start)
-        poller.register(backend.fileno(), select.POLLIN)
+    if child.poll() is None:  # (a short program's end may have come with its start)
+        poller.register(child.fileno(), select.POLLIN)
     poller.register(sigfd.fileno(), select.POLLIN)
     while child.poll() is None:
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
+        if deadline.expired:
             end_tree(child, grace)
             return EXIT_TIMEOUT
-        poller.poll(poll_ms(remaining))
+        poller.poll(deadline.poll_ms())
         for info in sigfd.read_all():
             if info.signo in TREE_SIGNALS:
-                backend.signal_tree(info.signo)
+                child.signal_tree(info.signo)
             else:
                 child.send_signal(info.signo)
     exit_ = child.exit

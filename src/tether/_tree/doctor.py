@@ -17,7 +17,7 @@ from tether._kernel import features as _features
 from tether._kernel.cgroup import cgroup_root, cgroup_unavailable_reason
 from tether._kernel.errors import Unsupported
 from tether._kernel.pidfd import PIDFD_SIGNAL_PROCESS_GROUP
-from tether._tree.guarded import _devnull, guard_path, pidns_unavailable_reason
+from tether._tree.modes import devnull, guard_path, pidns_unavailable_reason
 
 __all__ = ["doctor", "probe_all"]
 
@@ -54,7 +54,7 @@ def _probe_info() -> tuple[tuple[bool, str], tuple[bool, str], tuple[bool, str]]
     """PIDFD_GET_INFO, PIDFD_INFO_EXIT and pidfs, asked of one short-lived child."""
     from tether._kernel.spawn import spawn_lifelined
 
-    s = spawn_lifelined([guard_path()], stdout=_devnull(), stderr=_devnull())
+    s = spawn_lifelined([guard_path()], stdout=devnull(), stderr=devnull())
     s.lifeline.close()
     s.pidfd.wait()
     try:

@@ -3,7 +3,8 @@
 The one rule this module owns: the guard, not the parent, is the tree's lifeline reader, and
 everything the parent learns about the program comes from the guard's messages or from the
 program's pidfd (which the guard hands over with SCM_RIGHTS). The parent never turns a PID
-into a handle. Wire format: ``_guard_proto.h`` (keep the constants below in sync).
+into a handle. Wire format: ``_kernel/guard_proto.h``, whose constants the C extension
+exports (``core.GUARD_MSG_*``): C holds the only copy.
 """
 
 from __future__ import annotations
@@ -14,127 +15,29 @@ import select
 import signal
 import socket
 import struct
-import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Final, Literal, TypeAlias
+from typing import Final
 
-from tether._kernel import core as _core
-from tether._kernel import features as _features
+from tether._kernel import core, features
 from tether._kernel.cgroup import CgroupTree, cgroup_root
-from tether._kernel.deadline import check_timeout, poll_ms
+from tether._kernel.deadline import Deadline, check_timeout
 from tether._kernel.errors import Unsupported
 from tether._kernel.exit import Exit
 from tether._kernel.fds import recv_with_fds
-from tether._kernel.pidfd import Pidfd
-from tether._kernel.spawn import (
-    Spawned,
-    StrOrBytesPath,
-    _spawn,
-    child_error,
-    convert_argv,
-    convert_cwd,
-    convert_env,
-    convert_pass_fds,
-    resolve_executable,
-)
+from tether._kernel.pidfd import Pidfd, pid_in_our_namespace
+from tether._kernel.spawn import Spawned, child_error, clone_spec
+from tether._kernel.spec import SpawnSpec
+from tether._tree.modes import Mode, guard_path, pidns_unavailable_reason
 
-__all__ = ["GUARD_PATH", "Guard", "Mode", "resolve_mode"]
+__all__ = ["Guard"]
 
-GUARD_PATH: Final = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_kernel", "_guard")
-
-Mode: TypeAlias = Literal["group", "cgroup", "pidns"]
-MODES: Final = ("group", "cgroup", "pidns", "auto", None)
-
-_MSG: Final = struct.Struct("=Iiii")
-MSG_STARTED: Final = 1
-MSG_FAILED: Final = 2
-MSG_EXITED: Final = 3
-MSG_SIGNAL_TREE: Final = 10
-MSG_KILL_TREE: Final = 11
-TREE_KILLED: Final = 0x1
-TREE_WAITED: Final = 0x2
-TREE_FORCED: Final = 0x4
-
-
-def guard_path() -> str:
-    if not os.access(GUARD_PATH, os.X_OK):
-        raise Unsupported(
-            errno.ENOENT,
-            f"the tether guard executable is missing at {GUARD_PATH} (the package build "
-            "compiles it; reinstall tether with a C compiler available)",
-        )
-    return GUARD_PATH
-
-
-# -- containment modes ----------------------------------------------------------------------------
-
-_pidns_probe: dict[bool, str | None] = {}
-
-
-def pidns_unavailable_reason() -> str | None:
-    """None if a guard can be PID 1 of a new PID namespace here, else why not. Probed once
-    (by starting the guard with no arguments in a new namespace: it exits at once)."""
-    unprivileged = os.geteuid() != 0
-    if unprivileged in _pidns_probe:
-        return _pidns_probe[unprivileged]
-    reason: str | None = None
-    try:
-        path = guard_path()
-    except Unsupported as exc:
-        return str(exc)
-    flags = _core.CLONE_NEWPID | (_core.CLONE_NEWUSER if unprivileged else 0)
-    try:
-        probe = _spawn(
-            [path], env={}, cwd=None, stdin=None, stdout=None, stderr=None,
-            pass_fds=(), process_group=True, executable=os.fsencode(path),
-            extra_flags=flags, stdio_fds=(_devnull(), _devnull(), _devnull()),
-        )
-    except Unsupported as exc:
-        reason = str(exc)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EINVAL, errno.ENOSPC, errno.EUSERS):
-            raise
-        what = "user+PID namespaces (CLONE_NEWUSER|CLONE_NEWPID)" if unprivileged else (
-            "PID namespaces (CLONE_NEWPID)")
-        reason = f"{what} are not allowed here: {exc.strerror}"
-    else:
-        probe.lifeline.close()
-        probe.pidfd.wait()
-        probe.pidfd.close()
-    _pidns_probe[unprivileged] = reason
-    return reason
-
-
-_devnull_fd = -1
-
-
-def _devnull() -> int:
-    global _devnull_fd
-    if _devnull_fd < 0:
-        _devnull_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    return _devnull_fd
-
-
-def resolve_mode(
-    contain: str | None, cgroup_root_arg: str | os.PathLike[str] | None = None
-) -> Mode | None:
-    """Validate ``contain`` and pick the mode for "auto" (the strongest available here:
-    pidns, then cgroup, then group). An explicit mode is checked when the tree is set up."""
-    if contain not in MODES:
-        raise ValueError(
-            f"contain must be one of 'group', 'cgroup', 'pidns', 'auto' or None, not {contain!r}"
-        )
-    if contain != "auto":
-        return contain  # type: ignore[return-value]
-    if _features.clone_method() == _core.CLONE_CLONE3:
-        if pidns_unavailable_reason() is None:
-            return "pidns"
-        from tether._kernel.cgroup import cgroup_unavailable_reason
-
-        if cgroup_unavailable_reason(cgroup_root_arg) is None:
-            return "cgroup"
-    return "group"
+# The wire protocol comes from guard_proto.h through the extension: C holds the one copy.
+_MSG: Final = struct.Struct(core.GUARD_MSG_FORMAT)
+assert _MSG.size == core.GUARD_MSG_SIZE, "guard_proto.h: the format does not match the struct"
+MSG_STARTED: Final = core.GUARD_MSG_STARTED
+MSG_FAILED: Final = core.GUARD_MSG_FAILED
+MSG_EXITED: Final = core.GUARD_MSG_EXITED
+MSG_SIGNAL_TREE: Final = core.GUARD_MSG_SIGNAL_TREE
+MSG_KILL_TREE: Final = core.GUARD_MSG_KILL_TREE
 
 
 # -- the guard ------------------------------------------------------------------------------------
@@ -150,74 +53,63 @@ class Guard:
     raised by whoever waits for the tree)."""
 
     __slots__ = (
-        "_argv0",
-        "_cwd",
-        "_dead",
+        "_exit",
         "_program",
         "_program_pid",
-        "argv",
         "cgroup",
-        "exit",
-        "flags",
+        "dead",
         "guard_exit",
         "mode",
         "sock",
         "spawned",
+        "spec",
         "start_error",
     )
 
     def __init__(
         self,
-        argv: list[str] | str,
+        spec: SpawnSpec,
         mode: Mode,
         spawned: Spawned,
         sock: socket.socket,
         cgroup: CgroupTree | None,
-        argv0: object,
-        cwd: bytes | None,
     ) -> None:
-        self.argv = argv
+        self.spec = spec
         self.mode = mode
         self.spawned = spawned
         self.sock = sock
         self.cgroup = cgroup
-        self._argv0 = argv0
-        self._cwd = cwd
         self._program: Pidfd | None = None
         self._program_pid = 0
-        self.exit: Exit | None = None
-        self.flags = 0
+        self._exit: Exit | None = None
+        #: How the guard itself ended, once it has been reaped.
         self.guard_exit: Exit | None = None
         self.start_error: OSError | None = None
-        self._dead = False
+        #: True if the guard died without reporting (the program's status is unknown).
+        self.dead = False
 
     @classmethod
     def launch(
         cls,
-        argv: Sequence[StrOrBytesPath],
+        spec: SpawnSpec,
+        stdio_fds: tuple[int, int, int],
         *,
         mode: Mode,
-        env: Mapping[str, str] | Mapping[bytes, bytes] | None,
-        cwd: StrOrBytesPath | None,
-        stdio_fds: tuple[int, int, int],
-        pass_fds: Iterable[int],
         wait_tree: bool = False,
         foreground: bool = False,
         cgroup_root_arg: str | os.PathLike[str] | None = None,
         await_start: bool = True,
     ) -> Guard:
-        """Start the guard and the program under it.
+        """Start the guard and ``spec``'s program under it (``stdio_fds``: the program's fds
+        0-2, which the guard passes on).
 
-        Every input is checked before anything is started. With ``await_start`` (the
-        default) it returns once the program has exec'd, and a program that cannot be run
-        raises here (FileNotFoundError, PermissionError, ...), not as a guard exit status.
-        Without, it returns as soon as the guard runs; the start is read by :meth:`pump`.
+        The spec is checked already; the mode is checked here, before anything is started.
+        With ``await_start`` (the default) it returns once the program has exec'd, and a
+        program that cannot be run raises here (FileNotFoundError, PermissionError, ...),
+        not as a guard exit status. Without, it returns as soon as the guard runs; the start
+        is read by :meth:`pump`.
         """
-        argv_b = convert_argv(argv)
-        env_b = convert_env(env)
-        cwd_b = convert_cwd(cwd)
-        keep = convert_pass_fds(pass_fds)
-        program_path = resolve_executable(argv_b[0], env_b, cwd_b, argv[0])
+        keep = spec.pass_fds
         guard = guard_path()
         extra_flags = 0
         guard_opts: list[str] = ["--contain", mode]
@@ -225,11 +117,11 @@ class Guard:
             reason = pidns_unavailable_reason()
             if reason is not None:
                 raise Unsupported(errno.EPERM, f"contain='pidns' is unavailable: {reason}")
-            extra_flags = _core.CLONE_NEWPID
+            extra_flags = core.CLONE_NEWPID
             if os.geteuid() != 0:
-                extra_flags |= _core.CLONE_NEWUSER
+                extra_flags |= core.CLONE_NEWUSER
                 guard_opts += ["--userns", f"{os.geteuid()}:{os.getegid()}"]
-        elif mode == "cgroup" and _features.clone_method() != _core.CLONE_CLONE3:
+        elif mode == "cgroup" and features.clone_method() != core.CLONE_CLONE3:
             raise Unsupported(
                 errno.ENOSYS, "contain='cgroup' needs clone3 (CLONE_INTO_CGROUP, Linux 5.7), "
                 "which is blocked here")
@@ -237,6 +129,11 @@ class Guard:
             guard_opts.append("--wait-tree")
         if foreground:
             guard_opts.append("--foreground")
+        if features.clone_method() == core.CLONE_LEGACY:
+            # The guard clones the program as this process clones: legacy where clone3 is
+            # refused (the guard inherits the same seccomp filter) or forced (the fallback's
+            # tests, features.force_clone_method), so a forced run tests the guard's path too.
+            guard_opts += ["--clone", "legacy"]
 
         cgroup: CgroupTree | None = None
         parent_sock: socket.socket | None = None
@@ -255,13 +152,11 @@ class Guard:
             ]
             if keep:
                 guard_argv += [b"--keep", ",".join(map(str, keep)).encode()]
-            guard_argv += [b"--", program_path, *argv_b]
-            spawned = _spawn(
-                guard_argv, env=env_b, cwd=cwd_b, stdin=None, stdout=None, stderr=None,
-                pass_fds=sorted(passed), process_group=not foreground,
-                executable=os.fsencode(guard), extra_flags=extra_flags,
-                stdio_fds=stdio_fds,
-            )
+            guard_argv += [b"--", spec.executable, *spec.argv]
+            guard_spec = spec.replace(
+                argv=tuple(guard_argv), executable=os.fsencode(guard),
+                pass_fds=tuple(sorted(passed)), process_group=not foreground)
+            spawned = clone_spec(guard_spec, stdio_fds, extra_flags=extra_flags)
         except BaseException:
             for s in (parent_sock, guard_sock):
                 if s is not None:
@@ -271,8 +166,7 @@ class Guard:
             raise
         assert guard_sock is not None and parent_sock is not None
         guard_sock.close()
-        display = [os.fsdecode(a) for a in argv_b]
-        self = cls(display, mode, spawned, parent_sock, cgroup, argv[0], cwd_b)
+        self = cls(spec, mode, spawned, parent_sock, cgroup)
         if await_start:
             try:
                 self.await_start()
@@ -286,7 +180,7 @@ class Guard:
         waiting for it): the guard ends whatever it started, and is reaped."""
         if self.ended:
             return
-        self._dead = True
+        self.dead = True
         self.guard_exit = self._release()
         if self._program is not None:
             self._program.close()
@@ -301,16 +195,17 @@ class Guard:
     @property
     def ended(self) -> bool:
         """True once the tree has ended (reported, failed to start, or the guard died)."""
-        return self.exit is not None or self._dead or self.start_error is not None
+        return self._exit is not None or self.dead or self.start_error is not None
 
     def await_start(self) -> None:
         """Block until the program has exec'd; raise its start error (FileNotFoundError, ...)
         if it could not be run."""
         while not self.started:
             self._handle(*self._recv(0))  # one blocking recvmsg, as a rule
-        self._raise_unstarted()
+        self.check_start()
 
-    def _raise_unstarted(self) -> None:
+    def check_start(self) -> None:
+        """Raise the start error, if the start is known to have failed (never blocks)."""
         if self.start_error is not None:
             raise self.start_error
         if self._program is None:
@@ -348,13 +243,13 @@ class Guard:
             self._abort_start(error)
             return
         if self.mode == "pidns":
-            pid = _pid_in_our_namespace(fds[0], pid)
+            pid = pid_in_our_namespace(fds[0], pid)
         self._program_pid = pid
         self._program = Pidfd._create(fds[0], pid, reaper=False, cmd=None)
 
     def _on_failed(self, stage: int, err: int) -> None:
         """The program could not be started; the guard has undone its setup and exits 127."""
-        self._abort_start(child_error(stage, err, self._argv0, self._cwd))
+        self._abort_start(child_error(stage, err, self.spec.args[0], self.spec.cwd))
 
     def _abort_start(self, error: OSError) -> None:
         """No tree for the caller: cut the lifeline (the guard ends whatever it started),
@@ -379,12 +274,16 @@ class Guard:
     # -- messages ----------------------------------------------------------------------------
 
     def fileno(self) -> int:
-        """The control socket: readable when the guard reports (or dies). (Its pidfd,
-        ``spawned.pidfd``, is readable once the guard has exited after its last report:
-        what tether.aio watches, one wakeup per tree; a blocking caller is better woken by
-        the report itself, which is a synchronous wakeup the scheduler can place on the
-        guard's CPU, then reaps the guard, which is exiting by then.)"""
+        """The control socket: readable when the guard reports (or dies). A blocking caller
+        is best woken by the report itself, a synchronous wakeup the scheduler can place on
+        the guard's CPU."""
         return self.sock.fileno()
+
+    def watch_fd(self) -> int:
+        """The guard's pidfd: readable once the guard has sent its last report (or died) and
+        exited, so every report is in the socket and reaping the guard cannot block. What an
+        event loop watches: one wakeup per tree, none for the start report."""
+        return self.spawned.pidfd.fileno()
 
     def pump(self, *, stop_at_start: bool = False) -> bool:
         """Read whatever the guard has said, without blocking; True once the tree has ended.
@@ -430,28 +329,36 @@ class Guard:
             self._on_failed(a, b)
             return True
         if kind == MSG_EXITED:
-            self.flags = b
             self._finish(Exit._from_wait_status(a))
             return True
         return False
 
     def wait(self, timeout: float | None) -> bool:
         """Block until the tree has ended (True) or the timeout passed (False)."""
-        timeout = check_timeout(timeout)
+        deadline = Deadline.after(check_timeout(timeout))
         if self.pump():
             return True
-        deadline = None if timeout is None else time.monotonic() + timeout
         poller = select.poll()
         poller.register(self.fileno(), select.POLLIN)
         while not self.pump():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            if deadline.expired:
                 return False
-            poller.poll(poll_ms(remaining))
+            poller.poll(deadline.poll_ms())
         return True
 
+    def outcome(self) -> Exit | None:
+        """How the program ended, once the tree has; raises ChildProcessError if the guard
+        died before it could report (the tree was ended parent-side)."""
+        if self.dead:
+            raise ChildProcessError(
+                errno.ECHILD,
+                f"the tether guard of {self.spec.args!r} died ({self.guard_exit}) before "
+                "reporting the program's status; tether killed the rest of the tree",
+            )
+        return self._exit
+
     def _finish(self, exit_: Exit) -> None:
-        self.exit = exit_
+        self._exit = exit_
         if self._program is not None:  # (always: the start is reported before the end)
             self._program._set_exit(exit_)
         # The guard exits right after its report: reap it (no zombie), drop our handles.
@@ -468,10 +375,10 @@ class Guard:
             # it (PIDFD_INFO_EXIT, 6.15+). Without that, it stays "unknown" below.
             recovered = program._info_exit()
             if recovered is not None:
-                self.exit = recovered
+                self._exit = recovered
                 program._set_exit(recovered)
                 return
-        self._dead = True
+        self.dead = True
         if self.mode == "group" and program is not None:
             # The program got PDEATHSIG=SIGKILL from the guard's death; its group may live on.
             # The leader's pidfd is a race-free handle on the group, even once it is reaped.
@@ -491,13 +398,8 @@ class Guard:
         # cgroup: _release() killed what was left. pidns: the kernel killed the namespace when
         # its init (the guard) died. A guard that died before reporting the start took its
         # program with it (PDEATHSIG), if any.
-        self.exit = None
-        self.flags = TREE_FORCED
+        self._exit = None
 
-    @property
-    def dead(self) -> bool:
-        """True if the guard died without reporting (the program's status is unknown)."""
-        return self._dead
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -523,7 +425,7 @@ class Guard:
 
     def abandon(self) -> None:
         """Cut the lifeline (the guard kills the tree) and wait until it has."""
-        if not self.ended:
+        if not self.pump():
             self.kill_tree()
             self.spawned.lifeline.close()
             self.wait(None)
@@ -543,28 +445,3 @@ def _reap_quietly(pidfd: Pidfd) -> Exit | None:
         exit_ = None
     pidfd.close()
     return exit_
-
-
-def _pid_in_our_namespace(pidfd_fd: int, fallback: int) -> int:
-    """The program's PID as this process sees it (the guard saw it from inside its namespace).
-
-    Asked of the pidfd itself: PIDFD_GET_INFO (6.13+), else the pidfd's own fdinfo entry in
-    this process's fd table (the Pid: line the kernel prints for a pidfd, 5.3+)."""
-    import fcntl
-
-    from tether._kernel.pidfd import _INFO_FMT, PIDFD_GET_INFO, PIDFD_INFO_PID
-
-    buf = bytearray(struct.pack(_INFO_FMT, PIDFD_INFO_PID, *([0] * 15)))
-    try:
-        fcntl.ioctl(pidfd_fd, PIDFD_GET_INFO, buf, True)
-        return int(struct.unpack(_INFO_FMT, buf)[2])
-    except OSError:
-        pass
-    try:
-        with open(f"/proc/self/fdinfo/{pidfd_fd}", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Pid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return fallback

@@ -16,9 +16,9 @@ from typing import Any
 
 from tether._kernel.deadline import check_timeout
 from tether._kernel.errors import TimeoutExpired
-from tether._kernel.spawn import StrOrBytesPath
-from tether._tree.child import Child, spawn
-from tether._tree.guarded import resolve_mode
+from tether._kernel.spec import StrOrBytesPath
+from tether._tree.child import Child, output_after_end, spawn
+from tether._tree.modes import Contain, resolve_mode
 
 __all__ = ["DEFAULT_GRACE", "check_output", "end_tree", "run"]
 
@@ -49,7 +49,7 @@ def prepare_run(
     encoding: str | None,
     errors: str | None,
     universal_newlines: bool | None,
-    contain: str | None,
+    contain: Contain,
     cgroup_root: str | os.PathLike[str] | None,
 ) -> tuple[float | None, float | None, Any, Any, Any, bool]:
     """Check run()'s arguments (as subprocess.run does) before anything starts; returns
@@ -93,7 +93,7 @@ def run(
     env: Mapping[str, str] | Mapping[bytes, bytes] | None = None,
     cwd: StrOrBytesPath | None = None,
     pass_fds: Iterable[int] = (),
-    contain: str | None = "group",
+    contain: Contain = "group",
     grace: float | None = DEFAULT_GRACE,
     wait_tree: bool = False,
     cgroup_root: str | os.PathLike[str] | None = None,
@@ -117,19 +117,19 @@ def run(
         errors=errors, universal_newlines=universal_newlines, contain=contain,
         cgroup_root=cgroup_root,
     )
-    with spawn(
+    child = spawn(
         argv, contain=contain, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
         pass_fds=pass_fds, text=text, encoding=encoding, errors=errors,
         wait_tree=wait_tree, cgroup_root=cgroup_root,
-    ) as child:
+    )
+    with child:
         try:
             out, err = child.communicate(input, timeout)
         except TimeoutExpired:
             end_tree(child, grace_s)
             # The tree is gone: collect what it wrote before it died, as bytes (like
             # subprocess: partial output may end inside a multi-byte character).
-            child._pump_pipes(b"", None)
-            out, err = child._collected(final=True, decode=False)
+            out, err = output_after_end(child)
             assert timeout is not None
             raise TimeoutExpired(child.args, timeout, output=out, stderr=err) from None
         except BaseException:

@@ -1,0 +1,102 @@
+"""DirectTree: ``contain=None``, the Tree backend with no guard.
+
+The one rule this module owns: the program is our own lifelined child, reached only through
+its pidfd; its process group is reached through the leader's pidfd
+(PIDFD_SIGNAL_PROCESS_GROUP, 6.9+), which names the group even once the leader is reaped.
+The tree has "ended" when the program has exited: what it left in its group is ended by
+:meth:`DirectTree.abandon`, not waited for.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import final
+
+from tether._kernel.errors import TimeoutExpired, Unsupported
+from tether._kernel.exit import Exit
+from tether._kernel.pidfd import Pidfd
+from tether._kernel.spawn import Spawned
+
+__all__ = ["DirectTree"]
+
+
+@final
+class DirectTree:
+    """contain=None: no guard; the program itself is our lifelined child."""
+
+    __slots__ = ("spawned",)
+
+    def __init__(self, spawned: Spawned) -> None:
+        self.spawned = spawned
+
+    @property
+    def program(self) -> Pidfd:
+        return self.spawned.pidfd
+
+    @property
+    def program_pid(self) -> int:
+        return self.spawned.pid
+
+    @property
+    def started(self) -> bool:
+        return True  # the clone returned after the exec
+
+    @property
+    def start_error(self) -> OSError | None:
+        return None  # raised by the clone itself
+
+    def await_start(self) -> None:
+        return None
+
+    def check_start(self) -> None:
+        return None
+
+    def fileno(self) -> int:
+        return self.spawned.pidfd.fileno()
+
+    def watch_fd(self) -> int:
+        return self.spawned.pidfd.fileno()
+
+    def pump(self, *, stop_at_start: bool = False) -> bool:
+        return self.spawned.pidfd.poll() is not None
+
+    def wait(self, timeout: float | None) -> bool:
+        try:
+            self.spawned.pidfd.wait(timeout)
+        except TimeoutExpired:
+            return False
+        return True
+
+    def outcome(self) -> Exit | None:
+        pidfd = self.spawned.pidfd
+        return pidfd.poll() if not pidfd.closed else None
+
+    def signal_tree(self, sig: int) -> None:
+        pidfd = self.spawned.pidfd
+        if pidfd.closed:
+            return
+        try:
+            # Through the leader's pidfd the group is reached even once the leader has been
+            # reaped (while any member lives): a race-free group handle.
+            pidfd.send_signal(sig, process_group=True)
+        except ProcessLookupError:
+            return  # the group is empty
+        except Unsupported:
+            if pidfd.poll() is not None:
+                return  # leader reaped: its number could be reused, never signal by it
+            # Before Linux 6.9: killpg by number, which is exact only because the leader is
+            # our own unreaped child (polled just above): its number, which is the group's,
+            # cannot have been recycled.
+            os.killpg(pidfd.pid, sig)  # noqa: TET201  leader unreaped: number still ours
+
+    def kill_tree(self) -> None:
+        self.signal_tree(signal.SIGKILL)
+
+    def abandon(self) -> None:
+        # Always, even after the program exited: the leader may be gone while its group
+        # lives on, and the leader's pidfd still names the group.
+        self.kill_tree()
+        self.spawned.lifeline.close()
+        if not self.spawned.pidfd.closed:
+            self.spawned.pidfd.wait()

@@ -1,0 +1,139 @@
+"""TreeHandle and start_tree: what Child and AsyncChild share, and where every tree starts.
+
+The one rule this module owns: a tree is started only by :func:`start_tree`, from a checked
+:class:`~tether._kernel.spec.SpawnSpec` and a resolved mode, and a handle reaches its tree
+only through the :class:`~tether._tree.seam.Tree` seam. ``returncode`` is exactly what
+subprocess would report for the program.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from tether._kernel.exit import Exit
+from tether._kernel.pidfd import Pidfd
+from tether._kernel.spawn import clone_spec
+from tether._kernel.spec import SpawnSpec
+from tether._tree.direct import DirectTree
+from tether._tree.guarded import Guard
+from tether._tree.modes import Mode
+from tether._tree.seam import Tree
+
+__all__ = ["TreeHandle", "describe", "start_tree"]
+
+
+def start_tree(
+    spec: SpawnSpec,
+    mode: Mode | None,
+    *,
+    wait_tree: bool = False,
+    cgroup_root: Any = None,
+    foreground: bool = False,
+    await_start: bool = True,
+) -> tuple[Tree, list[int | None]]:
+    """Start ``spec`` contained by ``mode`` (None: no guard). Returns the tree and the
+    parent's ends of its PIPEs (None where a stream is not a PIPE); on error nothing is left
+    open or running."""
+    plan = spec.open_stdio()
+    try:
+        tree: Tree
+        if mode is None:
+            tree = DirectTree(clone_spec(spec, plan.triple))
+        else:
+            tree = Guard.launch(
+                spec, plan.triple, mode=mode, wait_tree=wait_tree, foreground=foreground,
+                cgroup_root_arg=cgroup_root, await_start=await_start,
+            )
+    except BaseException:
+        plan.close_parent_ends()
+        raise
+    finally:
+        plan.close_child_ends()
+    return tree, plan.parent_ends
+
+
+class TreeHandle:
+    """A program and its tree, Popen-style: ``args``, ``pid``, ``pidfd``, ``returncode``,
+    ``exit``, ``contain``, ``poll()`` and the signals."""
+
+    __slots__ = ("_tree", "args", "contain", "returncode")
+
+    def __init__(self, args: Any, tree: Tree, contain: Mode | None) -> None:
+        self.args = args
+        self._tree = tree
+        self.contain = contain
+        self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        """The program's PID (in this process's PID namespace), for logs and humans."""
+        return self._tree.program_pid
+
+    @property
+    def pidfd(self) -> Pidfd:
+        """The program's pidfd (race-free; a guard hands it over with SCM_RIGHTS)."""
+        return self._tree.program
+
+    @property
+    def exit(self) -> Exit | None:
+        """How the program ended, once the tree has ended; None before."""
+        self.poll()
+        return self._tree.outcome()
+
+    def _settle(self) -> int | None:
+        exit_ = self._tree.outcome()
+        if exit_ is not None and self.returncode is None:
+            self.returncode = exit_.returncode
+        return self.returncode
+
+    def poll(self) -> int | None:
+        """The returncode if the tree has ended, else None (never blocks)."""
+        if self.returncode is not None:
+            return self.returncode
+        self._tree.pump()
+        return self._settle()
+
+    def fileno(self) -> int:
+        """An fd that turns readable when the tree has news: poll() it then (for select,
+        poll or an event loop of your own)."""
+        return self._tree.fileno()
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the program (only), through its pidfd. Like Popen, a no-op once the
+        tree has ended."""
+        if self.poll() is not None:
+            return
+        try:
+            self.pidfd.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def signal_tree(self, sig: int) -> None:
+        """Send ``sig`` to every process of the tree; a no-op once it has ended."""
+        if self.poll() is None:
+            self._tree.signal_tree(sig)
+
+    def terminate(self) -> None:
+        """SIGTERM to every process of the tree."""
+        self.signal_tree(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL to every process of the tree."""
+        if self.poll() is None:
+            self._tree.kill_tree()
+
+
+def describe(handle: TreeHandle) -> str:
+    """The state part of a handle's repr: starting, failed to start, running or its Exit."""
+    tree = handle._tree
+    if not tree.started:
+        return f"contain={handle.contain!r} starting"
+    if tree.start_error is not None:
+        return f"contain={handle.contain!r} failed to start"
+    try:
+        exit_ = handle.exit
+    except ChildProcessError:
+        exit_ = None
+    state = "running" if exit_ is None else str(exit_)
+    return f"pid={handle.pid} contain={handle.contain!r} {state}"

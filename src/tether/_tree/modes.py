@@ -1,0 +1,113 @@
+"""Containment modes: which one a caller asked for, which one "auto" means here, and what
+each needs (the guard executable, clone3, a PID namespace the kernel lets us make).
+
+The one rule this module owns: a mode that is asked for and unavailable raises
+:class:`tether.Unsupported` naming what is missing; tether never degrades silently. Probes
+are cached only when their answer cannot change for the life of the process.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Final, Literal, TypeAlias
+
+from tether._kernel import core, features
+from tether._kernel.cgroup import cgroup_unavailable_reason
+from tether._kernel.errors import Unsupported
+from tether._kernel.spawn import clone_spec
+from tether._kernel.spec import SpawnSpec
+
+__all__ = [
+    "GUARD_PATH", "MODES", "Contain", "Mode", "devnull", "forget_probes", "guard_path",
+    "pidns_unavailable_reason", "resolve_mode",
+]
+
+GUARD_PATH: Final = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_kernel", "_guard")
+
+Mode: TypeAlias = Literal["group", "cgroup", "pidns"]
+#: What ``contain=`` takes: a mode, "auto" (the strongest available here) or None (no guard).
+Contain: TypeAlias = Literal["group", "cgroup", "pidns", "auto"] | None
+MODES: Final = ("group", "cgroup", "pidns", "auto", None)
+
+
+def guard_path() -> str:
+    if not os.access(GUARD_PATH, os.X_OK):
+        raise Unsupported(
+            errno.ENOENT,
+            f"the tether guard executable is missing at {GUARD_PATH} (the package build "
+            "compiles it; reinstall tether with a C compiler available)",
+        )
+    return GUARD_PATH
+
+
+# -- containment modes ----------------------------------------------------------------------------
+
+_pidns_probe: dict[bool, str | None] = {}
+
+
+def pidns_unavailable_reason() -> str | None:
+    """None if a guard can be PID 1 of a new PID namespace here, else why not. Probed once
+    (by starting the guard with no arguments in a new namespace: it exits at once)."""
+    unprivileged = os.geteuid() != 0
+    if unprivileged in _pidns_probe:
+        return _pidns_probe[unprivileged]
+    reason: str | None = None
+    try:
+        path = guard_path()
+    except Unsupported as exc:
+        return str(exc)
+    flags = core.CLONE_NEWPID | (core.CLONE_NEWUSER if unprivileged else 0)
+    spec = SpawnSpec(args=[path], argv=(os.fsencode(path),), executable=os.fsencode(path),
+                     env={}, cwd=None, pass_fds=(), stdio=(-1, -1, -1))
+    try:
+        probe = clone_spec(spec, (devnull(), devnull(), devnull()), extra_flags=flags)
+    except Unsupported as exc:
+        reason = str(exc)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EINVAL, errno.ENOSPC, errno.EUSERS):
+            raise
+        what = "user+PID namespaces (CLONE_NEWUSER|CLONE_NEWPID)" if unprivileged else (
+            "PID namespaces (CLONE_NEWPID)")
+        reason = f"{what} are not allowed here: {exc.strerror}"
+    else:
+        probe.lifeline.close()
+        probe.pidfd.wait()
+        probe.pidfd.close()
+    _pidns_probe[unprivileged] = reason
+    return reason
+
+
+def forget_probes() -> None:
+    """Drop the cached probe answers: for a process whose privileges changed (setuid)."""
+    _pidns_probe.clear()
+
+
+_devnull_fd = -1
+
+
+def devnull() -> int:
+    global _devnull_fd
+    if _devnull_fd < 0:
+        _devnull_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    return _devnull_fd
+
+
+def resolve_mode(
+    contain: Contain | str, cgroup_root_arg: str | os.PathLike[str] | None = None
+) -> Mode | None:
+    """Validate ``contain`` and pick the mode for "auto" (the strongest available here:
+    pidns, then cgroup, then group). An explicit mode is checked when the tree is set up."""
+    if contain not in MODES:
+        raise ValueError(
+            f"contain must be one of 'group', 'cgroup', 'pidns', 'auto' or None, not {contain!r}"
+        )
+    if contain != "auto":
+        return contain
+    if features.clone_method() == core.CLONE_CLONE3:
+        if pidns_unavailable_reason() is None:
+            return "pidns"
+        if cgroup_unavailable_reason(cgroup_root_arg) is None:
+            return "cgroup"
+    return "group"

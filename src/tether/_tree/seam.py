@@ -1,0 +1,88 @@
+"""Tree: the one seam between a handle (Child, AsyncChild, run, the CLI) and a process tree.
+
+The one rule this module owns: a handle speaks to its tree only through :class:`Tree`. Two
+backends implement it: ``guarded.Guard`` (a guard process holds the tree: group, cgroup or
+pidns containment) and ``direct.DirectTree`` (``contain=None``: the program is our own
+lifelined child). A new containment mode is a new backend, or a new option of the guard;
+handles never ask which backend they hold.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from tether._kernel.exit import Exit
+from tether._kernel.pidfd import Pidfd
+
+__all__ = ["Tree"]
+
+
+class Tree(Protocol):
+    """One contained process tree, as the process that owns it sees it.
+
+    "Ended" means the program has exited and the tree's policy is done with the rest of it
+    (killed, or waited for); after that no process of the tree is left (within what the
+    containment mode reaches)."""
+
+    @property
+    def program(self) -> Pidfd:
+        """The program's pidfd (waits for the start report if it has not been read yet)."""
+        ...
+
+    @property
+    def program_pid(self) -> int:
+        """The program's PID in this process's namespace, for logs and humans."""
+        ...
+
+    @property
+    def started(self) -> bool:
+        """True once the program's start (or its failure) is known."""
+        ...
+
+    @property
+    def start_error(self) -> OSError | None:
+        """Why the program could not be started (FileNotFoundError, ...), once known."""
+        ...
+
+    def await_start(self) -> None:
+        """Block until the program has exec'd; raise :attr:`start_error` if it could not."""
+        ...
+
+    def check_start(self) -> None:
+        """Raise the start error if the start is known to have failed; never blocks."""
+        ...
+
+    def fileno(self) -> int:
+        """An fd that turns readable when :meth:`pump` has news (a report, or the end)."""
+        ...
+
+    def watch_fd(self) -> int:
+        """An fd that turns readable only once the tree has ended and :meth:`pump` can
+        collect the end without blocking (one wakeup per tree: what an event loop watches)."""
+        ...
+
+    def pump(self, *, stop_at_start: bool = False) -> bool:
+        """Take in whatever the tree has reported, without blocking; True once it has ended.
+        With ``stop_at_start``, read no further than the start report."""
+        ...
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block until the tree has ended (True) or ``timeout`` seconds passed (False)."""
+        ...
+
+    def outcome(self) -> Exit | None:
+        """How the program ended once the tree has ended, None before. Raises
+        ChildProcessError if the guard died before it could report (the tree was ended)."""
+        ...
+
+    def signal_tree(self, sig: int) -> None:
+        """Send ``sig`` to every process of the tree (a no-op once it has ended)."""
+        ...
+
+    def kill_tree(self) -> None:
+        """SIGKILL every process of the tree now."""
+        ...
+
+    def abandon(self) -> None:
+        """End the tree, if it has not ended, and wait until it has (``with`` exit, drop)."""
+        ...
