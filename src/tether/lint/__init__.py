@@ -4,9 +4,9 @@ The runtime counterpart is `tether.enforce()`; this side sees what no audit hook
 pidfd_open, signal handlers, /proc paths built for later) before the code ever runs.
 """
 
-from tether.lint._checker import Finding, check_source
 from tether.lint._cli import main
 from tether.lint._config import ConfigError
+from tether.lint._findings import Finding, check_source
 from tether.lint._project import FileError, LintReport, check_paths
 from tether.lint._rules import RULES, Rule, UnknownRuleError
 

@@ -14,8 +14,8 @@ from importlib.util import decode_source
 from pathlib import Path
 from typing import Final
 
-from tether.lint._checker import Finding, findings_for_tree
 from tether.lint._config import Config, ConfigFinder
+from tether.lint._findings import Finding, findings_for_tree
 
 #: Directory names never walked into: VCS data, caches, build output, installed packages.
 _SKIPPED_DIRECTORIES: Final = frozenset(
