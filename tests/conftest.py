@@ -1,9 +1,12 @@
-"""Shared fixtures: the subreaper oracle, a leak check on every test, and the clone-method
-switch that re-runs the core suites with the legacy clone fallback forced on."""
+"""Shared fixtures: the subreaper oracle (tests/oracle.py), a cgroup directory of this run's
+own, a leak check on every test, and the clone-method switch that re-runs the core suites with
+the legacy clone fallback forced on."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,20 +17,66 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import oracle
 import tether
+from tether._kernel import cgroup as _cgroup
 from tether._kernel import core as _core
 from tether._kernel import features as _features
+
+RUN_CGROUP_PREFIX = "tether-tests-"
+_run_cgroup: dict[str, str | None] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     oracle.become_subreaper()
+    _enter_run_cgroup()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _leave_run_cgroup()
+
+
+def _enter_run_cgroup() -> None:
+    """Point every tree of this run, and of every child it starts, at a cgroup directory of
+    the run's own (TETHER_CGROUP_ROOT). Another tether user of the machine (a second copy of
+    this suite) then never shows up in the leak check's listing: not its live trees, and not
+    a directory it has just made and not yet locked."""
+    if _cgroup.cgroup_unavailable_reason() is not None:
+        return
+    path = os.path.join(_cgroup.cgroup_root(),
+                        f"{RUN_CGROUP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(path, 0o755)
+    _run_cgroup["dir"] = path
+    _run_cgroup["env"] = os.environ.get(_cgroup.ROOT_ENV)
+    os.environ[_cgroup.ROOT_ENV] = path
+
+
+def _leave_run_cgroup() -> None:
+    path = _run_cgroup.pop("dir", None)
+    if path is None:
+        return
+    previous = _run_cgroup.pop("env", None)
+    if previous is None:
+        os.environ.pop(_cgroup.ROOT_ENV, None)
+    else:
+        os.environ[_cgroup.ROOT_ENV] = previous
+    rmdir_cgroup_tree(path)
+
+
+def rmdir_cgroup_tree(path: str) -> None:
+    """rmdir a cgroup directory and the (empty) ones below it, deepest first; one still busy
+    is left as it is (never a reason to fail a run that is over)."""
+    for dirpath, dirnames, _ in os.walk(path, topdown=False):
+        for name in dirnames:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(dirpath, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 def _tether_cgroups() -> set[str]:
-    from tether._kernel.cgroup import PARENT_NAME, cgroup_root, cgroup_unavailable_reason
-
-    if cgroup_unavailable_reason() is not None:
+    """This run's tree directories (``t-*`` below its own cgroup directory)."""
+    if _cgroup.cgroup_unavailable_reason() is not None:
         return set()
-    parent = os.path.join(cgroup_root(), PARENT_NAME)
+    parent = os.path.join(_cgroup.cgroup_root(), _cgroup.PARENT_NAME)
     try:
         return {n for n in os.listdir(parent) if n.startswith("t-")}
     except FileNotFoundError:
@@ -37,7 +86,8 @@ def _tether_cgroups() -> set[str]:
 @pytest.fixture(autouse=True)
 def _no_leaked_descendants(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test must leave no descendant behind (the subreaper oracle, not /proc), and no
-    tree cgroup directory, failing tests included."""
+    tree cgroup directory, failing tests included. The directories listed are this run's
+    only, so every new one is this test's, locked or not (its owners are all gone by now)."""
     cgroups_before = _tether_cgroups()
     yield
     seen = oracle.reap_until(2.0)
@@ -46,18 +96,9 @@ def _no_leaked_descendants(request: pytest.FixtureRequest) -> Iterator[None]:
             f"{request.node.nodeid} left descendants running (still not ECHILD after 2 s; "
             f"reaped meanwhile: {sorted(seen.pids)})"
         )
-    left = {name for name in _tether_cgroups() - cgroups_before if _unowned(name)}
+    left = _tether_cgroups() - cgroups_before
     if left:
         pytest.fail(f"{request.node.nodeid} left cgroup directories: {sorted(left)}")
-
-
-def _unowned(name: str) -> bool:
-    """A tree directory whose lock nobody holds. Our descendants are all gone by now (checked
-    just before), so a directory still locked belongs to another tether user of this machine
-    (a concurrent test run), not to this test."""
-    from tether._kernel.cgroup import PARENT_NAME, cgroup_root
-
-    return oracle.cgroup_locked(os.path.join(cgroup_root(), PARENT_NAME, name)) is False
 
 
 CLONE_METHODS = {"clone3": _core.CLONE_CLONE3, "legacy": _core.CLONE_LEGACY}
@@ -79,7 +120,7 @@ def each_clone_method(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def require_mode(mode: str) -> None:
     from tether._kernel.cgroup import cgroup_unavailable_reason
-    from tether._tree.guarded import pidns_unavailable_reason
+    from tether._tree.modes import pidns_unavailable_reason
 
     if mode == "cgroup":
         why = cgroup_unavailable_reason()

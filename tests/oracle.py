@@ -1,64 +1,95 @@
-"""The kernel oracle the scenario tests trust: a child subreaper.
+"""The kernel oracle every test trusts, the proof suites included: two observers, no /proc scan.
 
-The test process is made a child subreaper (PR_SET_CHILD_SUBREAPER), so every descendant
-orphaned during a test is reparented to it. ``waitid(P_ALL, WEXITED|WNOHANG)`` answering
-ECHILD then means *no descendant is left*, live or zombie, with no /proc scan involved.
-Waiting is driven by SIGCHLD (blocked and taken with sigtimedwait), not by sleeps.
+* **This process, a child subreaper** (``PR_SET_CHILD_SUBREAPER`` through
+  ``tether._kernel.subreaper``, set once by tests/conftest.py): every descendant orphaned
+  during a test is reparented to it, so ``waitid(P_ALL, WEXITED|WNOHANG)`` answering ECHILD
+  means *no descendant is left*, live or zombie. :func:`reap_until` reaps, woken by SIGCHLD
+  (blocked and taken with sigtimedwait), never by a sleep loop; :func:`no_descendants` and
+  :func:`zombie_pending` ask once.
+* **The init of a fresh PID namespace** (:func:`run_as_namespace_init`): a script that runs as
+  PID 1 owns every number of its namespace (the PID-reuse tests force numbers with
+  ``ns_last_pid``), and when it exits the kernel kills whatever is left in it.
+
+Beside them, readings of kernel state this process owns: its own fd table
+(:func:`open_fds`), a cgroup directory's lock and ``cgroup.events`` (:func:`cgroup_locked`,
+:func:`cgroup_populated`).
 """
 
 from __future__ import annotations
 
-import ctypes
+import errno
+import fcntl
 import os
 import signal
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-PR_SET_CHILD_SUBREAPER = 36
+import pytest
 
-_libc = ctypes.CDLL(None, use_errno=True)
+from tether._kernel import core as _core
+from tether._kernel.exit import Exit
+from tether._kernel.spawn import clone_with_stdio
+from tether._kernel.spec import SpawnSpec
+from tether._kernel.subreaper import child_subreaper, set_child_subreaper
+
+# -- the subreaper observer -----------------------------------------------------------------------
 
 
 def become_subreaper() -> None:
-    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    """Make this process a child subreaper: orphans of its descendants come back to it."""
+    set_child_subreaper(True)
+    assert child_subreaper()
 
 
 @dataclass
 class Reaped:
-    """What the oracle saw: pids reaped (with their si_code/si_status), and whether the last
-    answer was ECHILD (no descendant left) and when."""
+    """What the oracle saw: when each pid was reaped (``time.monotonic``) and how it ended
+    (``si_code``, ``si_status``), and whether the last answer was ECHILD (no descendant left,
+    live or zombie) and when that answer came."""
 
-    pids: dict[int, tuple[int, int]] = field(default_factory=dict)
+    at: dict[int, float] = field(default_factory=dict)
+    status: dict[int, tuple[int, int]] = field(default_factory=dict)
     empty: bool = False
-    elapsed: float = 0.0
+    empty_at: float | None = None
+
+    @property
+    def pids(self) -> frozenset[int]:
+        """Every pid reaped so far."""
+        return frozenset(self.status)
 
 
 def _reap_available(seen: Reaped) -> bool:
-    """Reap every exited descendant; True once waitid says ECHILD."""
+    """Reap every exited descendant into ``seen``; True once waitid says ECHILD."""
     while True:
         try:
             res = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
         except ChildProcessError:
+            seen.empty = True
+            seen.empty_at = time.monotonic()
             return True
         if res is None or res.si_pid == 0:
+            seen.empty = False
             return False
-        seen.pids[res.si_pid] = (res.si_code, res.si_status)
+        seen.at[res.si_pid] = time.monotonic()
+        seen.status[res.si_pid] = (res.si_code, res.si_status)
 
 
-def reap_until(timeout: float, *, until_pid: int | None = None) -> Reaped:
-    """Reap descendants until none is left (ECHILD), or until ``until_pid`` has been reaped,
-    or until ``timeout`` seconds passed. Returns what was seen."""
-    seen = Reaped()
-    start = time.monotonic()
-    deadline = start + timeout
+def reap_until(
+    timeout: float,
+    *,
+    stop: Callable[[Reaped], bool] | None = None,
+    into: Reaped | None = None,
+) -> Reaped:
+    """Reap descendants until none is left (ECHILD), ``stop(seen)`` is true, or ``timeout``
+    seconds passed; return what was seen (added to ``into`` if given). One look is always
+    taken, even with a timeout that is already over (zero or negative)."""
+    seen = into if into is not None else Reaped()
+    deadline = time.monotonic() + timeout
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:
         while True:
-            seen.empty = _reap_available(seen)
-            seen.elapsed = time.monotonic() - start
-            if seen.empty or (until_pid is not None and until_pid in seen.pids):
+            if _reap_available(seen) or (stop is not None and stop(seen)):
                 return seen
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -73,11 +104,53 @@ def no_descendants() -> bool:
     return _reap_available(Reaped())
 
 
+def zombie_pending() -> bool:
+    """True if a child of ours has exited and nobody reaped it (WNOWAIT: nothing is reaped)."""
+    try:
+        res = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return res is not None and res.si_pid != 0
+
+
+# -- the namespace observer -----------------------------------------------------------------------
+
+
+def run_as_namespace_init(
+    argv: Sequence[str], *, env: Mapping[str, str]
+) -> tuple[Exit, bytes]:
+    """Run ``argv`` as PID 1 of a fresh PID namespace; return how it ended and its stdout.
+
+    Skips the test where this process may not make one (it needs root: CLONE_NEWPID, and
+    writing ``ns_last_pid`` inside it). The init is started with the clone method in force;
+    CLONE_NEWPID needs clone3, so a caller that forced the legacy fallback resets it first."""
+    if os.geteuid() != 0:
+        pytest.skip("a PID namespace of our own (CLONE_NEWPID, ns_last_pid) needs root")
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        init = clone_with_stdio(SpawnSpec.build(list(argv), env=dict(env), stdout=w),
+                                extra_flags=_core.CLONE_NEWPID)
+    except OSError as exc:
+        os.close(r)
+        if exc.errno in (errno.EPERM, errno.EINVAL):
+            pytest.skip(f"no PID namespace here: {exc}")
+        raise
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    exit_ = init.pidfd.wait()
+    init.lifeline.close()
+    init.pidfd.close()
+    return exit_, out
+
+
+# -- kernel state this process owns ---------------------------------------------------------------
+
+
 def open_fds() -> set[int]:
     """The fd numbers open in this process (our own fd table, not another process's state).
     The listing's own directory fd is closed by the time we check each entry, so it drops."""
-    import fcntl
-
     out = set()
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -92,8 +165,6 @@ def open_fds() -> set[int]:
 def cgroup_locked(path: str) -> bool | None:
     """Whether someone holds a tether cgroup directory's flock (a live tether parent or guard
     owns it); None if the directory is gone."""
-    import fcntl
-
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -105,3 +176,13 @@ def cgroup_locked(path: str) -> bool | None:
     finally:
         os.close(fd)  # releases the lock we may have taken
     return False
+
+
+def cgroup_populated(path: str) -> bool:
+    """Whether a cgroup (or one below it) has a live member, as its ``cgroup.events`` says;
+    False if the directory is gone."""
+    try:
+        with open(os.path.join(path, "cgroup.events"), encoding="ascii") as f:
+            return "populated 1" in f.read()
+    except FileNotFoundError:
+        return False

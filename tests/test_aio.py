@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -20,6 +19,7 @@ import pytest
 import oracle
 import tether
 import tether.aio as aio
+from tether._tree.aiopipes import AsyncPipes
 
 PY = sys.executable
 PIPE = subprocess.PIPE
@@ -41,6 +41,39 @@ def _fds() -> set[int]:
 
 def _completed(cp: subprocess.CompletedProcess[Any]) -> tuple[Any, ...]:
     return (cp.args, cp.returncode, cp.stdout, cp.stderr)
+
+
+# -- barriers: what a test waits for before it acts, instead of sleeping "long enough" ------------
+
+
+def _suspended_in(task: asyncio.Task[Any], where: Callable[..., Any]) -> bool:
+    """True if ``task`` is suspended on a future somewhere inside the coroutine function
+    ``where`` (its await chain, read through the coroutines' own ``cr_await``)."""
+    codes = []
+    awaited: Any = task.get_coro()
+    while hasattr(awaited, "cr_await"):
+        codes.append(awaited.cr_code)
+        awaited = awaited.cr_await
+    return awaited is not None and where.__code__ in codes
+
+
+async def blocked_in(task: asyncio.Task[Any], where: Callable[..., Any]) -> None:
+    """Give the loop turns until ``task`` is really blocked in ``where`` (e.g. the tree wait
+    of AsyncChild), so that what the test does next happens while the task waits there."""
+    while not _suspended_in(task, where):
+        assert not task.done(), f"the task ended before it blocked in {where.__qualname__}"
+        await asyncio.sleep(0)
+
+
+async def readable(fd: int) -> None:
+    """Until ``fd`` is readable (a child wrote to it, or closed it), in the loop's selector."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
 
 
 # -- run(): parity with tether.run ----------------------------------------------------------------
@@ -137,14 +170,13 @@ def test_spawn_awaits_the_start_in_the_loop_without_blocking_it(
     assert arun(main()) > 0
 
 
+@pytest.mark.timeout(60)
 def test_timeout_zero_ends_the_tree_on_sigterm_alone(mode: str) -> None:
     # aio.run does not await the guard's start report: with timeout=0 the SIGTERM is sent
     # while the guard may still be starting the program; it must still reach it (grace=None:
-    # no SIGKILL comes to the rescue, a lost SIGTERM means waiting out the sleep).
-    start = time.monotonic()
+    # no SIGKILL comes to the rescue, a lost SIGTERM means waiting out the sleep: a hang).
     with pytest.raises(tether.TimeoutExpired):
-        arun(aio.run(["sleep", "30"], timeout=0, grace=None, contain=mode))
-    assert time.monotonic() - start < 10
+        arun(aio.run(["sleep", "300"], timeout=0, grace=None, contain=mode))
     assert oracle.no_descendants()
 
 
@@ -174,11 +206,10 @@ def test_run_leaks_no_fd() -> None:
 
 
 def test_background_holder_of_stdout_is_no_false_timeout() -> None:
-    # subprocess.run would wait for the sleeping grandchild's copy of stdout and time out.
-    start = time.monotonic()
-    cp = arun(aio.run(["sh", "-c", "sleep 30 & echo hi"], capture_output=True, timeout=5))
+    # subprocess.run would wait for the sleeping grandchild's copy of stdout and time out:
+    # TimeoutExpired after 5 s, here a CompletedProcess.
+    cp = arun(aio.run(["sh", "-c", "sleep 300 & echo hi"], capture_output=True, timeout=5))
     assert (cp.returncode, cp.stdout) == (0, b"hi\n")
-    assert time.monotonic() - start < 5
     assert oracle.no_descendants()
 
 
@@ -193,13 +224,13 @@ def test_timeout_ends_the_tree_and_carries_partial_output(mode: str) -> None:
     assert oracle.no_descendants()
 
 
+@pytest.mark.timeout(60)
 def test_timeout_escalates_to_sigkill_after_grace() -> None:
+    # The program ignores SIGTERM and never ends: without the SIGKILL after the grace, a hang.
     script = "trap '' TERM; echo up; while :; do sleep 0.05; done"
-    start = time.monotonic()
     with pytest.raises(tether.TimeoutExpired) as info:
         arun(aio.run(["sh", "-c", script], stdout=PIPE, timeout=0.3, grace=0.2))
     assert info.value.output == b"up\n"
-    assert time.monotonic() - start < 5
     assert oracle.no_descendants()
 
 
@@ -302,8 +333,13 @@ def test_contain_none_is_watched_through_the_programs_pidfd() -> None:
 
 def test_two_waiters_get_the_same_returncode() -> None:
     async def main() -> list[int]:
-        child = await aio.spawn(["sh", "-c", "sleep 0.1; exit 6"])
-        return list(await asyncio.gather(child.wait(), child.wait()))
+        async with await aio.spawn(["sh", "-c", "read x; exit 6"], stdin=PIPE) as child:
+            assert child.stdin is not None
+            waiters = [asyncio.create_task(child.wait()) for _ in range(2)]
+            for waiter in waiters:
+                await blocked_in(waiter, aio.AsyncChild._wait_tree)
+            child.stdin.close()  # both wait now; the program reads EOF and exits
+            return list(await asyncio.gather(*waiters))
 
     assert arun(main()) == [6, 6]
 
@@ -315,7 +351,7 @@ def test_guard_killed_before_reporting_raises_child_process_error() -> None:
             assert child.stdout is not None
             assert await child.stdout.readline() == b"up\n"
             # Only a test reaches for the guard: kill it before it can report.
-            child._child._backend.spawned.pidfd.send_signal(signal.SIGKILL)
+            child._tree.spawned.pidfd.send_signal(signal.SIGKILL)
             with pytest.raises(ChildProcessError):
                 await child.wait()
             assert child.returncode is None
@@ -334,7 +370,7 @@ async def _cancel_while(
     assert child.stdout is not None
     assert await child.stdout.readline() == b"up\n"
     task = asyncio.create_task(await_it(child))
-    await asyncio.sleep(0.05)
+    await blocked_in(task, aio.AsyncChild._wait_tree)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -366,7 +402,8 @@ def test_cancelling_a_waiter_on_a_bare_child_kills_its_group() -> None:
 def test_cancelling_spawn_while_it_connects_the_pipes_leaves_nothing() -> None:
     async def main() -> None:
         task = asyncio.create_task(aio.spawn(TREE, stdin=PIPE, stdout=PIPE, stderr=PIPE))
-        await asyncio.sleep(0)  # spawned; now awaiting the pipe transports
+        # Spawned; now awaiting the pipe transports.
+        await blocked_in(task, AsyncPipes.connect)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -378,15 +415,22 @@ def test_cancelling_spawn_while_it_connects_the_pipes_leaves_nothing() -> None:
 
 
 def test_cancelling_run_kills_and_reaps_the_tree_first(mode: str) -> None:
-    async def main() -> None:
-        task = asyncio.create_task(aio.run(TREE, capture_output=True, contain=mode))
-        await asyncio.sleep(0.3)
+    async def main(up_r: int, up_w: int) -> None:
+        # The tree says "up" on a pipe of the test's (its stderr is still run()'s to collect).
+        task = asyncio.create_task(aio.run(TREE, stdout=up_w, stderr=PIPE, contain=mode))
+        await readable(up_r)  # the whole tree runs
+        await blocked_in(task, aio.AsyncChild._wait_tree)  # and run() waits for its end
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert oracle.no_descendants()
 
-    arun(main())
+    up_r, up_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        arun(main(up_r, up_w))
+    finally:
+        os.close(up_r)
+        os.close(up_w)
 
 
 def test_asyncio_timeout_around_communicate_kills_the_tree() -> None:
@@ -407,10 +451,10 @@ def test_a_second_cancel_during_the_reap_does_not_leave_the_tree() -> None:
         assert child.stdout is not None
         await child.stdout.readline()
         task = asyncio.create_task(child.wait())
-        await asyncio.sleep(0.05)
+        await blocked_in(task, aio.AsyncChild._wait_tree)
         task.cancel()
-        await asyncio.sleep(0)  # the task is now inside its kill-and-reap
-        task.cancel()
+        await blocked_in(task, aio.AsyncChild._kill_and_reap)
+        assert task.cancel(), "the task left its kill-and-reap before the second cancel"
         with pytest.raises(asyncio.CancelledError):
             await task
         assert oracle.no_descendants()
@@ -448,7 +492,8 @@ def test_many_concurrent_children_on_one_loop_are_all_reaped_with_their_codes() 
         finally:
             os.close(r)
         tasks = [asyncio.create_task(c.wait()) for c in children]
-        await asyncio.sleep(0.1)
+        for task in tasks:
+            await blocked_in(task, aio.AsyncChild._wait_tree)
         os.close(w)
         return await asyncio.gather(*tasks)
 
@@ -471,7 +516,7 @@ def test_nothing_runs_in_a_helper_thread_and_no_child_watcher_is_attached() -> N
         loop = asyncio.get_running_loop()
         child = await aio.spawn(["sh", "-c", "read x; exit 3"], stdin=PIPE, stdout=PIPE)
         waiter = asyncio.create_task(child.communicate(b"go\n"))
-        await asyncio.sleep(0.05)
+        await blocked_in(waiter, aio.AsyncChild._wait_tree)
         assert threading.active_count() == threads_before  # while awaiting
         assert await waiter == (b"", None)
         assert (await aio.run(["sh", "-c", "exit 2"])).returncode == 2
@@ -518,10 +563,15 @@ def test_signals_iterator_stops_once_closed() -> None:
 
 
 def test_closing_signals_while_a_task_awaits_them_ends_its_iteration() -> None:
+    async def first(sigs: aio.Signals) -> tether.SignalInfo | None:
+        async for info in sigs:
+            return info
+        return None
+
     async def main() -> list[tether.SignalInfo]:
         sigs = aio.signals(signal.SIGUSR2)
-        task = asyncio.create_task(anext(sigs, None))
-        await asyncio.sleep(0.01)
+        task = asyncio.create_task(first(sigs))
+        await blocked_in(task, aio.Signals._readable)  # waiting in the selector on the signalfd
         sigs.close()
         assert await task is None
         return [info async for info in sigs]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -12,7 +11,6 @@ import pytest
 
 import oracle
 import tether
-from tether._tree.guarded import Guard
 
 PY = sys.executable
 
@@ -179,132 +177,6 @@ def test_program_pidfd_is_race_free_and_observes_exit(mode: str) -> None:
         assert child.pidfd.poll() == tether.Exit(code=None, signal=9)
 
 
-def test_program_pidfd_handed_over_by_the_guard_is_close_on_exec(mode: str) -> None:
-    # Received over SCM_RIGHTS: without MSG_CMSG_CLOEXEC it would leak into every program
-    # this process later execs (socket.recv_fds does not ask for it).
-    with tether.spawn(["sleep", "300"], contain=mode) as child:
-        assert fcntl.fcntl(child.pidfd.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC
-        child.kill()
-
-
-_PIDFD_DROPPED = """
-import ctypes, errno, os, resource, sys
-import tether
-from tether._tree.child import spawn
-# A subreaper: whatever the guard leaves behind comes back to us, and ECHILD below proves
-# that nothing did.
-ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-tether.run(["true"], contain=sys.argv[1])  # lazy state first
-before = sorted(os.listdir("/proc/self/fd"))
-child = spawn(["sleep", "300"], contain=sys.argv[1], _await_start=False)
-fillers = []
-try:  # no free fd left when the guard's start report (with the program's pidfd) is read
-    while True:
-        fillers.append(os.dup(0))
-except OSError:
-    pass
-try:
-    child.wait()
-except OSError as exc:
-    print("raised", errno.errorcode[exc.errno])
-try:
-    os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
-    print("descendants left")
-except ChildProcessError:
-    print("tree gone")
-for fd in fillers:
-    os.close(fd)
-del child
-print("fds", "same" if sorted(os.listdir("/proc/self/fd")) == before else "leaked")
-"""
-
-
-def test_program_pidfd_dropped_at_the_fd_limit_ends_the_tree_and_raises(
-        mode: str, python_env: dict[str, str]) -> None:
-    # The kernel drops an SCM_RIGHTS fd it cannot install (MSG_CTRUNC). The tree must then
-    # be ended (it is no longer ours to hold) and waiting must raise, with nothing leaked.
-    result = tether.run([PY, "-c", _PIDFD_DROPPED, mode], env=python_env,
-                        capture_output=True, text=True, timeout=60, wait_tree=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:3] == ["raised EMFILE", "tree gone", "fds same"]
-    assert oracle.no_descendants()
-
-
-def test_a_signal_sent_before_the_start_is_read_reaches_the_program(mode: str) -> None:
-    # The guard reads its control socket only once the program runs; a tree signal sent
-    # before the parent has even read the start report must not be lost.
-    from tether._tree.child import spawn
-
-    with spawn(["sleep", "30"], contain=mode, _await_start=False) as child:
-        backend = child._backend
-        assert isinstance(backend, Guard) and not backend.started
-        backend.signal_tree(signal.SIGTERM)
-        assert child.wait(timeout=10) == -signal.SIGTERM
-
-
-def test_a_report_queued_behind_an_unread_command_is_still_read(
-        mode: str, junk_program: str) -> None:
-    # A guard that exits with a command of ours unread makes the kernel report ECONNRESET
-    # once, ahead of the reports still queued: that is not the guard dying unreported. Here
-    # the command is sent before the guard can have failed the exec (it never reads it).
-    from tether._tree.child import spawn
-
-    for _ in range(5):
-        with spawn([junk_program], contain=mode, _await_start=False) as child:
-            assert isinstance(child._backend, Guard)
-            child._backend.signal_tree(signal.SIGTERM)
-            with pytest.raises(FileNotFoundError):
-                child.wait(timeout=10)
-    assert oracle.no_descendants()
-
-
-def test_a_lost_report_of_a_finished_tree_is_recovered_from_the_kernel(mode: str) -> None:
-    # If the guard's final report never reaches us although the guard finished its work
-    # (it exits 0 only then), the program's status comes from its pidfd (PIDFD_INFO_EXIT),
-    # not a "guard died" error. The test steals the report off the socket to lose it.
-    with tether.spawn(["sh", "-c", "exit 7"], contain=mode) as child:
-        backend = child._backend
-        assert isinstance(backend, Guard)
-        try:
-            child.pidfd.info()
-        except tether.Unsupported as exc:
-            pytest.skip(f"PIDFD_GET_INFO is not available here: {exc}")
-        stolen = backend.sock.recv(16)  # blocks until the guard reports
-        assert len(stolen) == 16
-        assert child.wait(timeout=10) == 7
-        assert not backend.dead and backend.exit == tether.Exit(code=7, signal=None)
-    assert oracle.no_descendants()
-
-
-def test_an_interrupt_while_a_failed_start_is_cleaned_up_leaks_nothing(
-        monkeypatch: pytest.MonkeyPatch, junk_program: str) -> None:
-    # Ctrl-C inside the reap of a guard whose program could not start: launch() must still
-    # close the control socket and the guard's pidfd, and reap the guard.
-    from tether._tree import guarded as _guard
-
-    tether.run(["true"])
-    before = oracle.open_fds()
-    real = _guard._reap_quietly
-    calls = 0
-
-    def interrupted_once(pidfd: object) -> object:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise KeyboardInterrupt
-        return real(pidfd)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_guard, "_reap_quietly", interrupted_once)
-    with pytest.raises(KeyboardInterrupt) as info:
-        tether.spawn([junk_program])
-    # Checked while the traceback (and so the Guard) is still alive: nothing left to the GC.
-    assert oracle.open_fds() == before
-    assert calls == 2
-    del info
-    assert oracle.no_descendants()
-
-
 def test_child_has_no_public_constructor() -> None:
     with pytest.raises(TypeError):
         tether.Child()
@@ -363,7 +235,7 @@ def test_bare_with_block_ends_the_group_after_the_leader_exited() -> None:
 def test_with_block_closes_pipes_even_if_the_guard_was_killed() -> None:
     child = tether.spawn(["sleep", "300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     with child:
-        child._backend.spawned.pidfd.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+        child._tree.spawned.pidfd.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
     assert child.stdout is not None and child.stdout.closed
     assert child.stderr is not None and child.stderr.closed
     assert oracle.reap_until(1.0).empty

@@ -48,7 +48,6 @@ def test_parent_sigkill_leaves_no_descendant(mode: str, python_env: dict[str, st
     parent, _ = _start_parent(mode, "sleep 300 & sleep 300", python_env)
     result = _kill_parent_and_check_tree_gone(parent)
     assert result.empty, f"{mode}: descendants left 1 s after the parent's SIGKILL"
-    print(f"{mode}: tree empty {result.elapsed * 1000:.2f} ms after the parent died")
 
 
 DAEMON = "setsid sh -c 'sleep 300 & exit 0' & sleep 300"
@@ -118,7 +117,7 @@ def test_stale_cgroup_directory_is_swept_by_the_next_start() -> None:
 
 def test_auto_picks_the_strongest_available_mode() -> None:
     from tether._kernel.cgroup import cgroup_unavailable_reason
-    from tether._tree.guarded import pidns_unavailable_reason, resolve_mode
+    from tether._tree.modes import pidns_unavailable_reason, resolve_mode
 
     expected = "pidns" if pidns_unavailable_reason() is None else (
         "cgroup" if cgroup_unavailable_reason() is None else "group")
@@ -136,7 +135,7 @@ def test_pidns_unprivileged_maps_the_caller_to_itself() -> None:
     import shutil
     import tempfile
 
-    from tether._tree import guarded as _guard
+    from tether._tree import modes as _guard
 
     guard_dir = tempfile.mkdtemp(prefix="tether-guard-")  # under /tmp: reachable by any uid
     os.chmod(guard_dir, 0o755)
@@ -156,7 +155,7 @@ def test_pidns_unprivileged_maps_the_caller_to_itself() -> None:
 
         ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
         _guard.GUARD_PATH = guard_copy  # type: ignore[misc]
-        _guard._pidns_probe.clear()
+        _guard.forget_probes()
         why = _guard.pidns_unavailable_reason()
         if why is not None:
             os.write(w, f"unavailable {why}".encode())

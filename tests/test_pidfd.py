@@ -3,7 +3,6 @@ state in repr, info(), and PID reuse that can never misdirect a signal."""
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import subprocess
@@ -12,10 +11,9 @@ import threading
 
 import pytest
 
+import oracle
 import tether
-from tether._kernel import core as _core
 from tether._kernel import features as _features
-from tether._kernel.spawn import _spawn
 
 pytestmark = pytest.mark.usefixtures("each_clone_method")
 
@@ -155,8 +153,6 @@ def test_process_group_signal_reaches_the_whole_group() -> None:
         pytest.skip("PIDFD_SIGNAL_PROCESS_GROUP needs Linux 6.9")
     assert s.pidfd.wait().signal == signal.SIGKILL
     # The two sleeps were in the group: they die too and come back to the subreaper.
-    import oracle
-
     assert oracle.reap_until(1.0).empty
 
 
@@ -194,27 +190,13 @@ newcomer.pidfd.wait()
 def test_stale_handle_never_reaches_a_process_that_reused_the_pid(
     python_env: dict[str, str], each_clone_method: str
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("forcing PID reuse needs CLONE_NEWPID and ns_last_pid (root)")
-    r, w = os.pipe()
     # The namespace's init needs clone3 (CLONE_NEWPID); the spawns inside it use the method
     # under test.
     _features.force_clone_method(None)
-    try:
-        ns_init = _spawn(
-            [PY, "-c", REUSE, each_clone_method],
-            env=python_env, cwd=None, stdin=None, stdout=w, stderr=None,
-            pass_fds=(), process_group=True, extra_flags=_core.CLONE_NEWPID,
-        )
-    except OSError as exc:
-        if exc.errno in (errno.EPERM, errno.EINVAL):
-            pytest.skip(f"no PID namespace here: {exc}")
-        raise
-    finally:
-        os.close(w)
-    with os.fdopen(r) as f:
-        report = dict(line.split() for line in f)
-    assert ns_init.pidfd.wait().code == 0
+    exit_, out = oracle.run_as_namespace_init([PY, "-c", REUSE, each_clone_method],
+                                              env=python_env)
+    assert exit_.code == 0, out
+    report = dict(line.split() for line in out.decode().splitlines())
     assert report == {
         "same-number": "True",
         "stale-handle": "refused",

@@ -92,8 +92,10 @@ def test_timeout_ends_the_tree_and_carries_partial_output() -> None:
     assert isinstance(info.value, tether.TimeoutExpired)
     assert info.value.output == b"partial\n"
     assert info.value.timeout == timeout
-    # Bounded, not a benchmark: subprocess.run would block here for 300 s.
-    assert elapsed < timeout + grace + 2.0
+    # The behaviour itself, not a hang check: run() returns at the deadline plus the grace
+    # although the program ignores SIGTERM and its sleeps hold the pipes (subprocess.run
+    # would block here for 300 s). Generous bound: only "not when the tree ends by itself".
+    assert elapsed < timeout + grace + 30.0
     assert oracle.reap_until(1.0).empty
 
 

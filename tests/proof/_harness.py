@@ -1,10 +1,8 @@
 """Shared machinery of the proof suites.
 
 * sizes: smoke by default, full with ``TETHER_FULL=1``;
-* the timed oracle: the test process is a child subreaper (tests/conftest.py), so every
-  orphaned descendant comes back to it; :func:`reap` reaps with a timestamp per process and
-  says when ``waitid(P_ALL)`` answered ECHILD (no descendant left, live or zombie), woken by
-  SIGCHLD (sigtimedwait), never by a sleep loop;
+* the oracle is tests/oracle.py, the one every test uses (the subreaper and namespace
+  observers); nothing here judges whether a process is left;
 * the pen: a private cgroup v2 directory per test. Every process a proof test starts (the
   parents under attack, and whatever a deliberately broken spawner makes) is started *into*
   it (CLONE_INTO_CGROUP), and tether's own per-tree directories go below it
@@ -18,7 +16,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
@@ -26,16 +23,17 @@ import math
 import os
 import secrets
 import select
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 import tether
+from conftest import rmdir_cgroup_tree
+from oracle import Reaped, cgroup_populated, reap_until
 from tether._kernel import cgroup as _cgroup
-from tether._kernel.spawn import _spawn
+from tether._kernel.spawn import clone_with_stdio
+from tether._kernel.spec import SpawnSpec
 
 FULL: Final = os.environ.get("TETHER_FULL", "") not in ("", "0")
 PY: Final = sys.executable
@@ -91,71 +89,7 @@ def ms_summary(seconds: Sequence[float]) -> str:
             f" ms, max {max(seconds) * 1e3:.2f} ms")
 
 
-# -- the timed oracle ----------------------------------------------------------------------------
-
-
-@dataclass
-class Reaped:
-    """What the oracle saw: when each pid was reaped (time.monotonic), how it ended
-    (si_code, si_status), and whether the last answer was ECHILD (and when)."""
-
-    at: dict[int, float] = field(default_factory=dict)
-    status: dict[int, tuple[int, int]] = field(default_factory=dict)
-    empty: bool = False
-    empty_at: float | None = None
-
-
-def reap(
-    deadline: float, *, stop: Callable[[Reaped], bool] | None = None, into: Reaped | None = None
-) -> Reaped:
-    """Reap descendants until ECHILD (none left), ``stop(seen)`` is true, or the monotonic
-    ``deadline`` passed. One more look is always taken after the deadline."""
-    seen = into if into is not None else Reaped()
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-    try:
-        while True:
-            while True:
-                try:
-                    res = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
-                except ChildProcessError:
-                    seen.empty = True
-                    seen.empty_at = time.monotonic()
-                    return seen
-                if res is None or res.si_pid == 0:
-                    break
-                seen.at[res.si_pid] = time.monotonic()
-                seen.status[res.si_pid] = (res.si_code, res.si_status)
-            seen.empty = False
-            if stop is not None and stop(seen):
-                return seen
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return seen
-            signal.sigtimedwait({signal.SIGCHLD}, remaining)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def zombie_pending() -> bool:
-    """True if a child of ours has exited and nobody reaped it (WNOWAIT: nothing is reaped)."""
-    try:
-        res = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return False
-    return res is not None and res.si_pid != 0
-
-
-def open_fds() -> set[int]:
-    """The fds open in this process (the listing's own fd drops out: it is closed by then)."""
-    out = set()
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        try:
-            fcntl.fcntl(fd, fcntl.F_GETFD)
-        except OSError:
-            continue
-        out.add(fd)
-    return out
+# -- resident memory ----------------------------------------------------------------------------
 
 
 def rss_bytes() -> int:
@@ -197,7 +131,7 @@ class Pen:
         try:
             return cls(path)
         except BaseException:
-            _rmdir_tree(path)
+            rmdir_cgroup_tree(path)
             raise
 
     def _new_run(self) -> None:
@@ -240,10 +174,9 @@ class Pen:
         """spawn_lifelined, started directly inside the pen (CLONE_INTO_CGROUP)."""
         if self._killed:
             self._new_run()
-        return _spawn(
-            argv, env=env, cwd=None, stdin=stdin, stdout=stdout, stderr=stderr,
-            pass_fds=pass_fds, process_group=True, cgroup_fd=self.fd,
-        )
+        spec = SpawnSpec.build(argv, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
+                               pass_fds=pass_fds)
+        return clone_with_stdio(spec, cgroup_fd=self.fd)
 
     def kill(self) -> None:
         """SIGKILL everything in the pen and below (cgroup.kill): the cleanup, never a verdict."""
@@ -255,7 +188,7 @@ class Pen:
         if self.populated():
             self.kill()
             wait_unpopulated(self.path, timeout)
-        seen = reap(time.monotonic() + timeout)
+        seen = reap_until(timeout)
         _cgroup.sweep(self.trees)
         return seen
 
@@ -264,7 +197,7 @@ class Pen:
             self.clean()
         finally:
             os.close(self.fd)
-            _rmdir_tree(self.path)
+            rmdir_cgroup_tree(self.path)
 
 
 def _write(path: str, text: str) -> None:
@@ -275,27 +208,9 @@ def _write(path: str, text: str) -> None:
         os.close(fd)
 
 
-def cgroup_populated(path: str) -> bool:
-    try:
-        with open(os.path.join(path, "cgroup.events"), encoding="ascii") as f:
-            return "populated 1" in f.read()
-    except FileNotFoundError:
-        return False
-
-
 def wait_unpopulated(path: str, timeout: float) -> bool:
     """Wait for ``populated 0`` (the library's own cgroup.events wait)."""
     return _cgroup.wait_events(path, b"populated 0", timeout)
-
-
-def _rmdir_tree(path: str) -> None:
-    """rmdir a cgroup directory and the (empty) ones below it, deepest first."""
-    for dirpath, dirnames, _ in os.walk(path, topdown=False):
-        for name in dirnames:
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(os.path.join(dirpath, name))
-    with contextlib.suppress(FileNotFoundError):
-        os.rmdir(path)
 
 
 # -- line-oriented reports from children -----------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Proof-suite fixtures: the ``proof`` marker (``-m proof`` / ``-m 'not proof'``), the pen (a
-private cgroup that every process of a proof test starts in, killed at teardown), and the
-suites' numbers in the terminal summary. tests/conftest.py applies here too: the subreaper
-oracle, and the leak check after every test."""
+"""Proof-suite fixtures: the ``proof`` marker (``-m proof`` / ``-m 'not proof'``), a longer
+hang timeout at full size, the pen (a private cgroup that every process of a proof test starts
+in, killed at teardown), and the suites' numbers in the terminal summary. tests/conftest.py
+applies here too: the subreaper oracle (tests/oracle.py), and the leak check after every
+test."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ import pytest
 from ._harness import FULL, RESULTS, Pen, PenUnavailable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The smoke sizes fit the suite-wide pytest-timeout (pyproject.toml). TETHER_FULL=1 runs
+# 10-50x more trials per test (the soak took 395 s in the last full run, docs/proof.md), so
+# each proof test then gets an hour before it counts as hung.
+FULL_TIMEOUT_S = 3600
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -25,6 +30,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if str(item.path).startswith(HERE + os.sep):
             item.add_marker(pytest.mark.proof)
+            if FULL and item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(FULL_TIMEOUT_S))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

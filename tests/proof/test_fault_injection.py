@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 
 import tether
-from oracle import cgroup_locked
+from oracle import cgroup_locked, cgroup_populated, reap_until
 
 from ._harness import (
     FULL,
@@ -46,11 +46,9 @@ from ._harness import (
     Lines,
     Marker,
     Pen,
-    cgroup_populated,
     ms_summary,
     percentile,
     python_env,
-    reap,
     record,
     report_pipe,
     size,
@@ -101,8 +99,8 @@ def around(owner, name, before=None, after=None):
 
 
 around(_core, "spawn", "clone", "cloned")
-around(_spawn, "_new_lifeline", None, "lifeline")
-around(_fork, "_new_lifeline", None, "lifeline")
+around(_spawn, "new_lifeline", None, "lifeline")
+around(_fork, "new_lifeline", None, "lifeline")
 around(_cgroup, "_sweep_once", "sweep", "swept")
 around(_guard.Guard, "await_start", "guard-spawned", "guard-started")
 around(_guard, "_reap_quietly", "guard-reap")
@@ -331,7 +329,7 @@ def run_trial(
         if exit_.signal != signal.SIGKILL:
             trial.problems.append(f"the parent ended by itself ({exit_}): "
                                   f"{log.read_text()[-2000:]}")
-        seen = reap(t0 + GUARANTEE_S)
+        seen = reap_until(t0 + GUARANTEE_S - time.monotonic())
         trial.landed = markers[-1].name if markers else ""
         if seen.empty and seen.empty_at is not None:
             trial.empty_after = max(0.0, seen.empty_at - t0)

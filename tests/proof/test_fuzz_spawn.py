@@ -22,7 +22,6 @@ import math
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tether
+from oracle import open_fds, reap_until
 
-from ._harness import Pen, open_fds, reap, record, size
+from ._harness import Pen, record, size
 
 
 class Token(str):
@@ -326,7 +326,7 @@ def judge(spawners: Spawners, s: Spec, tmp: Path, report: FuzzReport) -> None:
                         f"{s.api}: ran but returned {code}, expected {want}", example))
     finally:
         report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
-    seen = reap(time.monotonic() + 2.0)
+    seen = reap_until(2.0)
     if not seen.empty:
         report.violations.append(Violation(f"{s.api}: a process was left behind", example))
         spawners.pen.clean()

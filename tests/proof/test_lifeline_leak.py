@@ -35,6 +35,8 @@ from typing import Any
 
 import pytest
 
+from oracle import reap_until
+
 from ._harness import (
     FD_TABLE_FN,
     PY,
@@ -43,7 +45,6 @@ from ._harness import (
     ms_summary,
     percentile,
     python_env,
-    reap,
     record,
     report_pipe,
     size,
@@ -263,7 +264,7 @@ def run_round(
         aware |= {x["pid"] for x in rifs} | guards
         rnd.children, rnd.siblings = len(aware), len(siblings)
 
-        seen = reap(t0 + 1.0, stop=lambda s: aware <= set(s.at))
+        seen = reap_until(t0 + 1.0 - time.monotonic(), stop=lambda s: aware <= s.pids)
         for pid in sorted(aware):
             if pid in seen.at:
                 rnd.latencies[pid] = seen.at[pid] - t0
@@ -283,7 +284,7 @@ def run_round(
         parent.lifeline.close()
         os.close(sib_w)  # now the kept siblings go
         sib_w = -1
-        done = reap(time.monotonic() + 2.0, into=seen)
+        done = reap_until(2.0, into=seen)
         if not done.empty:
             rnd.problems.append("descendants left 2 s after the siblings were released")
             pen.clean()

@@ -18,14 +18,11 @@ the broken "handle" every suite must catch: every signal is misdirected.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 
 import pytest
 
-from tether._kernel import core as _core
-from tether._kernel.spawn import _spawn
+from oracle import run_as_namespace_init
 
 from ._harness import PY, python_env, record, size
 
@@ -107,27 +104,8 @@ print(json.dumps(out))
 
 def check_reuse(strategy: str, trials: int) -> dict[str, object]:
     """Run ``trials`` forced reuses with ``strategy`` as PID 1 of a fresh namespace."""
-    if os.geteuid() != 0:
-        pytest.skip("forcing PID reuse needs CLONE_NEWPID and ns_last_pid (root)")
-    r, w = os.pipe2(os.O_CLOEXEC)
-    try:
-        ns_init = _spawn(
-            [PY, "-S", "-c", NS_INIT, strategy, str(trials)], env=python_env(), cwd=None,
-            stdin=None, stdout=w, stderr=None, pass_fds=(), process_group=True,
-            extra_flags=_core.CLONE_NEWPID,
-        )
-    except OSError as exc:
-        os.close(r)
-        if exc.errno in (errno.EPERM, errno.EINVAL):
-            pytest.skip(f"no PID namespace here: {exc}")
-        raise
-    finally:
-        os.close(w)
-    with os.fdopen(r, "rb") as f:
-        raw = f.read()
-    exit_ = ns_init.pidfd.wait()
-    ns_init.lifeline.close()
-    ns_init.pidfd.close()
+    exit_, raw = run_as_namespace_init([PY, "-S", "-c", NS_INIT, strategy, str(trials)],
+                                       env=python_env())
     assert exit_.code == 0, f"the namespace's init failed: {exit_}, {raw!r}"
     report: dict[str, object] = json.loads(raw)
     return report
