@@ -33,7 +33,7 @@ GUARD_FAILED_START = tether.Exit(code=127, signal=None)  # and 127 after MSG_FAI
 def guarded(argv: list[str], mode: str, **kwargs: object) -> Iterator[tuple[tether.Child, Guard]]:
     """A tree under a real guard whose start report has not been read yet; the ``with`` ends
     it as Child does."""
-    spec = SpawnSpec.build(argv, allow_pipe=True, **kwargs)  # type: ignore[arg-type]
+    spec = SpawnSpec.build(argv, popen_style=True, **kwargs)  # type: ignore[arg-type]
     child = start_child(spec, mode, await_start=False)  # type: ignore[arg-type]
     with child:
         guard = child._tree

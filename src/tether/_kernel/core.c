@@ -343,7 +343,6 @@ static PyMethodDef core_methods[] = {
     {"lifeline_pipe", core_lifeline_pipe, METH_NOARGS,
      "pipe2(O_CLOEXEC) with the write end registered for closing in fork()ed children."},
     {"lifeline_release", core_lifeline_release, METH_O, "Unregister and close a write end."},
-    {"lifeline_count", core_lifeline_count, METH_NOARGS, "Open registered write ends."},
     {"fork_generation", core_fork_generation, METH_NOARGS,
      "How many fork()s separate this process from the one that loaded the module."},
     {NULL, NULL, 0, NULL},

@@ -110,17 +110,6 @@ PyObject *core_lifeline_release(PyObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-PyObject *core_lifeline_count(PyObject *self, PyObject *noargs)
-{
-    size_t n;
-    (void)self;
-    (void)noargs;
-    pthread_mutex_lock(&registry_lock);
-    n = registry_len;
-    pthread_mutex_unlock(&registry_lock);
-    return PyLong_FromSize_t(n);
-}
-
 PyObject *core_fork_generation(PyObject *self, PyObject *noargs)
 {
     (void)self;

@@ -11,7 +11,6 @@
 
 TETHER_REGISTRY_API PyObject *core_lifeline_pipe(PyObject *self, PyObject *noargs);
 TETHER_REGISTRY_API PyObject *core_lifeline_release(PyObject *self, PyObject *arg);
-TETHER_REGISTRY_API PyObject *core_lifeline_count(PyObject *self, PyObject *noargs);
 TETHER_REGISTRY_API PyObject *core_fork_generation(PyObject *self, PyObject *noargs);
 /* Install the pthread_atfork handlers (once per process): 0, or -1 if that failed. */
 TETHER_REGISTRY_API int lifeline_registry_init(void);

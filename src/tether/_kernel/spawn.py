@@ -156,4 +156,4 @@ def clone_spec(
     if pidfd < 0:
         writer.close()
         raise child_error(stage, err, spec.args[0], spec.cwd)
-    return Spawned(pid, Pidfd._create(pidfd, pid, reaper=True, cmd=spec.args), writer)
+    return Spawned(pid, Pidfd._create(pidfd, pid, reaper=True, cmd=list(spec.args)), writer)

@@ -69,15 +69,22 @@ class SpawnSpec:
         stderr: object = None,
         pass_fds: Iterable[int] = (),
         process_group: bool = True,
-        allow_pipe: bool = False,
+        popen_style: bool = False,
     ) -> SpawnSpec:
-        """Check and convert everything (nothing is opened; PIPE only with ``allow_pipe``)."""
+        """Check and convert everything; nothing is opened.
+
+        ``popen_style`` is for the Popen-like entry points (spawn, run, tether.aio): PIPE is
+        accepted, and the streams are checked first, as subprocess.Popen does. Without it
+        (spawn_lifelined: fds only) they are checked after the program was found."""
+        if popen_style:
+            stdio = convert_stdio(stdin, stdout, stderr, allow_pipe=True)
         argv_b = convert_argv(argv)
         env_b = convert_env(env)
         cwd_b = convert_cwd(cwd)
         keep = convert_pass_fds(pass_fds)
-        stdio = convert_stdio(stdin, stdout, stderr, allow_pipe=allow_pipe)
         path = resolve_executable(argv_b[0], env_b, cwd_b, argv[0])
+        if not popen_style:
+            stdio = convert_stdio(stdin, stdout, stderr, allow_pipe=False)
         args = argv if isinstance(argv, list) else list(argv)
         return cls(args, tuple(argv_b), path, env_b, cwd_b, keep, stdio, process_group)
 

@@ -136,7 +136,7 @@ class AsyncChild(metaclass=NoPublicConstructor):
             return None
 
     def __repr__(self) -> str:
-        return f"<tether.aio.AsyncChild {describe(self._handle)}>"
+        return f"<tether.aio.AsyncChild {describe(self._handle, poll=True)}>"
 
     # -- watching the tree -------------------------------------------------------------------
 
@@ -371,7 +371,7 @@ async def start_async(
     mode = resolve_mode(contain, cgroup_root)
     spec = SpawnSpec.build(
         argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-        pass_fds=pass_fds, allow_pipe=True,
+        pass_fds=pass_fds, popen_style=True,
     )
     # The guard's start report is awaited in the loop's selector (or read with the end).
     tree, ends = start_tree(spec, mode, wait_tree=wait_tree, cgroup_root=cgroup_root,

@@ -183,7 +183,7 @@ def spawn(
             codecs.lookup_error(errors)
     spec = SpawnSpec.build(
         argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-        pass_fds=pass_fds, allow_pipe=True,
+        pass_fds=pass_fds, popen_style=True,
     )
     return start_child(spec, mode, text_mode=text_mode, bufsize=bufsize, wait_tree=wait_tree,
                        cgroup_root=cgroup_root)

@@ -124,16 +124,20 @@ class TreeHandle:
             self._tree.kill_tree()
 
 
-def describe(handle: TreeHandle) -> str:
-    """The state part of a handle's repr: starting, failed to start, running or its Exit."""
+def describe(handle: TreeHandle, *, poll: bool = False) -> str:
+    """The state part of a handle's repr: starting, failed to start, running or its Exit.
+    From what is known already; with ``poll``, after taking in what the tree has reported
+    (never waiting for a start). A repr never raises."""
     tree = handle._tree
     if not tree.started:
         return f"contain={handle.contain!r} starting"
     if tree.start_error is not None:
         return f"contain={handle.contain!r} failed to start"
     try:
-        exit_ = handle.exit
-    except ChildProcessError:
+        if poll:
+            handle.poll()
+        exit_ = tree.outcome() if handle.returncode is not None else None
+    except (ChildProcessError, ValueError):  # the guard died; a pidfd the user closed
         exit_ = None
     state = "running" if exit_ is None else str(exit_)
     return f"pid={handle.pid} contain={handle.contain!r} {state}"

@@ -1,0 +1,146 @@
+"""SpawnSpec: the one conversion of spawn arguments, and what its callers see of it.
+
+The order in which bad arguments are reported is the one each entry point always had (Popen
+style for spawn/run/aio: the streams first; spawn_lifelined: the program first), a handle's
+repr never raises, and a pidfd's command line is a snapshot. These pinned the behaviour
+through the layering refactor (found red by a review, green since). Bad input leaves nothing
+behind: the ``no_leak`` fixture checks the fd table and the subreaper oracle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import oracle
+import tether
+
+
+@pytest.fixture
+def no_leak() -> Iterator[None]:
+    before = oracle.open_fds()
+    yield
+    assert oracle.open_fds() == before, "an fd leaked"
+    assert oracle.no_descendants(), "a process was left"
+
+
+# -- the order in which bad arguments are reported ---------------------------------------------
+#
+# At 480f10b spawn_lifelined() checked argv, env, cwd, pass_fds, then resolved the program, and
+# only then looked at stdin/stdout/stderr (_spawn.py: convert_stdio after resolve_executable and
+# clone_method). SpawnSpec.build now converts stdio *before* resolving the program, so a missing
+# program with a bad stdio argument reports the stdio argument instead.
+
+
+@pytest.mark.parametrize(
+    "stdio",
+    [
+        {"stdout": -5},
+        {"stdout": subprocess.PIPE},
+        {"stdin": "not-a-file"},
+    ],
+    ids=["negative-fd", "PIPE", "wrong-type"],
+)
+def test_spawn_lifelined_reports_a_missing_program_before_bad_stdio(
+    stdio: dict[str, Any], no_leak: None
+) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        tether.spawn_lifelined(["/nonexistent/tether-review-program"], **stdio)
+    assert info.value.filename == "/nonexistent/tether-review-program"
+
+
+# At 480f10b tether.spawn() (and run() and tether.aio, which go through it) turned
+# stdin/stdout/stderr into fds first (_child.py: _stdio_with_pipes before _spawn/Guard.launch),
+# so a bad stdio argument was reported ahead of a bad argv, env, cwd or pass_fds. SpawnSpec.build
+# now checks argv/env/cwd/pass_fds first: the same call raises a different exception type.
+
+_BAD_OTHER: list[tuple[str, Callable[[Path], dict[str, Any]]]] = [
+    ("missing-cwd", lambda p: {"argv": ["true"], "cwd": p / "gone"}),
+    ("argv-is-a-string", lambda p: {"argv": "true"}),
+    ("empty-argv", lambda p: {"argv": []}),
+    ("env-not-a-mapping", lambda p: {"argv": ["true"], "env": 3}),
+    ("negative-pass-fd", lambda p: {"argv": ["true"], "pass_fds": [-1]}),
+]
+
+
+@pytest.mark.parametrize("contain", ["group", None])
+@pytest.mark.parametrize("name,make", _BAD_OTHER, ids=[c[0] for c in _BAD_OTHER])
+def test_spawn_reports_bad_stdio_first(
+    name: str, make: Callable[[Path], dict[str, Any]], contain: str | None,
+    tmp_path: Path, no_leak: None,
+) -> None:
+    kwargs = make(tmp_path)
+    argv = kwargs.pop("argv")
+    with pytest.raises(ValueError, match="stdout: invalid fd -5"):
+        tether.spawn(argv, contain=contain, stdout=-5, **kwargs)
+
+
+def test_run_reports_bad_stdio_before_a_missing_cwd(tmp_path: Path, no_leak: None) -> None:
+    with pytest.raises(ValueError, match="stderr: invalid fd -5"):
+        tether.run(["true"], cwd=tmp_path / "gone", stderr=-5)
+
+
+def test_aio_spawn_reports_bad_stdio_before_a_missing_cwd(tmp_path: Path, no_leak: None) -> None:
+    async def main() -> None:
+        await tether.aio.spawn(["true"], cwd=tmp_path / "gone", stdout=-5)
+
+    with pytest.raises(ValueError, match="stdout: invalid fd -5"):
+        asyncio.run(main())
+
+
+# -- repr never raises ---------------------------------------------------------------------------
+#
+# At 480f10b Child.__repr__ read only cached state (returncode, the backend's start flags): it
+# could not fail. It now goes through describe() -> handle.exit -> poll() -> Tree.pump(), which
+# for contain=None polls the program's pidfd and raises ValueError once the user has closed
+# that (public) Pidfd. A repr that raises breaks logging, debuggers and pytest's own reports.
+
+
+def test_child_repr_does_not_raise_after_its_pidfd_is_closed() -> None:
+    r, w = os.pipe()
+    try:
+        # The program blocks on a pipe we hold: it runs until we let it go, no sleep involved.
+        child = tether.spawn(["sh", "-c", "read x"], contain=None, stdin=r)
+    finally:
+        os.close(r)
+    try:
+        with child:
+            child.pidfd.close()
+            text = repr(child)
+            assert text.startswith("<tether.Child ")
+            assert f"pid={child.pid}" in text
+    finally:
+        os.close(w)
+    assert oracle.reap_until(2.0).empty
+
+
+# -- the argv a spawn_lifelined Pidfd reports -----------------------------------------------------
+#
+# At 480f10b spawn_lifelined gave the Pidfd a copy of argv (``cmd=list(argv)``); SpawnSpec.args
+# keeps the caller's own list object when it is a list, so a caller that reuses its list after
+# the spawn changes what the Pidfd's TimeoutExpired.cmd says about the running process.
+
+
+def test_spawn_lifelined_pidfd_cmd_is_a_snapshot_of_argv() -> None:
+    r, w = os.pipe()
+    argv = ["sh", "-c", "read x"]
+    try:
+        spawned = tether.spawn_lifelined(argv, stdin=r)
+    finally:
+        os.close(r)
+    try:
+        argv.append("changed-after-spawn")
+        with pytest.raises(subprocess.TimeoutExpired) as info:
+            spawned.pidfd.wait(0)
+        assert info.value.cmd == ["sh", "-c", "read x"]
+    finally:
+        os.close(w)
+        spawned.pidfd.wait()
+        spawned.lifeline.close()
+        spawned.pidfd.close()
