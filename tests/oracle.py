@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import os
 import signal
 import time
@@ -146,6 +147,15 @@ def run_as_namespace_init(
 
 
 # -- kernel state this process owns ---------------------------------------------------------------
+
+
+def baseline_fds() -> set[int]:
+    """open_fds() after a garbage collection: the "before" of a leak check. Objects that
+    earlier tests left in reference cycles (an exception's traceback holding a handle) close
+    their fds whenever the collector runs; that must not count against the code under test.
+    (The "after" is taken without collecting: an fd that only a collection closes is a leak.)"""
+    gc.collect()
+    return open_fds()
 
 
 def open_fds() -> set[int]:

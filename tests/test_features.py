@@ -50,7 +50,7 @@ def test_forcing_the_legacy_fallback_is_what_spawn_uses(reprobed: int) -> None:
     s.lifeline.close()
     s.pidfd.close()
     # What only clone3 can do (CLONE_INTO_CGROUP) is refused under the fallback, up front.
-    before = oracle.open_fds()
+    before = oracle.baseline_fds()
     with pytest.raises(tether.Unsupported, match="clone3"):
         tether.spawn(["true"], contain="cgroup")
     assert oracle.open_fds() == before
@@ -58,7 +58,7 @@ def test_forcing_the_legacy_fallback_is_what_spawn_uses(reprobed: int) -> None:
 
 def test_forcing_none_makes_spawn_raise_unsupported_with_the_reason(reprobed: int) -> None:
     _features.force_clone_method(_core.CLONE_NONE)
-    before = oracle.open_fds()
+    before = oracle.baseline_fds()
     with pytest.raises(tether.Unsupported, match="no pidfd-returning clone"):
         tether.spawn_lifelined(["true"])
     assert oracle.open_fds() == before

@@ -136,7 +136,7 @@ def test_an_interrupt_while_a_failed_start_is_cleaned_up_leaks_nothing(
     from tether._tree import guarded as _guard
 
     tether.run(["true"])
-    before = oracle.open_fds()
+    before = oracle.baseline_fds()
     real = _guard._reap_quietly
     calls = 0
 

@@ -118,7 +118,7 @@ def test_sigterm_is_tried_before_sigkill() -> None:
 ])
 def test_bad_input_is_rejected_before_anything_starts(kwargs: dict[str, Any],
                                                        exc: type[Exception]) -> None:
-    before = oracle.open_fds()
+    before = oracle.baseline_fds()
     with pytest.raises(exc):
         tether.run(["cat"], **kwargs)
     assert oracle.open_fds() == before
@@ -138,7 +138,7 @@ def test_exec_failure_raises_what_subprocess_raises_and_leaves_nothing(
     with pytest.raises(FileNotFoundError) as expected:
         subprocess.run([junk_program])
     tether.run(["true"], contain=mode)  # lazy state (cgroup root, probes) before the count
-    before = oracle.open_fds()
+    before = oracle.baseline_fds()
     with pytest.raises(FileNotFoundError) as info:
         tether.run([junk_program], input=b"x" * 200000, capture_output=True, contain=mode)
     assert info.value.errno == expected.value.errno

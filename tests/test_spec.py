@@ -24,7 +24,7 @@ import tether
 
 @pytest.fixture
 def no_leak() -> Iterator[None]:
-    before = oracle.open_fds()
+    before = oracle.baseline_fds()
     yield
     assert oracle.open_fds() == before, "an fd leaked"
     assert oracle.no_descendants(), "a process was left"
