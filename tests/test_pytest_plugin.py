@@ -74,7 +74,11 @@ def _no_session_cgroup_left() -> Iterator[None]:
 def containment(request: pytest.FixtureRequest) -> str:
     """Each containment: cgroup v2 (skipped, with the reason, only where unavailable) and the
     subreaper fallback, forced on as trio forces its pidfd fast path off."""
-    name: str = request.param
+    return require_containment(request.param)
+
+
+def require_containment(name: str) -> str:
+    """``name``, or a skip (with the reason) where that containment is unavailable."""
     if name == "cgroup":
         why = cgroup_unavailable_reason()
         if why is not None:
@@ -227,7 +231,7 @@ def test_unwritable_cgroup_falls_back_and_says_why(
     result = run(pytester, "--tether")
     result.stdout.fnmatch_lines([
         "tether: leak check via child subreaper (cgroup v2 unavailable: "
-        f"{tmp_path} is not a cgroup v2 directory)*",
+        f"{tmp_path} is not a cgroup v2 directory*",
     ])
     result.assert_outcomes(passed=1, errors=1)
     _assert_nothing_left()
@@ -361,3 +365,93 @@ def test_enforce_makes_never_use_primitives_raise(pytester: pytest.Pytester) -> 
     result = run(pytester, "--tether-enforce", "--tether-containment=subreaper")
     result.stdout.fnmatch_lines(["tether: tether.enforce() is active for this run"])
     result.assert_outcomes(passed=2)
+
+
+SLOW_EXIT = """
+import subprocess, sys
+
+CHILD = '''
+import signal, sys, time
+def on_term(*_):
+    time.sleep(0.3)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+time.sleep(300)
+'''
+
+def test_slow_exit():
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE)
+    assert child.stdout.readline() == b"ready\\n"
+    child.terminate()  # on its way out: exits 0.3 s later
+"""
+
+
+def test_grace_lets_an_exiting_process_go_and_zero_grace_calls_it_a_leak(
+    pytester: pytest.Pytester, containment: str
+) -> None:
+    pytester.makepyfile(test_slow=SLOW_EXIT)
+    graced = run(pytester, "--tether", f"--tether-containment={containment}")
+    graced.assert_outcomes(passed=1)
+    _assert_nothing_left()
+
+    no_grace = run(pytester, "--tether", f"--tether-containment={containment}",
+                   "--tether-grace=0")
+    no_grace.assert_outcomes(passed=1, errors=1)
+    no_grace.stdout.fnmatch_lines(["tether: test_slow.py::test_slow_exit left 1 process*"])
+    _assert_nothing_left()
+
+
+def test_grace_ini_option_and_its_check(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_slow=SLOW_EXIT)
+    pytester.makeini("[pytest]\ntether = true\ntether_containment = subreaper\n"
+                     "tether_grace = 0\n")
+    result = run(pytester)
+    result.assert_outcomes(passed=1, errors=1)
+    _assert_nothing_left()
+
+    pytester.makeini("[pytest]\ntether = true\ntether_grace = soon\n")
+    bad = run(pytester)
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*tether_grace must be a number of seconds >= 0, not 'soon'*"])
+
+
+def test_allow_leak_marker_is_registered(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_marked="""
+        import pytest
+
+        @pytest.mark.tether_allow_leak
+        def test_marked():
+            pass
+    """)
+    result = run(pytester, "--strict-markers")  # without --tether too
+    result.assert_outcomes(passed=1)
+
+
+def test_subreaper_reaps_orphans_as_they_come_and_keeps_own_children(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_daemon_gone="""
+        import os, signal, subprocess, time
+
+        def test_waits_for_the_daemon_to_disappear():
+            own = subprocess.Popen(["sh", "-c", "exit 3"])  # waited for only at the end
+            out = subprocess.run(
+                ["sh", "-c", "setsid sh -c 'sleep 300 >/dev/null 2>&1 & echo $!' &"],
+                capture_output=True, text=True, check=True).stdout
+            daemon = int(out)
+            os.kill(daemon, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while True:  # how suites wait for a daemon to go (psutil.pid_exists alike)
+                try:
+                    os.kill(daemon, 0)
+                except ProcessLookupError:
+                    break
+                assert time.monotonic() < deadline, "the daemon stays a zombie of pytest"
+                time.sleep(0.01)
+            assert own.wait() == 3  # the plugin never took pytest's own child
+    """)
+    result = run(pytester, "--tether", "--tether-containment=subreaper")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["tether: orphans adopted by pytest are reaped as they exit*"])
+    _assert_nothing_left()

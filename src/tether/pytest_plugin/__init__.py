@@ -30,6 +30,15 @@ Containment, strongest first (the report header says which one a run uses):
   Killing a leaked process orphans its own children to pytest, so the probe repeats until a
   round finds nothing alive. See :data:`SUBREAPER_BLIND_SPOTS` for what this cannot see.
 
+Who owns a process (see ``_check``): the test, for what starts while it runs; a fixture wider
+than a test, for what starts during its setup (or during the setup of a function-scoped fixture
+that requests it and caches there); multiprocessing's forkserver and resource tracker are
+process-lifetime helpers, never leaks. Before a scope is judged its processes get a grace
+period (``--tether-grace``, ``tether_grace``) to exit by themselves. A test marked
+``tether_allow_leak`` (or matched by the ``tether_allow_leak`` ini patterns) may leave
+processes running; they are killed, unreported, at session end. The plugin never reaps a child
+pytest created itself; with the subreaper, adopted orphans are reaped as they exit (``_forks``).
+
 Where the plugin cannot work at all it says so in the header and checks nothing; it never
 fails a run for that. ``--tether-enforce`` additionally runs :func:`tether.enforce` from the
 first test on, so the never-use primitives raise in test code.
@@ -38,7 +47,8 @@ This module is the pytest11 entry point: the options, and the choice of containm
 configure time. The rest, one job per module: ``_check`` (the hooks around each test and
 fixture, and the reports), ``_containment`` (the scope/leak interface the two mechanisms
 implement), ``_cgroup_containment`` and ``_subreaper_containment`` (the mechanisms),
-``_pidfds`` (pidfds on leaked processes, opened only on pinned numbers), ``_fixture``
+``_pidfds`` (pidfds on leaked processes, opened only on pinned numbers), ``_helpers``
+(process-lifetime helpers), ``_forks`` (the proc connector: who forked whom), ``_fixture``
 (``tether_spawn``). Every cgroup operation is ``tether._kernel.cgroup``'s; the subreaper flag
 is ``tether._kernel.subreaper``'s.
 """
@@ -51,8 +61,8 @@ import pytest
 
 from tether._kernel.cgroup import cgroup_unavailable_reason
 from tether.pytest_plugin._cgroup_containment import CGROUP_BLIND_SPOTS, CgroupContainment
-from tether.pytest_plugin._check import LeakCheck
-from tether.pytest_plugin._containment import Containment, Leak, NoContainment
+from tether.pytest_plugin._check import ALLOW_MARKER, LeakCheck
+from tether.pytest_plugin._containment import DEFAULT_GRACE, Containment, Leak, NoContainment
 from tether.pytest_plugin._fixture import tether_spawn
 from tether.pytest_plugin._subreaper_containment import (
     SUBREAPER_BLIND_SPOTS,
@@ -97,8 +107,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   default=False)
     parser.addini("tether_enforce", "run tether.enforce() for the session (implies tether)",
                   type="bool", default=False)
+    group.addoption(
+        "--tether-grace", type=float, default=None, metavar="SECONDS",
+        help="how long a test's (or fixture's) processes may take to exit by themselves "
+        f"before they count as leaked (default {DEFAULT_GRACE:g}; ini: tether_grace)",
+    )
     parser.addini("tether_containment", "auto, cgroup or subreaper (see --tether-containment)",
                   default="auto")
+    parser.addini("tether_grace", "seconds a scope may take to empty before it leaks "
+                  "(see --tether-grace)", default=str(DEFAULT_GRACE))
+    parser.addini("tether_allow_leak", "node-id patterns (fnmatch) of tests whose leftover "
+                  f"processes are not leaks (like @pytest.mark.{ALLOW_MARKER})",
+                  type="linelist", default=[])
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -107,6 +127,9 @@ def _option(config: pytest.Config, name: str) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{ALLOW_MARKER}: with --tether, what this test leaves running is not a "
+        "leak: it is kept, unreported, until the session ends")
     enforcing = bool(_option(config, "tether_enforce"))
     if not (enforcing or _option(config, "tether")):
         return  # inert: no hooks registered, nothing touched
@@ -114,11 +137,25 @@ def pytest_configure(config: pytest.Config) -> None:
     if wanted not in _CONTAINMENTS:
         raise pytest.UsageError(
             f"tether_containment must be one of {', '.join(_CONTAINMENTS)}, not {wanted!r}")
+    grace = _grace(config)
     containment = _choose_containment(wanted)
-    check = LeakCheck(containment, enforcing)
+    containment.grace = grace
+    check = LeakCheck(containment, enforcing, config.getini("tether_allow_leak"))
     # add_cleanup runs at unconfigure whatever happened (errors, KeyboardInterrupt).
     config.add_cleanup(check.shutdown)
     config.pluginmanager.register(check, _PLUGIN_NAME)
+
+
+def _grace(config: pytest.Config) -> float:
+    value = _option(config, "tether_grace")
+    try:
+        grace = float(value)
+    except ValueError:
+        grace = -1.0
+    if not grace >= 0.0 or grace == float("inf"):
+        raise pytest.UsageError(
+            f"tether_grace must be a number of seconds >= 0, not {value!r}")
+    return grace
 
 
 def _choose_containment(wanted: str) -> Containment:

@@ -22,7 +22,7 @@ from tether.pytest_plugin._containment import (
     Leak,
     Scope,
 )
-from tether.pytest_plugin._pidfds import command_line, pidfd_or_none, reap_if_own_child
+from tether.pytest_plugin._pidfds import command_line, own_child_pidfd, pidfd_or_none
 
 __all__ = ["CGROUP_BLIND_SPOTS", "SESSION_PREFIX", "CgroupContainment"]
 
@@ -33,6 +33,9 @@ CGROUP_BLIND_SPOTS: Final = (
     "a forkserver)"
 )
 SESSION_PREFIX: Final = "pytest-"
+#: Where process-lifetime helpers (multiprocessing's forkserver and resource tracker) live
+#: once taken out of the scope that started them; killed with the session.
+HELPERS_NAME: Final = "helpers"
 
 
 class CgroupContainment(Containment):
@@ -47,6 +50,7 @@ class CgroupContainment(Containment):
         self.count = 0
         self.current: str = origin
         self.env_before = os.environ.get(ROOT_ENV)
+        self.helpers = ""  # made when the first helper is kept
 
     @classmethod
     def start(cls) -> CgroupContainment:
@@ -110,7 +114,7 @@ class CgroupContainment(Containment):
         if self.current == scope.path or self.current.startswith(scope.path + os.sep):
             raise RuntimeError(f"tether: refusing to kill {scope.path}: pytest is in it")
         leaks: list[Leak] = []
-        if cgroup.populated(scope.path):
+        if cgroup.populated(scope.path) and not cgroup.wait_empty(scope.path, self.grace):
             leaks = self._kill(scope.path)
         # False (still busy after the timeout: a member stuck exiting): session end retries.
         cgroup.remove(scope.path, KILL_TIMEOUT)
@@ -131,12 +135,30 @@ class CgroupContainment(Containment):
                     pidfds.append(fd)
             cgroup.kill(path)
             cgroup.wait_empty(path, KILL_TIMEOUT)
-            for fd in pidfds:
-                reap_if_own_child(fd)  # pytest's own children would stay zombies otherwise
+            # Never reaped here: pytest's own children are waited for by the code that
+            # started them (multiprocessing, a Popen), which a reap would answer ECHILD.
         finally:
             for fd in pidfds:
                 os.close(fd)
         return leaks
+
+    def empty(self, scope: Scope) -> bool:
+        return not cgroup.populated(scope.path)
+
+    def keep(self, pids: Sequence[int]) -> None:
+        for pid in pids:
+            fd = own_child_pidfd(pid)  # an unreaped child of ours: the number is pinned
+            if fd is None:
+                continue
+            try:
+                if not self.helpers:
+                    self.helpers = os.path.join(self.session, HELPERS_NAME)
+                    cgroup.create(self.helpers)
+                cgroup.move_process(pid, self.helpers)
+            except ProcessLookupError:
+                pass  # exited meanwhile (a zombie leaves its cgroup)
+            finally:
+                os.close(fd)
 
     def shutdown(self) -> None:
         try:

@@ -12,13 +12,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
-__all__ = ["FREEZE_TIMEOUT", "KILL_TIMEOUT", "Containment", "Leak", "NoContainment", "Scope"]
+__all__ = [
+    "DEFAULT_GRACE",
+    "FREEZE_TIMEOUT",
+    "KILL_TIMEOUT",
+    "Containment",
+    "Leak",
+    "NoContainment",
+    "Scope",
+]
 
 # How long a SIGKILLed leak may take to be gone (a process in uninterruptible sleep can take
 # a while; past this the report says it is still exiting and session end tries again).
 KILL_TIMEOUT: Final = 10.0
 # How long leaks may take to stop (freeze or SIGSTOP) before their command lines are read.
 FREEZE_TIMEOUT: Final = 2.0
+# How long a scope may take to empty by itself before what is left is called a leak: a
+# process already on its way out (a gateway's exit() returns before its remote is gone).
+DEFAULT_GRACE: Final = 1.0
 
 
 class Leak(NamedTuple):
@@ -44,8 +55,12 @@ class Scope:
 class Containment:
     """How scopes are made, made current, and judged. ``activate(scope)`` makes processes
     that pytest starts from now on belong to ``scope`` (None: to no scope); ``settle`` is
-    called when a fixture's setup is done; ``close`` kills what is left in a scope that is not
-    active and returns what that was."""
+    called when a fixture's setup is done; ``close`` waits up to ``grace`` seconds for the
+    scope to empty, then kills what is left in it (it is not active) and returns what that
+    was; ``keep`` takes process-lifetime helpers (pytest's own children, by pid) out of every
+    scope, so that no scope's close counts or kills them."""
+
+    grace: float = DEFAULT_GRACE
 
     def header(self) -> list[str]:
         raise NotImplementedError
@@ -57,6 +72,13 @@ class Containment:
         pass
 
     def settle(self, scope: Scope, others: Sequence[Scope]) -> None:
+        pass
+
+    def empty(self, scope: Scope) -> bool:
+        """Whether nothing of ``scope`` is alive now (after ``settle``)."""
+        return True
+
+    def keep(self, pids: Sequence[int]) -> None:
         pass
 
     def close(

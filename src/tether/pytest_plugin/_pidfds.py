@@ -124,8 +124,8 @@ def await_exits(fds: Sequence[int], timeout: float) -> None:
 
 
 def reap_if_own_child(fd: int) -> None:
-    """Reap the pidfd's process if it is pytest's own child and has exited (else nothing):
-    pytest adopted orphans and its own children would otherwise stay zombies."""
+    """Reap the pidfd's process if it is pytest's child and has exited (else nothing). Only
+    for adopted orphans: a child pytest created itself is waited for by whoever started it."""
     try:
         os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
     except ChildProcessError:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator, Sequence
-from typing import Final
+from types import FrameType
+from typing import Any, Final
 
+from tether._kernel.deadline import Deadline
 from tether._kernel.subreaper import child_subreaper, set_child_subreaper
 from tether.pytest_plugin._containment import (
     FREEZE_TIMEOUT,
@@ -24,6 +26,7 @@ from tether.pytest_plugin._containment import (
     Leak,
     Scope,
 )
+from tether.pytest_plugin._forks import ForkEvents
 from tether.pytest_plugin._pidfds import (
     await_exits,
     command_line,
@@ -84,24 +87,87 @@ class PidCursor:
 class SubreaperContainment(Containment):
     """pytest as a child subreaper, plus a probe of the PIDs allocated during each scope."""
 
-    def __init__(self, why: str, previous: bool, cursor: PidCursor) -> None:
+    def __init__(self, why: str, previous: bool, cursor: PidCursor,
+                 forks: ForkEvents | None, no_forks: str) -> None:
         self.why = why
         self.previous = previous
         self.cursor = cursor
+        self.helpers: dict[int, int] = {}  # process-lifetime helpers: pid -> pidfd
+        self.forks = forks  # who forked whom, to reap adopted orphans as they exit
+        self.no_forks = no_forks  # why there is none
+        self.sigchld: Any = None  # the SIGCHLD disposition ours replaced, while a scope runs
+        self.handling = False
 
     @classmethod
     def start(cls, why: str) -> SubreaperContainment:
         cursor = PidCursor()
+        forks: ForkEvents | None = None
+        no_forks = ""
+        try:
+            forks = ForkEvents.subscribe()
+        except OSError as exc:
+            no_forks = f"no proc connector: {exc}"
         previous = child_subreaper()
-        set_child_subreaper(True)
-        return cls(why, previous, cursor)
+        try:
+            set_child_subreaper(True)
+        except BaseException:
+            if forks is not None:
+                forks.close()
+            raise
+        return cls(why, previous, cursor, forks, no_forks)
 
     def header(self) -> list[str]:
         return [
             f"tether: leak check via child subreaper ({self.why}): orphans come back to "
             "pytest; each test's new PIDs are probed with pidfds",
             f"tether: cannot see: {SUBREAPER_BLIND_SPOTS}",
+            "tether: orphans adopted by pytest are reaped as they exit (proc connector)"
+            if self.forks is not None else
+            f"tether: orphans adopted by pytest are reaped only at the end of a test "
+            f"({self.no_forks})",
         ]
+
+    def activate(self, scope: Scope | None) -> None:
+        if self.forks is None:
+            return
+        if scope is not None and not self.handling:
+            # The test's own code is running, with no loop of ours to poll from: only an
+            # asynchronous handler can reap an orphan the moment it exits. It reaps nothing
+            # but proven orphans and chains to the handler it replaced.
+            handler = self._on_sigchld
+            self.sigchld = signal.signal(signal.SIGCHLD, handler)  # noqa: TET501  see above
+            signal.siginterrupt(signal.SIGCHLD, False)  # SA_RESTART, as with no handler
+            self.handling = True
+            self.reap_orphans()  # those that exited while no scope ran
+        elif scope is None and self.handling:
+            if signal.getsignal(signal.SIGCHLD) == self._on_sigchld:
+                previous = signal.SIG_DFL if self.sigchld is None else self.sigchld
+                signal.signal(signal.SIGCHLD, previous)  # noqa: TET501  restores theirs
+            self.handling = False
+
+    def _on_sigchld(self, signum: int, frame: FrameType | None) -> None:
+        self.reap_orphans()
+        if callable(self.sigchld):
+            self.sigchld(signum, frame)  # whoever handled SIGCHLD before us still does
+
+    def reap_orphans(self) -> None:
+        """Reap the adopted orphans that have exited: children of pytest that another process
+        created (the proc connector said so), which nobody in pytest will wait for."""
+        if self.forks is None:
+            return
+        self.forks.drain()
+        for pid in list(self.forks.exited_orphans):
+            fd = own_child_pidfd(pid)
+            if fd is None:
+                self.forks.exited_orphans.discard(pid)  # not ours: its parent reaps it
+                continue
+            try:
+                self.forks.drain()  # a fork event since? then the number is another's
+                if pid in self.forks.exited_orphans and has_exited(fd):
+                    reap_if_own_child(fd)
+                    self.forks.exited_orphans.discard(pid)
+            finally:
+                os.close(fd)
 
     def open(self, label: str, *, fixture: bool) -> Scope:
         return Scope(label, start=self.cursor.now())
@@ -109,18 +175,10 @@ class SubreaperContainment(Containment):
     def settle(self, scope: Scope, others: Sequence[Scope]) -> None:
         # A fixture's setup is done: the live children it made are its own from now on, so a
         # test that runs meanwhile does not take them for its leaks.
-        excluded = _owned_pids(others)
+        excluded = _owned_pids(others) | _owned_pids([self._helper_scope()])
         scope.settled = self.cursor.now()
-        for pid in self.cursor.pids(scope.start, scope.settled):
-            if pid in excluded or pid in scope.owned:
-                continue
-            fd = own_child_pidfd(pid)
-            if fd is None:
-                continue
-            if has_exited(fd):
-                os.close(fd)
-            else:
-                scope.owned[pid] = fd
+        scope.owned.update(self._live_children(
+            scope.start, scope.settled, excluded | set(scope.owned)))
 
     def close(
         self, scope: Scope, others: Sequence[Scope], test: Scope | None = None
@@ -128,7 +186,7 @@ class SubreaperContainment(Containment):
         if scope.closed:
             return []
         scope.closed = True
-        excluded = _owned_pids(others)
+        excluded = _owned_pids(others) | _owned_pids([self._helper_scope()])
         if test is not None:
             # A fixture finalized during a test: the children that test made (after it
             # started, and after this fixture's setup) are the test's, judged at its end.
@@ -146,26 +204,51 @@ class SubreaperContainment(Containment):
                 os.close(fd)
             scope.owned.clear()
 
+    def empty(self, scope: Scope) -> bool:
+        return not scope.owned
+
+    def keep(self, pids: Sequence[int]) -> None:
+        for pid in pids:
+            if pid in self.helpers:
+                continue
+            fd = own_child_pidfd(pid)
+            if fd is not None:
+                self.helpers[pid] = fd
+
+    def _helper_scope(self) -> Scope:
+        return Scope("process-lifetime helpers", owned=self.helpers)
+
+    def _live_children(self, start: int, upto: int, excluded: set[int]) -> dict[int, int]:
+        """Our live children numbered in (start, upto], not excluded, each with a pidfd.
+        One that has exited is left unreaped: whoever started it may still wait for it."""
+        alive: dict[int, int] = {}
+        for pid in self.cursor.pids(start, upto):
+            if pid in excluded:
+                continue
+            fd = own_child_pidfd(pid)
+            if fd is None:
+                continue
+            if has_exited(fd):
+                os.close(fd)
+            else:
+                alive[pid] = fd
+        return alive
+
     def _kill(self, start: int, excluded: set[int]) -> list[Leak]:
         leaks: list[Leak] = []
+        grace = Deadline.after(self.grace)
         for _ in range(_MAX_KILL_ROUNDS):
+            self.reap_orphans()
             alive: dict[int, int] = {}
             try:
-                for pid in self.cursor.pids(start, self.cursor.now()):
-                    if pid in excluded:
-                        continue
-                    fd = own_child_pidfd(pid)
-                    if fd is None:
-                        continue
-                    if has_exited(fd):
-                        # An orphan that exited (pytest adopted it, so pytest must reap it) or
-                        # a child the test never waited for.
-                        reap_if_own_child(fd)
-                        os.close(fd)
-                    else:
-                        alive[pid] = fd
+                alive = self._live_children(start, self.cursor.now(), excluded)
                 if not alive:
                     return leaks
+                if not grace.expired:
+                    # Maybe on their way out: wait (bounded), then look again, since what
+                    # they leave behind is orphaned to pytest as they exit.
+                    await_exits(list(alive.values()), grace.remaining() or 0.0)
+                    continue
                 # Stopped, as the cgroup containment freezes: no more forks, and one caught
                 # half-way through execve() has finished it, so its command line is whole.
                 # Our unreaped child's number cannot be recycled: reading by number is exact.
@@ -181,14 +264,20 @@ class SubreaperContainment(Containment):
                         pass
                 # Their children are orphaned to pytest as they die: the next round finds them.
                 await_exits(list(alive.values()), KILL_TIMEOUT)
-                for fd in alive.values():
-                    reap_if_own_child(fd)
             finally:
                 for fd in alive.values():
                     os.close(fd)
         return leaks
 
     def shutdown(self) -> None:
+        self.activate(None)
+        self.reap_orphans()
+        if self.forks is not None:
+            self.forks.close()
+            self.forks = None
+        for fd in self.helpers.values():
+            os.close(fd)
+        self.helpers.clear()
         set_child_subreaper(self.previous)
 
 
