@@ -39,7 +39,11 @@ def _compiler() -> str:
 def _compile_guard(out_path: str) -> None:
     """Compile the guard: musl static where musl-gcc exists (about 60 KiB resident), else
     glibc static (about 700 KiB: glibc's own floor), else dynamic. TETHER_GUARD_CC picks a
-    compiler explicitly; CC is left to the extension, which must match Python's libc."""
+    compiler explicitly; CC is left to the extension, which must match Python's libc.
+
+    Raises RuntimeError naming the cause: no compiler at all (a `build/` directory left from
+    an earlier install lets the extension step pass without one, so this may be the first
+    step that needs it), or the compiler's own error output."""
     chosen = os.environ.get("TETHER_GUARD_CC")
     compilers = [chosen] if chosen else [c for c in (shutil.which("musl-gcc"),) if c]
     compilers.append(_compiler())
@@ -51,15 +55,20 @@ def _compile_guard(out_path: str) -> None:
     for cmd in attempts:
         try:
             subprocess.run(cmd, check=True, capture_output=True)  # noqa: TET102  build-time
-        except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        except (subprocess.CalledProcessError, FileNotFoundError, PermissionError) as exc:
             if isinstance(exc, subprocess.CalledProcessError):
                 last = exc
             continue
         os.chmod(out_path, 0o755)
         return
-    if last is not None:
-        sys.stderr.write(last.stderr.decode(errors="replace"))
-    raise RuntimeError(f"could not compile the tether guard ({GUARD_SRC})")
+    if last is None:
+        tried = ", ".join(dict.fromkeys(cmd[0] for cmd in attempts))
+        raise RuntimeError(
+            f"could not compile the tether guard ({GUARD_SRC}): no C compiler found (tried "
+            f"{tried}); install gcc (or set CC / TETHER_GUARD_CC)")
+    sys.stderr.write(last.stderr.decode(errors="replace"))
+    raise RuntimeError(f"could not compile the tether guard ({GUARD_SRC}): "
+                       f"{last.cmd[0]} failed (its output is above)")
 
 
 class BuildWithGuard(build_ext):
@@ -85,17 +94,20 @@ class BuildWithGuard(build_ext):
             os.replace(staging, target)
 
 
-setup(
-    ext_modules=[
-        Extension(
-            "tether._kernel.core",
-            sources=[f"src/tether/_kernel/{name}"
-                     for name in ("core.c", "lifeline_registry.c", *CLONE_SOURCES)],
-            depends=[f"src/tether/_kernel/{name}"
-                     for name in ("clone.h", "guard_proto.h", "lifeline_registry.h")],
-            extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter",
-                                "-Wno-missing-field-initializers", "-fno-strict-aliasing"],
-        )
-    ],
-    cmdclass={"build_ext": BuildWithGuard},
-)
+# setuptools runs this file as __main__ (also through build_meta); importing it (the tests
+# do, for _compile_guard) builds nothing.
+if __name__ == "__main__":
+    setup(
+        ext_modules=[
+            Extension(
+                "tether._kernel.core",
+                sources=[f"src/tether/_kernel/{name}"
+                         for name in ("core.c", "lifeline_registry.c", *CLONE_SOURCES)],
+                depends=[f"src/tether/_kernel/{name}"
+                         for name in ("clone.h", "guard_proto.h", "lifeline_registry.h")],
+                extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter",
+                                    "-Wno-missing-field-initializers", "-fno-strict-aliasing"],
+            )
+        ],
+        cmdclass={"build_ext": BuildWithGuard},
+    )

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 import oracle
 import tether
+import tether._tree.modes
 
 PY = sys.executable
 
@@ -65,11 +69,43 @@ def test_run_missing_command_exits_127(python_env: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("args", [["run"], ["run", "--"], ["run", "--timeout", "0", "--", "true"],
-                                  ["run", "--timeout", "-1", "--", "true"], []])
-def test_usage_errors_exit_2(args: list[str], python_env: dict[str, str]) -> None:
+                                  ["run", "--timeout", "-1", "--", "true"], ["run", "--bogus"],
+                                  ["--bogus"], []])
+def test_usage_errors_exit_125_not_a_programs_status(args: list[str],
+                                                    python_env: dict[str, str]) -> None:
+    """A usage error is tether's failure (125, like timeout(1) and env(1)), never 2: a
+    program's own exit 2 must stay distinguishable."""
     code, _, err = run_cli(*args, env=python_env)
-    assert code == 2
-    assert "usage" in err.lower()
+    assert code == 125
+    assert err.lower().count("usage:") == 1
+
+
+@pytest.mark.parametrize("args", [["run"], ["run", "--bogus"], ["run", "--timeout", "x", "--",
+                                                                   "true"]])
+def test_run_usage_errors_show_runs_usage(args: list[str], python_env: dict[str, str]) -> None:
+    code, _, err = run_cli(*args, env=python_env)
+    assert code == 125
+    assert err.startswith("usage: tether run ")
+    assert "tether run: error:" in err
+
+
+def test_version(python_env: dict[str, str]) -> None:
+    code, out, _ = run_cli("--version", env=python_env)
+    assert (code, out) == (0, f"tether {tether.__version__}\n")
+
+
+def test_run_a_directory_says_is_a_directory(tmp_path: Path, python_env: dict[str, str]) -> None:
+    code, _, err = run_cli("run", "--", str(tmp_path), env=python_env)
+    assert (code, err) == (126, f"tether: {tmp_path}: Is a directory\n")
+
+
+def test_bad_cgroup_root_from_the_environment_is_named_without_errno_noise(
+        tmp_path: Path, python_env: dict[str, str]) -> None:
+    env = {**python_env, "TETHER_CGROUP_ROOT": str(tmp_path)}
+    code, _, err = run_cli("run", "--contain", "cgroup", "--", "true", env=env)
+    assert code == 125
+    assert "[Errno" not in err
+    assert f"TETHER_CGROUP_ROOT={tmp_path}" in err
 
 
 def test_run_contain_modes(mode: str, python_env: dict[str, str]) -> None:
@@ -104,3 +140,82 @@ def test_doctor_json(python_env: dict[str, str]) -> None:
     report = json.loads(out)
     assert code == 0 and report["core_guarantees"] is True
     assert {"group", "cgroup", "pidns"} <= set(report["modes"])
+
+
+def test_internal_file_not_found_is_tethers_failure_not_127(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file of tether's own that vanished (a cgroup directory swept by a concurrent start)
+    is tether's failure: 125, never "command not found"."""
+    from tether import cli
+
+    def vanished(*args: object, **kwargs: object) -> NoReturn:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory",
+                                "/sys/fs/cgroup/tether/t-0123abcd/cgroup.procs")
+
+    monkeypatch.setattr(cli, "start_child", vanished)
+    assert cli.main(["run", "--contain", "group", "--", "true"]) == 125
+    err = capsys.readouterr().err
+    assert "t-0123abcd" in err and "[Errno" not in err
+
+
+def test_forwarded_signal_escalates_to_sigkill_after_grace(python_env: dict[str, str]) -> None:
+    """A tree that ignores SIGINT/SIGTERM/SIGHUP cannot keep `tether run` running: --grace
+    after forwarding, the whole tree gets SIGKILL."""
+    child = tether_cmd("run", "--grace", "0.3", "--", "sh", "-c",
+                       "trap '' INT TERM HUP; echo up; sleep 300 & wait",
+                       env=python_env, stdout=subprocess.PIPE)
+    with child:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"up\n"
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) == 128 + signal.SIGKILL
+    assert oracle.reap_until(1.0).empty
+
+
+def test_second_sigint_escalates_at_once(python_env: dict[str, str]) -> None:
+    """The second Ctrl-C does not wait for --grace."""
+    child = tether_cmd("run", "--grace", "3600", "--", "sh", "-c",
+                       "trap 'echo got' INT; echo up; while :; do sleep 300; done",
+                       env=python_env, stdout=subprocess.PIPE)
+    with child:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"up\n"
+        child.send_signal(signal.SIGINT)
+        assert child.stdout.readline() == b"got\n"  # tether has read and forwarded the first
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=60) == 128 + signal.SIGKILL
+    assert oracle.reap_until(1.0).empty
+
+
+def test_guard_killed_after_start_exits_125_with_a_message(python_env: dict[str, str]) -> None:
+    # group mode, inside and out: the program's parent is the guard, and $PPID is a number
+    # in this test's PID namespace.
+    child = tether_cmd("run", "--contain", "group", "--", "sh", "-c",
+                       "echo $PPID; sleep 300 & wait", contain="group",
+                       env=python_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with child:
+        assert child.stdout is not None and child.stderr is not None
+        guard_pid = int(child.stdout.readline())
+        os.kill(guard_pid, signal.SIGKILL)  # the guard is alive: it holds its unreaped child
+        assert child.wait(timeout=60) == 125
+        err = child.stderr.read()
+    assert err.startswith("tether: ") and "guard" in err and "Traceback" not in err
+    assert oracle.reap_until(1.0).empty
+
+
+def test_run_defaults_to_the_strongest_mode_a_setsid_daemon_dies_with_tether(
+        python_env: dict[str, str]) -> None:
+    """The CLI's promise ("nothing outlives tether, even SIGKILLed") holds by default: the
+    default is auto, which takes a daemon that left the process group along."""
+    if tether._tree.modes.resolve_mode("auto") == "group":
+        pytest.skip("auto is group here: neither pidns nor cgroup is available")
+    child = tether.spawn_lifelined(
+        [PY, "-m", "tether", "run", "--", "sh", "-c", "setsid sleep 300 & echo up; wait"],
+        env=python_env, stdout=(pipe := os.pipe())[1],
+    )
+    os.close(pipe[1])
+    with os.fdopen(pipe[0], "rb") as f:
+        assert f.readline() == b"up\n"
+    child.pidfd.send_signal(signal.SIGKILL)
+    child.pidfd.wait()
+    assert oracle.reap_until(2.0).empty

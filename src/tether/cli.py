@@ -1,21 +1,30 @@
-"""The ``tether`` command: ``run``, ``doctor`` and ``lint``."""
+"""The ``tether`` command: ``run``, ``doctor`` and ``lint``.
+
+The one rule this module owns: the exit status says who failed. The program's own status
+passes through (128+N for signal N); 124 is a timeout; 125 is tether itself (a usage error,
+a mode this machine lacks, a guard that died); 126/127 are only ever the program that could
+not be run / was not found, never an internal file of tether's (like env(1) and timeout(1)).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import select
 import signal
 import sys
 from collections.abc import Sequence
 
+from tether import __version__
+from tether._kernel.cgroup import ROOT_ENV
 from tether._kernel.deadline import Deadline
 from tether._kernel.errors import Unsupported
 from tether._kernel.signalfd import SignalFd
 from tether._kernel.spec import SpawnSpec
 from tether._tree.child import Child, start_child
 from tether._tree.modes import Contain, resolve_mode
-from tether._tree.run import DEFAULT_GRACE, end_tree
+from tether._tree.run import DEFAULT_GRACE
 
 __all__ = ["main"]
 
@@ -25,18 +34,23 @@ TREE_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PROGRAM_SIGNALS = (signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 
 EXIT_TIMEOUT = 124  # as timeout(1)
-EXIT_TETHER_FAILED = 125
+EXIT_TETHER_FAILED = 125  # usage errors included, as timeout(1) and env(1)
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
+DEFAULT_CONTAIN = "auto"
+
 
 class _UsageError(Exception):
-    pass
+    def __init__(self, usage: str, message: str) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(f"{self.prog}: error: {message}")
+        # The usage of the (sub)command that failed, not the top level's.
+        raise _UsageError(self.format_usage(), f"{self.prog}: error: {message}")
 
 
 def _positive(text: str) -> float:
@@ -59,29 +73,37 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _parser() -> _Parser:
+def _parser() -> tuple[_Parser, _Parser]:
+    """The top-level parser, and run's (for run's own usage errors)."""
     parser = _Parser(
         prog="tether",
         description="Race-free, orphan-free process management for Linux.",
+        epilog="Exit status 125: tether itself failed (usage errors included).",
     )
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     run = sub.add_parser(
         "run",
         help="run a command tree that cannot outlive tether",
         description=(
             "Run CMD under a guard. Exit status: the program's code; 128+N if it was killed by "
-            "signal N; 124 on timeout; 125 if tether itself failed; 126/127 if CMD cannot be "
-            "run / is not found. SIGINT, SIGTERM and SIGHUP sent to tether go to the whole "
-            "tree; nothing outlives tether, even if tether is SIGKILLed."
+            "signal N; 124 on timeout; 125 if tether itself failed (usage errors included); "
+            "126/127 if CMD cannot be run / is not found. SIGINT, SIGTERM and SIGHUP sent to "
+            "tether go to the whole tree, followed by SIGKILL after --grace seconds if the "
+            "tree is still there (at once on a second such signal). With the default "
+            "--contain auto, nothing outlives tether, even if tether is SIGKILLed; "
+            "in group mode a daemon that calls setsid() escapes."
         ),
     )
     run.add_argument("--timeout", type=_positive, metavar="S",
                      help="end the tree after S seconds (SIGTERM, then SIGKILL after --grace)")
     run.add_argument("--grace", type=_non_negative, default=DEFAULT_GRACE, metavar="S",
-                     help=f"seconds between SIGTERM and SIGKILL (default {DEFAULT_GRACE})")
-    run.add_argument("--contain", default="group",
+                     help="seconds from a SIGTERM/SIGINT/SIGHUP to the tree (forwarded, or "
+                          f"on timeout) to SIGKILL (default {DEFAULT_GRACE})")
+    run.add_argument("--contain", default=DEFAULT_CONTAIN,
                      choices=["group", "cgroup", "pidns", "auto"],
-                     help="containment mode (default: group)")
+                     help="containment mode (default: auto, the strongest this machine has: "
+                          "pidns, then cgroup, then group)")
     run.add_argument("--wait-tree", action="store_true",
                      help="when the program exits, wait for its descendants instead of "
                           "ending them")
@@ -90,7 +112,7 @@ def _parser() -> _Parser:
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("lint", help="flag never-use process primitives in Python code",
                    add_help=False)
-    return parser
+    return parser, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,27 +122,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tether.lint import main as lint_main
 
         return lint_main(args_list[1:])
-    parser = _parser()
+    parser, run_parser = _parser()
     try:
-        args = parser.parse_args(args_list)
+        args, extra = parser.parse_known_args(args_list)
+        if extra:  # reported by the command they were given to, with its usage
+            (run_parser if args.command == "run" else parser).error(
+                f"unrecognized arguments: {' '.join(extra)}")
         if args.command is None:
-            raise _UsageError(parser.format_usage().strip())
-        if args.command == "run":
-            cmd = list(args.cmd)
-            if cmd[:1] == ["--"]:
-                cmd = cmd[1:]
-            if not cmd:
-                raise _UsageError("tether run: error: no command given (tether run -- CMD ...)")
-            return _run(cmd, args.timeout, args.grace, args.contain, args.wait_tree)
+            raise _UsageError(parser.format_usage(),
+                              "tether: error: a command is required (run, doctor or lint)")
         if args.command == "doctor":
             from tether._tree.doctor import doctor
 
             return doctor(as_json=args.json)
+        cmd = list(args.cmd)
+        if cmd[:1] == ["--"]:
+            cmd = cmd[1:]
+        if not cmd:
+            run_parser.error("no command given (tether run -- CMD ...)")
+    except SystemExit as exit_request:  # --help, --version: argparse printed them
+        return exit_request.code if isinstance(exit_request.code, int) else EXIT_TETHER_FAILED
     except _UsageError as exc:
-        print(parser.format_usage().rstrip(), file=sys.stderr)
+        sys.stderr.write(exc.usage)
         print(exc, file=sys.stderr)
-        return 2
-    return 2
+        return EXIT_TETHER_FAILED
+    return _run(cmd, args.timeout, args.grace, args.contain, args.wait_tree)
 
 
 def _in_terminal_foreground() -> bool:
@@ -144,18 +170,43 @@ def _run(cmd: list[str], timeout: float | None, grace: float, contain: Contain,
         try:
             with child:
                 return _supervise(child, sigfd, timeout, grace)
+        except ChildProcessError as exc:
+            # The guard died after the start (killed, OOM): tether could not watch the tree
+            # to its end; the tree was ended parent-side (see Guard).
+            print(f"tether: {_message(exc)}", file=sys.stderr)
+            return EXIT_TETHER_FAILED
         finally:
             if foreground:
                 _take_terminal_back()
 
 
+def _message(exc: OSError) -> str:
+    """An OSError as a person reads it: its text and the file it names, no "[Errno N]"."""
+    text = exc.strerror or str(exc)
+    return text if exc.filename is None else f"{exc.filename}: {text}"
+
+
 def _not_started(exc: OSError, program: str) -> int:
-    """Say why the tree did not start; the exit status that says so (like env(1))."""
-    if isinstance(exc, FileNotFoundError | PermissionError):
-        print(f"tether: {exc.filename or program}: {exc.strerror}", file=sys.stderr)
+    """Say why the tree did not start; the exit status that says so (like env(1)).
+
+    126/127 only when the *program* could not be run (the error names it); a file of
+    tether's own that is missing or refused is tether's failure (125)."""
+    if isinstance(exc, FileNotFoundError | PermissionError) and exc.filename == program:
+        text = exc.strerror
+        if isinstance(exc, PermissionError) and os.path.isdir(program):
+            text = os.strerror(errno.EISDIR)  # as shells say it
+        print(f"tether: {program}: {text}", file=sys.stderr)
         return EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_CANNOT_EXECUTE
-    print(f"tether: {exc}" if isinstance(exc, Unsupported) else f"tether: {program}: {exc}",
-          file=sys.stderr)
+    if isinstance(exc, Unsupported):
+        text = _message(exc)
+        root = os.environ.get(ROOT_ENV)
+        if root and root in text:
+            text += f" (the cgroup root comes from the environment: {ROOT_ENV}={root})"
+    elif exc.filename == program:
+        text = _message(exc)  # the program failed at another stage than exec (E2BIG, ...)
+    else:
+        text = f"{program}: {_message(exc)}"
+    print(f"tether: {text}", file=sys.stderr)
     return EXIT_TETHER_FAILED
 
 
@@ -172,21 +223,38 @@ def _take_terminal_back() -> None:
 
 
 def _supervise(child: Child, sigfd: SignalFd, timeout: float | None, grace: float) -> int:
+    """Pass signals on and wait for the tree to end. Ending it (a forwarded SIGINT/SIGTERM/
+    SIGHUP, or the timeout's SIGTERM) starts the --grace clock; when it runs out, or at a
+    second such signal, the whole tree gets SIGKILL: a tree that ignores signals cannot
+    keep tether running."""
     deadline = Deadline.after(timeout)
+    kill_at: Deadline | None = None  # set once the tree is being ended
+    killed = timed_out = False
     poller = select.poll()
     if child.poll() is None:  # (a short program's end may have come with its start)
         poller.register(child.fileno(), select.POLLIN)
     poller.register(sigfd.fileno(), select.POLLIN)
     while child.poll() is None:
-        if deadline.expired:
-            end_tree(child, grace)
-            return EXIT_TIMEOUT
-        poller.poll(deadline.poll_ms())
+        if kill_at is None and deadline.expired:
+            timed_out = True
+            child.terminate()
+            kill_at = Deadline.after(grace)
+        if not killed and kill_at is not None and kill_at.expired:
+            child.kill()
+            killed = True
+        wake = deadline if kill_at is None else kill_at
+        poller.poll(None if killed else wake.poll_ms())
         for info in sigfd.read_all():
-            if info.signo in TREE_SIGNALS:
-                child.signal_tree(info.signo)
-            else:
+            if info.signo not in TREE_SIGNALS:
                 child.send_signal(info.signo)
+            elif kill_at is None:
+                child.signal_tree(info.signo)
+                kill_at = Deadline.after(grace)
+            elif not killed:
+                child.kill()
+                killed = True
+    if timed_out:
+        return EXIT_TIMEOUT
     exit_ = child.exit
     assert exit_ is not None
     return exit_.shell_status

@@ -92,27 +92,44 @@ def _seccomp_mode() -> str:
     return "unknown"
 
 
+def clone_rows(method: int, clone3_errno: int, legacy_errno: int) -> list[Row]:
+    """The clone rows from what the probe observed: the method chosen and each call's errno
+    (0: it worked, or was not tried). Seccomp may answer anything (EPERM, ENOSYS, EINVAL...),
+    so the rows say what came back, never what it is presumed to mean."""
+    def answered(call: str, err: int) -> str:
+        if not err:
+            return f"{call} was not tried"
+        return f"{call} answered {errno.errorcode.get(err, err)}"
+
+    clone3_ok = method == _core.CLONE_CLONE3
+    pidfd_ok = method in (_core.CLONE_CLONE3, _core.CLONE_LEGACY)
+    clone3 = answered("clone3", clone3_errno)
+    legacy = answered("the legacy clone(CLONE_PIDFD)", legacy_errno)
+    if clone3_ok:
+        observed = "clone3 works and is used"
+    elif pidfd_ok:
+        observed = f"{clone3}; the legacy clone(CLONE_PIDFD) works and is used"
+    else:
+        observed = f"{clone3} and {legacy}: no clone is used"
+    return [
+        Row("clone3", "5.3", clone3_ok, "vfork-style clone3 works" if clone3_ok else clone3),
+        Row("CLONE_PIDFD", "5.2", pidfd_ok,
+            _features.CLONE_METHOD_NAMES[method] if pidfd_ok
+            else f"no pidfd-returning clone here: {clone3}, {legacy}", core=True),
+        Row("CLONE_CLEAR_SIGHAND", "5.5", clone3_ok,
+            "with clone3" if clone3_ok
+            else "not used: handlers are reset by hand in the legacy path" if pidfd_ok
+            else "not used: no clone works"),
+        Row("seccomp lets clone3 through", "-", clone3_ok,
+            f"seccomp: {_seccomp_mode()}; {observed}"),
+    ]
+
+
 def probe_all() -> tuple[list[Row], dict[str, str | None]]:
-    rows: list[Row] = []
     method = _features.clone_method()
     _, clone3_errno, legacy_errno = _core.clone_method()
-    name = errno.errorcode.get
-    rows.append(Row("clone3", "5.3", method == _core.CLONE_CLONE3,
-                    "vfork-style clone3 works" if method == _core.CLONE_CLONE3
-                    else f"failed: {name(clone3_errno, clone3_errno)}"))
+    rows = clone_rows(method, clone3_errno, legacy_errno)
     pidfd_ok = method in (_core.CLONE_CLONE3, _core.CLONE_LEGACY)
-    rows.append(Row("CLONE_PIDFD", "5.2", pidfd_ok,
-                    _features.CLONE_METHOD_NAMES[method] if pidfd_ok
-                    else _features.clone_unsupported_reason(), core=True))
-    rows.append(Row("CLONE_CLEAR_SIGHAND", "5.5", method == _core.CLONE_CLONE3,
-                    "with clone3" if method == _core.CLONE_CLONE3
-                    else "not used: handlers are reset by hand in the legacy path"))
-    blocked = method != _core.CLONE_CLONE3 and clone3_errno in (errno.EPERM, errno.ENOSYS)
-    rows.append(Row("seccomp lets clone3 through", "-", not blocked,
-                    f"seccomp: {_seccomp_mode()}" + (
-                        f"; clone3 answered {name(clone3_errno)}, legacy clone is used"
-                        if blocked else "")))
-    del legacy_errno
     ok, detail = _probe_group_signal()
     rows.append(Row("PIDFD_SIGNAL_PROCESS_GROUP", "6.9", ok, detail))
     if pidfd_ok:

@@ -1,0 +1,54 @@
+"""tether doctor: every row says what the probe observed here, never what it presumes."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from tether._kernel import core
+from tether._tree import doctor
+
+
+def rows_when(monkeypatch: pytest.MonkeyPatch, method: int, clone3_errno: int,
+              legacy_errno: int) -> dict[str, doctor.Row]:
+    """doctor's rows on a machine whose clone probe answered this (as under seccomp)."""
+    monkeypatch.setattr(core, "clone_method", lambda: (method, clone3_errno, legacy_errno))
+    rows, _ = doctor.probe_all()
+    return {row.name: row for row in rows}
+
+
+def test_both_clones_blocked_says_no_clone_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = rows_when(monkeypatch, core.CLONE_NONE, errno.EPERM, errno.EPERM)
+    seccomp = rows["seccomp lets clone3 through"]
+    assert not seccomp.here
+    assert "legacy clone is used" not in seccomp.detail
+    assert "works and is used" not in seccomp.detail
+    assert "no clone is used" in seccomp.detail
+    assert not rows["CLONE_PIDFD"].here
+    assert rows["CLONE_PIDFD"].detail.count("EPERM") == 2
+
+
+def test_clone3_einval_is_not_reported_as_let_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filter (or an old kernel) answering clone3 with EINVAL: clone3 did not get
+    through, whatever the reason; the row says EINVAL came back and the legacy clone ran."""
+    rows = rows_when(monkeypatch, core.CLONE_LEGACY, errno.EINVAL, 0)
+    seccomp = rows["seccomp lets clone3 through"]
+    assert not seccomp.here
+    assert "clone3 answered EINVAL" in seccomp.detail
+    assert "legacy clone(CLONE_PIDFD) works and is used" in seccomp.detail
+    assert rows["CLONE_PIDFD"].here
+
+
+def test_clone3_blocked_with_eperm_legacy_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = rows_when(monkeypatch, core.CLONE_LEGACY, errno.EPERM, 0)
+    assert rows["clone3"].detail == "clone3 answered EPERM"
+    assert "legacy clone(CLONE_PIDFD) works and is used" in rows[
+        "seccomp lets clone3 through"].detail
+
+
+def test_rows_here_match_this_machines_probe() -> None:
+    method, _, _ = core.clone_method()
+    rows = {row.name: row for row in doctor.probe_all()[0]}
+    assert rows["clone3"].here == (method == core.CLONE_CLONE3)
+    assert rows["seccomp lets clone3 through"].here == (method == core.CLONE_CLONE3)
