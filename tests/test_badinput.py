@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("each_clone_method")
 
 @pytest.fixture
 def no_leak() -> Iterator[None]:
-    before = oracle.open_fds()
+    before = oracle.baseline_fds()
     yield
     assert oracle.open_fds() == before, "an fd leaked"
     assert oracle.no_descendants(), "a process was left"
@@ -96,3 +96,19 @@ def test_exec_failure_in_the_child_is_reported_and_reaped(tmp_path: Path, no_lea
     with pytest.raises(OSError) as info:
         tether.spawn_lifelined([str(junk)])
     assert "exec" in " ".join(getattr(info.value, "__notes__", []))
+
+
+@pytest.mark.parametrize("stdout", [None, subprocess.PIPE], ids=["no pipe", "PIPE"])
+def test_spawn_rejects_a_bufsize_that_is_no_integer_before_starting(
+    stdout: Any, no_leak: None
+) -> None:
+    # subprocess.Popen raises TypeError up front; tether used to start the program first
+    # (and, without a pipe to buffer, never complained at all).
+    with pytest.raises(TypeError, match="bufsize must be an integer"):
+        tether.spawn(["true"], bufsize="orange", stdout=stdout)  # type: ignore[arg-type]
+
+
+def test_spawn_takes_bufsize_none_as_the_default_like_subprocess(no_leak: None) -> None:
+    with tether.spawn(["true"], bufsize=None, stdout=subprocess.PIPE) as child:
+        assert child.communicate() == (b"", None)
+        assert child.returncode == 0

@@ -94,10 +94,72 @@ def _end(spawned: tether.Spawned) -> tether.Exit:
 
 
 def test_a_directory_that_is_no_cgroup_is_unsupported_and_named(tmp_path: Path) -> None:
-    assert cgroup.cgroup_unavailable_reason(tmp_path) == (
-        f"{tmp_path} is not a cgroup v2 directory")
+    reason = cgroup.cgroup_unavailable_reason(tmp_path)
+    assert reason is not None and reason.startswith(f"{tmp_path} is not a cgroup v2 directory")
     with pytest.raises(tether.Unsupported, match="is not a cgroup v2 directory"):
         cgroup.cgroup_root(tmp_path)
+
+
+def test_a_directory_that_only_looks_like_a_cgroup_is_rejected_before_anything_is_made(
+    tmp_path: Path,
+) -> None:
+    for name in ("cgroup.procs", "cgroup.kill", "cgroup.events"):
+        (tmp_path / name).write_text("")
+    with pytest.raises(tether.Unsupported, match="is not a cgroup v2 directory"):
+        cgroup.cgroup_root(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cgroup.events", "cgroup.kill", "cgroup.procs"]
+
+
+def test_a_cgroup_v1_hierarchy_is_rejected_before_anything_is_made(tmp_path: Path) -> None:
+    """A v1 hierarchy has cgroup.procs too; mounted in a mount namespace of a forked child's
+    own (a named hierarchy, no controller), so no other user of the machine sees it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a cgroup v1 hierarchy")
+    mount_point = tmp_path / "v1"
+    mount_point.mkdir()
+    r, w = os.pipe()
+
+    def in_own_mount_namespace() -> None:
+        import ctypes
+
+        os.close(r)
+        if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
+            os.write(w, b"skip unshare(CLONE_NEWNS) refused")
+            return
+        tether.run(["mount", "--make-rprivate", "/"], check=True)
+        name = f"name=tether-test-{secrets.token_hex(4)}"
+        if tether.run(["mount", "-t", "cgroup", "-o", f"none,{name}", "cgroup",
+                       str(mount_point)]).returncode != 0:
+            os.write(w, b"skip cannot mount a cgroup v1 hierarchy here")
+            return
+        try:
+            assert (mount_point / "cgroup.procs").exists()
+            try:
+                tether.spawn(["true"], contain="cgroup", cgroup_root=mount_point).wait()
+                verdict = "accepted"
+            except tether.Unsupported as exc:
+                verdict = "rejected" if "not a cgroup v2 directory" in str(exc) else str(exc)
+            made = sorted(p.name for p in mount_point.iterdir() if p.is_dir())
+            for directory in made:  # (only if the check failed)
+                for sub in sorted(mount_point.joinpath(directory).rglob("*"), reverse=True):
+                    if sub.is_dir():
+                        sub.rmdir()
+                mount_point.joinpath(directory).rmdir()
+            os.write(w, f"{verdict} {made}".encode())
+        finally:
+            tether.run(["umount", str(mount_point)])
+
+    child = tether.run_in_fork(in_own_mount_namespace)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        verdict = f.read().decode()
+    assert child.pidfd.wait().code == 0
+    child.lifeline.close()
+    child.pidfd.close()
+    if verdict.startswith("skip"):
+        pytest.skip(verdict)
+    assert verdict == "rejected []"
 
 
 def test_own_cgroup_follows_move_self(private_root: str) -> None:
@@ -167,6 +229,125 @@ def test_a_private_lock_is_not_held_by_a_forked_child(parent: str) -> None:
     child.lifeline.close()
     child.pidfd.close()
     os.rmdir(path)
+
+
+def test_create_locked_survives_a_sweep_that_takes_its_fresh_directory(
+    parent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's first-spawn sweep may find our directory between mkdir and flock,
+    take it for a stale one, and remove it. Reproduced at the exact moment: right after
+    the mkdir, a sweep (as that process would run it) removes the fresh directory."""
+    real_mkdir = os.mkdir
+    swept: list[str] = []
+
+    def mkdir_then_swept(path: str, mode: int = 0o777) -> None:
+        real_mkdir(path, mode)
+        if not swept and os.path.dirname(path) == parent:
+            swept.extend(cgroup.sweep(parent))
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_swept)
+    path, fd = cgroup.create_locked(parent, "t-")
+    monkeypatch.undo()
+    try:
+        assert len(swept) == 1 and swept[0] != path, "the sweep did not take the first one"
+        assert os.path.isdir(path) and _locked(path)
+    finally:
+        cgroup.release_lock(fd)
+    os.rmdir(path)
+
+
+def _as_nobody_lock(go: int, paths: int, answers: int, parent_ends: tuple[int, ...]) -> None:
+    """In a forked child, as uid 65534: for each path read from ``paths``, try to open and
+    lock it (keeping what it gets), answering b"L" (locked) or b"-"; until ``go`` closes."""
+    for fd in parent_ends:
+        os.close(fd)
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+    held: list[int] = []
+    with os.fdopen(paths, "r") as f:
+        for line in f:
+            try:
+                fd = os.open(line.rstrip("\n"), os.O_RDONLY | os.O_DIRECTORY)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(fd)
+                os.write(answers, b"L")
+            except OSError:
+                os.write(answers, b"-")
+    os.read(go, 1)
+
+
+class _Attacker:
+    """uid 65534 in a forked child, trying to lock whatever directory we name."""
+
+    def __init__(self) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to act as another user")
+        go_r, self._go = os.pipe()
+        paths_r, paths_w = os.pipe()
+        self._answers, answers_w = os.pipe()
+        self._child = tether.run_in_fork(_as_nobody_lock, go_r, paths_r, answers_w,
+                                         (self._go, paths_w, self._answers))
+        for fd in (go_r, paths_r, answers_w):
+            os.close(fd)
+        self._paths = os.fdopen(paths_w, "w")
+
+    def try_lock(self, path: str) -> bool:
+        self._paths.write(path + "\n")
+        self._paths.flush()
+        return os.read(self._answers, 1) == b"L"
+
+    def leave(self) -> None:
+        self._paths.close()
+        os.close(self._go)
+        assert self._child.pidfd.wait().code == 0
+        os.close(self._answers)
+        self._child.lifeline.close()
+        self._child.pidfd.close()
+
+
+@pytest.mark.parametrize("prefix", ["t-", "pytest-"], ids=["tree", "plugin session"])
+def test_another_user_cannot_block_the_creation_of_a_locked_directory(
+    parent: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack of issue 11: another user locks each fresh directory between our mkdir
+    and our flock (caught with inotify there; here at the exact moment)."""
+    attacker = _Attacker()
+    real_mkdir = os.mkdir
+    attacked: list[bool] = []
+
+    def mkdir_then_attacked(path: str, mode: int = 0o777) -> None:
+        real_mkdir(path, mode)
+        if os.path.dirname(path) == parent:
+            attacked.append(attacker.try_lock(path))
+
+    try:
+        monkeypatch.setattr(os, "mkdir", mkdir_then_attacked)
+        path, fd = cgroup.create_locked(parent, prefix, private=prefix == "pytest-")
+        monkeypatch.undo()
+        cgroup.release_lock(fd)
+        os.rmdir(path)
+    finally:
+        monkeypatch.undo()
+        attacker.leave()
+        cgroup.sweep(parent, prefix)  # what the attack left
+    assert attacked == [False]
+
+
+@pytest.mark.parametrize("prefix", ["t-", "pytest-"], ids=["tree", "plugin session"])
+def test_another_user_cannot_keep_a_stale_directory_from_the_sweep(
+    parent: str, prefix: str
+) -> None:
+    path, fd = cgroup.create_locked(parent, prefix)
+    cgroup.release_lock(fd)  # its owner is gone: stale
+    attacker = _Attacker()
+    try:
+        locked = attacker.try_lock(path)
+        removed = cgroup.sweep(parent, prefix)
+    finally:
+        attacker.leave()
+        cgroup.sweep(parent, prefix)
+    assert not locked and removed == [path]
 
 
 # -- the sweep -----------------------------------------------------------------------------------

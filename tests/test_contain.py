@@ -4,6 +4,7 @@ Oracle: the test process is a child subreaper; ECHILD means no descendant is lef
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -175,4 +176,66 @@ def test_pidns_unprivileged_maps_the_caller_to_itself() -> None:
     if report.startswith("unavailable"):
         pytest.skip(f"unprivileged user+PID namespaces unavailable here: {report}")
     assert report == "ran 65534 2\n"
+    assert oracle.reap_until(1.0).empty
+
+
+def test_the_open_file_limit_during_a_cgroup_launch_leaves_no_directory_and_says_emfile() -> None:
+    """RLIMIT_NOFILE reached at each step of Guard.launch in turn (1, 2, ... fds free): the
+    error is EMFILE (not a failure to open cgroup.events while cleaning up), and the tree's
+    directory is gone. In a forked child, whose fd table is its own to fill."""
+    from conftest import require_mode, rmdir_cgroup_tree
+
+    require_mode("cgroup")
+    import json
+    import resource
+    import secrets
+
+    from tether._kernel import cgroup as _cgroup
+
+    root = os.path.join(_cgroup.cgroup_root(), f"tether-emfile-{secrets.token_hex(4)}")
+    os.mkdir(root, 0o755)
+    parent = os.path.join(root, _cgroup.PARENT_NAME)
+    r, w = os.pipe()
+
+    def at_the_limit() -> None:
+        os.close(r)
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(oracle.open_fds()) + 32, hard))
+        _cgroup.cgroup_root(root)  # probed (and its parent made) before the fds run out
+        fillers: list[int] = []
+        attempts = []
+        for free in range(1, 12):
+            while True:
+                try:
+                    fillers.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError:
+                    break
+            for _ in range(free):
+                os.close(fillers.pop())
+            try:
+                child = tether.spawn(["true"], contain="cgroup", cgroup_root=root)
+                child.wait()
+                attempts.append([free, "ran"])
+            except OSError as exc:
+                attempts.append([free, exc.errno, str(exc)])
+            attempts[-1].append(sorted(n for n in os.listdir(parent) if n.startswith("t-")))
+        for fd in fillers:
+            os.close(fd)
+        os.write(w, json.dumps(attempts).encode())
+
+    try:
+        forked = tether.run_in_fork(at_the_limit)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            attempts = json.loads(f.read())
+        assert forked.pidfd.wait().code == 0
+        forked.lifeline.close()
+        forked.pidfd.close()
+    finally:
+        rmdir_cgroup_tree(root)
+    failed = [a for a in attempts if a[1] != "ran"]
+    assert failed, f"no launch reached the limit: {attempts}"
+    for attempt in failed:
+        assert attempt[1] == errno.EMFILE and "cgroup.events" not in attempt[2], attempt
+    assert [a for a in attempts if a[-1]] == [], "a tree directory was left"
     assert oracle.reap_until(1.0).empty

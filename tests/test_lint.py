@@ -455,6 +455,19 @@ def test_config_exclude_applies_to_files_named_explicitly(project: Path) -> None
     assert lint_codes("gen_a.py") == []
 
 
+def test_config_exclude_of_a_directory_applies_to_its_files_named_explicitly(
+    project: Path,
+) -> None:
+    # pre-commit passes every changed file by name: vendor/v.py must stay excluded.
+    write(project / "pyproject.toml", '[tool.tether.lint]\nexclude = ["vendor", "gen/*"]\n')
+    write(project / "vendor" / "v.py", FORK_AND_KILL)
+    write(project / "vendor" / "deep" / "w.py", FORK_AND_KILL)
+    write(project / "gen" / "sub" / "g.py", FORK_AND_KILL)
+    write(project / "vendored" / "x.py", FORK_AND_KILL)
+    assert lint_codes("vendor/v.py", "vendor/deep/w.py", "gen/sub/g.py") == []
+    assert lint_codes("vendored/x.py") == ["TET101", "TET201"]
+
+
 def test_command_line_select_replaces_config_select(project: Path) -> None:
     write(project / "pyproject.toml", '[tool.tether.lint]\nselect = ["TET2"]\n')
     write(project / "a.py", FORK_AND_KILL)

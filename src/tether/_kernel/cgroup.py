@@ -12,7 +12,8 @@ Layout: ``<root>/tether/t-<random>`` per tree (and ``pytest-<random>`` per sessi
 pytest plugin), where ``<root>`` is the writable cgroup v2 hierarchy (found in this process's
 mount table: ``/sys/fs/cgroup``, or ``/sys/fs/cgroup/unified`` in hybrid layouts), or
 ``TETHER_CGROUP_ROOT``, or the ``cgroup_root`` argument. ``<root>/tether`` is one long-lived,
-empty parent directory, like a systemd slice.
+empty parent directory, like a systemd slice. Where the hierarchy is, and whether this
+process may use it, is ``cgroup_probe``'s job (re-exported here).
 """
 
 from __future__ import annotations
@@ -24,10 +25,19 @@ import secrets
 import select
 import threading
 import time
-from typing import Final
 
+from tether._kernel.cgroup_probe import (
+    PARENT_NAME,
+    PRIVATE_MODE,
+    ROOT_ENV,
+    TREE_PREFIX,
+    cgroup_root,
+    cgroup_unavailable_reason,
+    forget_roots,
+    own_cgroup,
+)
 from tether._kernel.deadline import Deadline
-from tether._kernel.errors import Unsupported
+from tether._kernel.fds import above_stdio
 
 __all__ = [
     "PARENT_NAME",
@@ -38,6 +48,7 @@ __all__ = [
     "cgroup_unavailable_reason",
     "create",
     "create_locked",
+    "forget_roots",
     "freeze",
     "kill",
     "kill_and_remove",
@@ -52,117 +63,8 @@ __all__ = [
     "wait_events",
 ]
 
-PARENT_NAME: Final = "tether"
-ROOT_ENV: Final = "TETHER_CGROUP_ROOT"
-TREE_PREFIX: Final = "t-"
-
 _sweep_lock = threading.Lock()
 _swept: set[str] = set()
-
-
-# -- where the hierarchy is ----------------------------------------------------------------------
-
-
-def _mounted_cgroup2() -> list[str]:
-    """cgroup2 mount points of this process's mount namespace, from its own mount table."""
-    points: list[str] = []
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                if right.split(" ", 1)[0] == "cgroup2":
-                    points.append(_unescape(left.split(" ")[4]))
-    except OSError:
-        return []
-    return points
-
-
-def _unescape(path: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    out, i = [], 0
-    while i < len(path):
-        if path[i] == "\\" and i + 3 < len(path) and path[i + 1 : i + 4].isdigit():
-            out.append(chr(int(path[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(path[i])
-            i += 1
-    return "".join(out)
-
-
-def cgroup_root(explicit: str | os.PathLike[str] | None = None) -> str:
-    """The writable cgroup v2 directory under which tether makes its trees.
-
-    Raises :class:`tether.Unsupported` naming what is missing."""
-    reason, root = _find_root(explicit)
-    if root is None:
-        raise Unsupported(errno.ENOTSUP, reason)
-    return root
-
-
-def cgroup_unavailable_reason(explicit: str | os.PathLike[str] | None = None) -> str | None:
-    """None if cgroup containment works here, else why not."""
-    reason, root = _find_root(explicit)
-    return None if root is not None else reason
-
-
-_root_cache: dict[str | None, str] = {}
-
-
-def _find_root(explicit: str | os.PathLike[str] | None) -> tuple[str, str | None]:
-    if explicit is None:
-        explicit = os.environ.get(ROOT_ENV) or None
-    key = None if explicit is None else os.fspath(explicit)
-    cached = _root_cache.get(key)
-    if cached is not None:
-        # Only successes are cached (parsing the mount table and probing costs ~0.1 ms per
-        # spawn); create_locked recreates the parent directory if it was removed since.
-        return "", cached
-    reason, root = _probe_root(explicit)
-    if root is not None:
-        _root_cache[key] = root
-    return reason, root
-
-
-def _probe_root(explicit: str | os.PathLike[str] | None) -> tuple[str, str | None]:
-    if explicit is not None:
-        candidates = [os.fspath(explicit)]
-    else:
-        candidates = _mounted_cgroup2()
-        if not candidates:
-            return "no cgroup v2 hierarchy is mounted (cgroup containment needs cgroup2)", None
-    problems = []
-    for root in candidates:
-        if not os.path.exists(os.path.join(root, "cgroup.procs")):
-            problems.append(f"{root} is not a cgroup v2 directory")
-            continue
-        parent = os.path.join(root, PARENT_NAME)
-        try:
-            os.mkdir(parent, 0o755)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            problems.append(f"{root} is not writable ({exc.strerror}; needs root or a delegated "
-                            "subtree)")
-            continue
-        if not os.path.exists(os.path.join(parent, "cgroup.kill")):
-            problems.append(f"{root} has no cgroup.kill (Linux 5.14)")
-            continue
-        return "", root
-    return "; ".join(problems), None
-
-
-def own_cgroup() -> str:
-    """This process's cgroup v2 directory, from its own /proc/self/cgroup ("0::<path>")."""
-    with open("/proc/self/cgroup", encoding="utf-8") as f:
-        relative = next((line[3:].rstrip("\n") for line in f if line.startswith("0::")), None)
-    if relative is None:
-        raise OSError(errno.ENOENT, "this process is in no cgroup v2 hierarchy")
-    for mount in _mounted_cgroup2():
-        candidate = os.path.normpath(mount + relative)
-        if os.path.exists(os.path.join(candidate, "cgroup.procs")):
-            return candidate
-    raise OSError(errno.ENOENT, f"cannot find this process's cgroup {relative} in a mount")
 
 
 # -- creating ------------------------------------------------------------------------------------
@@ -180,10 +82,24 @@ class CgroupTree:
     @classmethod
     def create(cls, root: str) -> CgroupTree:
         """A fresh, locked ``<root>/tether/t-<random>``; the first call per parent in this
-        process first sweeps that parent's stale tree directories."""
-        parent = os.path.join(root, PARENT_NAME)
+        process first sweeps that parent's stale tree directories. A tree started inside a
+        tether tree's cgroup goes inside that cgroup instead (``<own>/tether/t-<random>``),
+        so the enclosing tree's cgroup.kill reaches it too."""
+        parent = os.path.join(_enclosing_tree(root) or root, PARENT_NAME)
         _sweep_once(parent)
         return cls(*create_locked(parent, TREE_PREFIX))
+
+    def discard(self) -> None:
+        """Remove a directory that no process ever entered (a launch that failed before the
+        guard could start anything) and release the lock. Opens no file: it must work at the
+        open-file limit, which may be why the launch failed. Idempotent."""
+        if self.fd < 0:
+            return
+        try:
+            _rmdir_quiet(self.path)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
 
     def remove(self, timeout: float = 5.0) -> None:
         """Kill what is left, wait until empty, rmdir, and release the lock. Idempotent."""
@@ -197,6 +113,17 @@ class CgroupTree:
             self.fd = -1
 
 
+def _enclosing_tree(root: str) -> str | None:
+    """This process's own cgroup if it lies inside a tether tree under ``root``, else None.
+    Nesting is what makes an outer cgroup.kill end an inner tree: a sibling directory would
+    outlive the inner tree's parent and guard, which that kill takes first."""
+    try:
+        own = own_cgroup()
+    except OSError:
+        return None
+    return own if own.startswith(os.path.join(root, PARENT_NAME) + os.sep) else None
+
+
 def create_locked(parent: str, prefix: str, *, private: bool = False) -> tuple[str, int]:
     """mkdir a fresh ``<parent>/<prefix><random>`` (and ``parent`` if missing) and flock it;
     returns (path, lock fd). From the moment this returns, no sweep can remove it.
@@ -206,13 +133,21 @@ def create_locked(parent: str, prefix: str, *, private: bool = False) -> tuple[s
     Release it with :func:`release_lock`."""
     for _ in range(8):
         path = os.path.join(parent, prefix + secrets.token_hex(8))
+        # 0700: the lock is taken on an open of the directory, so nobody else may open it.
+        # Another user who could (0755) would lock fresh directories to make our creation
+        # fail, or stale ones to keep them from ever being swept.
         try:
-            os.mkdir(path, 0o755)
+            os.mkdir(path, PRIVATE_MODE)
         except FileNotFoundError:
             os.makedirs(parent, 0o755, exist_ok=True)  # removed since we looked
-            os.mkdir(path, 0o755)
+            os.mkdir(path, PRIVATE_MODE)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            # Never at 0-2: it is passed on to the guard (--cgroup-fd).
+            fd = above_stdio(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except FileNotFoundError:
+            # A sweeper in another process took the fresh, unlocked directory for a stale
+            # one and has removed it already. Take another name.
+            continue
         except BaseException:
             _rmdir_quiet(path)
             raise
@@ -268,6 +203,12 @@ def move_self(directory: str) -> None:
     """Move this process into the cgroup ``directory``: every thread at once, and every
     process it forks from now on starts there."""
     _write(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
+
+
+def move_process(pid: int, directory: str) -> None:
+    """Move process ``pid`` into the cgroup ``directory``. By number: the caller must have
+    pinned it (an unreaped child of ours, or a frozen member) so that it names that process."""
+    _write(os.path.join(directory, "cgroup.procs"), str(pid))
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -417,8 +358,8 @@ def sweep(parent: str, prefix: str = TREE_PREFIX) -> list[str]:
         path = os.path.join(parent, name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue  # gone already, or not ours to judge (another user's)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -13,14 +13,15 @@ import os
 from typing import Final, Literal, TypeAlias
 
 from tether._kernel import core, features
-from tether._kernel.cgroup import cgroup_unavailable_reason
+from tether._kernel.cgroup import cgroup_unavailable_reason, forget_roots
 from tether._kernel.errors import Unsupported
+from tether._kernel.fds import above_stdio
 from tether._kernel.spawn import clone_spec
 from tether._kernel.spec import SpawnSpec
 
 __all__ = [
     "GUARD_PATH", "MODES", "Contain", "Mode", "devnull", "forget_probes", "guard_path",
-    "pidns_unavailable_reason", "resolve_mode",
+    "pidns_unavailable_reason", "raise_namespace_limit", "resolve_mode",
 ]
 
 GUARD_PATH: Final = os.path.join(
@@ -48,8 +49,9 @@ _pidns_probe: dict[bool, str | None] = {}
 
 
 def pidns_unavailable_reason() -> str | None:
-    """None if a guard can be PID 1 of a new PID namespace here, else why not. Probed once
-    (by starting the guard with no arguments in a new namespace: it exits at once)."""
+    """None if a guard can be PID 1 of a new PID namespace here, else why not. Probed by
+    starting the guard with no arguments in a new namespace (it exits at once); the answer is
+    cached unless it is a limit reached now (ENOSPC, EUSERS), which is asked again."""
     unprivileged = os.geteuid() != 0
     if unprivileged in _pidns_probe:
         return _pidns_probe[unprivileged]
@@ -66,11 +68,13 @@ def pidns_unavailable_reason() -> str | None:
     except Unsupported as exc:
         reason = str(exc)
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EINVAL, errno.ENOSPC, errno.EUSERS):
+        if exc.errno in _NAMESPACE_LIMIT_ERRNOS:
+            # A count limit (user.max_pid_namespaces, ...) reached now: it can be raised, and
+            # namespaces end. Never cached.
+            return _namespace_limit_reason(exc)
+        if exc.errno not in (errno.EPERM, errno.EINVAL):
             raise
-        what = "user+PID namespaces (CLONE_NEWUSER|CLONE_NEWPID)" if unprivileged else (
-            "PID namespaces (CLONE_NEWPID)")
-        reason = f"{what} are not allowed here: {exc.strerror}"
+        reason = f"{_namespaces(unprivileged)} are not allowed here: {exc.strerror}"
     else:
         probe.lifeline.close()
         probe.pidfd.wait()
@@ -79,9 +83,37 @@ def pidns_unavailable_reason() -> str | None:
     return reason
 
 
+#: clone(CLONE_NEWPID|CLONE_NEWUSER) errors that mean "a limit on how many namespaces exist
+#: is reached" (ENOSPC: max_pid_namespaces, max_user_namespaces, or the nesting depth;
+#: EUSERS: the user-namespace nesting limit on kernels before 4.9). Transient.
+_NAMESPACE_LIMIT_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EUSERS})
+
+
+def _namespaces(unprivileged: bool) -> str:
+    return ("user+PID namespaces (CLONE_NEWUSER|CLONE_NEWPID)" if unprivileged
+            else "PID namespaces (CLONE_NEWPID)")
+
+
+def _namespace_limit_reason(exc: OSError) -> str:
+    what = _namespaces(os.geteuid() != 0)
+    return (f"no more {what} can be made now ({exc.strerror}): a limit on how many may "
+            "exist is reached (the sysctls user.max_pid_namespaces and "
+            "user.max_user_namespaces, or 32 levels of nesting)")
+
+
+def raise_namespace_limit(exc: BaseException) -> None:
+    """If ``exc`` (from starting a pidns guard) says a namespace limit is reached, raise
+    :class:`tether.Unsupported` explaining it instead of the bare ``OSError(ENOSPC)``."""
+    if isinstance(exc, OSError) and exc.errno in _NAMESPACE_LIMIT_ERRNOS:
+        raise Unsupported(
+            exc.errno, f"contain='pidns' is unavailable: {_namespace_limit_reason(exc)}"
+        ) from exc
+
+
 def forget_probes() -> None:
     """Drop the cached probe answers: for a process whose privileges changed (setuid)."""
     _pidns_probe.clear()
+    forget_roots()
 
 
 _devnull_fd = -1
@@ -90,7 +122,7 @@ _devnull_fd = -1
 def devnull() -> int:
     global _devnull_fd
     if _devnull_fd < 0:
-        _devnull_fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        _devnull_fd = above_stdio(os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC))
     return _devnull_fd
 
 

@@ -51,10 +51,23 @@ class Config:
             return path.as_posix()
 
     def is_excluded(self, path: Path) -> bool:
-        """Whether `path` (a file or directory) matches an ``exclude`` glob."""
+        """Whether `path` (a file or directory) or a directory it lies in matches an
+        ``exclude`` glob: ``vendor`` excludes ``vendor/v.py`` also when that file is named on
+        the command line (pre-commit passes every changed file by name)."""
         if not self.exclude:
             return False
-        return _matches(self._relative(path), path.name, self.exclude)
+        try:
+            parts = path.resolve().relative_to(self.root).parts if self.root else None
+        except ValueError:
+            parts = None
+        if not parts:
+            # Outside this config's root: only the path itself can match, never the
+            # directories it happens to lie in (/tmp for an exclude of "tmp").
+            return _matches(path.as_posix(), path.name, self.exclude)
+        return any(
+            _matches("/".join(parts[:depth]), parts[depth - 1], self.exclude)
+            for depth in range(1, len(parts) + 1)
+        )
 
     def codes_for(self, path: Path) -> frozenset[str]:
         """The rule codes that apply to the file at `path`, after ``per-file-ignores``."""
