@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import tether
+from tether._kernel.lifeline import lifeline_fd
 
 
 def test_returning_callable_exits_zero() -> None:
@@ -66,7 +67,7 @@ def test_child_leads_its_own_group_and_is_attached() -> None:
     r, w = os.pipe()
 
     def report() -> None:
-        fd = os.environ["TETHER_LIFELINE_FD"]
+        fd = lifeline_fd()  # the one attach() armed (the variable is not passed on)
         os.write(w, f"{os.getpgrp() == os.getpid()} {fd}".encode())
 
     s = tether.run_in_fork(report)

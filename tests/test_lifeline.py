@@ -151,7 +151,7 @@ def test_forked_sibling_from_another_thread_does_not_hold_the_lifeline(
 
 def test_closing_the_writer_is_seen_as_eof_by_the_child() -> None:
     s = tether.spawn_lifelined(
-        [PY, "-c", "import os; fd = int(os.environ['TETHER_LIFELINE_FD']); "
+        [PY, "-c", "import os; fd = int(os.environ['TETHER_LIFELINE_FD'].split(':')[0]); "
                    "print(os.read(fd, 1) == b'')"],
         stdout=None,
     )
@@ -201,3 +201,146 @@ def test_writer_is_closed_in_a_forked_child() -> None:
     assert child.pidfd.wait().code == 0
     s.pidfd.send_signal(signal.SIGKILL)
     s.pidfd.wait()
+
+
+# -- a shared lifeline: every process that called attach() dies -------------------------------
+
+WORKERS = """
+import os, sys, tether
+release = int(sys.argv[1])
+for n in (1, 2):
+    if os.fork() == 0:
+        # Both workers inherited the one lifeline fd (one open file description) and the
+        # variable; neither leads its group, so each arms for itself.
+        assert tether.attach()
+        os.write(1, b'worker%d %d\\n' % (n, os.getpid()))
+        os.read(release, 1)  # blocks until the test lets go (or the lifeline kills us)
+        os._exit(0)
+os._exit(0)  # the launcher goes: its workers come back to the test, a subreaper
+"""
+
+
+def test_every_worker_that_attached_to_a_shared_lifeline_dies_when_it_is_cut(
+    report_pipe: tuple[Lines, int], python_env: dict[str, str]
+) -> None:
+    lines, w = report_pipe
+    release_r, release_w = os.pipe()
+    try:
+        launcher = tether.spawn_lifelined([PY, "-c", WORKERS, str(release_r)], stdout=w,
+                                          env=python_env, pass_fds=[release_r])
+        os.close(w)
+        os.close(release_r)
+        assert launcher.pidfd.wait().code == 0
+        seen = lines.until("worker1", "worker2")
+        workers = {seen["worker1"], seen["worker2"]}
+        launcher.lifeline.close()  # what the parent's death does
+        result = oracle.reap_until(30.0, stop=lambda s: workers <= s.pids)
+        assert workers <= result.pids, "a worker that attached outlived its lifeline"
+        assert {result.status[pid] for pid in workers} == {(os.CLD_KILLED, signal.SIGKILL)}
+    finally:
+        os.close(release_w)  # a worker that survived exits now
+
+
+# -- TETHER_LIFELINE_FD is checked, and not passed on --------------------------------------------
+
+STRANGER = """
+import os, socket, sys, tether
+a, b = socket.socketpair()  # lands on fd 3, where the variable says the lifeline is
+assert a.fileno() == 3, a.fileno()
+try:
+    armed = tether.attach()
+except ValueError as exc:
+    armed = 'refused'
+b.send(b'ordinary traffic')  # with fd 3 armed by mistake, SIGKILL for us
+a.recv(100)
+print(armed)
+"""
+
+
+@pytest.mark.parametrize("announced", ["as tether announced it", "a bare number"])
+def test_attach_refuses_an_inherited_variable_whose_fd_is_not_the_lifeline(
+    announced: str, python_env: dict[str, str]
+) -> None:
+    # A grandchild whose parent (a shell, not attached) closed fd 3 but passed the
+    # environment on: its fd 3 becomes a socket, and attach() must not arm it.
+    assign = "TETHER_LIFELINE_FD=3 " if announced == "a bare number" else ""
+    r, w = os.pipe()
+    try:
+        s = tether.spawn_lifelined(
+            ["sh", "-c", f'exec 3<&-; {assign}exec "$0" -c "$1"', PY, STRANGER],
+            stdout=w, env=python_env)
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    exit_ = s.pidfd.wait()
+    s.lifeline.close()
+    assert (exit_.code, out) == (0, b"refused\n")
+
+
+def test_a_bare_number_naming_the_lifeline_is_still_accepted(
+    python_env: dict[str, str]
+) -> None:
+    # The first release's form: checked with fstat (a pipe's read end), then armed.
+    gate_r, gate_w = os.pipe()
+    try:
+        s = tether.spawn_lifelined(
+            ["sh", "-c", 'TETHER_LIFELINE_FD=3 exec "$0" -c "$1"', PY,
+             "import os, tether; assert tether.attach(); os.read(0, 1)"],
+            stdin=gate_r, env=python_env)
+    finally:
+        os.close(gate_r)
+    try:
+        s.lifeline.close()
+        assert s.pidfd.wait().signal == signal.SIGKILL
+    finally:
+        os.close(gate_w)
+
+
+def test_the_variable_carries_the_lifeline_pipes_identity(python_env: dict[str, str]) -> None:
+    r, w = os.pipe()
+    try:
+        s = tether.spawn_lifelined(
+            [PY, "-c", "import os; print(os.environ['TETHER_LIFELINE_FD'])"], stdout=w,
+            env=python_env)
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as f:
+        value = f.read().decode().strip()
+    assert s.pidfd.wait().code == 0
+    pipe = os.fstat(s.lifeline.fileno())  # the write end: the same pipe, the same inode
+    s.lifeline.close()
+    assert value == f"3:{pipe.st_dev}:{pipe.st_ino}"
+
+
+def test_attach_does_not_pass_the_variable_on(python_env: dict[str, str]) -> None:
+    code = ("import os, subprocess, tether\n"
+            "assert tether.attach()\n"
+            "print(subprocess.run(['sh', '-c', 'echo ${TETHER_LIFELINE_FD-unset}'],\n"
+            "                     capture_output=True).stdout.decode().strip())\n"
+            "assert tether.attach()  # still armed, without the variable\n")
+    r, w = os.pipe()
+    try:
+        s = tether.spawn_lifelined([PY, "-c", code], stdout=w, env=python_env)
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    assert s.pidfd.wait().code == 0
+    s.lifeline.close()
+    assert out == b"unset\n"
+
+
+@pytest.mark.parametrize("contain", ["group", "pidns"])
+def test_a_program_under_the_guard_gets_the_identity_and_attach_accepts_it(
+    contain: str, python_env: dict[str, str]
+) -> None:
+    code = ("import os, tether\n"
+            "value = os.environ['TETHER_LIFELINE_FD']\n"
+            "print(value.count(':'), tether.attach())\n")
+    try:
+        done = tether.run([PY, "-c", code], capture_output=True, env=python_env,
+                          contain=contain)
+    except tether.Unsupported as exc:
+        pytest.skip(str(exc))
+    assert (done.returncode, done.stdout) == (0, b"2 True\n"), done.stderr

@@ -53,9 +53,10 @@ from ._harness import (
 CHILD = FD_TABLE_FN + r'''
 import json, os, sys, time
 import tether
+from tether._kernel.lifeline import lifeline_fd
 tether.attach()
 os.write(1, (json.dumps({"who": "child", "tag": sys.argv[1], "pid": os.getpid(),
-                         "lifeline": int(os.environ["TETHER_LIFELINE_FD"]),
+                         "lifeline": lifeline_fd(),
                          "fds": fd_table()}) + "\n").encode())
 time.sleep(300)
 '''
@@ -63,6 +64,7 @@ time.sleep(300)
 PARENT = FD_TABLE_FN + r'''
 import json, os, random, sys, threading, time
 import tether
+from tether._kernel.lifeline import lifeline_fd
 
 kind = sys.argv[1]
 n_threads, per_thread, n_keep, n_rif, sib_fd = map(int, sys.argv[2:7])
@@ -81,7 +83,7 @@ def writer_report(pid, w):
 
 
 def rif_body():
-    say(who="rif", pid=os.getpid(), lifeline=int(os.environ["TETHER_LIFELINE_FD"]),
+    say(who="rif", pid=os.getpid(), lifeline=lifeline_fd(),
         fds=fd_table())
     time.sleep(300)
 

@@ -407,6 +407,20 @@ int tether_clone_exec(struct tether_plan *plan, int method, uint64_t extra_flags
         close(pidfd);
         return 0;
     }
+    if (pidfd <= 2) {
+        /* A parent whose stdio is closed: the pidfd must not pose as its fd 0, 1 or 2. If it
+         * cannot be moved, nothing may be left behind: the child is killed and reaped. */
+        int moved = fcntl(pidfd, F_DUPFD_CLOEXEC, 3);
+        if (moved < 0) {
+            int err = errno;
+            (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+            reap_pidfd(pidfd);
+            close(pidfd);
+            return -err;
+        }
+        close(pidfd);
+        pidfd = moved;
+    }
     *pidfd_out = pidfd;
     return 0;
 }

@@ -98,7 +98,9 @@ TETHER_HIDDEN long tether_clone_raw(int method, uint64_t extra_flags, int cgroup
  *
  * Returns 0 and sets *pid_out / *pidfd_out on success (exec done). On a child failure, the
  * child is reaped, its pidfd closed, and *failure says the stage and errno; returns 0 with
- * *pidfd_out = -1. Returns -errno if the clone itself failed (nothing was created). */
+ * *pidfd_out = -1. Returns -errno if the clone itself failed (nothing was created), or if the
+ * pidfd, made at 0-2 in a caller whose stdio is closed, could not be moved above 2 (the child
+ * was killed and reaped). */
 TETHER_HIDDEN int tether_clone_exec(struct tether_plan *plan, int method, uint64_t extra_flags,
                                     int cgroup_fd, pid_t *pid_out, int *pidfd_out,
                                     struct tether_failure *failure);

@@ -12,7 +12,7 @@ import socket
 import struct
 from typing import Final
 
-__all__ = ["recv_with_fds", "set_nonblocking"]
+__all__ = ["above_stdio", "recv_with_fds", "set_nonblocking", "socketpair_above_stdio"]
 
 _FD_SPACE: Final = socket.CMSG_SPACE(struct.calcsize("i"))
 
@@ -33,7 +33,49 @@ def recv_with_fds(
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             usable = len(payload) - len(payload) % 4
             fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
-    return data, fds, msg_flags
+    moved: list[int] = []
+    try:
+        for fd in fds:
+            moved.append(above_stdio(fd))
+    except BaseException:
+        for fd in moved + fds[len(moved) + 1:]:
+            os.close(fd)
+        raise
+    return data, moved, msg_flags
+
+
+def above_stdio(fd: int) -> int:
+    """Consume ``fd``: itself if it is above 2, else a close-on-exec duplicate above 2 (the
+    original is closed, on failure too). tether's own fds never sit at 0-2, where a process
+    whose stdio is closed would get them: there they would pose as its stdio (to it, and to
+    the children that inherit it)."""
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
+def socketpair_above_stdio(kind: int) -> tuple[socket.socket, socket.socket]:
+    """An AF_UNIX socketpair (close-on-exec) whose fds are both above 2."""
+    pair = list(socket.socketpair(socket.AF_UNIX, kind))
+    try:
+        for i, sock in enumerate(pair):
+            if sock.fileno() <= 2:
+                moved = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
+                try:
+                    replacement = socket.socket(fileno=moved)
+                except BaseException:
+                    os.close(moved)
+                    raise
+                sock.close()
+                pair[i] = replacement
+    except BaseException:
+        for sock in pair:
+            sock.close()
+        raise
+    return pair[0], pair[1]
 
 
 def set_nonblocking(fd: int) -> None:

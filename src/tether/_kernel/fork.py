@@ -112,7 +112,8 @@ def _child(
             finally:
                 os.close(own)
             sock.close()
-            os.environ[LIFELINE_ENV] = str(read_fd)
+            # The variable we inherited names our parent's lifeline, not ours: never passed on.
+            os.environ.pop(LIFELINE_ENV, None)
             attach(read_fd)
             # As user code: under tether.enforce(), what fn reaches is judged as the user's.
             call_as_user(fn, *args, **kwargs)

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <termios.h>
 
@@ -49,9 +50,28 @@ static int parse_uint(const char *s, const char **end_out)
     return (int)v;
 }
 
-static int fmt_uint(char *out, unsigned int v)
+/* A decimal unsigned 64-bit number at s; *end_out just past it. -1 if there is none. */
+static int parse_u64(const char *s, const char **end_out, unsigned long long *out)
 {
-    char digits[12];
+    unsigned long long v = 0;
+    const char *p = s;
+    while (*p >= '0' && *p <= '9') {
+        unsigned int d = (unsigned int)(*p - '0');
+        if (v > (~0ULL - d) / 10)
+            return -1;
+        v = v * 10 + d;
+        p++;
+    }
+    if (p == s)
+        return -1;
+    *end_out = p;
+    *out = v;
+    return 0;
+}
+
+static int fmt_u64(char *out, unsigned long long v)
+{
+    char digits[21];
     int n = 0, k = 0;
     do {
         digits[n++] = (char)('0' + v % 10);
@@ -138,14 +158,23 @@ static void userns_check(const char *spec)
         fail(TETHER_GUARD_STAGE_USERNS, EPERM);
 }
 
-/* The program's environment: ours, with TETHER_LIFELINE_FD naming the program's lifeline. */
-static char **program_env(int lifeline_dst)
+/* The program's environment: ours, with TETHER_LIFELINE_FD naming the program's lifeline:
+ * its fd there and the pipe's identity, "N:<st_dev>:<st_ino>" (what attach() checks). */
+static char **program_env(int lifeline_dst, int lifeline_src)
 {
     extern char **environ;
-    static char entry[sizeof LIFELINE_ENV + 12] = LIFELINE_ENV "=";
+    static char entry[sizeof LIFELINE_ENV + 12 + 2 * 22] = LIFELINE_ENV "=";
     size_t n = 0, i, k = 0;
     char **envp;
-    fmt_uint(entry + sizeof LIFELINE_ENV, (unsigned int)lifeline_dst);
+    struct stat st;
+    char *at = entry + sizeof LIFELINE_ENV;
+    if (fstat(lifeline_src, &st) != 0)
+        fail(TETHER_GUARD_STAGE_SETUP, errno);
+    at += fmt_u64(at, (unsigned long long)lifeline_dst);
+    *at++ = ':';
+    at += fmt_u64(at, (unsigned long long)st.st_dev);
+    *at++ = ':';
+    fmt_u64(at, (unsigned long long)st.st_ino);
     while (environ[n] != NULL)
         n++;
     envp = malloc((n + 2) * sizeof(char *));
@@ -167,7 +196,8 @@ static void parse_control(int argc, char **argv)
     for (i = 1; i + 1 < argc && strcmp(argv[i], "--") != 0; i++) {
         if (strcmp(argv[i], "--control") == 0) {
             g.control = parse_uint(argv[i + 1], NULL);
-            if (!fd_is_open(g.control)) {
+            /* Never one of 0-2: those are the program's stdio, not ours. */
+            if (g.control < 3 || !fd_is_open(g.control)) {
                 g.control = -1;
                 usage("bad --control fd: ", argv[i + 1]);
             }
@@ -286,6 +316,42 @@ static void setup_signals(void)
         fail(TETHER_GUARD_STAGE_SETUP, errno);
 }
 
+/* Our fds 0-2 are the program's stdio, as the parent gave them; a closed one stays closed for
+ * the program. Until we exec it, a closed one holds /dev/null (close-on-exec): every fd the
+ * guard opens lands above 2, so none poses as the program's stdio, and no complaint of ours
+ * written to fd 2 can reach the control socket or a pipe. */
+static void hold_stdio(void)
+{
+    int fd;
+    /* Ascending: open() takes the lowest free number, which is this fd. */
+    for (fd = 0; fd < 3; fd++) {
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF && open("/dev/null", O_RDWR | O_CLOEXEC) < 0)
+            fail(TETHER_GUARD_STAGE_SETUP, errno);
+    }
+}
+
+/* Our lifeline from TETHER_LIFELINE_FD: "N" or "N:<st_dev>:<st_ino>". The fd must be a pipe
+ * (and that very pipe, given its identity); -1 if it is not. */
+static int own_lifeline(const char *value)
+{
+    unsigned long long fd, dev = 0, ino = 0;
+    const char *p;
+    struct stat st;
+    int identity = 0;
+    if (parse_u64(value, &p, &fd) != 0 || fd > INT_MAX)
+        return -1;
+    if (*p == ':') {
+        if (parse_u64(p + 1, &p, &dev) != 0 || *p != ':' || parse_u64(p + 1, &p, &ino) != 0)
+            return -1;
+        identity = 1;
+    }
+    if (*p != '\0' || fstat((int)fd, &st) != 0 || !S_ISFIFO(st.st_mode))
+        return -1;
+    if (identity && ((unsigned long long)st.st_dev != dev || (unsigned long long)st.st_ino != ino))
+        return -1;
+    return (int)fd;
+}
+
 /* Everything the guard needs before the program exists: its ids, its lifeline, its own fds
  * kept from the program, signals, the subreaper bit, the cgroup's files. */
 void setup_guard(void)
@@ -296,10 +362,11 @@ void setup_guard(void)
     if (g.userns != NULL)
         userns_check(g.userns);
 
+    hold_stdio();
     lifeline_env = getenv(LIFELINE_ENV);
-    g.lifeline = lifeline_env ? parse_uint(lifeline_env, NULL) : -1;
-    if (!fd_is_open(g.lifeline) || g.lifeline == g.control || is_kept(g.lifeline) ||
-        is_kept(g.control) || (g.cgroup_fd >= 0 && is_kept(g.cgroup_fd)))
+    g.lifeline = lifeline_env ? own_lifeline(lifeline_env) : -1;
+    if (g.lifeline < 3 || g.lifeline == g.control || is_kept(g.lifeline) ||
+        is_kept(g.control) || (g.cgroup_fd >= 0 && (g.cgroup_fd < 3 || is_kept(g.cgroup_fd))))
         fail(TETHER_GUARD_STAGE_SETUP, EBADF);
     /* Our own fds must not leak into the program (the child closes all but its plan anyway;
      * this also covers any exec we do not know of). */
@@ -369,7 +436,7 @@ void start_program(char **path_argv)
     memset(&plan, 0, sizeof plan);
     plan.path = path_argv[0];
     plan.argv = path_argv + 1;
-    plan.envp = program_env(lifeline_dst);
+    plan.envp = program_env(lifeline_dst, life_pipe[0]);
     plan.cwd = NULL;
     plan.stdio[0] = plan.stdio[1] = plan.stdio[2] = -1;
     plan.keep_fds = g.keep;

@@ -15,12 +15,14 @@ import fcntl
 import os
 import select
 import signal
+import stat
 from typing import Final, final
 
 from tether._kernel import core as _core
+from tether._kernel.errors import Unsupported
 from tether._kernel.pidfd import NoPublicConstructor
 
-__all__ = ["LIFELINE_ENV", "LifelineWriter", "attach", "lifeline_fd"]
+__all__ = ["LIFELINE_ENV", "LifelineWriter", "announcement", "attach", "lifeline_fd"]
 
 LIFELINE_ENV: Final = "TETHER_LIFELINE_FD"
 
@@ -81,21 +83,37 @@ def new_lifeline() -> tuple[int, LifelineWriter]:
     return read_fd, LifelineWriter._create(write_fd)
 
 
+def announcement(child_fd: int, read_fd: int) -> bytes:
+    """The value of ``TETHER_LIFELINE_FD`` for a child that gets ``read_fd`` (a lifeline read
+    end of ours) at ``child_fd``: the number and the pipe's identity, ``N:<st_dev>:<st_ino>``,
+    which :func:`attach` checks before trusting the fd."""
+    st = os.fstat(read_fd)
+    return b"%d:%d:%d" % (child_fd, st.st_dev, st.st_ino)
+
+
+def _parse(raw: str) -> tuple[int, tuple[int, int] | None]:
+    """``N`` (the first release's form) or ``N:<st_dev>:<st_ino>``: (fd, identity or None)."""
+    parts = raw.split(":")
+    if len(parts) not in (1, 3) or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ValueError(
+            f"{LIFELINE_ENV}={raw!r} is neither an fd number nor FD:ST_DEV:ST_INO"
+        )
+    fd = int(parts[0])
+    return fd, ((int(parts[1]), int(parts[2])) if len(parts) == 3 else None)
+
+
+# The lifeline this process armed: (pid, fd, the pipe's (st_dev, st_ino)). The pid tells a
+# fork()ed child, which inherits this record, that the arming was its parent's, not its own.
+_armed: tuple[int, int, tuple[int, int]] | None = None
+
+
 def lifeline_fd() -> int | None:
-    """The lifeline fd announced to this process in ``TETHER_LIFELINE_FD``, if any."""
+    """This process's lifeline fd: the one :func:`attach` armed, else the number announced
+    in ``TETHER_LIFELINE_FD`` (not yet checked), else None."""
+    if _armed is not None and _armed[0] == os.getpid():
+        return _armed[1]
     raw = os.environ.get(LIFELINE_ENV)
-    if raw is None:
-        return None
-    try:
-        fd = int(raw)
-    except ValueError:
-        raise ValueError(f"{LIFELINE_ENV}={raw!r} is not an fd number") from None
-    if fd < 0:
-        raise ValueError(f"{LIFELINE_ENV}={raw!r} is not an fd number")
-    return fd
-
-
-_attached_fd: int | None = None
+    return None if raw is None else _parse(raw)[0]
 
 
 def attach(fd: int | None = None) -> bool:
@@ -103,10 +121,25 @@ def attach(fd: int | None = None) -> bool:
 
     Call it early in a Python program started by tether (``run_in_fork`` children are
     attached already). On EOF of the lifeline the kernel itself sends SIGKILL to this
-    process's group (or to this process alone if it does not lead its group): the read end
-    is put in O_ASYNC mode with F_SETSIG=SIGKILL and F_SETOWN=-pgid, so no watcher thread and
-    no busy loop are needed, and the cascade works even while this process is blocked or
-    stuck. Returns False if no lifeline was announced, True once armed.
+    process's group (or to this process alone if it does not lead its group): the lifeline
+    is reopened as an open file description of this process's own, put in O_ASYNC mode with
+    F_SETSIG=SIGKILL and F_SETOWN=-pgid, so no watcher thread and no busy loop are needed,
+    and the cascade works even while this process is blocked or stuck. Every process that
+    calls attach() on a lifeline it shares with others (workers that inherited one fd) is
+    armed: F_SETOWN belongs to an open file description, and each caller has its own.
+
+    ``TETHER_LIFELINE_FD`` is checked before it is trusted: the fd it names must be a pipe's
+    read end, and the very pipe it describes when it carries the identity
+    (``N:<st_dev>:<st_ino>``, what tether announces); a bare number, as the first release
+    wrote it, is checked for being a pipe's read end. The variable is removed from this
+    process's environment, so programs started from here never inherit it (their fd N is
+    something else). An explicit ``fd`` gets the same pipe check.
+
+    Returns False if no lifeline was announced, True once armed (again on a second call; in
+    a fork()ed child of an attached process, the child arms itself). Raises ValueError if the
+    variable is malformed or names an fd that is not that lifeline, and
+    :class:`tether.Unsupported` if the lifeline cannot be given an open file description
+    of its own (``/proc/self/fd`` not reachable) while another process already armed it.
 
     Guarantee: after this returns, the death of the parent (by any means, SIGKILL included)
     kills this process group within the time the kernel takes to deliver a signal. Caveat: the
@@ -114,27 +147,25 @@ def attach(fd: int | None = None) -> bool:
     it, and descendants that leave the group are not reached (use the guard's cgroup or pidns
     containment for those).
     """
-    global _attached_fd
+    global _armed
+    identity: tuple[int, int] | None = None
     if fd is None:
-        fd = lifeline_fd()
-        if fd is None:
-            return False
-    if _attached_fd == fd:
+        raw = os.environ.pop(LIFELINE_ENV, None)  # never passed on, whatever comes next
+        if raw is None:
+            if _armed is None:
+                return False
+            if _armed[0] == os.getpid():
+                return True
+            _, fd, identity = _armed  # fork()ed from an attached process: arm our own
+        else:
+            fd, identity = _parse(raw)
+    elif isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+        raise ValueError(f"attach() needs an fd number, not {fd!r}")
+    if _armed is not None and _armed[0] == os.getpid() and _armed[1] == fd:
         return True
-    try:
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    except OSError as exc:
-        if exc.errno == errno.EBADF:
-            raise ValueError(f"lifeline fd {fd} is not open in this process") from None
-        raise
-    pgrp = os.getpgrp()
-    owner = -pgrp if pgrp == os.getpid() else os.getpid()
-    # Keep the fd out of programs this process execs: the lifeline is ours.
-    fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
-    fcntl.fcntl(fd, _F_SETSIG, signal.SIGKILL)
-    fcntl.fcntl(fd, fcntl.F_SETOWN, owner)
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_ASYNC | os.O_NONBLOCK)
-    _attached_fd = fd
+    st = _check_lifeline(fd, identity)
+    owner = _arm(fd)
+    _armed = (os.getpid(), fd, (st.st_dev, st.st_ino))
     # The parent may already be gone: O_ASYNC only signals on a new event, so look once.
     poller = select.poll()
     poller.register(fd, select.POLLIN)
@@ -146,6 +177,56 @@ def attach(fd: int | None = None) -> bool:
         if data == b"":
             _die(owner)
     return True
+
+
+def _check_lifeline(fd: int, identity: tuple[int, int] | None) -> os.stat_result:
+    """fstat ``fd``: a pipe's read end, and the pipe ``identity`` names if given."""
+    try:
+        st = os.fstat(fd)
+        access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            raise ValueError(f"lifeline fd {fd} is not open in this process") from None
+        raise
+    if not stat.S_ISFIFO(st.st_mode) or access != os.O_RDONLY:
+        raise ValueError(f"fd {fd} is not a lifeline: not the read end of a pipe "
+                         f"({LIFELINE_ENV} inherited from an ancestor whose fd {fd} it was?)")
+    if identity is not None and (st.st_dev, st.st_ino) != identity:
+        raise ValueError(f"fd {fd} is not the lifeline {LIFELINE_ENV} describes (another "
+                         f"pipe: the variable was inherited from an ancestor?)")
+    return st
+
+
+def _arm(fd: int) -> int:
+    """Put the lifeline at ``fd`` on an open file description of this process's own, armed to
+    SIGKILL our group (or us) on EOF; return the owner given to F_SETOWN."""
+    pgrp = os.getpgrp()
+    owner = -pgrp if pgrp == os.getpid() else os.getpid()
+    try:
+        # The pipe opened anew: the same pipe, a new open file description (fifo_open).
+        own = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        # Only the inherited description is left: arm it if nobody else did (we are then
+        # its only user so far); never take it from a process that armed it before us.
+        current = fcntl.fcntl(fd, fcntl.F_GETOWN)
+        if current not in (0, owner):
+            raise Unsupported(
+                exc.errno or errno.EACCES,
+                f"attach(): the lifeline at fd {fd} is shared with a process that armed it, "
+                f"and /proc/self/fd/{fd} could not be reopened to give this process its own "
+                f"open file description ({exc.strerror})",
+            ) from None
+    else:
+        try:
+            os.dup2(own, fd, inheritable=False)  # the lifeline is ours: kept out of exec'd programs
+        finally:
+            os.close(own)
+    fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+    fcntl.fcntl(fd, _F_SETSIG, signal.SIGKILL)
+    fcntl.fcntl(fd, fcntl.F_SETOWN, owner)
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_ASYNC | os.O_NONBLOCK)
+    return owner
 
 
 def _die(owner: int) -> None:

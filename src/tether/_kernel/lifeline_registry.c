@@ -30,6 +30,22 @@ static size_t registry_cap = 0;
  * knows its fd number no longer belongs to it. */
 static volatile unsigned long fork_generation = 0;
 
+/* fd itself if it is above 2, else a close-on-exec duplicate above 2 (the original closed);
+ * -1 with errno set if that fails (the original is closed then too). A parent whose stdio is
+ * closed must not find a lifeline end at 0-2: there it would pose as its stdio, and the
+ * caller's own dup2() onto "its" stdout would silently cut a child's lifeline. */
+static int above_stdio(int fd)
+{
+    int moved, err;
+    if (fd > 2)
+        return fd;
+    moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    err = errno;
+    close(fd);
+    errno = err;
+    return moved;
+}
+
 static void atfork_prepare(void) { pthread_mutex_lock(&registry_lock); }
 
 static void atfork_parent(void) { pthread_mutex_unlock(&registry_lock); }
@@ -65,7 +81,13 @@ PyObject *core_lifeline_pipe(PyObject *self, PyObject *noargs)
     if (err == 0) {
         if (pipe2(fds, O_CLOEXEC) != 0)
             err = errno;
-        else
+        else if ((fds[0] = above_stdio(fds[0])) < 0) {
+            err = errno;
+            close(fds[1]);
+        } else if ((fds[1] = above_stdio(fds[1])) < 0) {
+            err = errno;
+            close(fds[0]);
+        } else
             registry[registry_len++] = fds[1];
     }
     pthread_mutex_unlock(&registry_lock);

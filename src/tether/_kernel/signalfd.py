@@ -30,6 +30,7 @@ from typing import Final, NamedTuple, final
 
 from tether._kernel import core as _core
 from tether._kernel.deadline import Deadline, check_timeout
+from tether._kernel.fds import above_stdio
 
 __all__ = ["SignalFd", "SignalInfo"]
 
@@ -73,7 +74,8 @@ class SignalFd:
         self._old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
         self._owner = threading.get_ident()
         try:
-            self._fd = _core.signalfd(-1, sigs, _core.SFD_CLOEXEC | _core.SFD_NONBLOCK)
+            self._fd = above_stdio(
+                _core.signalfd(-1, sigs, _core.SFD_CLOEXEC | _core.SFD_NONBLOCK))
         except BaseException:
             signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
             raise

@@ -22,7 +22,8 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any, Final, TypeAlias
 
-from tether._kernel.lifeline import LIFELINE_ENV
+from tether._kernel.fds import above_stdio
+from tether._kernel.lifeline import LIFELINE_ENV, announcement
 
 __all__ = ["FileSpec", "SpawnSpec", "StdioPlan", "StrOrBytesPath"]
 
@@ -101,12 +102,17 @@ class SpawnSpec:
             fd += 1
         return fd
 
-    def envp(self, lifeline_fd: int | None) -> list[bytes]:
-        """The child's envp: env with TETHER_LIFELINE_FD set (or removed when there is none)."""
+    def envp(self, lifeline_fd: int | None, read_fd: int = -1) -> list[bytes]:
+        """The child's envp: env with TETHER_LIFELINE_FD set (or removed when there is none).
+        Given the lifeline's read end of ours (``read_fd``), the value carries the pipe's
+        identity as well as the child's fd number (``N:<st_dev>:<st_ino>``), which attach()
+        checks."""
         key = LIFELINE_ENV.encode()
         envp = [k + b"=" + v for k, v in self.env.items() if k != key]
         if lifeline_fd is not None:
-            envp.append(key + b"=" + str(lifeline_fd).encode())
+            value = (announcement(lifeline_fd, read_fd) if read_fd >= 0
+                     else str(lifeline_fd).encode())
+            envp.append(key + b"=" + value)
         return envp
 
     def open_stdio(self) -> StdioPlan:
@@ -115,19 +121,10 @@ class SpawnSpec:
         plan = StdioPlan()
         try:
             for index, source in enumerate(self.stdio):
-                if source == DEVNULL:
-                    fd = os.open(os.devnull,
-                                 (os.O_RDONLY if index == 0 else os.O_WRONLY) | os.O_CLOEXEC)
-                    plan.child_ends.append(fd)
-                    plan.fds[index] = fd
-                elif source == PIPE:
-                    r, w = os.pipe2(os.O_CLOEXEC)
-                    child_end, parent_end = (r, w) if index == 0 else (w, r)
-                    plan.child_ends.append(child_end)
-                    plan.parent_ends[index] = parent_end
-                    plan.fds[index] = child_end
-                elif source == SAME_AS_STDOUT:
+                if source == SAME_AS_STDOUT:
                     plan.fds[2] = plan.fds[1] if plan.fds[1] >= 0 else 1
+                elif source in (DEVNULL, PIPE):
+                    plan.open_for_child(index, source == PIPE)
                 else:
                     plan.fds[index] = source
         except BaseException:
@@ -151,6 +148,25 @@ class StdioPlan:
     @property
     def triple(self) -> tuple[int, int, int]:
         return self.fds[0], self.fds[1], self.fds[2]
+
+    def open_for_child(self, index: int, pipe: bool) -> None:
+        """Open the child's fd ``index``: /dev/null, or a pipe whose other end we keep. Both
+        land above 2 even in a parent whose stdio is closed: at 0-2 they would pose as the
+        parent's own stdio, to the parent and to every child that inherits it."""
+        if pipe:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            child_end, parent_end = (r, w) if index == 0 else (w, r)
+            try:
+                self.parent_ends[index] = above_stdio(parent_end)
+            except BaseException:
+                os.close(child_end)
+                raise
+            fd = above_stdio(child_end)
+        else:
+            flags = (os.O_RDONLY if index == 0 else os.O_WRONLY) | os.O_CLOEXEC
+            fd = above_stdio(os.open(os.devnull, flags))
+        self.child_ends.append(fd)
+        self.fds[index] = fd
 
     def close_child_ends(self) -> None:
         for fd in self.child_ends:
