@@ -433,6 +433,40 @@ def test_cancelling_run_kills_and_reaps_the_tree_first(mode: str) -> None:
         os.close(up_w)
 
 
+def test_cancelled_runs_kept_by_gather_hold_no_pidfd() -> None:
+    # Each CancelledError keeps its frames (and the AsyncChild in them) alive for as long as
+    # gather's result lives: no pidfd of a tree that is gone may stay open with it.
+    async def main() -> tuple[list[BaseException | None], set[int], set[int]]:
+        before = _fds()  # the loop's own fds included
+        tasks = [asyncio.create_task(aio.run(["sleep", "300"])) for _ in range(5)]
+        for task in tasks:
+            await blocked_in(task, aio.AsyncChild._wait_tree)
+            task.cancel()
+        kept = await asyncio.gather(*tasks, return_exceptions=True)
+        return kept, before, oracle.open_fds()  # the loop still runs, the tasks are held
+
+    kept, before, during = arun(main())
+    assert all(isinstance(e, asyncio.CancelledError) for e in kept)
+    assert during == before
+
+
+def test_a_cancelled_wait_leaves_no_dup_of_the_guards_pidfd(mode: str) -> None:
+    async def main() -> tuple[aio.AsyncChild, set[int]]:
+        child = await aio.spawn(["sleep", "300"], contain=mode)
+        with_child = oracle.open_fds()  # the child's own fds: the guard's pidfd, ...
+        task = asyncio.create_task(child.wait())
+        await blocked_in(task, aio.AsyncChild._wait_tree)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The tree is gone: of its fds only the program's pidfd (child.pidfd) may remain.
+        return child, with_child, oracle.open_fds()
+
+    child, with_child, after = arun(main())
+    assert child.returncode == -signal.SIGKILL
+    assert after - with_child == set(), "a dup of the guard's pidfd stayed open"
+
+
 def test_asyncio_timeout_around_communicate_kills_the_tree() -> None:
     async def main() -> aio.AsyncChild:
         async with await aio.spawn(TREE, stdout=PIPE) as child:

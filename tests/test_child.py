@@ -183,7 +183,7 @@ def test_child_has_no_public_constructor() -> None:
 
 
 def test_unknown_mode_is_value_error_and_starts_nothing() -> None:
-    before = oracle.open_fds()
+    before = oracle.baseline_fds()
     with pytest.raises(ValueError):
         tether.spawn(["true"], contain="jail")
     assert oracle.open_fds() == before
@@ -191,7 +191,7 @@ def test_unknown_mode_is_value_error_and_starts_nothing() -> None:
 
 
 def test_unavailable_cgroup_is_unsupported_and_leaves_nothing(tmp_path: object) -> None:
-    before = oracle.open_fds()
+    before = oracle.baseline_fds()
     with pytest.raises(tether.Unsupported):
         tether.spawn(["true"], contain="cgroup", cgroup_root=str(tmp_path))
     assert oracle.open_fds() == before
@@ -199,7 +199,7 @@ def test_unavailable_cgroup_is_unsupported_and_leaves_nothing(tmp_path: object) 
 
 
 def test_missing_program_is_raised_by_spawn_itself(mode: str) -> None:
-    before = oracle.open_fds()
+    before = oracle.baseline_fds()
     with pytest.raises(FileNotFoundError) as info:
         tether.spawn(["no-such-program-tether"], contain=mode)
     assert info.value.filename == "no-such-program-tether"
@@ -242,7 +242,7 @@ def test_with_block_closes_pipes_even_if_the_guard_was_killed() -> None:
 
 
 def test_bad_encoding_fails_before_anything_starts() -> None:
-    before = oracle.open_fds()
+    before = oracle.baseline_fds()
     with pytest.raises(LookupError):
         tether.spawn(["sleep", "300"], stdin=subprocess.PIPE, encoding="no-such-codec")
     assert oracle.open_fds() == before

@@ -3,7 +3,9 @@ state in repr, info(), and PID reuse that can never misdirect a signal."""
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -32,6 +34,21 @@ def test_send_signal_after_reap_raises_process_lookup_error() -> None:
     s.pidfd.wait()
     with pytest.raises(ProcessLookupError):
         s.pidfd.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("sig", [2**40, -(2**40), 2**31, 1000, -1])
+def test_an_invalid_signal_of_any_size_is_the_kernels_einval(sig: int) -> None:
+    # Not OverflowError (the stdlib's answer beyond a C int): the same error for every
+    # invalid signal, as pidfd_send_signal gives for one that fits; the process is untouched.
+    s = tether.spawn_lifelined(["sleep", "300"])
+    try:
+        with pytest.raises(OSError) as info:
+            s.pidfd.send_signal(sig)
+        assert info.type is OSError and info.value.errno == errno.EINVAL
+        assert s.pidfd.poll() is None
+    finally:
+        s.pidfd.send_signal(signal.SIGKILL)
+        s.pidfd.wait()
 
 
 def test_kernel_refuses_a_reaped_pidfd_too() -> None:
@@ -203,3 +220,69 @@ def test_stale_handle_never_reaches_a_process_that_reused_the_pid(
         "raw-pidfd": "refused",
         "newcomer": "alive",
     }
+
+
+def test_a_close_racing_a_signal_never_lets_the_signal_reach_the_fd_numbers_next_owner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The signal's syscall is caught just before it runs (the handle has read its fd): a
+    # close() on another thread gets its chance, then the number is handed out again.
+    # The signal must still reach the handle's own process, never the number's next owner.
+    victim = tether.spawn_lifelined(["sleep", "300"])
+    probe = victim.pidfd._dup()
+    bystanders: list[tether.Spawned] = []
+    real = signal.pidfd_send_signal
+
+    def racing(fd: int, sig: int, info: None, flags: int) -> None:
+        closer = threading.Thread(target=victim.pidfd.close)
+        closer.start()
+        closer.join(timeout=0.2)  # a close that must not get through while we signal
+        bystanders.append(tether.spawn_lifelined(["sleep", "300"]))
+        real(fd, sig, info, flags)
+        closers.append(closer)
+
+    closers: list[threading.Thread] = []
+    monkeypatch.setattr(signal, "pidfd_send_signal", racing)
+    victim.pidfd.send_signal(signal.SIGKILL)
+    monkeypatch.undo()
+    closers[0].join()
+    bystander = bystanders[0].pidfd
+    assert bystander.poll() is None, "the signal reached the process that got the fd number"
+    bystander.send_signal(signal.SIGKILL)
+    bystander.wait()
+    poller = select.poll()
+    poller.register(probe, select.POLLIN)
+    assert poller.poll(10_000), "the signal did not reach the handle's own process"
+    os.close(probe)
+
+
+def test_a_wait_in_progress_returns_the_exit_when_another_thread_closes_the_handle() -> None:
+    gate_r, gate_w = os.pipe()
+    try:
+        s = tether.spawn_lifelined(["sh", "-c", "read x; exit 3"], stdin=gate_r)
+    finally:
+        os.close(gate_r)
+    results: list[object] = []
+    entered = threading.Event()
+    real_waitid = os.waitid
+
+    def waitid(*args: int) -> object:
+        entered.set()  # the waiter is in its blocking wait
+        return real_waitid(*args)
+
+    def waiter() -> None:
+        try:
+            results.append(s.pidfd.wait())
+        except BaseException as exc:  # asserted below
+            results.append(exc)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "waitid", waitid)
+        t = threading.Thread(target=waiter)
+        t.start()
+        assert entered.wait(10)
+        s.pidfd.close()  # the handle goes; the wait that began before it does not
+    os.close(gate_w)
+    t.join()
+    assert results == [tether.Exit(code=3, signal=None)]
+    s.lifeline.close()

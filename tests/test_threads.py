@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -11,6 +12,8 @@ import pytest
 
 import oracle
 import tether
+import tether.aio
+from conftest import require_mode
 
 pytestmark = pytest.mark.usefixtures("each_clone_method")
 
@@ -19,7 +22,7 @@ PER_THREAD = int(os.environ.get("TETHER_THREAD_SPAWNS", "200"))
 
 
 def test_concurrent_spawns_from_many_threads_report_every_exit_and_leak_no_fd() -> None:
-    before = oracle.open_fds()
+    before = oracle.baseline_fds()
     errors: list[BaseException] = []
     bad: list[tuple[int, tether.Exit]] = []
 
@@ -81,3 +84,74 @@ def test_run_in_fork_from_a_thread_while_others_spawn() -> None:
         for t in spinners:
             t.join()
     assert not errors
+
+
+ROUNDS = int(os.environ.get("TETHER_THREAD_ROUNDS", "20"))
+
+
+def _watched_by_four_threads(contain: str | None) -> list[object]:
+    """Three threads in wait() and one in poll() on one Child while its program exits:
+    what each of them got."""
+    gate_r, gate_w = os.pipe()
+    try:
+        child = tether.spawn(["sh", "-c", "read x; exit 7"], stdin=gate_r, contain=contain)
+    finally:
+        os.close(gate_r)
+    results: list[object] = []
+    start = threading.Barrier(5)
+
+    def waiter() -> None:
+        start.wait()
+        try:
+            results.append(child.wait())
+        except BaseException as exc:  # asserted by the caller
+            results.append(exc)
+
+    def poller() -> None:
+        start.wait()
+        try:
+            while child.poll() is None:
+                pass
+            results.append(child.poll())
+        except BaseException as exc:  # asserted by the caller
+            results.append(exc)
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    threads.append(threading.Thread(target=poller))
+    for t in threads:
+        t.start()
+    start.wait()
+    os.close(gate_w)  # the program reads EOF and exits while four threads watch it
+    for t in threads:
+        t.join()
+    results.append(child.exit)
+    return results
+
+
+@pytest.mark.parametrize("contain", ["group", "cgroup", "pidns", None])
+def test_waiters_and_a_poller_on_one_child_all_get_the_same_exit(
+    contain: str | None, each_clone_method: str
+) -> None:
+    # Like Popen: no spurious ChildProcessError, EBADF or ValueError, and every waiter sees
+    # the program's returncode.
+    if contain in ("cgroup", "pidns") and each_clone_method == "legacy":
+        pytest.skip(f"contain={contain!r} needs clone3")
+    if contain is not None:
+        require_mode(contain)
+    for _ in range(ROUNDS):
+        assert _watched_by_four_threads(contain) == [7, 7, 7, 7,
+                                                     tether.Exit(code=7, signal=None)]
+
+
+def test_an_async_child_is_killed_from_another_thread_while_the_loop_awaits_it() -> None:
+    async def main() -> tuple[int, tether.Exit | None]:
+        achild = await tether.aio.spawn(["sleep", "300"])
+        killer = threading.Thread(target=achild.kill)
+        killer.start()
+        rc = await achild.wait()
+        killer.join()
+        return rc, achild.exit
+
+    rc, exit_ = asyncio.run(main())
+    assert rc == -signal.SIGKILL
+    assert exit_ == tether.Exit(code=None, signal=signal.SIGKILL)

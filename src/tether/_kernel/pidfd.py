@@ -17,8 +17,10 @@ import select
 import signal
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any, Final, NamedTuple, NoReturn, TypeVar, final
 
+from tether._kernel import reaper
 from tether._kernel.deadline import Deadline, check_timeout
 from tether._kernel.errors import TimeoutExpired, Unsupported
 from tether._kernel.exit import Exit
@@ -78,14 +80,22 @@ class Pidfd(metaclass=NoPublicConstructor):
 
     Guarantee: every operation goes through the pidfd the kernel gave at creation, so a
     signal or wait can never reach another process, even one that got the same PID number.
+    Every method may be called from any thread: a syscall on the pidfd runs under the
+    handle's lock, and a blocking wait borrows the fd (a close() meanwhile closes the handle
+    but leaves the fd to the last borrower), so no operation ever runs on a number this
+    handle no longer owns.
 
     ``pid`` is the number for logs and humans; nothing in tether reaches a process by it.
     If this process is the child's parent, :meth:`wait` reaps it (the exit status is consumed
     in exactly one place and cached); otherwise the handle observes, and the exit status comes
-    from the owner (the guard) or from PIDFD_INFO_EXIT.
+    from the owner (the guard) or from PIDFD_INFO_EXIT. A child of ours whose handle is closed
+    or dropped while it runs is reaped later (at the next spawn, or at interpreter exit).
     """
 
-    __slots__ = ("__weakref__", "_cmd", "_exit", "_fd", "_lock", "_pid", "_reaper")
+    __slots__ = (
+        "__weakref__", "_borrowers", "_cmd", "_exit", "_fd", "_lock", "_parked", "_pid",
+        "_reaper",
+    )
 
     def __init__(self, fd: int, pid: int, *, reaper: bool, cmd: object = None) -> None:
         self._fd = fd
@@ -94,6 +104,10 @@ class Pidfd(metaclass=NoPublicConstructor):
         self._cmd = cmd
         self._exit: Exit | None = None
         self._lock = threading.Lock()
+        # Blocking waits in progress on the fd, and what a close() during them left for the
+        # last one to release: (fd, on_reaped, ending).
+        self._borrowers = 0
+        self._parked: tuple[int, Callable[[], None] | None, bool] | None = None
 
     # -- ownership ---------------------------------------------------------------------------
 
@@ -108,21 +122,52 @@ class Pidfd(metaclass=NoPublicConstructor):
         return self._fd < 0
 
     def fileno(self) -> int:
-        """Borrow the pidfd (for poll/epoll/asyncio). It stays owned by this handle."""
-        return self._checked_fd()
+        """Borrow the pidfd (for poll/epoll/asyncio). It stays owned by this handle, and the
+        number is valid only until :meth:`close`: a caller that may race a close on another
+        thread polls a dup of it instead."""
+        with self._lock:
+            return self._checked_fd()
+
+    def _dup(self) -> int:
+        """A private dup of the pidfd (CLOEXEC, never on fds 0-2), made under the lock: the
+        caller owns it, and a concurrent close() of this handle cannot touch it."""
+        with self._lock:
+            return fcntl.fcntl(self._checked_fd(), fcntl.F_DUPFD_CLOEXEC, 3)
 
     def close(self) -> None:
-        """Close the pidfd. An already-exited own child is reaped first (no zombie is left);
-        a running child keeps running: its lifeline, not this handle, decides its life."""
+        """Close the pidfd. An already-exited own child is reaped first; a running child
+        keeps running (its lifeline, not this handle, decides its life) and is reaped once it
+        has exited, at the next spawn or at interpreter exit: no zombie and no fd is left."""
+        self._drop()
+
+    def _drop(self, on_reaped: Callable[[], None] | None = None, *, ending: bool = False) -> None:
+        """close(), with ``on_reaped`` run once an own child is reaped (now, or later by the
+        reaper); ``ending``: the child was told to end (see reaper.adopt)."""
         with self._lock:
             fd = self._fd
             if fd < 0:
                 return
-            if self._reaper and self._exit is None:
-                with contextlib.suppress(ChildProcessError):
-                    self._reap_locked(block=False)
             self._fd = -1
+            if self._borrowers:
+                self._parked = (fd, on_reaped, ending)  # released by the last borrower
+                return
+            reaped = self._release_locked(fd, on_reaped, ending)
+        if reaped is not None:
+            reaped()
+
+    def _release_locked(
+        self, fd: int, on_reaped: Callable[[], None] | None, ending: bool
+    ) -> Callable[[], None] | None:
+        """Give up ``fd``: closed, or (an own child still running) handed to the reaper.
+        Returns ``on_reaped`` if it is to be run now (outside the lock)."""
+        if self._reaper and self._exit is None:
+            with contextlib.suppress(ChildProcessError):
+                self._reap_locked(fd)
+            if self._exit is None:
+                reaper.adopt(fd, on_reaped, ending=ending)
+                return None
         os.close(fd)
+        return on_reaped
 
     def __enter__(self) -> Pidfd:
         return self
@@ -131,14 +176,23 @@ class Pidfd(metaclass=NoPublicConstructor):
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            if self._reaper and self._exit is None:
-                # An exited child whose handle is dropped must not stay a zombie.
-                with contextlib.suppress(OSError):
-                    os.waitid(os.P_PIDFD, self._fd, os.WEXITED | os.WNOHANG)
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
+        # Nobody else holds the handle any more, so no lock: a lock the interrupted code holds
+        # (a GC pass can run at any allocation) would deadlock.
+        fd = getattr(self, "_fd", -1)
+        if fd < 0:
+            return
+        self._fd = -1
+        if self._reaper and self._exit is None:
+            try:
+                running = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG) is None
+            except OSError:
+                running = False  # not ours to reap (a forked copy), or reaped already
+            if running:
+                # A dropped child must not become a zombie: reaped once it has exited.
+                reaper.adopt(fd)
+                return
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
     def __repr__(self) -> str:
         if self._exit is not None:
@@ -164,71 +218,95 @@ class Pidfd(metaclass=NoPublicConstructor):
         pidfd, so the signal can never land on a process that reused the number. With
         ``process_group=True`` the signal goes to the whole process group that this process
         leads (PIDFD_SIGNAL_PROCESS_GROUP, Linux 6.9+; :class:`Unsupported` before that).
+        An invalid signal raises OSError(EINVAL), as the kernel does, whatever its size.
         """
-        fd = self._checked_fd()
-        if self._exit is not None and not process_group:
-            raise ProcessLookupError(errno.ESRCH, f"process {self._pid} has been reaped")
-        flags = PIDFD_SIGNAL_PROCESS_GROUP if process_group else 0
-        try:
-            signal.pidfd_send_signal(fd, sig, None, flags)
-        except OSError as exc:
-            if exc.errno == errno.EINVAL and process_group:
-                raise Unsupported(
-                    errno.EINVAL, "PIDFD_SIGNAL_PROCESS_GROUP needs Linux 6.9"
-                ) from None
-            raise
+        if isinstance(sig, int) and not 0 <= sig < signal.NSIG:
+            # Checked here: beyond a C int the stdlib would raise OverflowError instead.
+            raise OSError(errno.EINVAL, f"invalid signal number: {sig}")
+        with self._lock:  # the fd stays ours until the syscall has returned
+            fd = self._checked_fd()
+            if self._exit is not None and not process_group:
+                raise ProcessLookupError(errno.ESRCH, f"process {self._pid} has been reaped")
+            flags = PIDFD_SIGNAL_PROCESS_GROUP if process_group else 0
+            try:
+                signal.pidfd_send_signal(fd, sig, None, flags)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and process_group:
+                    raise Unsupported(
+                        errno.EINVAL, "PIDFD_SIGNAL_PROCESS_GROUP needs Linux 6.9"
+                    ) from None
+                raise
 
     # -- exit --------------------------------------------------------------------------------
 
     def poll(self) -> Exit | None:
         """The Exit if the process has ended (reaping it when it is our child), else None."""
-        fd = self._checked_fd()
-        if self._exit is not None:
-            return self._exit
-        if self._reaper:
-            with self._lock:
-                return self._reap_locked(block=False)
-        return self._observe(fd, 0.0)
+        with self._lock:
+            fd = self._checked_fd()
+            if self._exit is not None:
+                return self._exit
+            if self._reaper:
+                return self._reap_locked(fd)
+            if not _reaped_by_its_parent(fd):
+                return None
+            return self._observed_locked(fd)
 
     def wait(self, timeout: float | None = None) -> Exit:
-        """Block until the process ends and return its Exit; the same Exit on every call.
+        """Block until the process ends and return its Exit; the same Exit on every call,
+        from every thread.
 
         Waits on the pidfd itself (poll), with no sleep loop. A timeout raises
         :class:`tether.TimeoutExpired` (a :class:`subprocess.TimeoutExpired`).
         """
         timeout = check_timeout(timeout)
-        fd = self._checked_fd()
-        if self._exit is not None:
-            return self._exit
+        with self._lock:
+            fd = self._checked_fd()
+            if self._exit is not None:
+                return self._exit
+            # The blocking part borrows the fd: close() on another thread meanwhile leaves it
+            # open for us (no extra fd, so it works at the open-file limit too), and the wait
+            # still ends with the Exit.
+            self._borrowers += 1
+        try:
+            result = self._wait_on(fd, timeout)
+        finally:
+            reaped = None
+            with self._lock:
+                self._borrowers -= 1
+                parked = self._parked if not self._borrowers else None
+                if parked is not None:
+                    self._parked = None
+                    reaped = self._release_locked(*parked)
+            if reaped is not None:
+                reaped()
+        if result is None:
+            assert timeout is not None
+            raise TimeoutExpired(self._timeout_cmd(), timeout)
+        return result
+
+    def _wait_on(self, fd: int, timeout: float | None) -> Exit | None:
         deadline = Deadline.after(timeout)
+        poller = select.poll()
         if not self._reaper:
-            result = self._observe(fd, timeout)
-            if result is None:
-                assert timeout is not None
-                raise TimeoutExpired(self._timeout_cmd(), timeout)
-            return result
+            # events=0: poll reports only POLLHUP, which a pidfd raises once it is reaped.
+            poller.register(fd, 0)
+            while not poller.poll(deadline.poll_ms()):
+                if deadline.expired:
+                    return self._exit
+            with self._lock:
+                return self._observed_locked(fd)
         if timeout is None:
             # Wait until reapable without reaping (WNOWAIT needs no lock, so pollers and other
             # waiters are never blocked behind us), then reap in the one place that does.
-            try:
+            with contextlib.suppress(ChildProcessError):  # reaped by another waiter meanwhile
                 os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOWAIT)
-            except ChildProcessError:
-                pass  # reaped by another waiter meanwhile: _reap_locked sorts it out
-            with self._lock:
-                result = self._reap_locked(block=False)
-            if result is not None:
-                return result
-        poller = select.poll()
         poller.register(fd, select.POLLIN)
         while True:
-            ready = poller.poll(deadline.poll_ms())
             with self._lock:
-                result = self._reap_locked(block=False)
-            if result is not None:
+                result = self._reap_locked(fd)
+            if result is not None or deadline.expired:
                 return result
-            if not ready and deadline.expired:
-                assert timeout is not None
-                raise TimeoutExpired(self._timeout_cmd(), timeout)
+            poller.poll(deadline.poll_ms())
 
     def _timeout_cmd(self) -> str | list[str]:
         cmd = self._cmd
@@ -236,18 +314,17 @@ class Pidfd(metaclass=NoPublicConstructor):
             return cmd
         return str(cmd) if cmd is not None else repr(self)
 
-    def _reap_locked(self, *, block: bool) -> Exit | None:
+    def _reap_locked(self, fd: int) -> Exit | None:
+        """Reap our exited child through ``fd`` (the handle's, or a waiter's dup), never
+        blocking; the lock is held."""
         if self._exit is not None:
             return self._exit
-        if self._fd < 0:
-            raise ValueError("operation on a closed Pidfd")
-        options = os.WEXITED if block else os.WEXITED | os.WNOHANG
         try:
-            res = os.waitid(os.P_PIDFD, self._fd, options)
+            res = os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
         except ChildProcessError:
             # Someone else in this process reaped it (a stray waitpid(-1)). The status is
             # gone from waitid; the kernel may still tell us (PIDFD_INFO_EXIT, 6.15+).
-            info_exit = self._info_exit()
+            info_exit = self._info_exit_on(fd)
             if info_exit is None:
                 raise
             self._exit = info_exit
@@ -263,33 +340,29 @@ class Pidfd(metaclass=NoPublicConstructor):
             if self._exit is None:
                 self._exit = exit_
 
-    def _observe(self, fd: int, timeout: float | None) -> Exit | None:
-        """Exit of a process that is not our child: wait until it is reaped by its parent
-        (POLLHUP), then ask the kernel for the status (PIDFD_INFO_EXIT)."""
-        poller = select.poll()
-        # events=0: poll reports only POLLHUP, which a pidfd raises once the process is reaped.
-        poller.register(fd, 0)
-        deadline = Deadline.after(timeout)
-        while not poller.poll(deadline.poll_ms()):
-            if deadline.expired:
-                return self._exit
-        if self._exit is not None:
-            return self._exit
-        result = self._info_exit()
-        if result is None:
-            raise Unsupported(
-                errno.ENOSYS,
-                "the exit status of a process that is not our child needs PIDFD_INFO_EXIT "
-                "(Linux 6.15)",
-            )
-        with self._lock:
-            if self._exit is None:
-                self._exit = result
-            return self._exit
+    def _observed_locked(self, fd: int) -> Exit:
+        """Exit of a process that is not our child, once its parent has reaped it: the
+        owner's report, or the kernel's (PIDFD_INFO_EXIT); the lock is held."""
+        if self._exit is None:
+            result = self._info_exit_on(fd)
+            if result is None:
+                raise Unsupported(
+                    errno.ENOSYS,
+                    "the exit status of a process that is not our child needs "
+                    "PIDFD_INFO_EXIT (Linux 6.15)",
+                )
+            self._exit = result
+        return self._exit
 
     def _info_exit(self) -> Exit | None:
+        with self._lock:
+            if self._fd < 0:
+                return self._exit
+            return self._info_exit_on(self._fd)
+
+    def _info_exit_on(self, fd: int) -> Exit | None:
         try:
-            info = self.info()
+            info = self._info_on(fd)
         except (Unsupported, ProcessLookupError):
             return None
         return info.exit
@@ -298,7 +371,10 @@ class Pidfd(metaclass=NoPublicConstructor):
         """PIDFD_GET_INFO (Linux 6.13+): ids, credentials, cgroup, and the exit status once the
         process is reaped (6.15+). Raises :class:`Unsupported` on older kernels and
         ProcessLookupError for a reaped process on kernels without PIDFD_INFO_EXIT."""
-        fd = self._checked_fd()
+        with self._lock:
+            return self._info_on(self._checked_fd())
+
+    def _info_on(self, fd: int) -> PidfdInfo:
         want = PIDFD_INFO_PID | PIDFD_INFO_CREDS | PIDFD_INFO_CGROUPID | PIDFD_INFO_EXIT
         buf = bytearray(struct.pack(_INFO_FMT, want, *([0] * 15)))
         try:
@@ -329,6 +405,13 @@ class Pidfd(metaclass=NoPublicConstructor):
             cgroupid=cgroupid if mask & PIDFD_INFO_CGROUPID else None,
             exit=exit_,
         )
+
+
+def _reaped_by_its_parent(fd: int) -> bool:
+    poller = select.poll()
+    # events=0: poll reports only POLLHUP, which a pidfd raises once the process is reaped.
+    poller.register(fd, 0)
+    return bool(poller.poll(0))
 
 
 def pid_in_our_namespace(pidfd_fd: int, fallback: int) -> int:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, NamedTuple
 
-from tether._kernel import core, features
+from tether._kernel import core, features, reaper
 from tether._kernel.errors import Unsupported
 from tether._kernel.lifeline import LifelineWriter, new_lifeline
 from tether._kernel.pidfd import Pidfd
@@ -121,6 +121,9 @@ def clone_spec(
     ``stdio_fds`` are the child's fds 0-2 as fds of ours (-1: inherit; see
     :meth:`SpawnSpec.open_stdio`); ``extra_flags`` adds namespace flags (clone3 only) and
     ``cgroup_fd`` starts the child in that cgroup (CLONE_INTO_CGROUP, clone3 only)."""
+    # Every spawn first reaps the children whose handles were dropped (no zombie, no fd left
+    # behind, and no thread or SIGCHLD handler to do it).
+    reaper.reap_dropped()
     method = clone_method()
     if method != core.CLONE_CLONE3 and (extra_flags or cgroup_fd >= 0):
         raise Unsupported(
@@ -134,7 +137,7 @@ def clone_spec(
         pid, pidfd, stage, err, _ = core.spawn(
             path=spec.executable,
             argv=list(spec.argv),
-            envp=spec.envp(lifeline_dst),
+            envp=spec.envp(lifeline_dst, read_fd),
             cwd=spec.cwd,
             stdin=stdio_fds[0],
             stdout=stdio_fds[1],

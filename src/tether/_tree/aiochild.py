@@ -10,15 +10,16 @@ it waits on a tree does not let the cancellation go until that tree is killed an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, final
 
 from tether._kernel.exit import Exit
 from tether._kernel.pidfd import NoPublicConstructor, Pidfd
 from tether._kernel.spec import SpawnSpec, StrOrBytesPath
 from tether._tree.aiopipes import AsyncPipes
-from tether._tree.handle import TreeHandle, describe, start_tree
+from tether._tree.handle import ForkedHandleError, TreeHandle, describe, start_tree
 from tether._tree.modes import Contain, resolve_mode
 from tether._tree.pipes import BINARY, TextMode
 from tether._tree.seam import Tree
@@ -64,19 +65,17 @@ class AsyncChild(metaclass=NoPublicConstructor):
     """
 
     __slots__ = (
-        "__weakref__", "_handle", "_loop", "_pipes", "_tree", "_waiters", "_watch_fd",
+        "__weakref__", "_handle", "_loop", "_pipes", "_waiters", "_watch_fd",
     )
 
     def __init__(
         self,
         handle: TreeHandle,
-        tree: Tree,
         loop: asyncio.AbstractEventLoop,
         files: list[IO[Any] | None],
         mode: TextMode,
     ) -> None:
         self._handle = handle
-        self._tree = tree
         self._loop = loop
         self._pipes = AsyncPipes(loop, files, mode)
         self._watch_fd = -1
@@ -124,6 +123,8 @@ class AsyncChild(metaclass=NoPublicConstructor):
         """The program's returncode once the tree has ended, else None (never blocks)."""
         try:
             return self._handle.poll()
+        except ForkedHandleError:
+            raise  # inert in a forked child: say so, never pass for an ended tree
         except ChildProcessError:
             return None
 
@@ -132,6 +133,8 @@ class AsyncChild(metaclass=NoPublicConstructor):
         """How the program ended, once the tree has ended; None before."""
         try:
             return self._handle.exit
+        except ForkedHandleError:
+            raise  # inert in a forked child: say so, never pass for an ended tree
         except ChildProcessError:
             return None
 
@@ -139,6 +142,10 @@ class AsyncChild(metaclass=NoPublicConstructor):
         return f"<tether.aio.AsyncChild {describe(self._handle, poll=True)}>"
 
     # -- watching the tree -------------------------------------------------------------------
+
+    @property
+    def _tree(self) -> Tree:
+        return self._handle._tree  # (in a forked child: ForkedHandleError)
 
     def _tree_done(self) -> bool:
         # True also when the guard died (the Child has ended the tree itself) or the program
@@ -172,12 +179,16 @@ class AsyncChild(metaclass=NoPublicConstructor):
         # the loop for the start report too, and then the guard's reap would block the loop
         # until the guard has finished exiting; the watch fd (the guard's pidfd) turns
         # readable once every report is in and the reap is immediate: one wakeup per tree.
-        target = self._tree.watch_fd()
-        # A dup, not the fd itself: the Guard closes its handles the moment it reads the
-        # report, possibly from a sync call (poll, kill) while we are registered; a closed fd
-        # left in the selector's map would make a later add_reader on the recycled number a
-        # silent no-op. The dup is ours alone to unregister and close.
-        fd = os.dup(target)
+        # A dup (watch_fd() makes one, race-free), not the tree's own fd: the Guard closes
+        # its handles the moment it reads the report, possibly from a sync call (poll, kill)
+        # on another thread while we are registered; a closed fd left in the selector's map
+        # would make a later add_reader on the recycled number a silent no-op. The dup is
+        # ours alone to unregister and close.
+        fd = self._tree.watch_fd()
+        if fd < 0:
+            # Ended since the caller looked (another thread read the end): settle now.
+            self._loop.call_soon(self._on_tree_readable)
+            return
         try:
             self._loop.add_reader(fd, self._on_tree_readable)
         except BaseException:
@@ -216,6 +227,9 @@ class AsyncChild(metaclass=NoPublicConstructor):
     async def _wait_tree(self, deadline: float | None) -> bool:
         """Until the tree has ended (True) or ``deadline`` (loop time) passed (False)."""
         if self._tree_done():
+            # A watch left by a waiter that was cancelled would keep a dup of the guard's
+            # pidfd open (and registered) for as long as this object lives.
+            self._unwatch()
             return True
         fut: asyncio.Future[bool] = self._loop.create_future()
         self._waiters.append(fut)
@@ -238,6 +252,8 @@ class AsyncChild(metaclass=NoPublicConstructor):
         cancelled = False
         try:
             self._handle.kill()
+        except ForkedHandleError:
+            raise  # inert in a forked child: say so, never pass for an ended tree
         except ChildProcessError:
             pass
         while True:
@@ -276,22 +292,24 @@ class AsyncChild(metaclass=NoPublicConstructor):
 
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the program (only), through its pidfd; a no-op once it has ended."""
-        try:
-            self._handle.send_signal(sig)
-        except ChildProcessError:
-            pass
+        self._unless_ended(self._handle.send_signal, sig)
 
     def terminate(self) -> None:
         """SIGTERM to every process of the tree."""
-        try:
-            self._handle.terminate()
-        except ChildProcessError:
-            pass
+        self._unless_ended(self._handle.terminate)
 
     def kill(self) -> None:
         """SIGKILL to every process of the tree."""
+        self._unless_ended(self._handle.kill)
+
+    @staticmethod
+    def _unless_ended(act: Callable[..., None], *args: int) -> None:
+        """Act on the tree; a guard that died has ended it already (ChildProcessError), but
+        in a forked child the handle is inert and says so, never passing for an ended tree."""
         try:
-            self._handle.kill()
+            act(*args)
+        except ForkedHandleError:
+            raise
         except ChildProcessError:
             pass
 
@@ -377,7 +395,7 @@ async def start_async(
     tree, ends = start_tree(spec, mode, wait_tree=wait_tree, cgroup_root=cgroup_root,
                             await_start=False)
     files = [BINARY.wrap(fd, index, 0) for index, fd in enumerate(ends)]
-    achild = AsyncChild._create(TreeHandle(spec.args, tree, mode), tree, loop, files,
+    achild = AsyncChild._create(TreeHandle(spec.args, tree, mode), loop, files,
                                 TextMode(text, encoding, errors))
     try:
         await achild._pipes.connect(limit)
@@ -398,21 +416,29 @@ async def run_to_end(
     """aio.run's body: feed ``input``, collect the output, until the tree has ended or
     ``timeout`` (then SIGTERM, SIGKILL after ``grace``). Returns (returncode or None on a
     timeout, out, err); raises the program's start error. The tree is gone on return."""
-    async with child:  # any exit, cancellation included, kills and reaps the tree
-        data = child._pipes.encode_input(input)
-        deadline = None if timeout is None else child._loop.time() + timeout
-        ended = await child._pump(data, deadline)
-        if not ended:
-            await _end_tree(child, grace)
-            await child._pipes.finish()
-    # Partial output (a timeout) stays bytes, as subprocess leaves it: a multi-byte character
-    # may be cut in half there.
-    out, err = child._pipes.collected(decode=ended)
-    if child._tree.start_error is not None:
-        # The program never ran (its start was not awaited, so the deadline may have passed
-        # before the failure was read): what subprocess raises, not a timeout.
-        raise child._tree.start_error
-    return (child._settle() if ended else None), out, err
+    try:
+        async with child:  # any exit, cancellation included, kills and reaps the tree
+            data = child._pipes.encode_input(input)
+            deadline = None if timeout is None else child._loop.time() + timeout
+            ended = await child._pump(data, deadline)
+            if not ended:
+                await _end_tree(child, grace)
+                await child._pipes.finish()
+        # Partial output (a timeout) stays bytes, as subprocess leaves it: a multi-byte
+        # character may be cut in half there.
+        out, err = child._pipes.collected(decode=ended)
+        if child._tree.start_error is not None:
+            # The program never ran (its start was not awaited, so the deadline may have
+            # passed before the failure was read): what subprocess raises, not a timeout.
+            raise child._tree.start_error
+        return (child._settle() if ended else None), out, err
+    finally:
+        # The tree is gone and nobody else sees this child: its program's pidfd must not
+        # stay open for as long as a traceback (a cancellation kept by gather) holds it.
+        tree = child._tree
+        if tree.started and tree.start_error is None:
+            with contextlib.suppress(OSError, ValueError):
+                tree.program.close()
 
 
 async def _end_tree(child: AsyncChild, grace: float | None) -> None:

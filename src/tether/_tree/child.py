@@ -77,12 +77,13 @@ class Child(TreeHandle, metaclass=NoPublicConstructor):
         :class:`tether.TimeoutExpired` carrying the output so far; call it again to go on.
         """
         timeout = check_timeout(timeout)
+        tree = self._tree  # (in a forked child: raises before the pipes are touched)
         pipes = self._pipes
         data = pipes.mode.encode_input(input, self.stdin is not None)
         deadline = Deadline.after(timeout)
         pipes.flush_stdin()
         try:
-            if not pipes.pump(self._tree, data, deadline):
+            if not pipes.pump(tree, data, deadline):
                 raise TimeoutExpired(self.args, timeout or 0.0)
             self.wait(deadline.remaining())
         except TimeoutExpired:
@@ -95,11 +96,12 @@ class Child(TreeHandle, metaclass=NoPublicConstructor):
 
     def __exit__(self, *exc_info: object) -> None:
         """Kill and reap the whole tree, and close the pipes."""
+        tree = self._tree  # (in a forked child: raises, and the tree is left alone)
         try:
             self._pipes.close_stdin()
         finally:
             try:
-                self._tree.abandon()
+                tree.abandon()
                 self._settle()
             except ChildProcessError:
                 pass  # the guard died; the tree was ended parent-side (see Guard)
@@ -151,7 +153,7 @@ def spawn(
     encoding: str | None = None,
     errors: str | None = None,
     universal_newlines: bool | None = None,
-    bufsize: int = -1,
+    bufsize: int | None = -1,
     wait_tree: bool = False,
     cgroup_root: str | os.PathLike[str] | None = None,
 ) -> Child:
@@ -172,6 +174,11 @@ def spawn(
     Errors (bad input, a program that cannot be run) are raised here, before or instead of
     any tree: FileNotFoundError, PermissionError, ValueError, TypeError, Unsupported.
     """
+    # First, as in subprocess.Popen: a bad bufsize must fail before the tree exists.
+    if bufsize is None:
+        bufsize = -1
+    if not isinstance(bufsize, int):
+        raise TypeError("bufsize must be an integer")
     if universal_newlines is not None:
         text = text or bool(universal_newlines)
     mode = resolve_mode(contain, cgroup_root)

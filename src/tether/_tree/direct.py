@@ -9,10 +9,12 @@ The tree has "ended" when the program has exited: what it left in its group is e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from typing import final
 
+from tether._kernel import core
 from tether._kernel.errors import TimeoutExpired, Unsupported
 from tether._kernel.exit import Exit
 from tether._kernel.pidfd import Pidfd
@@ -25,10 +27,11 @@ __all__ = ["DirectTree"]
 class DirectTree:
     """contain=None: no guard; the program itself is our lifelined child."""
 
-    __slots__ = ("spawned",)
+    __slots__ = ("_generation", "spawned")
 
     def __init__(self, spawned: Spawned) -> None:
         self.spawned = spawned
+        self._generation = core.fork_generation()
 
     @property
     def program(self) -> Pidfd:
@@ -56,7 +59,11 @@ class DirectTree:
         return self.spawned.pidfd.fileno()
 
     def watch_fd(self) -> int:
-        return self.spawned.pidfd.fileno()
+        pidfd = self.spawned.pidfd
+        try:
+            return -1 if pidfd.poll() is not None else pidfd._dup()
+        except ValueError:
+            return -1  # closed by its user: nothing left to watch
 
     def pump(self, *, stop_at_start: bool = False) -> bool:
         return self.spawned.pidfd.poll() is not None
@@ -69,8 +76,10 @@ class DirectTree:
         return True
 
     def outcome(self) -> Exit | None:
-        pidfd = self.spawned.pidfd
-        return pidfd.poll() if not pidfd.closed else None
+        try:
+            return self.spawned.pidfd.poll()
+        except ValueError:
+            return None  # closed by its user (on any thread)
 
     def signal_tree(self, sig: int) -> None:
         pidfd = self.spawned.pidfd
@@ -98,5 +107,19 @@ class DirectTree:
         # lives on, and the leader's pidfd still names the group.
         self.kill_tree()
         self.spawned.lifeline.close()
-        if not self.spawned.pidfd.closed:
+        try:
             self.spawned.pidfd.wait()
+        except ValueError:
+            pass  # closed by its user: the reaper has it
+
+    def __del__(self) -> None:
+        # Dropped without being waited for: end the tree, as abandon() does, but without
+        # waiting; the program's pidfd is reaped at the next spawn or at interpreter exit.
+        # In a forked child the tree is the parent's: leave it alone.
+        spawned = getattr(self, "spawned", None)
+        if spawned is None or getattr(self, "_generation", None) != core.fork_generation():
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.kill_tree()
+        spawned.lifeline.close()
+        spawned.pidfd._drop(ending=True)

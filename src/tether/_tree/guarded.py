@@ -15,6 +15,7 @@ import select
 import signal
 import socket
 import struct
+import threading
 from typing import Final
 
 from tether._kernel import core, features
@@ -22,11 +23,11 @@ from tether._kernel.cgroup import CgroupTree, cgroup_root
 from tether._kernel.deadline import Deadline, check_timeout
 from tether._kernel.errors import Unsupported
 from tether._kernel.exit import Exit
-from tether._kernel.fds import recv_with_fds
+from tether._kernel.fds import recv_with_fds, socketpair_above_stdio
 from tether._kernel.pidfd import Pidfd, pid_in_our_namespace
 from tether._kernel.spawn import Spawned, child_error, clone_spec
 from tether._kernel.spec import SpawnSpec
-from tether._tree.modes import Mode, guard_path, pidns_unavailable_reason
+from tether._tree.modes import Mode, guard_path, pidns_unavailable_reason, raise_namespace_limit
 
 __all__ = ["Guard"]
 
@@ -53,7 +54,10 @@ class Guard:
     raised by whoever waits for the tree)."""
 
     __slots__ = (
+        "_borrowers",
         "_exit",
+        "_generation",
+        "_lock",
         "_program",
         "_program_pid",
         "cgroup",
@@ -87,6 +91,11 @@ class Guard:
         self.start_error: OSError | None = None
         #: True if the guard died without reporting (the program's status is unknown).
         self.dead = False
+        # One reader of the guard's reports at a time: any thread may pump, wait or signal
+        # (Child is thread-safe like Popen); blocking waits poll a dup outside the lock.
+        self._lock = threading.RLock()
+        self._borrowers = 0  # blocking waiters polling the control socket
+        self._generation = core.fork_generation()
 
     @classmethod
     def launch(
@@ -142,7 +151,8 @@ class Guard:
             if mode == "cgroup":
                 cgroup = CgroupTree.create(cgroup_root(cgroup_root_arg))
                 guard_opts += ["--cgroup-fd", str(cgroup.fd), "--cgroup-path", cgroup.path]
-            parent_sock, guard_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            # Both above 2: --control must not be one of the program's stdio fds.
+            parent_sock, guard_sock = socketpair_above_stdio(socket.SOCK_SEQPACKET)
             passed = set(keep) | {guard_sock.fileno()}
             if cgroup is not None:
                 passed.add(cgroup.fd)
@@ -157,12 +167,14 @@ class Guard:
                 argv=tuple(guard_argv), executable=os.fsencode(guard),
                 pass_fds=tuple(sorted(passed)), process_group=not foreground)
             spawned = clone_spec(guard_spec, stdio_fds, extra_flags=extra_flags)
-        except BaseException:
+        except BaseException as exc:
             for s in (parent_sock, guard_sock):
                 if s is not None:
                     s.close()
             if cgroup is not None:
-                cgroup.remove()
+                cgroup.discard()  # nothing entered it; opens no file (EMFILE stays the error)
+            if mode == "pidns":
+                raise_namespace_limit(exc)
             raise
         assert guard_sock is not None and parent_sock is not None
         guard_sock.close()
@@ -200,9 +212,34 @@ class Guard:
     def await_start(self) -> None:
         """Block until the program has exec'd; raise its start error (FileNotFoundError, ...)
         if it could not be run."""
-        while not self.started:
-            self._handle(*self._recv(0))  # one blocking recvmsg, as a rule
+        self._block_until(Deadline(None), start=True)
         self.check_start()
+
+    def _block_until(self, deadline: Deadline, *, start: bool) -> bool:
+        """Until the start is known (``start``) or the tree has ended: True, or False once
+        ``deadline`` has passed. Safe from any thread: the reports are read under the lock,
+        and the wait for the next one borrows the control socket: a thread that reads the
+        end meanwhile leaves the socket open until the last borrower is done (closed, its
+        number could be reused under the poll), and no extra fd is needed at the fd limit."""
+        with self._lock:
+            if self.pump(stop_at_start=start) or (start and self.started):
+                return True
+            self._borrowers += 1
+            fd = self.sock.fileno()
+        try:
+            while not deadline.expired:
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
+                poller.poll(deadline.poll_ms())
+                with self._lock:
+                    if self.pump(stop_at_start=start) or (start and self.started):
+                        return True
+            return False
+        finally:
+            with self._lock:
+                self._borrowers -= 1
+                if not self._borrowers and self.ended:
+                    self.sock.close()
 
     def check_start(self) -> None:
         """Raise the start error, if the start is known to have failed (never blocks)."""
@@ -266,7 +303,8 @@ class Guard:
         killed; remove() then only drops our lock). Returns how the guard ended."""
         self.spawned.lifeline.close()
         guard_exit = _reap_quietly(self.spawned.pidfd)
-        self.sock.close()
+        if not self._borrowers:  # else the last waiter closes it
+            self.sock.close()
         if self.cgroup is not None:
             self.cgroup.remove()
         return guard_exit
@@ -280,25 +318,30 @@ class Guard:
         return self.sock.fileno()
 
     def watch_fd(self) -> int:
-        """The guard's pidfd: readable once the guard has sent its last report (or died) and
-        exited, so every report is in the socket and reaping the guard cannot block. What an
-        event loop watches: one wakeup per tree, none for the start report."""
-        return self.spawned.pidfd.fileno()
+        """A dup of the guard's pidfd, the caller's to close (-1 once the tree has ended):
+        readable once the guard has sent its last report (or died) and exited, so every
+        report is in the socket and reaping the guard cannot block. What an event loop
+        watches: one wakeup per tree, none for the start report."""
+        with self._lock:
+            if self.ended:
+                return -1
+            return self.spawned.pidfd._dup()
 
     def pump(self, *, stop_at_start: bool = False) -> bool:
         """Read whatever the guard has said, without blocking; True once the tree has ended.
         With ``stop_at_start``, read no further than the start report."""
-        if self.ended:
-            return True
-        while True:
-            if stop_at_start and self._program is not None:
-                return False
-            try:
-                message = self._recv(socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return False
-            if self._handle(*message):
+        with self._lock:
+            if self.ended:
                 return True
+            while True:
+                if stop_at_start and self._program is not None:
+                    return False
+                try:
+                    message = self._recv(socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    return False
+                if self._handle(*message):
+                    return True
 
     def _recv(self, flags: int) -> tuple[bytes, list[int], int]:
         """One message: (data, fds passed with it, message flags); b"" once the guard is gone."""
@@ -335,16 +378,7 @@ class Guard:
 
     def wait(self, timeout: float | None) -> bool:
         """Block until the tree has ended (True) or the timeout passed (False)."""
-        deadline = Deadline.after(check_timeout(timeout))
-        if self.pump():
-            return True
-        poller = select.poll()
-        poller.register(self.fileno(), select.POLLIN)
-        while not self.pump():
-            if deadline.expired:
-                return False
-            poller.poll(deadline.poll_ms())
-        return True
+        return self._block_until(Deadline.after(check_timeout(timeout)), start=False)
 
     def outcome(self) -> Exit | None:
         """How the program ended, once the tree has; raises ChildProcessError if the guard
@@ -379,9 +413,10 @@ class Guard:
                 program._set_exit(recovered)
                 return
         self.dead = True
-        if self.mode == "group" and program is not None:
-            # The program got PDEATHSIG=SIGKILL from the guard's death; its group may live on.
-            # The leader's pidfd is a race-free handle on the group, even once it is reaped.
+        if self.mode in ("group", "cgroup") and program is not None:
+            # The program got PDEATHSIG=SIGKILL from the guard's death; its group may live on
+            # (in cgroup mode too: a member that moved itself to another cgroup). The leader's
+            # pidfd is a race-free handle on the group, even once it is reaped.
             try:
                 program.send_signal(signal.SIGKILL, process_group=True)
             except ProcessLookupError:
@@ -395,22 +430,22 @@ class Guard:
                     os.killpg(self._program_pid, signal.SIGKILL)  # noqa: TET201  proven above
                 except ProcessLookupError:
                     pass
-        # cgroup: _release() killed what was left. pidns: the kernel killed the namespace when
+        # cgroup: _release() killed what was left in it. pidns: the kernel killed the namespace when
         # its init (the guard) died. A guard that died before reporting the start took its
         # program with it (PDEATHSIG), if any.
         self._exit = None
 
-
     # -- commands ----------------------------------------------------------------------------
 
     def _send(self, kind: int, a: int = 0) -> bool:
-        if self.ended:
-            return False
-        try:
-            self.sock.send(_MSG.pack(kind, a, 0, 0))
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            return False
-        return True
+        with self._lock:  # the socket is closed only under the lock, once the tree has ended
+            if self.ended:
+                return False
+            try:
+                self.sock.send(_MSG.pack(kind, a, 0, 0))
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                return False
+            return True
 
     def signal_tree(self, sig: int) -> None:
         """Send ``sig`` to every process of the tree (through the guard; one sent before the
@@ -425,10 +460,27 @@ class Guard:
 
     def abandon(self) -> None:
         """Cut the lifeline (the guard kills the tree) and wait until it has."""
-        if not self.pump():
+        with self._lock:
+            if self.pump():
+                return
             self.kill_tree()
             self.spawned.lifeline.close()
-            self.wait(None)
+        self.wait(None)
+
+    def __del__(self) -> None:
+        # Dropped without being waited for (a Child let go of): the tree ends (the lifeline
+        # is cut), and the guard, once it has ended the tree, is reaped at the next spawn or
+        # at interpreter exit, with its cgroup directory removed then. In a forked child the
+        # tree is the parent's: leave it alone (the lifeline writer is closed there already).
+        spawned = getattr(self, "spawned", None)
+        if spawned is None or spawned.pidfd.closed:
+            return
+        if getattr(self, "_generation", None) != core.fork_generation():
+            return
+        spawned.lifeline.close()
+        self.sock.close()
+        cgroup = self.cgroup
+        spawned.pidfd._drop(cgroup.remove if cgroup is not None else None, ending=True)
 
 
 _GUARD_DONE: Final = Exit(code=0, signal=None)

@@ -8,9 +8,12 @@ subprocess would report for the program.
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 from typing import Any
 
+from tether._kernel import core
 from tether._kernel.exit import Exit
 from tether._kernel.pidfd import Pidfd
 from tether._kernel.spawn import clone_spec
@@ -20,7 +23,12 @@ from tether._tree.guarded import Guard
 from tether._tree.modes import Mode
 from tether._tree.seam import Tree
 
-__all__ = ["TreeHandle", "describe", "start_tree"]
+__all__ = ["ForkedHandleError", "TreeHandle", "describe", "start_tree"]
+
+
+class ForkedHandleError(ChildProcessError):
+    """A handle used in a child made by ``os.fork()``: the tree is the parent's, and the
+    inherited copy is inert (it never signals, waits for or ends that tree)."""
 
 
 def start_tree(
@@ -57,13 +65,32 @@ class TreeHandle:
     """A program and its tree, Popen-style: ``args``, ``pid``, ``pidfd``, ``returncode``,
     ``exit``, ``contain``, ``poll()`` and the signals."""
 
-    __slots__ = ("_tree", "args", "contain", "returncode")
+    __slots__ = ("_creator", "_generation", "_own_tree", "args", "contain", "returncode")
 
     def __init__(self, args: Any, tree: Tree, contain: Mode | None) -> None:
         self.args = args
-        self._tree = tree
+        self._own_tree = tree
         self.contain = contain
         self.returncode: int | None = None
+        # A fork copies this object but not the tree: the copy must never act on the tree
+        # through the inherited control socket or pidfds (as LifelineWriter does).
+        self._generation = core.fork_generation()
+        self._creator = os.getpid()
+
+    @property
+    def forked(self) -> bool:
+        """True in a child made by ``os.fork()`` after this handle: there it is inert."""
+        return self._generation != core.fork_generation()
+
+    @property
+    def _tree(self) -> Tree:
+        if self.forked:
+            raise ForkedHandleError(
+                errno.ECHILD,
+                f"this handle on {self.args!r} was made by process {self._creator}; in the "
+                f"forked process {os.getpid()} it is inert (the tree is the parent's)",
+            )
+        return self._own_tree
 
     @property
     def pid(self) -> int:
@@ -128,6 +155,8 @@ def describe(handle: TreeHandle, *, poll: bool = False) -> str:
     """The state part of a handle's repr: starting, failed to start, running or its Exit.
     From what is known already; with ``poll``, after taking in what the tree has reported
     (never waiting for a start). A repr never raises."""
+    if handle.forked:
+        return f"contain={handle.contain!r} inherited across fork() (inert)"
     tree = handle._tree
     if not tree.started:
         return f"contain={handle.contain!r} starting"

@@ -57,8 +57,10 @@ class Tree(Protocol):
         ...
 
     def watch_fd(self) -> int:
-        """An fd that turns readable only once the tree has ended and :meth:`pump` can
-        collect the end without blocking (one wakeup per tree: what an event loop watches)."""
+        """A new fd, the caller's to close (-1 if the tree has ended already), that turns
+        readable only once the tree has ended and :meth:`pump` can collect the end without
+        blocking (one wakeup per tree: what an event loop watches). A dup made under the
+        tree's lock, so another thread that ends the tree cannot free it under the caller."""
         ...
 
     def pump(self, *, stop_at_start: bool = False) -> bool:
