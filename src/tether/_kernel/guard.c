@@ -14,7 +14,8 @@
  *   lifeline EOF (the parent died, any way)  -> SIGKILL the whole tree, reap, exit;
  *   the program exits                        -> end the rest of the tree (or, --wait-tree, wait
  *                                               for it), reap, report MSG_EXITED, exit 0;
- *   SIGTERM/SIGINT/SIGHUP/... to the guard   -> forwarded to the program (its pidfd);
+ *   SIGTERM/SIGINT/SIGHUP/... to the guard   -> forwarded to the program (its pidfd), the
+ *                                               terminating ones followed by SIGCONT;
  *   MSG_SIGNAL_TREE / MSG_KILL_TREE          -> signal / end the whole tree.
  *
  * --clone: use that clone method only, as the parent does when its method is forced (tests of
@@ -25,7 +26,9 @@
  *           (PIDFD_SIGNAL_PROCESS_GROUP, 6.9+). A process that leaves the group (setsid daemons,
  *           job-control shells) is out of reach: documented, and never waited for.
  *   cgroup  a cgroup v2 directory made by the parent: CLONE_INTO_CGROUP (5.7), cgroup.kill
- *           (5.14), cgroup.events "populated" (4.5), cgroup.freeze (5.2). Catches everything.
+ *           (5.14), cgroup.events "populated" (4.5), cgroup.freeze (5.2). The kill also
+ *           signals the program's process group, for a member that moved itself to another
+ *           cgroup; one that moved and called setsid() is out of reach (README).
  *   pidns   the guard is PID 1 of a new PID namespace (the parent cloned it so): kill(-1) ends
  *           every other process of the namespace, and the kernel kills them all if we die.
  *
@@ -113,8 +116,11 @@ static void on_signals(void)
         if (n != (ssize_t)sizeof ssi)
             return;
         /* SIGCHLD needs nothing here: every loop turn reaps. */
-        if (ssi.ssi_signo != SIGCHLD && !g.program_reaped)
+        if (ssi.ssi_signo != SIGCHLD && !g.program_reaped) {
             (void)sys_pidfd_send_signal(g.program_pidfd, (int)ssi.ssi_signo, 0);
+            if (ends_program((int)ssi.ssi_signo)) /* a stopped program must still end */
+                (void)sys_pidfd_send_signal(g.program_pidfd, SIGCONT, 0);
+        }
     }
 }
 

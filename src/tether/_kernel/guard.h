@@ -121,6 +121,7 @@ void setup_guard(void);
 void start_program(char **path_argv);
 
 /* guard_tree.c */
+int ends_program(int sig);
 void signal_tree(int sig);
 void kill_tree(void);
 void program_check(void);

@@ -112,6 +112,9 @@ static void signal_one_pid(pid_t pid, int sig)
     if (pidfd < 0)
         return;
     (void)sys_pidfd_send_signal(pidfd, sig, 0);
+    /* Frozen, it handles neither until the thaw; then the signal comes first. */
+    if (ends_program(sig))
+        (void)sys_pidfd_send_signal(pidfd, SIGCONT, 0);
     close(pidfd);
 }
 

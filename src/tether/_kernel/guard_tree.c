@@ -45,21 +45,35 @@ static int group_empty(void)
     return group_signal(0) == -ESRCH;
 }
 
+/* A signal that asks the program to end: a stopped process would hold it pending for ever,
+ * so it is followed by SIGCONT, as timeout(1) does (the signal first: the process resumes
+ * with it pending and acts on it before running anything else). Not for SIGUSR1, SIGWINCH
+ * and the like: those must not resume a job that someone stopped on purpose. */
+int ends_program(int sig)
+{
+    return sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGQUIT;
+}
+
 void signal_tree(int sig)
 {
+    int cont = ends_program(sig);
     switch (g.contain) {
     case CONTAIN_GROUP:
         (void)group_signal(sig);
+        if (cont)
+            (void)group_signal(SIGCONT);
         break;
     case CONTAIN_CGROUP:
         if (sig == SIGKILL)
             cg_kill();
         else
-            cg_signal_frozen(sig);
+            cg_signal_frozen(sig); /* it adds the SIGCONT itself, while the tree is frozen */
         break;
     case CONTAIN_PIDNS:
         /* We are PID 1 of the namespace: kill(-1) reaches every process in it but us. */
         (void)kill(-1, sig);
+        if (cont)
+            (void)kill(-1, SIGCONT);
         break;
     }
 }
@@ -72,6 +86,11 @@ void kill_tree(void)
     g.killing = 1;
     g.settle_deadline = now_ms() + SETTLE_MS;
     signal_tree(SIGKILL);
+    /* cgroup mode: also the program's process group. A member that moved itself to another
+     * cgroup (root, or any user inside a delegated subtree, can write cgroup.procs) is out of
+     * cgroup.kill's reach, but not out of the group unless it also called setsid(). */
+    if (g.contain == CONTAIN_CGROUP)
+        (void)group_signal(SIGKILL);
     /* The program itself, also when it left its group (setsid) or the cgroup. */
     if (!g.program_reaped)
         (void)sys_pidfd_send_signal(g.program_pidfd, SIGKILL, 0);
