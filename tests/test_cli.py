@@ -172,10 +172,21 @@ def test_forwarded_signal_escalates_to_sigkill_after_grace(python_env: dict[str,
     assert oracle.reap_until(1.0).empty
 
 
+_ANSWERS_SIGINT = """
+import signal
+signal.signal(signal.SIGINT, lambda *_: print("got", flush=True))
+print("up", flush=True)
+while True:
+    signal.pause()
+"""
+
+
 def test_second_sigint_escalates_at_once(python_env: dict[str, str]) -> None:
     """The second Ctrl-C does not wait for --grace."""
-    child = tether_cmd("run", "--grace", "3600", "--", "sh", "-c",
-                       "trap 'echo got' INT; echo up; while :; do sleep 300; done",
+    # A program that answers each SIGINT and has no child: a shell's trap would wait for its
+    # foreground child, and a SIGINT landing between its fork and exec is caught by the
+    # copy's inherited trap and lost.
+    child = tether_cmd("run", "--grace", "3600", "--", PY, "-c", _ANSWERS_SIGINT,
                        env=python_env, stdout=subprocess.PIPE)
     with child:
         assert child.stdout is not None
