@@ -110,6 +110,16 @@ def _no_leaked_descendants(request: pytest.FixtureRequest) -> Iterator[None]:
 CLONE_METHODS = {"clone3": _core.CLONE_CLONE3, "legacy": _core.CLONE_LEGACY}
 
 
+@pytest.fixture
+def no_leak() -> Iterator[None]:
+    """The test's calls leave no fd (against a baseline taken after a collection) and no
+    process (the subreaper oracle)."""
+    before = oracle.baseline_fds()
+    yield
+    assert oracle.open_fds() == before, "an fd leaked"
+    assert oracle.no_descendants(), "a process was left"
+
+
 @pytest.fixture(params=sorted(CLONE_METHODS))
 def each_clone_method(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run the test once with clone3 and once with the legacy clone(CLONE_PIDFD) fallback

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import oracle
 import tether
 
 pytestmark = pytest.mark.usefixtures("each_clone_method")
-
-
-@pytest.fixture
-def no_leak() -> Iterator[None]:
-    before = oracle.baseline_fds()
-    yield
-    assert oracle.open_fds() == before, "an fd leaked"
-    assert oracle.no_descendants(), "a process was left"
 
 
 def _closed_fd() -> int:

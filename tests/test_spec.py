@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,6 @@ import pytest
 
 import oracle
 import tether
-
-
-@pytest.fixture
-def no_leak() -> Iterator[None]:
-    before = oracle.baseline_fds()
-    yield
-    assert oracle.open_fds() == before, "an fd leaked"
-    assert oracle.no_descendants(), "a process was left"
-
 
 # -- the order in which bad arguments are reported ---------------------------------------------
 #

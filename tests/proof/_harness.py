@@ -180,14 +180,14 @@ class Pen:
 
     def kill(self) -> None:
         """SIGKILL everything in the pen and below (cgroup.kill): the cleanup, never a verdict."""
-        _write(os.path.join(self.path, "cgroup.kill"), "1")
+        _cgroup.kill(self.path)
         self._killed = True
 
     def clean(self, timeout: float = 5.0) -> Reaped:
         """Kill whatever is in the pen, reap it, and remove the tree directories below it."""
         if self.populated():
             self.kill()
-            wait_unpopulated(self.path, timeout)
+            _cgroup.wait_empty(self.path, timeout)
         seen = reap_until(timeout)
         _cgroup.sweep(self.trees)
         return seen
@@ -198,19 +198,6 @@ class Pen:
         finally:
             os.close(self.fd)
             rmdir_cgroup_tree(self.path)
-
-
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def wait_unpopulated(path: str, timeout: float) -> bool:
-    """Wait for ``populated 0`` (the library's own cgroup.events wait)."""
-    return _cgroup.wait_events(path, b"populated 0", timeout)
 
 
 # -- line-oriented reports from children -----------------------------------------------------------
