@@ -113,17 +113,21 @@ def test_run_contain_modes(mode: str, python_env: dict[str, str]) -> None:
     assert (code, out) == (0, "ok\n")
 
 
-def test_sigkilled_tether_run_leaves_no_descendant(mode: str, python_env: dict[str, str]) -> None:
-    child = tether.spawn_lifelined(
-        [PY, "-m", "tether", "run", "--contain", mode, "--", "sh", "-c",
-         "echo up; sleep 300 & sleep 300"],
-        env=python_env, stdout=(pipe := os.pipe())[1],
-    )
+def _sigkill_once_up(run_args: list[str], env: dict[str, str]) -> None:
+    """Start `tether run RUN_ARGS` as our lifelined child, wait until its tree says "up",
+    then SIGKILL tether itself and reap it."""
+    child = tether.spawn_lifelined([PY, "-m", "tether", "run", *run_args], env=env,
+                                   stdout=(pipe := os.pipe())[1])
     os.close(pipe[1])
     with os.fdopen(pipe[0], "rb") as f:
         assert f.readline() == b"up\n"
     child.pidfd.send_signal(signal.SIGKILL)
     child.pidfd.wait()
+
+
+def test_sigkilled_tether_run_leaves_no_descendant(mode: str, python_env: dict[str, str]) -> None:
+    _sigkill_once_up(["--contain", mode, "--", "sh", "-c", "echo up; sleep 300 & sleep 300"],
+                     python_env)
     assert oracle.reap_until(1.0).empty
 
 
@@ -220,13 +224,5 @@ def test_run_defaults_to_the_strongest_mode_a_setsid_daemon_dies_with_tether(
     default is auto, which takes a daemon that left the process group along."""
     if tether._tree.modes.resolve_mode("auto") == "group":
         pytest.skip("auto is group here: neither pidns nor cgroup is available")
-    child = tether.spawn_lifelined(
-        [PY, "-m", "tether", "run", "--", "sh", "-c", "setsid sleep 300 & echo up; wait"],
-        env=python_env, stdout=(pipe := os.pipe())[1],
-    )
-    os.close(pipe[1])
-    with os.fdopen(pipe[0], "rb") as f:
-        assert f.readline() == b"up\n"
-    child.pidfd.send_signal(signal.SIGKILL)
-    child.pidfd.wait()
+    _sigkill_once_up(["--", "sh", "-c", "setsid sleep 300 & echo up; wait"], python_env)
     assert oracle.reap_until(2.0).empty
