@@ -35,6 +35,7 @@ from tether._kernel.cgroup_probe import (
     cgroup_unavailable_reason,
     forget_roots,
     own_cgroup,
+    own_cgroup_relative,
 )
 from tether._kernel.deadline import Deadline
 from tether._kernel.fds import above_stdio
@@ -118,6 +119,10 @@ def _enclosing_tree(root: str) -> str | None:
     Nesting is what makes an outer cgroup.kill end an inner tree: a sibling directory would
     outlive the inner tree's parent and guard, which that kill takes first."""
     try:
+        # The mount table is read only when the path can lie in a tether tree at all: this
+        # runs on every cgroup-mode start, which is almost never nested.
+        if f"/{PARENT_NAME}/" not in own_cgroup_relative():
+            return None
         own = own_cgroup()
     except OSError:
         return None

@@ -25,6 +25,7 @@ __all__ = [
     "cgroup_unavailable_reason",
     "forget_roots",
     "own_cgroup",
+    "own_cgroup_relative",
 ]
 
 PARENT_NAME: Final = "tether"
@@ -189,12 +190,19 @@ def _fs_type(path: str) -> str | None:
     return None
 
 
-def own_cgroup() -> str:
-    """This process's cgroup v2 directory, from its own /proc/self/cgroup ("0::<path>")."""
+def own_cgroup_relative() -> str:
+    """This process's cgroup v2 path below its hierarchy's root ("0::<path>" in its own
+    /proc/self/cgroup)."""
     with open("/proc/self/cgroup", encoding="utf-8") as f:
         relative = next((line[3:].rstrip("\n") for line in f if line.startswith("0::")), None)
     if relative is None:
         raise OSError(errno.ENOENT, "this process is in no cgroup v2 hierarchy")
+    return relative
+
+
+def own_cgroup() -> str:
+    """This process's cgroup v2 directory, from its own /proc/self/cgroup ("0::<path>")."""
+    relative = own_cgroup_relative()
     for mount in _mounted_cgroup2():
         candidate = os.path.normpath(mount + relative)
         if os.path.exists(os.path.join(candidate, "cgroup.procs")):
