@@ -546,18 +546,27 @@ def test_nothing_runs_in_a_helper_thread_and_no_child_watcher_is_attached() -> N
     sigchld_before = signal.getsignal(signal.SIGCHLD)
     threads_before = threading.active_count()
 
-    async def main() -> None:
+    async def main(gate_r: int, gate_w: int) -> None:
         loop = asyncio.get_running_loop()
-        child = await aio.spawn(["sh", "-c", "read x; exit 3"], stdin=PIPE, stdout=PIPE)
+        # The program exits only once the test opens its gate: the waiter cannot finish
+        # before the check below has seen it waiting.
+        child = await aio.spawn(["sh", "-c", f"read x; read y <&{gate_r}; exit 3"],
+                                stdin=PIPE, stdout=PIPE, pass_fds=(gate_r,))
         waiter = asyncio.create_task(child.communicate(b"go\n"))
         await blocked_in(waiter, aio.AsyncChild._wait_tree)
         assert threading.active_count() == threads_before  # while awaiting
+        os.write(gate_w, b"\n")
         assert await waiter == (b"", None)
         assert (await aio.run(["sh", "-c", "exit 2"])).returncode == 2
         assert threading.active_count() == threads_before
         assert not getattr(loop, "_signal_handlers", {})
 
-    arun(main())
+    gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        arun(main(gate_r, gate_w))
+    finally:
+        os.close(gate_r)
+        os.close(gate_w)
     assert getattr(policy, "_watcher", None) is watcher_before
     assert signal.getsignal(signal.SIGCHLD) == sigchld_before
 
