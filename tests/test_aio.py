@@ -550,7 +550,10 @@ def test_nothing_runs_in_a_helper_thread_and_no_child_watcher_is_attached() -> N
         loop = asyncio.get_running_loop()
         # The program exits only once the test opens its gate: the waiter cannot finish
         # before the check below has seen it waiting.
-        child = await aio.spawn(["sh", "-c", f"read x; read y <&{gate_r}; exit 3"],
+        # (Python, not sh: dash's redirections take single-digit fds only, and in a full run
+        # the gate's number is higher.)
+        gated = f"import os, sys; sys.stdin.readline(); os.read({gate_r}, 1); sys.exit(3)"
+        child = await aio.spawn([sys.executable, "-c", gated],
                                 stdin=PIPE, stdout=PIPE, pass_fds=(gate_r,))
         waiter = asyncio.create_task(child.communicate(b"go\n"))
         await blocked_in(waiter, aio.AsyncChild._wait_tree)
