@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import socket
+import struct
 import sys
 from collections.abc import Iterator
 
@@ -71,7 +72,8 @@ def start_reports(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]
         data, fds, msg_flags = recv_with_fds(sock, size, flags)
         if len(data) == core.GUARD_MSG_SIZE:
             kind, a, b, _ = guarded._MSG.unpack(data)
-            reports.append((kind, a, b))
+            if kind != core.GUARD_MSG_PROGRAM:  # the program's own announcement
+                reports.append((kind, a, b))
         return data, fds, msg_flags
 
     monkeypatch.setattr(guarded, "recv_with_fds", spy)
@@ -99,9 +101,12 @@ def _guard_first_report(opts: list[str], *, deny_clone: bool = False) -> tuple[i
             finally:
                 guard_sock.close()
                 os.close(err_w)
-            data, fds, _ = recv_with_fds(parent_sock, core.GUARD_MSG_SIZE, 0)
-            for fd in fds:
-                os.close(fd)
+            while True:  # past the program's own announcement (MSG_PROGRAM), if any
+                data, fds, _ = recv_with_fds(parent_sock, core.GUARD_MSG_SIZE, 0)
+                for fd in fds:
+                    os.close(fd)
+                if data[:4] != struct.pack("=I", core.GUARD_MSG_PROGRAM):
+                    break
             spawned.pidfd.wait()  # `true` is quick; the guard reports its exit and is done
             spawned.pidfd.close()
             spawned.lifeline.close()

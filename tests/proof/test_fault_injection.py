@@ -103,7 +103,7 @@ around(_spawn, "new_lifeline", None, "lifeline")
 around(_fork, "new_lifeline", None, "lifeline")
 around(_cgroup, "_sweep_once", "sweep", "swept")
 around(_guard.Guard, "await_start", "guard-spawned", "guard-started")
-around(_guard, "_reap_quietly", "guard-reap")
+around(_guard, "reap_quietly", "guard-reap")
 around(_cgroup.CgroupTree, "remove", "cg-remove")
 
 

@@ -18,15 +18,21 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "clone.h"
+#include "guard_proto.h"
 
 #ifndef SYS_close_range
 #define SYS_close_range 436 /* since 5.9 */
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 /* since 5.3 */
 #endif
 #ifndef P_PIDFD
 #define P_PIDFD 3 /* since 5.4 */
@@ -220,6 +226,49 @@ static long set_pgroup(void)
     return sys_result(setpgid(0, 0));
 }
 
+/* Send our own pidfd to the guard's parent, as MSG_PROGRAM on the guard's control socket: from
+ * here on, whatever this program starts is in a group the parent can end through that pidfd
+ * even if the guard dies before it reports (pidfd_open of ourselves is race-free: a running
+ * process's number cannot be recycled). The pidfd is O_CLOEXEC and closed again at once. */
+static long announce_self(const struct tether_plan *plan)
+{
+    struct tether_guard_msg msg;
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } cm;
+    struct iovec iov;
+    struct msghdr mh;
+    struct cmsghdr *c;
+    long self, sent;
+    pid_t pid = (pid_t)syscall(SYS_getpid);
+
+    self = sys_result(syscall(SYS_pidfd_open, pid, 0));
+    if (self < 0)
+        return self;
+    memset(&msg, 0, sizeof msg);
+    msg.type = TETHER_MSG_PROGRAM;
+    msg.a = pid;
+    iov.iov_base = &msg;
+    iov.iov_len = sizeof msg;
+    memset(&mh, 0, sizeof mh);
+    memset(&cm, 0, sizeof cm);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = cm.buf;
+    mh.msg_controllen = sizeof cm.buf;
+    c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &(int){(int)self}, sizeof(int));
+    do
+        sent = sys_result(syscall(SYS_sendmsg, plan->announce_fd, &mh, MSG_NOSIGNAL));
+    while (sent == -EINTR);
+    (void)syscall(SYS_close, self);
+    return sent < 0 ? sent : 0;
+}
+
 /* Every signal is still blocked here, and the tty layer treats a blocked SIGTTOU as ignored
  * (tty_check_change), so a background group may take the terminal without being stopped.
  * Best effort: a terminal hung up meanwhile is no reason not to run the program. */
@@ -292,18 +341,20 @@ static int child_exec(void *arg)
         CHILD_STEP(TETHER_STAGE_USERNS, map_own_ids(plan));
     if (plan->reset_handlers)
         CHILD_STEP(TETHER_STAGE_SIGNALS, reset_handlers());
-    CHILD_STEP(TETHER_STAGE_FDS, dup_fd_plan(plan, &errpipe));
-    CHILD_STEP(TETHER_STAGE_FDS, keep_pass_fds(plan));
-    CHILD_STEP(TETHER_STAGE_CLOSE, close_other_fds(plan, errpipe));
     if (plan->pdeathsig) {
         CHILD_STEP(TETHER_STAGE_PDEATHSIG, set_pdeathsig(plan));
         CHILD_STEP(TETHER_STAGE_PARENT_GONE, check_parent(plan));
     }
-    if (plan->new_pgroup) {
+    if (plan->new_pgroup)
         CHILD_STEP(TETHER_STAGE_SETPGID, set_pgroup());
-        if (plan->foreground)
-            take_terminal();
-    }
+    /* After the group exists, before the fds are closed (the socket is one of them). */
+    if (plan->announce_fd > 0)
+        CHILD_STEP(TETHER_STAGE_ANNOUNCE, announce_self(plan));
+    CHILD_STEP(TETHER_STAGE_FDS, dup_fd_plan(plan, &errpipe));
+    CHILD_STEP(TETHER_STAGE_FDS, keep_pass_fds(plan));
+    CHILD_STEP(TETHER_STAGE_CLOSE, close_other_fds(plan, errpipe));
+    if (plan->new_pgroup && plan->foreground)
+        take_terminal(); /* fd 0 is the program's own by now */
     if (plan->cwd != NULL)
         CHILD_STEP(TETHER_STAGE_CHDIR, change_dir(plan));
     CHILD_STEP(TETHER_STAGE_SIGNALS, reset_signals());

@@ -37,7 +37,8 @@ enum tether_clone_method {
     X(CHDIR, 6, "chdir")                                        \
     X(SIGNALS, 7, "resetting signals")                          \
     X(EXEC, 8, "exec")                                          \
-    X(USERNS, 9, "user namespace setup")
+    X(USERNS, 9, "user namespace setup")                        \
+    X(ANNOUNCE, 10, "announcing the program's pidfd to the parent")
 
 enum tether_stage {
     TETHER_STAGE_NONE = 0,
@@ -70,6 +71,10 @@ struct tether_plan {
     int foreground;         /* 1: after setpgid, make the new group the foreground process group
                              * of the terminal on fd 0 (best effort; the caller checked that fd 0
                              * is its controlling terminal). Only the guard sets this. */
+    int announce_fd;        /* > 0: the guard's control socket. Before anything can exec, the
+                             * child sends its own pidfd over it (MSG_PROGRAM, guard_proto.h),
+                             * so the parent holds the program's group even if the guard dies
+                             * before it can report. 0: none (the extension's own clone). */
     /* Filled in by tether_clone_exec itself (callers leave them zeroed). */
     int errpipe;            /* write end of the failure pipe (O_CLOEXEC) */
     int reset_handlers;     /* legacy clone: CLONE_CLEAR_SIGHAND was not available */

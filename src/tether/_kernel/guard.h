@@ -124,6 +124,7 @@ void start_program(char **path_argv);
 int ends_program(int sig);
 void signal_tree(int sig);
 void kill_tree(void);
+pid_t pid_seen_by_parent(void);
 void program_check(void);
 int reap_children(void);
 int tree_done(int64_t now);

@@ -6,13 +6,18 @@
  *
  * Transport: one AF_UNIX SOCK_SEQPACKET socket (a socketpair), the guard's end passed with
  * --control FD. Every message is one struct tether_guard_msg (16 bytes, native byte order,
- * both ends are on one machine); MSG_STARTED carries the program's pidfd as SCM_RIGHTS.
+ * both ends are on one machine); MSG_PROGRAM carries the program's pidfd as SCM_RIGHTS.
  *
  * guard -> parent, in this order:
- *   MSG_STARTED  a = program pid (in the guard's PID namespace; the parent derives its own
- *                view of the pid from the pidfd), b = the clone method that made the program
- *                (TETHER_CLONE_CLONE3 or TETHER_CLONE_LEGACY, clone.h), with the program's
- *                pidfd attached
+ *   MSG_PROGRAM  sent by the program itself (clone.c, announce_self), after it has made its
+ *                process group and before it can exec: a = its pid in the guard's PID
+ *                namespace, with its own pidfd attached. From then on the parent can end the
+ *                program's group even if the guard dies before it reports. Absent only if the
+ *                program failed before that step (then MSG_FAILED follows).
+ *   MSG_STARTED  the program has exec'd: a = its pid as the parent sees it (pidns mode: read
+ *                by the guard from the pidfd's fdinfo through the shared /proc, before the
+ *                program can be reaped; 0 if that could not be read), b = the clone method
+ *                that made the program (TETHER_CLONE_CLONE3 or TETHER_CLONE_LEGACY, clone.h)
  *     or
  *   MSG_FAILED   a = stage (enum tether_stage, or TETHER_GUARD_STAGE_*), b = errno; the
  *                guard then exits 127 without starting anything (nothing is left behind)
@@ -55,6 +60,7 @@ enum tether_guard_msg_type {
     TETHER_MSG_STARTED = 1,
     TETHER_MSG_FAILED = 2,
     TETHER_MSG_EXITED = 3,
+    TETHER_MSG_PROGRAM = 4,
     TETHER_MSG_SIGNAL_TREE = 10,
     TETHER_MSG_KILL_TREE = 11,
 };

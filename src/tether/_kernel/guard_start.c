@@ -462,11 +462,18 @@ void start_program(char **path_argv)
         }
     }
 
+    /* The program sends its own pidfd to the parent before it can exec (MSG_PROGRAM). */
+    plan.announce_fd = g.control;
+
     method = clone_program(&plan, &pid, &pidfd);
     free((void *)plan.envp);
     g.program_pid = pid;
     g.program_pidfd = pidfd;
     g.fg_given = plan.foreground;
-    send_msg(TETHER_MSG_STARTED, pid, method, pidfd);
+    /* Fault injection for the test suite only: stop in the window between the program's exec
+     * and its start report, where a test then kills us (tests/test_guard_protocol.py). */
+    if (getenv("TETHER_GUARD_TEST_STOP_BEFORE_REPORT") != NULL)
+        (void)kill(getpid(), SIGSTOP);
+    send_msg(TETHER_MSG_STARTED, pid_seen_by_parent(), method, -1);
 }
 

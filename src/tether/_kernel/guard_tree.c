@@ -5,12 +5,55 @@
  */
 #include "guard.h"
 
+#include <fcntl.h>
 #include <string.h>
 #include <termios.h>
 
 /* ------------------------------------------------------------------------------------------ */
 /* The tree.                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
+
+/* The program's pid as the parent sees it. In pidns mode our own view (getpid inside the
+ * namespace) means nothing to the parent, and once the program is reaped the parent can no
+ * longer ask its pidfd; a pidfd's fdinfo gives the pid in the namespace of the /proc mount,
+ * which is the parent's (we share its mounts), so read it now, while the program cannot have
+ * been reaped. 0 if that fails (no /proc): the parent then asks the pidfd itself. */
+pid_t pid_seen_by_parent(void)
+{
+    char path[48] = "/proc/self/fdinfo/", buf[512];
+    const char *at;
+    ssize_t n;
+    pid_t pid = 0;
+    int fd, k = 18, d = g.program_pidfd, div = 1;
+
+    if (g.contain != CONTAIN_PIDNS)
+        return g.program_pid;
+    while (d / div >= 10)
+        div *= 10;
+    for (; div > 0; div /= 10)
+        path[k++] = (char)('0' + (d / div) % 10);
+    path[k] = '\0';
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    do
+        n = read(fd, buf, sizeof buf - 1);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    for (at = buf; strncmp(at, "Pid:", 4) != 0; at++) {
+        at = strchr(at, '\n');
+        if (at == NULL)
+            return 0;
+    }
+    for (at += 4; *at == ' ' || *at == '\t'; at++)
+        ;
+    for (; *at >= '0' && *at <= '9'; at++)
+        pid = pid * 10 + (*at - '0');
+    return pid;
+}
 
 /* Signal the program's process group; 0 if someone got it, else -errno (ESRCH: empty). */
 static int group_signal(int sig)

@@ -12,33 +12,30 @@ from __future__ import annotations
 import errno
 import os
 import select
-import signal
 import socket
 import struct
 import threading
 from typing import Final
 
-from tether._kernel import core, features
+from tether._kernel import core
 from tether._kernel.cgroup import CgroupTree, cgroup_root
 from tether._kernel.deadline import Deadline, check_timeout
-from tether._kernel.errors import Unsupported
 from tether._kernel.exit import Exit
 from tether._kernel.fds import recv_with_fds, socketpair_above_stdio
 from tether._kernel.pidfd import Pidfd, pid_in_our_namespace
 from tether._kernel.spawn import Spawned, child_error, clone_spec
 from tether._kernel.spec import SpawnSpec
-from tether._tree.modes import Mode, guard_path, pidns_unavailable_reason, raise_namespace_limit
+from tether._tree.ending import kill_group, reap_quietly
+from tether._tree.modes import Mode, guard_mode_options, guard_path, raise_namespace_limit
 
 __all__ = ["Guard"]
 
 # The wire protocol comes from guard_proto.h through the extension: C holds the one copy.
 _MSG: Final = struct.Struct(core.GUARD_MSG_FORMAT)
 assert _MSG.size == core.GUARD_MSG_SIZE, "guard_proto.h: the format does not match the struct"
-MSG_STARTED: Final = core.GUARD_MSG_STARTED
-MSG_FAILED: Final = core.GUARD_MSG_FAILED
-MSG_EXITED: Final = core.GUARD_MSG_EXITED
-MSG_SIGNAL_TREE: Final = core.GUARD_MSG_SIGNAL_TREE
-MSG_KILL_TREE: Final = core.GUARD_MSG_KILL_TREE
+MSG_STARTED, MSG_FAILED, MSG_EXITED, MSG_PROGRAM = (
+    core.GUARD_MSG_STARTED, core.GUARD_MSG_FAILED, core.GUARD_MSG_EXITED, core.GUARD_MSG_PROGRAM)
+MSG_SIGNAL_TREE, MSG_KILL_TREE = core.GUARD_MSG_SIGNAL_TREE, core.GUARD_MSG_KILL_TREE
 
 
 # -- the guard ------------------------------------------------------------------------------------
@@ -54,6 +51,7 @@ class Guard:
     raised by whoever waits for the tree)."""
 
     __slots__ = (
+        "_announced",
         "_borrowers",
         "_exit",
         "_generation",
@@ -85,6 +83,11 @@ class Guard:
         self.cgroup = cgroup
         self._program: Pidfd | None = None
         self._program_pid = 0
+        #: The program's pidfd as the program itself sent it, before it could exec
+        #: (MSG_PROGRAM), with its pid in the guard's namespace; it becomes ``_program`` at
+        #: MSG_STARTED. Held so that a guard dying before that report cannot leave the
+        #: program's group behind: the parent ends it through this pidfd.
+        self._announced: tuple[int, int] | None = None
         self._exit: Exit | None = None
         #: How the guard itself ended, once it has been reaped.
         self.guard_exit: Exit | None = None
@@ -120,29 +123,11 @@ class Guard:
         """
         keep = spec.pass_fds
         guard = guard_path()
-        extra_flags = 0
-        guard_opts: list[str] = ["--contain", mode]
-        if mode == "pidns":
-            reason = pidns_unavailable_reason()
-            if reason is not None:
-                raise Unsupported(errno.EPERM, f"contain='pidns' is unavailable: {reason}")
-            extra_flags = core.CLONE_NEWPID
-            if os.geteuid() != 0:
-                extra_flags |= core.CLONE_NEWUSER
-                guard_opts += ["--userns", f"{os.geteuid()}:{os.getegid()}"]
-        elif mode == "cgroup" and features.clone_method() != core.CLONE_CLONE3:
-            raise Unsupported(
-                errno.ENOSYS, "contain='cgroup' needs clone3 (CLONE_INTO_CGROUP, Linux 5.7), "
-                "which is blocked here")
+        extra_flags, guard_opts = guard_mode_options(mode)
         if wait_tree:
             guard_opts.append("--wait-tree")
         if foreground:
             guard_opts.append("--foreground")
-        if features.clone_method() == core.CLONE_LEGACY:
-            # The guard clones the program as this process clones: legacy where clone3 is
-            # refused (the guard inherits the same seccomp filter) or forced (the fallback's
-            # tests, features.force_clone_method), so a forced run tests the guard's path too.
-            guard_opts += ["--clone", "legacy"]
 
         cgroup: CgroupTree | None = None
         parent_sock: socket.socket | None = None
@@ -190,10 +175,11 @@ class Guard:
     def _discard(self) -> None:
         """Undo a launch whose start was not seen through (an error or an interrupt while
         waiting for it): the guard ends whatever it started, and is reaped."""
-        if self.ended:
+        if self.ended or self.pump(stop_at_start=True):  # (an announcement may be queued)
             return
         self.dead = True
         self.guard_exit = self._release()
+        self._end_announced()
         if self._program is not None:
             self._program.close()
 
@@ -265,27 +251,51 @@ class Guard:
             self.await_start()
         return self._program_pid
 
-    def _on_started(self, pid: int, fds: list[int], msg_flags: int) -> None:
-        if len(fds) != 1:
-            # The program runs, but its pidfd did not reach us (dropped at the open-file
-            # limit, MSG_CTRUNC). Without it the tree is not ours to hold: end it.
-            for fd in fds:
-                os.close(fd)
-            if msg_flags & socket.MSG_CTRUNC:
-                error = OSError(errno.EMFILE, "the program's pidfd could not be received from "
-                                "the tether guard (at the open-file limit?); its tree was ended")
-            else:
-                error = OSError(errno.EPROTO, "the tether guard's start report carried no "
-                                "pidfd; the tree was ended")
-            self._abort_start(error)
+    def _on_announced(self, pid: int, fds: list[int], msg_flags: int) -> None:
+        if len(fds) == 1 and self._announced is None:
+            self._announced = (fds[0], pid)
             return
-        if self.mode == "pidns":
-            pid = pid_in_our_namespace(fds[0], pid)
+        # The program's pidfd did not reach us (dropped at the open-file limit, MSG_CTRUNC).
+        # Without it the tree is not ours to hold: end it.
+        for fd in fds:
+            os.close(fd)
+        if msg_flags & socket.MSG_CTRUNC:
+            error = OSError(errno.EMFILE, "the program's pidfd could not be received from "
+                            "the tether guard (at the open-file limit?); its tree was ended")
+        else:
+            error = OSError(errno.EPROTO, "the program's announcement carried no pidfd; "
+                            "the tree was ended")
+        self._abort_start(error)
+
+    def _on_started(self, pid: int) -> None:
+        if self._announced is None:
+            self._abort_start(OSError(errno.EPROTO, "the tether guard reported a start that "
+                                      "the program did not announce; the tree was ended"))
+            return
+        fd = self._announced[0]
+        self._announced = None
+        if pid <= 0:  # pidns, and the guard could not read it: ask the pidfd (still alive?)
+            pid = pid_in_our_namespace(fd, -1)
         self._program_pid = pid
-        self._program = Pidfd._create(fds[0], pid, reaper=False, cmd=None)
+        self._program = Pidfd._create(fd, pid, reaper=False, cmd=None)
+
+    def _end_announced(self) -> None:
+        """A start that was announced but never reported: the guard is gone (killed, or cut
+        off), and the program got PDEATHSIG; end its group through the pidfd it sent."""
+        if self._announced is None:
+            return
+        fd, pid = self._announced
+        self._announced = None
+        program = Pidfd._create(fd, pid, reaper=False, cmd=None)
+        if self.mode != "pidns":  # pidns: the namespace died with its init, the guard
+            kill_group(program, pid)
+        program.close()
 
     def _on_failed(self, stage: int, err: int) -> None:
         """The program could not be started; the guard has undone its setup and exits 127."""
+        if self._announced is not None:  # it failed after announcing itself (chdir, exec)
+            os.close(self._announced[0])
+            self._announced = None
         self._abort_start(child_error(stage, err, self.spec.args[0], self.spec.cwd))
 
     def _abort_start(self, error: OSError) -> None:
@@ -294,6 +304,7 @@ class Guard:
         Recorded last: an interrupt during the reap leaves a Guard that is not ended, which
         ``_discard`` (or a later pump, which then finds the guard gone) cleans up."""
         self.guard_exit = self._release()
+        self._end_announced()
         self.start_error = error
 
     def _release(self) -> Exit | None:
@@ -302,7 +313,7 @@ class Guard:
         socket, and remove the cgroup directory (the guard removed it already unless it was
         killed; remove() then only drops our lock). Returns how the guard ended."""
         self.spawned.lifeline.close()
-        guard_exit = _reap_quietly(self.spawned.pidfd)
+        guard_exit = reap_quietly(self.spawned.pidfd)
         if not self._borrowers:  # else the last waiter closes it
             self.sock.close()
         if self.cgroup is not None:
@@ -363,11 +374,14 @@ class Guard:
             self._guard_died()
             return True
         kind, a, b, _ = _MSG.unpack(data) if len(data) == _MSG.size else (0, 0, 0, 0)
-        if kind == MSG_STARTED and self._program is None:
-            self._on_started(a, fds, msg_flags)
+        if kind == MSG_PROGRAM and self._program is None:
+            self._on_announced(a, fds, msg_flags)
             return self.start_error is not None
         for fd in fds:
             os.close(fd)
+        if kind == MSG_STARTED and self._program is None:
+            self._on_started(a)
+            return self.start_error is not None
         if kind == MSG_FAILED and self._program is None:
             self._on_failed(a, b)
             return True
@@ -415,21 +429,9 @@ class Guard:
         self.dead = True
         if self.mode in ("group", "cgroup") and program is not None:
             # The program got PDEATHSIG=SIGKILL from the guard's death; its group may live on
-            # (in cgroup mode too: a member that moved itself to another cgroup). The leader's
-            # pidfd is a race-free handle on the group, even once it is reaped.
-            try:
-                program.send_signal(signal.SIGKILL, process_group=True)
-            except ProcessLookupError:
-                pass
-            except Unsupported:
-                # Before Linux 6.9: killpg by number, only while the leader's pidfd proves
-                # the leader (whose number is the group's) still exists, so the number
-                # cannot have been handed to anyone else (DESIGN.md's named fallback).
-                try:
-                    program.send_signal(0)
-                    os.killpg(self._program_pid, signal.SIGKILL)  # noqa: TET201  proven above
-                except ProcessLookupError:
-                    pass
+            # (in cgroup mode too: a member that moved itself to another cgroup).
+            kill_group(program, self._program_pid)
+        self._end_announced()  # the guard died between the announcement and the report
         # cgroup: _release() killed what was left in it. pidns: the kernel killed the namespace when
         # its init (the guard) died. A guard that died before reporting the start took its
         # program with it (PDEATHSIG), if any.
@@ -484,16 +486,3 @@ class Guard:
 
 
 _GUARD_DONE: Final = Exit(code=0, signal=None)
-
-
-def _reap_quietly(pidfd: Pidfd) -> Exit | None:
-    if pidfd.closed:
-        return None
-    try:
-        # The guard exits right after its report: usually it is reapable already, and a
-        # non-blocking reap saves setting up a poll.
-        exit_ = pidfd.poll() or pidfd.wait()
-    except (ChildProcessError, ValueError):
-        exit_ = None
-    pidfd.close()
-    return exit_

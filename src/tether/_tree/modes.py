@@ -20,7 +20,8 @@ from tether._kernel.spawn import clone_spec
 from tether._kernel.spec import SpawnSpec
 
 __all__ = [
-    "GUARD_PATH", "MODES", "Contain", "Mode", "devnull", "forget_probes", "guard_path",
+    "GUARD_PATH", "MODES", "Contain", "Mode", "devnull", "forget_probes", "guard_mode_options",
+    "guard_path",
     "pidns_unavailable_reason", "raise_namespace_limit", "resolve_mode",
 ]
 
@@ -41,6 +42,32 @@ def guard_path() -> str:
             "compiles it; reinstall tether with a C compiler available)",
         )
     return GUARD_PATH
+
+
+def guard_mode_options(mode: Mode) -> tuple[int, list[str]]:
+    """What starting a guard in ``mode`` takes: (the namespace flags of its clone, its
+    command-line options). Raises :class:`tether.Unsupported` if the mode cannot work here,
+    before anything is created."""
+    extra_flags = 0
+    options = ["--contain", mode]
+    if mode == "pidns":
+        reason = pidns_unavailable_reason()
+        if reason is not None:
+            raise Unsupported(errno.EPERM, f"contain='pidns' is unavailable: {reason}")
+        extra_flags = core.CLONE_NEWPID
+        if os.geteuid() != 0:
+            extra_flags |= core.CLONE_NEWUSER
+            options += ["--userns", f"{os.geteuid()}:{os.getegid()}"]
+    elif mode == "cgroup" and features.clone_method() != core.CLONE_CLONE3:
+        raise Unsupported(
+            errno.ENOSYS, "contain='cgroup' needs clone3 (CLONE_INTO_CGROUP, Linux 5.7), "
+            "which is blocked here")
+    if features.clone_method() == core.CLONE_LEGACY:
+        # The guard clones the program as this process clones: legacy where clone3 is
+        # refused (the guard inherits the same seccomp filter) or forced (the fallback's
+        # tests, features.force_clone_method), so a forced run tests the guard's path too.
+        options += ["--clone", "legacy"]
+    return extra_flags, options
 
 
 # -- containment modes ----------------------------------------------------------------------------
