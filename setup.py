@@ -1,8 +1,11 @@
 """Build tether's C parts: the extension module (tether._core) and the guard executable.
 
 The guard is a plain C program (no Python) installed inside the package as ``tether/_kernel/_guard``
-and found through the package, never through PATH. It is linked statically where the
-toolchain has a static libc, so it starts fast and keeps a small RSS; otherwise dynamically.
+and found through the package, never through PATH. On x86_64 and aarch64 it links no libc at
+all (``_kernel/nolibc/``: its own ``_start`` and raw syscalls), so every install gets the small
+fast guard with nothing but a C compiler; elsewhere, or if that build fails, it is linked
+statically against the toolchain's libc (musl first), else dynamically. The build log says
+which, and so does the binary (``guard_build.c``, read by ``tether doctor``).
 """
 
 from __future__ import annotations
@@ -28,41 +31,87 @@ GUARD_SOURCES = [GUARD_SRC] + [
     for name in ("guard_start.c", "guard_tree.c", "guard_cgroup.c", *CLONE_SOURCES)
 ]
 GUARD_NAME = "_guard"
+GUARD_BUILD_SRC = os.path.join(KERNEL_SRC, "guard_build.c")
+NOLIBC_SRC = os.path.join(KERNEL_SRC, "nolibc", "rt.c")
+# The machines the freestanding runtime has a syscall layer for (nolibc/arch_*.h).
+NOLIBC_ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
+# No libc code linked: no start files, no libc, no stack protector (it needs libc's canary),
+# no builtins turned back into libc calls (nor loops into memset/memcpy inside rt.c itself),
+# non-PIE (nothing in _start relocates the binary), no unwind tables (nothing unwinds).
+# libgcc only for what the compiler itself may call; aarch64's outline atomics would need
+# libc's getauxval, so they are inlined.
+FREESTANDING_FLAGS = [
+    "-ffreestanding", "-fno-builtin", "-fno-stack-protector", "-fno-tree-loop-distribute-patterns",
+    "-fno-pie", "-no-pie", "-static", "-nostdlib", "-fno-asynchronous-unwind-tables",
+    "-fno-unwind-tables", "-Wl,--build-id=none", "-DTETHER_GUARD_LIBC_FREE",
+]
 
 
 def _compiler() -> str:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or "cc"
 
 
-def _compile_guard(out_path: str) -> None:
-    """Compile the guard: musl static where musl-gcc exists (about 60 KiB resident), else
-    glibc static (about 700 KiB: glibc's own floor), else dynamic. TETHER_GUARD_CC picks a
-    compiler explicitly; CC is left to the extension, which must match Python's libc.
+def _guard_attempts(cc: str, out_path: str, machine: str) -> list[tuple[str, list[str]]]:
+    """(kind, command) pairs to try in order for one compiler: libc-free where nolibc/ has the
+    architecture, then static, then dynamic against the compiler's libc. TETHER_GUARD_BUILD
+    narrows the choice: ``libc-free`` or ``libc`` (the fallback, e.g. to test it)."""
+    wanted = os.environ.get("TETHER_GUARD_BUILD", "auto")
+    if wanted not in ("auto", "libc-free", "libc"):
+        raise RuntimeError(f"TETHER_GUARD_BUILD={wanted!r}: expected auto, libc-free or libc")
+    base = [cc, *CFLAGS, "-Os", "-I", KERNEL_SRC, *GUARD_SOURCES, GUARD_BUILD_SRC, "-o", out_path]
+    attempts = []
+    arch = NOLIBC_ARCHES.get(machine)
+    if wanted != "libc" and arch is not None:
+        extra = ["-mno-outline-atomics"] if arch == "aarch64" else []
+        attempts.append((f"libc-free ({arch})",
+                         [*base, NOLIBC_SRC, *FREESTANDING_FLAGS, *extra, "-lgcc"]))
+    if wanted != "libc-free":
+        attempts.append(("static libc", [*base, "-static", '-DTETHER_GUARD_LINK="static"']))
+        attempts.append(("dynamic libc", [*base, '-DTETHER_GUARD_LINK="dynamic"']))
+    return attempts
+
+
+def _compile_guard(out_path: str) -> str:
+    """Compile the guard and return what kind of build it made (also written to the build
+    log): libc-free on x86_64/aarch64 (about 25 KiB, no libc start-up), else musl static where
+    musl-gcc exists, glibc static (about 700 KiB: glibc's own floor), or dynamic.
+    TETHER_GUARD_CC picks a compiler explicitly; CC is left to the extension, which must
+    match Python's libc. TETHER_GUARD_BUILD=libc skips the libc-free build.
 
     Raises RuntimeError naming the cause: no compiler at all (a `build/` directory left from
     an earlier install lets the extension step pass without one, so this may be the first
     step that needs it), or the compiler's own error output."""
     chosen = os.environ.get("TETHER_GUARD_CC")
-    compilers = [chosen] if chosen else [c for c in (shutil.which("musl-gcc"),) if c]
-    compilers.append(_compiler())
-    attempts = []
-    for cc in compilers:
-        base = [cc, *CFLAGS, "-Os", "-I", KERNEL_SRC, *GUARD_SOURCES, "-o", out_path]
-        attempts += [[*base, "-static"], base]
+    machine = os.uname().machine
+    libc_compilers = [chosen] if chosen else [c for c in (shutil.which("musl-gcc"),) if c]
+    libc_compilers.append(_compiler())
+    # The libc-free build needs no libc, so it wants the plain compiler, not musl-gcc.
+    attempts = [a for a in _guard_attempts(chosen or _compiler(), out_path, machine)
+                if a[0].startswith("libc-free")]
+    for cc in libc_compilers:
+        attempts += [a for a in _guard_attempts(cc, out_path, machine)
+                     if not a[0].startswith("libc-free")]
     last: subprocess.CalledProcessError | None = None
-    for cmd in attempts:
+    for kind, cmd in attempts:
         try:
             subprocess.run(cmd, check=True, capture_output=True)  # noqa: TET102  build-time
         except (subprocess.CalledProcessError, FileNotFoundError, PermissionError) as exc:
             if isinstance(exc, subprocess.CalledProcessError):
                 last = exc
+                if kind.startswith("libc-free"):
+                    # Not silent: the fallback is said here, and by `tether doctor`.
+                    sys.stderr.write(exc.stderr.decode(errors="replace"))
+                    sys.stderr.write(f"tether: the {kind} guard did not build (output above); "
+                                     "falling back to a libc build\n")
             continue
         os.chmod(out_path, 0o755)
-        return
+        built = f"{kind} ({os.path.basename(cmd[0])})"
+        sys.stderr.write(f"tether: built the guard: {built}\n")
+        return built
     if last is None:
-        tried = ", ".join(dict.fromkeys(cmd[0] for cmd in attempts))
+        tried = ", ".join(dict.fromkeys(cmd[0] for _, cmd in attempts))
         raise RuntimeError(
             f"could not compile the tether guard ({GUARD_SRC}): no C compiler found (tried "
             f"{tried}); install gcc (or set CC / TETHER_GUARD_CC)")

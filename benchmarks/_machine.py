@@ -62,7 +62,8 @@ def describe() -> JSONDict:
     import tether
     from tether._kernel import features as _features
     from tether._kernel.cgroup import cgroup_unavailable_reason
-    from tether._tree.modes import pidns_unavailable_reason
+    from tether._kernel.guard_build import guard_build
+    from tether._tree.modes import guard_path, pidns_unavailable_reason
 
     uname = os.uname()
     try:
@@ -83,6 +84,9 @@ def describe() -> JSONDict:
         "libc": " ".join(platform.libc_ver()),
         "tether": f"{tether.__version__} (git {_git()})",
         "clone": method,
+        # Which guard every guarded number below was measured with (README numbers are the
+        # default build's: libc-free on x86_64/aarch64).
+        "guard": f"{guard_build(guard_path())}, {os.path.getsize(guard_path()) // 1024} KiB",
         "cgroup": "available" if cg is None else f"unavailable: {cg}",
         "pidns": "available" if ns is None else f"unavailable: {ns}",
         "uid": os.geteuid(),
@@ -102,6 +106,7 @@ def lines(m: JSONDict) -> list[str]:
         f"Kernel:  {m['kernel']}",
         f"Python:  {m['python']}, {m['libc']}",
         f"tether:  {m['tether']}, clone: {m['clone']}",
+        f"Guard:   {m.get('guard', 'build not recorded')}",
         f"Modes:   cgroup {m['cgroup']}; pidns {m['pidns']}",
         f"Run:     {m['date']}, uid {m['uid']}, load average at start {load}",
     ]

@@ -305,6 +305,28 @@ def rss_section(raw: JSONDict) -> Section:
     return sec
 
 
+# -- section 8 ----------------------------------------------------------------------------------
+
+
+def startup_section(raw: JSONDict) -> Section:
+    labels: dict[str, str] = raw["labels"]
+    s: dict[str, list[float]] = raw["samples_s"]
+    sec = Section(
+        key="startup", title="8. Start-up (whole processes)",
+        about=("One sample = one process, from the spawn to the reap; the commands alternate "
+               "in shuffled order. `tether run -- true` includes one guarded tree."),
+    )
+    sec.header = ["command", "median", "x python -c pass", "n"]
+    for key, xs in s.items():
+        sec.rows.append([labels[key], fmt_time(median(xs)),
+                         fmt_ratio(median(xs) / median(s["pass"])), str(len(xs))])
+    sec.targets.append(_ratio_target("import tether <= 1.3x python -c pass",
+                                     s["import"], s["pass"], 1.3))
+    sec.targets.append(_ratio_target("tether run -- true <= 2x python -c pass",
+                                     s["cli_run"], s["pass"], 2.0))
+    return sec
+
+
 # -- section 7 ----------------------------------------------------------------------------------
 
 
@@ -353,7 +375,7 @@ def build(raw: JSONDict) -> list[Section]:
         out += spawn_sections(raw["spawn"])
     builders = (("latency", latency_section), ("cascade", cascade_section),
                 ("supervise", supervise_section), ("rss", rss_section),
-                ("others", others_section))
+                ("others", others_section), ("startup", startup_section))
     for key, fn in builders:
         if key in raw:
             out.append(fn(raw[key]))

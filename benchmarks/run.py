@@ -9,6 +9,7 @@ Sections (each in fresh interpreters, methods interleaved round-robin, medians r
   cascade    4.   parent SIGKILLed: time until its 100-process tree is gone, per mode
   supervise  5.   parent CPU per child exit with N children alive
   rss        6.   the guard's peak RSS
+  startup    8.   python -c pass vs import tether vs tether run -- true (whole processes)
   others     7.   bench_aio.py (and with --others aio,lint,plugin the lint and pytest-plugin
                   scripts), when present
 
@@ -57,9 +58,10 @@ import _markdown  # noqa: E402
 import _others  # noqa: E402
 import _report  # noqa: E402
 import _spawnwait  # noqa: E402
+import _startup  # noqa: E402
 from _common import JSONDict, log, run_worker  # noqa: E402
 
-SECTIONS = ("spawn", "latency", "cascade", "supervise", "rss", "others")
+SECTIONS = ("spawn", "latency", "cascade", "supervise", "rss", "startup", "others")
 
 
 def _runners(args: argparse.Namespace) -> dict[str, Callable[[], JSONDict]]:
@@ -71,6 +73,7 @@ def _runners(args: argparse.Namespace) -> dict[str, Callable[[], JSONDict]]:
         "supervise": lambda: run_worker(
             "_supervise.py", {**quick, **({"n": args.children} if args.children else {})}),
         "rss": lambda: _guardrss.run(quick),
+        "startup": lambda: _startup.run(quick),
         "others": lambda: _others.run({**quick, "which": _split(args.others)}),
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,22 @@ def test_rows_here_match_this_machines_probe() -> None:
     rows = {row.name: row for row in doctor.probe_all()[0]}
     assert rows["clone3"].here == (method == core.CLONE_CLONE3)
     assert rows["seccomp lets clone3 through"].here == (method == core.CLONE_CLONE3)
+
+
+def test_guard_build_row_names_a_libc_build_as_such(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    guard = tmp_path / "_guard"
+    guard.write_bytes(b"\x7fELF\0tether-guard-build: glibc static\0")
+    monkeypatch.setattr(doctor, "guard_path", lambda: str(guard))
+    row = doctor.guard_build_row()
+    assert not row.here
+    assert row.detail == "guard: glibc static"
+
+
+def test_guard_build_row_says_libc_free(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    guard = tmp_path / "_guard"
+    guard.write_bytes(b"\x7fELF\0tether-guard-build: libc-free (x86_64)\0")
+    monkeypatch.setattr(doctor, "guard_path", lambda: str(guard))
+    row = doctor.guard_build_row()
+    assert row.here
+    assert row.detail == "guard: libc-free (x86_64)"

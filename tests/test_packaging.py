@@ -45,3 +45,30 @@ def test_wheel_package_data_leaves_the_c_sources_out() -> None:
     shipped = setuptools_cfg["package-data"]["tether"]
     assert not [p for p in shipped if p.endswith((".c", ".h"))]
     assert setuptools_cfg["exclude-package-data"]["tether._kernel"] == ["*.c", "*.h"]
+
+
+def test_libc_override_builds_a_working_libc_guard(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """TETHER_GUARD_BUILD=libc (the fallback for architectures without nolibc/) builds a
+    guard linked against a libc, and tether runs a tree under it."""
+    import tether
+    from tether._kernel.guard_build import guard_build
+    from tether._tree import modes
+
+    setup_py = load_setup_py()
+    monkeypatch.setenv("TETHER_GUARD_BUILD", "libc")
+    guard = str(tmp_path / "_guard")
+    kind = setup_py._compile_guard(guard)
+    assert kind.startswith(("static libc", "dynamic libc"))
+    assert not guard_build(guard).startswith("libc-free")
+    monkeypatch.setattr(modes, "GUARD_PATH", guard)
+    assert tether.run(["sh", "-c", "exit 3"]).returncode == 3
+
+
+def test_unknown_guard_build_override_is_refused(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    setup_py = load_setup_py()
+    monkeypatch.setenv("TETHER_GUARD_BUILD", "uclibc")
+    with pytest.raises(RuntimeError, match="TETHER_GUARD_BUILD='uclibc'"):
+        setup_py._compile_guard(str(tmp_path / "_guard"))
+    assert not os.path.exists(tmp_path / "_guard")

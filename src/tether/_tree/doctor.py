@@ -16,6 +16,7 @@ from tether._kernel import core as _core
 from tether._kernel import features as _features
 from tether._kernel.cgroup import cgroup_root, cgroup_unavailable_reason
 from tether._kernel.errors import Unsupported
+from tether._kernel.guard_build import guard_build
 from tether._kernel.pidfd import PIDFD_SIGNAL_PROCESS_GROUP
 from tether._tree.modes import devnull, guard_path, pidns_unavailable_reason
 
@@ -125,6 +126,13 @@ def clone_rows(method: int, clone3_errno: int, legacy_errno: int) -> list[Row]:
     ]
 
 
+def guard_build_row() -> Row:
+    """The installed guard's build: libc-free (x86_64/aarch64) starts at the exec floor; a
+    libc build (other architectures, or a failed libc-free build) says which libc."""
+    kind = guard_build(guard_path())
+    return Row("guard links no libc", "-", kind.startswith("libc-free"), f"guard: {kind}")
+
+
 def probe_all() -> tuple[list[Row], dict[str, str | None]]:
     method = _features.clone_method()
     _, clone3_errno, legacy_errno = _core.clone_method()
@@ -152,6 +160,8 @@ def probe_all() -> tuple[list[Row], dict[str, str | None]]:
     except Unsupported as exc:
         guard_ok, guard_detail = False, str(exc)
     rows.append(Row("guard executable", "-", guard_ok, guard_detail, core=True))
+    rows.append(guard_build_row() if guard_ok else
+                Row("guard links no libc", "-", False, "needs the guard"))
     pidns = pidns_unavailable_reason() if guard_ok else "needs the guard"
     ns_name = "PID namespaces" if os.geteuid() == 0 else "user + PID namespaces"
     rows.append(Row(ns_name, "3.8", pidns is None, "works" if pidns is None else pidns))
