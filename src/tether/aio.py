@@ -38,7 +38,7 @@ _STREAM_LIMIT: Final = 2**16
 async def spawn(
     argv: Sequence[StrOrBytesPath],
     *,
-    contain: Contain = "group",
+    contain: Contain = "auto",
     stdin: Any = None,
     stdout: Any = None,
     stderr: Any = None,
@@ -91,7 +91,7 @@ async def run(
     env: Mapping[str, str] | Mapping[bytes, bytes] | None = None,
     cwd: StrOrBytesPath | None = None,
     pass_fds: Iterable[int] = (),
-    contain: Contain = "group",
+    contain: Contain = "auto",
     grace: float | None = DEFAULT_GRACE,
     wait_tree: bool = False,
     cgroup_root: str | os.PathLike[str] | None = None,

@@ -103,7 +103,8 @@ def _parser() -> tuple[_Parser, _Parser]:
     run.add_argument("--contain", default=DEFAULT_CONTAIN,
                      choices=["group", "cgroup", "pidns", "auto"],
                      help="containment mode (default: auto, the strongest this machine has: "
-                          "pidns, then cgroup, then group)")
+                          "pidns as root, then cgroup, then pidns in a user namespace, "
+                          "then group)")
     run.add_argument("--wait-tree", action="store_true",
                      help="when the program exits, wait for its descendants instead of "
                           "ending them")

@@ -142,7 +142,7 @@ def start_child(
 def spawn(
     argv: Sequence[StrOrBytesPath],
     *,
-    contain: Contain = "group",
+    contain: Contain = "auto",
     stdin: Any = None,
     stdout: Any = None,
     stderr: Any = None,
@@ -159,10 +159,11 @@ def spawn(
 ) -> Child:
     """Start ``argv`` under a guard, contained, and return a Popen-like :class:`Child`.
 
-    ``contain`` is "group" (default: the program's process group), "cgroup" (a fresh cgroup
-    v2; catches daemons that setsid), "pidns" (the guard is PID 1 of a new PID namespace;
-    catches everything), "auto" (the strongest available here) or None (no guard: a bare
-    lifelined child, for programs that call :func:`tether.attach`). A mode that is not
+    ``contain`` is "auto" (default: the strongest mode available here, see
+    the README's "Guarantees, per containment mode" for the order), "group" (the program's process group),
+    "cgroup" (a fresh cgroup v2; catches daemons that setsid), "pidns" (the guard is PID 1 of
+    a new PID namespace; catches everything) or None (no guard: a bare lifelined child, for
+    programs that call :func:`tether.attach`). A mode that is not
     available raises :class:`tether.Unsupported` and starts nothing.
 
     stdin/stdout/stderr take None, PIPE, DEVNULL, an fd or a file object (and STDOUT for

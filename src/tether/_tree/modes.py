@@ -156,8 +156,11 @@ def devnull() -> int:
 def resolve_mode(
     contain: Contain | str, cgroup_root_arg: str | os.PathLike[str] | None = None
 ) -> Mode | None:
-    """Validate ``contain`` and pick the mode for "auto" (the strongest available here:
-    pidns, then cgroup, then group). An explicit mode is checked when the tree is set up."""
+    """Validate ``contain`` and pick the mode for "auto": the strongest available here that
+    keeps the program's credentials as they are. pidns as root; then cgroup (a delegated
+    subtree for a user); then, for a user without one, pidns inside a user namespace (it
+    contains as well, but setuid programs such as sudo do not work in one); then group. An
+    explicit mode is checked when the tree is set up."""
     if contain not in MODES:
         raise ValueError(
             f"contain must be one of 'group', 'cgroup', 'pidns', 'auto' or None, not {contain!r}"
@@ -165,8 +168,11 @@ def resolve_mode(
     if contain != "auto":
         return contain
     if features.clone_method() == core.CLONE_CLONE3:
-        if pidns_unavailable_reason() is None:
+        root = os.geteuid() == 0
+        if root and pidns_unavailable_reason() is None:
             return "pidns"
         if cgroup_unavailable_reason(cgroup_root_arg) is None:
             return "cgroup"
+        if not root and pidns_unavailable_reason() is None:
+            return "pidns"
     return "group"

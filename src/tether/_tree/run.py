@@ -93,7 +93,7 @@ def run(
     env: Mapping[str, str] | Mapping[bytes, bytes] | None = None,
     cwd: StrOrBytesPath | None = None,
     pass_fds: Iterable[int] = (),
-    contain: Contain = "group",
+    contain: Contain = "auto",
     grace: float | None = DEFAULT_GRACE,
     wait_tree: bool = False,
     cgroup_root: str | os.PathLike[str] | None = None,
