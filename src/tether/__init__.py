@@ -14,6 +14,7 @@ from tether._enforce import DoctrineViolation, enforce
 from tether._kernel.errors import TimeoutExpired, Unsupported
 from tether._kernel.exit import Exit
 from tether._kernel.fork import run_in_fork
+from tether._kernel.limits import Limits, Usage
 from tether._kernel.lifeline import LifelineWriter, attach
 from tether._kernel.pidfd import Pidfd, PidfdInfo
 from tether._kernel.signalfd import SignalFd, SignalInfo
@@ -42,6 +43,7 @@ __all__ = [
     "DoctrineViolation",
     "Exit",
     "LifelineWriter",
+    "Limits",
     "Pidfd",
     "PidfdInfo",
     "SignalFd",
@@ -49,6 +51,7 @@ __all__ = [
     "Spawned",
     "TimeoutExpired",
     "Unsupported",
+    "Usage",
     "aio",
     "attach",
     "check_output",
