@@ -14,8 +14,8 @@ from tether._enforce import DoctrineViolation, enforce
 from tether._kernel.errors import TimeoutExpired, Unsupported
 from tether._kernel.exit import Exit
 from tether._kernel.fork import run_in_fork
-from tether._kernel.limits import Limits, Usage
 from tether._kernel.lifeline import LifelineWriter, attach
+from tether._kernel.limits import Limits, Usage
 from tether._kernel.pidfd import Pidfd, PidfdInfo
 from tether._kernel.signalfd import SignalFd, SignalInfo
 from tether._kernel.spawn import Spawned, spawn_lifelined

@@ -52,7 +52,7 @@ _layout_lock = threading.Lock()
 _swept: set[str] = set()
 
 
-# -- where the controllers are -------------------------------------------------------------------
+# -- where the controllers are -----------------------------------------------------------
 
 
 def _v1_mounts() -> dict[str, str]:
@@ -129,7 +129,7 @@ def forget_layout() -> None:
         _layout.clear()
 
 
-# -- what each limit writes -------------------------------------------------------------------------
+# -- what each limit writes ----------------------------------------------------------------------
 
 # field -> (controller, [(v2 file, value)], [(v1 file, value)]); an empty list: not there.
 _Writes = list[tuple[str, str]]
@@ -164,7 +164,7 @@ def _writes(limits: Limits, guard_inside: bool) -> list[tuple[str, str, _Writes,
     return out
 
 
-# -- a tree's cgroups -------------------------------------------------------------------------------
+# -- a tree's cgroups ----------------------------------------------------------------------------
 
 
 class LimitedTree(CgroupTree):
@@ -391,7 +391,7 @@ def sweep_v1(parent: str) -> list[str]:
     return removed
 
 
-# -- files ------------------------------------------------------------------------------------------
+# -- files ---------------------------------------------------------------------------------------
 
 
 def _write(path: str, text: str) -> None:

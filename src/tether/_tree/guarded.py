@@ -23,8 +23,8 @@ from tether._kernel.cgroup import CgroupTree
 from tether._kernel.deadline import Deadline, check_timeout
 from tether._kernel.errors import Unsupported
 from tether._kernel.exit import Exit
-from tether._kernel.limits import Usage
 from tether._kernel.fds import recv_with_fds, socketpair_above_stdio
+from tether._kernel.limits import Usage
 from tether._kernel.pidfd import Pidfd, pid_in_our_namespace
 from tether._kernel.spawn import Spawned, child_error, clone_spec
 from tether._kernel.spec import SpawnSpec

@@ -19,7 +19,9 @@ from tether._kernel.exit import Exit
 from tether._kernel.limits import Usage
 from tether._kernel.spec import SpawnSpec
 
-__all__ = ["exit_with_cause", "require_tree_cgroup", "guard_cgroup_args", "tree_cgroup", "tree_usage"]
+__all__ = [
+    "exit_with_cause", "guard_cgroup_args", "require_tree_cgroup", "tree_cgroup", "tree_usage",
+]
 
 
 def require_tree_cgroup(spec: SpawnSpec, mode: str | None) -> None:
