@@ -206,3 +206,12 @@ def test_cli_run_with_limits_reports_oom(python_env: dict[str, str]) -> None:
     assert result.returncode == 137
     assert "killed by the OOM killer (memory limit 64 MiB)" in result.stderr
     assert "peak memory" in result.stderr
+
+
+def test_aio_run_takes_limits_and_reports_usage(limit_mode: str) -> None:
+    import asyncio
+
+    result = asyncio.run(tether.aio.run([PY, "-c", ALLOCATE], contain=limit_mode,
+                                        limits=tether.Limits(memory=64 << 20)))
+    assert result.returncode == -signal.SIGKILL
+    assert result.usage.oom_kills >= 1
