@@ -215,3 +215,11 @@ def test_aio_run_takes_limits_and_reports_usage(limit_mode: str) -> None:
                                         limits=tether.Limits(memory=64 << 20)))
     assert result.returncode == -signal.SIGKILL
     assert result.usage.oom_kills >= 1
+
+
+def test_doctor_says_where_each_controller_is(places: dict[str, str]) -> None:
+    from tether._tree.doctor import controller_rows
+
+    rows = {row.name: row.detail for row in controller_rows()}
+    expected = "cgroup v2" if places["memory"] == "v2" else f"cgroup v1 ({places['memory']})"
+    assert rows["limits: memory"] == expected
