@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from tether._kernel.exit import Exit
     from tether._kernel.fork import run_in_fork
     from tether._kernel.lifeline import LifelineWriter, attach
+    from tether._kernel.limits import Limits, Usage
     from tether._kernel.pidfd import Pidfd, PidfdInfo
     from tether._kernel.signalfd import SignalFd, SignalInfo
     from tether._kernel.spawn import Spawned, spawn_lifelined
@@ -41,6 +42,7 @@ _LAZY = {
     "Exit": "tether._kernel.exit",
     "run_in_fork": "tether._kernel.fork",
     "LifelineWriter": "tether._kernel.lifeline", "attach": "tether._kernel.lifeline",
+    "Limits": "tether._kernel.limits", "Usage": "tether._kernel.limits",
     "Pidfd": "tether._kernel.pidfd", "PidfdInfo": "tether._kernel.pidfd",
     "SignalFd": "tether._kernel.signalfd", "SignalInfo": "tether._kernel.signalfd",
     "Spawned": "tether._kernel.spawn", "spawn_lifelined": "tether._kernel.spawn",
@@ -72,6 +74,7 @@ __all__ = [
     "DoctrineViolation",
     "Exit",
     "LifelineWriter",
+    "Limits",
     "Pidfd",
     "PidfdInfo",
     "SignalFd",
@@ -79,6 +82,7 @@ __all__ = [
     "Spawned",
     "TimeoutExpired",
     "Unsupported",
+    "Usage",
     "aio",
     "attach",
     "check_output",

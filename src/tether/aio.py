@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, final
 
 from tether._kernel.errors import TimeoutExpired
+from tether._kernel.limits import Limits, Usage
 from tether._kernel.pidfd import NoPublicConstructor
 from tether._kernel.signalfd import SignalFd, SignalInfo
 from tether._kernel.spec import StrOrBytesPath
@@ -52,6 +53,7 @@ async def spawn(
     wait_tree: bool = False,
     cgroup_root: str | os.PathLike[str] | None = None,
     limit: int = _STREAM_LIMIT,
+    limits: Limits | None = None,
 ) -> AsyncChild:
     """Start ``argv`` under a guard, contained, and return an :class:`AsyncChild`.
 
@@ -70,7 +72,7 @@ async def spawn(
         argv, contain=contain, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
         pass_fds=pass_fds, text=text, encoding=encoding, errors=errors,
         universal_newlines=universal_newlines, wait_tree=wait_tree, cgroup_root=cgroup_root,
-        limit=limit, await_start=True,
+        limit=limit, await_start=True, limits=limits,
     )
 
 
@@ -95,6 +97,7 @@ async def run(
     grace: float | None = DEFAULT_GRACE,
     wait_tree: bool = False,
     cgroup_root: str | os.PathLike[str] | None = None,
+    limits: Limits | None = None,
 ) -> subprocess.CompletedProcess[Any]:
     """Run ``argv`` to completion under a guard; :func:`tether.run` for asyncio.
 
@@ -102,7 +105,7 @@ async def run(
     (SIGTERM, then SIGKILL after ``grace`` seconds) and raises :class:`tether.TimeoutExpired`
     with the output captured so far; the call returns when the tree has ended, even if an
     escaped process holds a pipe; ``check=True`` raises :class:`subprocess.CalledProcessError`.
-    Returns a :class:`subprocess.CompletedProcess`.
+    Returns a :class:`subprocess.CompletedProcess` (with ``usage``, as tether.run's).
 
     Guarantee: when it returns or raises, including by cancellation of the awaiting task,
     no process of the tree is left (within what the containment mode reaches).
@@ -120,11 +123,14 @@ async def run(
         argv, contain=contain, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
         pass_fds=pass_fds, text=text, encoding=encoding, errors=errors,
         universal_newlines=None, wait_tree=wait_tree, cgroup_root=cgroup_root,
-        limit=_STREAM_LIMIT, await_start=False,
+        limit=_STREAM_LIMIT, await_start=False, limits=limits,
     )
     args = child.args
+    usage: Usage | None = None
     try:
         retcode, out, err = await run_to_end(child, input, timeout, grace_s)
+        if limits is not None:
+            usage = child.usage()
     finally:
         # Raised without `child` in this frame: in asyncio the exception and the task that
         # carries it form a reference cycle, and a frame in that cycle holding the child
@@ -135,7 +141,9 @@ async def run(
         raise TimeoutExpired(args, timeout, output=out, stderr=err)
     if check and retcode:
         raise subprocess.CalledProcessError(retcode, args, output=out, stderr=err)
-    return subprocess.CompletedProcess(args, retcode, out, err)
+    result = subprocess.CompletedProcess(args, retcode, out, err)
+    result.usage = usage  # type: ignore[attr-defined]
+    return result
 
 
 # -- signals --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from tether import __version__
 from tether._kernel.cgroup import ROOT_ENV
 from tether._kernel.deadline import Deadline
 from tether._kernel.errors import Unsupported
+from tether._kernel.limits import Limits
 from tether._kernel.signalfd import SignalFd
 from tether._kernel.spec import SpawnSpec
 from tether._tree.child import Child, start_child
@@ -108,6 +109,15 @@ def _parser() -> tuple[_Parser, _Parser]:
     run.add_argument("--wait-tree", action="store_true",
                      help="when the program exits, wait for its descendants instead of "
                           "ending them")
+    run.add_argument("--memory", metavar="SIZE",
+                     help="memory limit of the whole tree (512M, 2G; past it the OOM killer "
+                          "acts inside the tree only)")
+    run.add_argument("--cpus", metavar="N", help="CPU limit of the whole tree (1.5: one and "
+                                                 "a half CPUs' worth of time)")
+    run.add_argument("--pids", metavar="N", help="most processes the tree may have at once")
+    run.add_argument("--stats", action="store_true",
+                     help="at exit, one line on stderr: the tree's CPU, peak memory, peak "
+                          "process count (needs cgroup or pidns containment)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     doctor = sub.add_parser("doctor", help="which kernel primitives and modes this machine has")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
@@ -141,13 +151,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd = cmd[1:]
         if not cmd:
             run_parser.error("no command given (tether run -- CMD ...)")
+        limits = _limits(run_parser, args)
     except SystemExit as exit_request:  # --help, --version: argparse printed them
         return exit_request.code if isinstance(exit_request.code, int) else EXIT_TETHER_FAILED
     except _UsageError as exc:
         sys.stderr.write(exc.usage)
         print(exc, file=sys.stderr)
         return EXIT_TETHER_FAILED
-    return _run(cmd, args.timeout, args.grace, args.contain, args.wait_tree)
+    return _run(cmd, args.timeout, args.grace, args.contain, args.wait_tree, limits, args.stats)
+
+
+def _limits(run_parser: _Parser, args: argparse.Namespace) -> Limits | None:
+    """--memory/--cpus/--pids as Limits (a usage error if bad); --stats alone accounts."""
+    if args.memory is None and args.cpus is None and args.pids is None:
+        return Limits() if args.stats else None
+    try:
+        return Limits.parse(memory=args.memory, cpus=args.cpus, pids=args.pids)
+    except (ValueError, TypeError) as exc:
+        run_parser.error(str(exc))
+        raise  # (error() raises)
+
+
+def _report(child: Child, stats: bool) -> None:
+    """Say an OOM kill (and, with --stats, the tree's usage) on stderr, once it ended."""
+    exit_ = child.exit
+    if exit_ is not None and exit_.oom_killed:
+        print(f"tether: {child.args[0]}: {exit_}", file=sys.stderr)
+    if stats:
+        print(f"tether: {child.args[0]}: {child.usage()}", file=sys.stderr)
 
 
 def _in_terminal_foreground() -> bool:
@@ -158,19 +189,21 @@ def _in_terminal_foreground() -> bool:
 
 
 def _run(cmd: list[str], timeout: float | None, grace: float, contain: Contain,
-         wait_tree: bool) -> int:
+         wait_tree: bool, limits: Limits | None = None, stats: bool = False) -> int:
     # Block and read our signals as data before the tree exists, so none is lost between
     # spawn and the loop; the spawn path resets the mask in the children.
     foreground = _in_terminal_foreground()
     with SignalFd(TREE_SIGNALS + PROGRAM_SIGNALS) as sigfd:
         try:
-            child = start_child(SpawnSpec.build(cmd), resolve_mode(contain), wait_tree=wait_tree,
-                                foreground=foreground)
+            child = start_child(SpawnSpec.build(cmd, limits=limits), resolve_mode(contain),
+                                wait_tree=wait_tree, foreground=foreground)
         except OSError as exc:
             return _not_started(exc, cmd[0])
         try:
             with child:
-                return _supervise(child, sigfd, timeout, grace)
+                status = _supervise(child, sigfd, timeout, grace)
+            _report(child, stats)
+            return status
         except ChildProcessError as exc:
             # The guard died after the start (killed, OOM): tether could not watch the tree
             # to its end; the tree was ended parent-side (see Guard).

@@ -26,6 +26,10 @@ class Exit:
     code: int | None
     signal: int | None
     core_dumped: bool = False
+    #: The OOM killer took the program: its tree's memory cgroup counted an OOM kill (limits).
+    oom_killed: bool = False
+    #: The tree's memory limit in bytes, where it had one (for messages).
+    memory_limit: int | None = None
 
     @property
     def returncode(self) -> int:
@@ -73,8 +77,19 @@ class Exit:
                 name = _signal.Signals(self.signal).name
             except ValueError:
                 name = f"signal {self.signal}"
+            if self.oom_killed:
+                return "killed by the OOM killer" + _limit_note(self.memory_limit)
             return f"killed by {name}" + (" (core dumped)" if self.core_dumped else "")
         return f"exited with code {self.code}"
+
+
+def _limit_note(limit: int | None) -> str:
+    if limit is None:
+        return ""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if limit >= size and limit % size == 0:
+            return f" (memory limit {limit // size} {unit})"
+    return f" (memory limit {limit} bytes)"
 
 
 @functools.lru_cache(maxsize=1024)

@@ -54,6 +54,9 @@
 /* Nested cgroups the program may have made below ours (only root can); deeper is ignored. */
 #define CGROUP_MAX_DEPTH 8
 
+/* Per-tree cgroups the guard moves itself into (one per v1 hierarchy, and a v2 one). */
+#define GUARD_MAX_JOIN 8
+
 enum contain { CONTAIN_GROUP, CONTAIN_CGROUP, CONTAIN_PIDNS };
 
 /* Children left, as a reap pass sees them. */
@@ -72,6 +75,9 @@ struct guard {
     int n_keep;
     const char *userns; /* --userns UID:GID, or NULL */
     int clone_method;   /* --clone: TETHER_CLONE_*; TETHER_CLONE_UNKNOWN: clone3, then legacy */
+    int join_fds[GUARD_MAX_JOIN]; /* --join-cgroup: cgroup dirs (v1 per controller) we join */
+    int n_join;
+    int keep_cgroup;   /* --keep-cgroup: leave the emptied directory to the parent (limits) */
     /* runtime */
     int sigfd;
     int events_fd;     /* cgroup.events (cgroup mode) */
@@ -135,5 +141,6 @@ void cg_read_events(void);
 void cg_signal_frozen(int sig);
 void cg_kill(void);
 int cg_remove(void);
+int cg_join(int dirfd);
 
 #endif /* TETHER_GUARD_H */

@@ -1,6 +1,7 @@
 /*
  * guard_cgroup.c — the tree's cgroup (cgroup mode): cgroup.events, cgroup.kill, cgroup.freeze,
- * the members of nested cgroups, and the removal of the directory when the tree has ended.
+ * the members of nested cgroups, and the removal of the directory when the tree has ended;
+ * and the per-tree cgroups of limits (v1 per controller), which the guard joins itself.
  */
 #include "guard.h"
 
@@ -258,6 +259,14 @@ int cg_remove(void)
     if (g.contain != CONTAIN_CGROUP || g.cgroup_path == NULL)
         return 0;
     deadline = now_ms() + CG_REMOVE_TIMEOUT_MS;
+    if (g.keep_cgroup) {
+        /* Limits: the parent reads the tree's final usage there, then removes it. Still
+         * "populated 0" before the report, as a removal would have waited for. */
+        cg_read_events();
+        while (g.populated != 0 && now_ms() < deadline)
+            cg_wait_events(CG_REMOVE_WAIT_MS);
+        return g.populated == 0 ? 0 : -EBUSY;
+    }
     for (;;) {
         int nested = g.cgroup_fd >= 0 ? cg_each_subdir(g.cgroup_fd, remove_nested, 1, 0) : 0;
         if (rmdir(g.cgroup_path) == 0 || errno == ENOENT)
@@ -271,4 +280,12 @@ int cg_remove(void)
         if (nested == 0)
             cg_wait_events(CG_REMOVE_WAIT_MS);
     }
+}
+
+/* Move ourselves into the cgroup dirfd (limits: a per-tree v1 directory per controller, or a
+ * v2 one in pidns mode) before the program exists, so the program and everything it forks
+ * start there. "0" is the writer itself, in v1 and v2 alike: we never move another pid. */
+int cg_join(int dirfd)
+{
+    return write_text_at(dirfd, "cgroup.procs", "0");
 }

@@ -257,6 +257,10 @@ int parse_args(int argc, char **argv)
             g.wait_tree = 1;
             continue;
         }
+        if (strcmp(opt, "--keep-cgroup") == 0) {
+            g.keep_cgroup = 1;
+            continue;
+        }
         if (strcmp(opt, "--foreground") == 0) {
             g.foreground = 1;
             continue;
@@ -277,6 +281,12 @@ int parse_args(int argc, char **argv)
                 usage("bad --cgroup-fd: ", argv[i + 1]);
         } else if (strcmp(opt, "--cgroup-path") == 0) {
             g.cgroup_path = argv[i + 1];
+        } else if (strcmp(opt, "--join-cgroup") == 0) {
+            if (g.n_join >= GUARD_MAX_JOIN)
+                usage("too many --join-cgroup: ", argv[i + 1]);
+            g.join_fds[g.n_join] = parse_uint(argv[i + 1], NULL);
+            if (g.join_fds[g.n_join++] < 0)
+                usage("bad --join-cgroup fd: ", argv[i + 1]);
         } else if (strcmp(opt, "--userns") == 0) {
             g.userns = argv[i + 1];
         } else {
@@ -352,6 +362,22 @@ static int own_lifeline(const char *value)
     return (int)fd;
 }
 
+/* --join-cgroup: into the tree's per-controller cgroups, with their limits, before the program
+ * exists. Each fd is ours (never 0-2, never one the program keeps) and stays out of it. */
+static void join_cgroups(void)
+{
+    int i, r;
+    for (i = 0; i < g.n_join; i++) {
+        int fd = g.join_fds[i];
+        if (fd < 3 || is_kept(fd) || !fd_is_open(fd))
+            fail(TETHER_GUARD_STAGE_SETUP, EBADF);
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        r = cg_join(fd);
+        if (r < 0)
+            fail(TETHER_GUARD_STAGE_CGROUP, -r);
+    }
+}
+
 /* Everything the guard needs before the program exists: its ids, its lifeline, its own fds
  * kept from the program, signals, the subreaper bit, the cgroup's files. */
 void setup_guard(void)
@@ -380,6 +406,8 @@ void setup_guard(void)
      * gone (since 3.4). In pidns mode we are PID 1 and get them anyway. */
     if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
         fail(TETHER_GUARD_STAGE_SETUP, errno);
+
+    join_cgroups();
 
     if (g.contain == CONTAIN_CGROUP) {
         g.events_fd = openat(g.cgroup_fd, "cgroup.events", O_RDONLY | O_CLOEXEC);

@@ -24,6 +24,7 @@ from typing import IO, Any, Final, TypeAlias
 
 from tether._kernel.fds import above_stdio
 from tether._kernel.lifeline import LIFELINE_ENV, announcement
+from tether._kernel.limits import Limits
 
 __all__ = ["FileSpec", "SpawnSpec", "StdioPlan", "StrOrBytesPath"]
 
@@ -57,6 +58,8 @@ class SpawnSpec:
     pass_fds: tuple[int, ...]
     stdio: tuple[int, int, int]
     process_group: bool = True
+    #: The whole tree's resource limits (per-tree cgroups; None: none asked for).
+    limits: Limits | None = None
 
     @classmethod
     def build(
@@ -71,12 +74,15 @@ class SpawnSpec:
         pass_fds: Iterable[int] = (),
         process_group: bool = True,
         popen_style: bool = False,
+        limits: Limits | None = None,
     ) -> SpawnSpec:
         """Check and convert everything; nothing is opened.
 
         ``popen_style`` is for the Popen-like entry points (spawn, run, tether.aio): PIPE is
         accepted, and the streams are checked first, as subprocess.Popen does. Without it
         (spawn_lifelined: fds only) they are checked after the program was found."""
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a tether.Limits, not {type(limits).__name__}")
         if popen_style:
             stdio = convert_stdio(stdin, stdout, stderr, allow_pipe=True)
         argv_b = convert_argv(argv)
@@ -87,7 +93,7 @@ class SpawnSpec:
         if not popen_style:
             stdio = convert_stdio(stdin, stdout, stderr, allow_pipe=False)
         args = argv if isinstance(argv, list) else list(argv)
-        return cls(args, tuple(argv_b), path, env_b, cwd_b, keep, stdio, process_group)
+        return cls(args, tuple(argv_b), path, env_b, cwd_b, keep, stdio, process_group, limits)
 
     def replace(self, **changes: Any) -> SpawnSpec:
         """A copy with ``changes`` (already converted: nothing is checked again)."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, final
 
 from tether._kernel.exit import Exit
+from tether._kernel.limits import Limits, Usage
 from tether._kernel.pidfd import NoPublicConstructor, Pidfd
 from tether._kernel.spec import SpawnSpec, StrOrBytesPath
 from tether._tree.aiopipes import AsyncPipes
@@ -127,6 +128,10 @@ class AsyncChild(metaclass=NoPublicConstructor):
             raise  # inert in a forked child: say so, never pass for an ended tree
         except ChildProcessError:
             return None
+
+    def usage(self) -> Usage:
+        """The whole tree's usage, live or final (see :meth:`tether.Child.usage`)."""
+        return self._handle.usage()
 
     @property
     def exit(self) -> Exit | None:
@@ -381,6 +386,7 @@ async def start_async(
     cgroup_root: str | os.PathLike[str] | None,
     limit: int,
     await_start: bool,
+    limits: Limits | None = None,
 ) -> AsyncChild:
     """tether.aio.spawn (``await_start``) and run (not: the start is read with the end)."""
     loop = running_loop("spawn")
@@ -389,7 +395,7 @@ async def start_async(
     mode = resolve_mode(contain, cgroup_root)
     spec = SpawnSpec.build(
         argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-        pass_fds=pass_fds, popen_style=True,
+        pass_fds=pass_fds, popen_style=True, limits=limits,
     )
     # The guard's start report is awaited in the loop's selector (or read with the end).
     tree, ends = start_tree(spec, mode, wait_tree=wait_tree, cgroup_root=cgroup_root,

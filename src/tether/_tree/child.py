@@ -16,6 +16,7 @@ from typing import Any, final
 
 from tether._kernel.deadline import Deadline, check_timeout
 from tether._kernel.errors import TimeoutExpired
+from tether._kernel.limits import Limits
 from tether._kernel.pidfd import NoPublicConstructor
 from tether._kernel.spec import SpawnSpec, StrOrBytesPath
 from tether._tree.handle import TreeHandle, describe, start_tree
@@ -156,6 +157,7 @@ def spawn(
     bufsize: int | None = -1,
     wait_tree: bool = False,
     cgroup_root: str | os.PathLike[str] | None = None,
+    limits: Limits | None = None,
 ) -> Child:
     """Start ``argv`` under a guard, contained, and return a Popen-like :class:`Child`.
 
@@ -168,7 +170,9 @@ def spawn(
 
     stdin/stdout/stderr take None, PIPE, DEVNULL, an fd or a file object (and STDOUT for
     stderr); ``text``/``encoding``/``errors`` as in subprocess. With ``wait_tree`` the guard
-    waits for every descendant after the program exits instead of ending them.
+    waits for every descendant after the program exits instead of ending them. ``limits``
+    (a :class:`tether.Limits`) bounds the whole tree's memory, CPU and process count, in
+    its own cgroups (cgroup and pidns modes; Unsupported elsewhere); ``Child.usage()``.
 
     Guarantee: nothing in the tree outlives this process (see the README's table for what
     each mode reaches), and the program's pidfd is handed over race-free by the guard.
@@ -191,7 +195,7 @@ def spawn(
             codecs.lookup_error(errors)
     spec = SpawnSpec.build(
         argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-        pass_fds=pass_fds, popen_style=True,
+        pass_fds=pass_fds, popen_style=True, limits=limits,
     )
     return start_child(spec, mode, text_mode=text_mode, bufsize=bufsize, wait_tree=wait_tree,
                        cgroup_root=cgroup_root)

@@ -10,6 +10,7 @@ The tree has "ended" when the program has exited: what it left in its group is e
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 from typing import final
@@ -17,6 +18,7 @@ from typing import final
 from tether._kernel import core
 from tether._kernel.errors import TimeoutExpired, Unsupported
 from tether._kernel.exit import Exit
+from tether._kernel.limits import Usage
 from tether._kernel.pidfd import Pidfd
 from tether._kernel.spawn import Spawned
 
@@ -101,6 +103,11 @@ class DirectTree:
 
     def kill_tree(self) -> None:
         self.signal_tree(signal.SIGKILL)
+
+    def usage(self) -> Usage:
+        raise Unsupported(errno.EOPNOTSUPP, "usage() needs the tree's own cgroups, which "
+                          "contain=None has not: spawn it with contain='cgroup' or 'pidns' "
+                          "and limits= (tether.Limits() accounts without limiting)")
 
     def abandon(self) -> None:
         # Always, even after the program exited: the leader may be gone while its group

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from tether._kernel import core as _core
 from tether._kernel import features as _features
 from tether._kernel.cgroup import cgroup_root, cgroup_unavailable_reason
+from tether._kernel.controllers import controller_places
 from tether._kernel.errors import Unsupported
 from tether._kernel.guard_build import guard_build
 from tether._kernel.pidfd import PIDFD_SIGNAL_PROCESS_GROUP
@@ -133,6 +134,18 @@ def guard_build_row() -> Row:
     return Row("guard links no libc", "-", kind.startswith("libc-free"), f"guard: {kind}")
 
 
+def controller_rows() -> list[Row]:
+    """Limits and accounting, per controller: on cgroup v2, on a v1 hierarchy, or nowhere."""
+    places = controller_places()
+    rows = []
+    for controller in ("memory", "cpu", "cpuacct", "pids", "io"):
+        where = places.get(controller)
+        detail = ("cgroup v2" if where == "v2" else f"cgroup v1 ({where})" if where
+                  else "on no hierarchy here: its limits raise Unsupported")
+        rows.append(Row(f"limits: {controller}", "-", where is not None, detail))
+    return rows
+
+
 def probe_all() -> tuple[list[Row], dict[str, str | None]]:
     method = _features.clone_method()
     _, clone3_errno, legacy_errno = _core.clone_method()
@@ -165,6 +178,7 @@ def probe_all() -> tuple[list[Row], dict[str, str | None]]:
     pidns = pidns_unavailable_reason() if guard_ok else "needs the guard"
     ns_name = "PID namespaces" if os.geteuid() == 0 else "user + PID namespaces"
     rows.append(Row(ns_name, "3.8", pidns is None, "works" if pidns is None else pidns))
+    rows += controller_rows()
 
     modes: dict[str, str | None] = {
         "group": None if pidfd_ok and guard_ok else "needs a pidfd clone and the guard",

@@ -18,15 +18,17 @@ import threading
 from typing import Final
 
 from tether._kernel import core
-from tether._kernel.cgroup import CgroupTree, cgroup_root
+from tether._kernel.cgroup import CgroupTree
 from tether._kernel.deadline import Deadline, check_timeout
 from tether._kernel.exit import Exit
 from tether._kernel.fds import recv_with_fds, socketpair_above_stdio
+from tether._kernel.limits import Usage
 from tether._kernel.pidfd import Pidfd, pid_in_our_namespace
 from tether._kernel.spawn import Spawned, child_error, clone_spec
 from tether._kernel.spec import SpawnSpec
 from tether._tree.ending import kill_group, reap_quietly
 from tether._tree.modes import Mode, guard_mode_options, guard_path, raise_namespace_limit
+from tether._tree.tree_cgroups import exit_with_cause, tree_cgroup, tree_usage
 
 __all__ = ["Guard"]
 
@@ -133,17 +135,13 @@ class Guard:
         parent_sock: socket.socket | None = None
         guard_sock: socket.socket | None = None
         try:
-            if mode == "cgroup":
-                cgroup = CgroupTree.create(cgroup_root(cgroup_root_arg))
-                guard_opts += ["--cgroup-fd", str(cgroup.fd), "--cgroup-path", cgroup.path]
+            cgroup, cgroup_opts, cgroup_fds = tree_cgroup(spec, mode, cgroup_root_arg)
             # Both above 2: --control must not be one of the program's stdio fds.
             parent_sock, guard_sock = socketpair_above_stdio(socket.SOCK_SEQPACKET)
-            passed = set(keep) | {guard_sock.fileno()}
-            if cgroup is not None:
-                passed.add(cgroup.fd)
+            passed = set(keep) | {guard_sock.fileno()} | cgroup_fds
             guard_argv: list[bytes] = [
                 os.fsencode(guard), b"--control", str(guard_sock.fileno()).encode(),
-                *(o.encode() for o in guard_opts),
+                *(o.encode() for o in guard_opts + cgroup_opts),
             ]
             if keep:
                 guard_argv += [b"--keep", ",".join(map(str, keep)).encode()]
@@ -390,6 +388,9 @@ class Guard:
             return True
         return False
 
+    def usage(self) -> Usage:
+        return tree_usage(self.cgroup)
+
     def wait(self, timeout: float | None) -> bool:
         """Block until the tree has ended (True) or the timeout passed (False)."""
         return self._block_until(Deadline.after(check_timeout(timeout)), start=False)
@@ -406,7 +407,7 @@ class Guard:
         return self._exit
 
     def _finish(self, exit_: Exit) -> None:
-        self._exit = exit_
+        self._exit = exit_ = exit_with_cause(exit_, self.cgroup)
         if self._program is not None:  # (always: the start is reported before the end)
             self._program._set_exit(exit_)
         # The guard exits right after its report: reap it (no zombie), drop our handles.

@@ -15,6 +15,7 @@ from typing import Any
 
 from tether._kernel import core
 from tether._kernel.exit import Exit
+from tether._kernel.limits import Usage
 from tether._kernel.pidfd import Pidfd
 from tether._kernel.spawn import clone_spec
 from tether._kernel.spec import SpawnSpec
@@ -22,6 +23,7 @@ from tether._tree.direct import DirectTree
 from tether._tree.guarded import Guard
 from tether._tree.modes import Mode
 from tether._tree.seam import Tree
+from tether._tree.tree_cgroups import require_tree_cgroup
 
 __all__ = ["ForkedHandleError", "TreeHandle", "describe", "start_tree"]
 
@@ -43,6 +45,7 @@ def start_tree(
     """Start ``spec`` contained by ``mode`` (None: no guard). Returns the tree and the
     parent's ends of its PIPEs (None where a stream is not a PIPE); on error nothing is left
     open or running."""
+    require_tree_cgroup(spec, mode)
     plan = spec.open_stdio()
     try:
         tree: Tree
@@ -120,6 +123,12 @@ class TreeHandle:
             return self.returncode
         self._tree.pump()
         return self._settle()
+
+    def usage(self) -> Usage:
+        """What the whole tree has used (CPU, peak memory, OOM kills, peak process count):
+        live while it runs, final once it has ended. Needs the tree's own cgroups (spawned
+        with ``limits=``; ``tether.Limits()`` accounts without limiting), else Unsupported."""
+        return self._tree.usage()
 
     def fileno(self) -> int:
         """An fd that turns readable when the tree has news: poll() it then (for select,

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tether._kernel.deadline import check_timeout
-from tether._kernel.errors import TimeoutExpired
+from tether._kernel.errors import TimeoutExpired, Unsupported
+from tether._kernel.limits import Limits
 from tether._kernel.spec import StrOrBytesPath
 from tether._tree.child import Child, output_after_end, spawn
 from tether._tree.modes import Contain, resolve_mode
@@ -97,6 +98,7 @@ def run(
     grace: float | None = DEFAULT_GRACE,
     wait_tree: bool = False,
     cgroup_root: str | os.PathLike[str] | None = None,
+    limits: Limits | None = None,
 ) -> subprocess.CompletedProcess[Any]:
     """Run ``argv`` to completion under a guard, like :func:`subprocess.run`.
 
@@ -120,7 +122,7 @@ def run(
     child = spawn(
         argv, contain=contain, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
         pass_fds=pass_fds, text=text, encoding=encoding, errors=errors,
-        wait_tree=wait_tree, cgroup_root=cgroup_root,
+        wait_tree=wait_tree, cgroup_root=cgroup_root, limits=limits,
     )
     with child:
         try:
@@ -138,7 +140,19 @@ def run(
         retcode = child.wait()
     if check and retcode:
         raise subprocess.CalledProcessError(retcode, child.args, output=out, stderr=err)
-    return subprocess.CompletedProcess(child.args, retcode, out, err)
+    return completed(child, retcode, out, err)
+
+
+def completed(child: Child, retcode: int, out: Any, err: Any) -> subprocess.CompletedProcess[Any]:
+    """The CompletedProcess of an ended tree; with limits, its final ``usage`` and ``exit``
+    ride along as attributes (None without)."""
+    result = subprocess.CompletedProcess(child.args, retcode, out, err)
+    result.exit = child.exit  # type: ignore[attr-defined]
+    try:
+        result.usage = child.usage()  # type: ignore[attr-defined]
+    except Unsupported:
+        result.usage = None  # type: ignore[attr-defined]
+    return result
 
 
 def check_output(argv: Sequence[StrOrBytesPath], **kwargs: Any) -> Any:

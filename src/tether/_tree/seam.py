@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from tether._kernel.exit import Exit
+from tether._kernel.limits import Usage
 from tether._kernel.pidfd import Pidfd
 
 __all__ = ["Tree"]
@@ -75,6 +76,11 @@ class Tree(Protocol):
     def outcome(self) -> Exit | None:
         """How the program ended once the tree has ended, None before. Raises
         ChildProcessError if the guard died before it could report (the tree was ended)."""
+        ...
+
+    def usage(self) -> Usage:
+        """The tree's resource usage (live, or final once ended); Unsupported where the tree
+        has no cgroups of its own."""
         ...
 
     def signal_tree(self, sig: int) -> None:

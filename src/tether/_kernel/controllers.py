@@ -1,0 +1,435 @@
+"""Per-controller cgroups of a tree: where each controller is, its limits, its accounting.
+
+The one rule this module owns: limits and accounting work per controller -- through cgroup
+v2 where the v2 hierarchy has the controller, through that controller's v1 hierarchy
+otherwise (the hybrid layout: v2 mounted with no controllers, memory/cpu/pids on v1). A
+tree's v1 directories are made here like its v2 one (``cgroup.create_locked``: 0700, flocked,
+``t-<random>`` below ``<this process's v1 cgroup>/tether``, so a tree started inside a
+tether tree nests in it), written with the limits before the guard starts, joined by the
+guard itself (it moves itself, never another pid, before it clones the program), read for
+:class:`Usage` and removed here once the guard has been reaped. The lock fds go to the guard
+too, so a directory stays locked while the guard lives; one whose owners are all gone is
+removed by the next start's sweep. Every cgroup *file* write of this module is here; the v2
+directory itself is ``cgroup.CgroupTree``'s.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+import time
+from typing import Final
+
+from tether._kernel.cgroup import (
+    PARENT_NAME,
+    TREE_PREFIX,
+    CgroupTree,
+    cgroup_root,
+    cgroup_unavailable_reason,
+    create_locked,
+    release_lock,
+)
+from tether._kernel.errors import Unsupported
+from tether._kernel.limits import Limits, Usage
+
+__all__ = [
+    "V1_SUBDIR_ENV",
+    "LimitedTree",
+    "controller_places",
+    "forget_layout",
+]
+
+#: A directory below this process's own v1 cgroup to put trees in (tests: a private one).
+V1_SUBDIR_ENV: Final = "TETHER_CGROUP_V1_SUBDIR"
+#: The controllers a tree's accounting and limits use, v2 names (v1 "cpuacct" is CPU time).
+CONTROLLERS: Final = ("memory", "cpu", "cpuacct", "pids", "io")
+_V1_NAME: Final = {"io": "blkio"}
+_CFS_PERIOD_US: Final = 100_000
+_layout: dict[str, dict[str, str]] = {}
+_layout_lock = threading.Lock()
+_swept: set[str] = set()
+
+
+# -- where the controllers are -----------------------------------------------------------
+
+
+def _v1_mounts() -> dict[str, str]:
+    """controller -> this process's own cgroup directory in the v1 hierarchy that has it."""
+    mounts: dict[str, tuple[str, str]] = {}
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields, extra = left.split(" "), right.split()
+                if len(extra) < 3 or extra[0] != "cgroup":
+                    continue
+                for option in extra[2].split(","):
+                    mounts.setdefault(option, (fields[4], fields[3]))
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            own = {name: path for line in f if not line.startswith("0::")
+                   for name, path in _own_v1_lines(line)}
+    except (OSError, ValueError):
+        return {}
+    dirs: dict[str, str] = {}
+    for controller in CONTROLLERS:
+        name = _V1_NAME.get(controller, controller)
+        if name not in mounts or name not in own:
+            continue
+        point, mount_root = mounts[name]
+        relative = os.path.relpath(own[name], mount_root) if mount_root != "/" else own[name]
+        dirs[controller] = os.path.normpath(point + "/" + relative.lstrip("./"))
+    return dirs
+
+
+def _own_v1_lines(line: str) -> list[tuple[str, str]]:
+    _, names, path = line.rstrip("\n").split(":", 2)
+    # "cpu,cpuacct" co-mounted: one entry per controller.
+    return [(name, path) for name in names.split(",")]
+
+
+def _v2_controllers(root: str) -> set[str]:
+    try:
+        with open(os.path.join(root, "cgroup.controllers"), encoding="ascii") as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
+
+
+def controller_places(cgroup_root_arg: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """controller -> "v2" or the v1 directory trees get theirs under (absent: nowhere).
+    CPU time (``cpuacct``) is on v2 wherever v2 is usable (``cpu.stat`` needs no
+    controller)."""
+    v2_root = cgroup_root(cgroup_root_arg) if cgroup_unavailable_reason(cgroup_root_arg) is None \
+        else None
+    key = v2_root or ""
+    with _layout_lock:
+        cached = _layout.get(key)
+        if cached is not None:
+            return cached
+    on_v2 = _v2_controllers(v2_root) if v2_root is not None else set()
+    places: dict[str, str] = {}
+    for controller, directory in _v1_mounts().items():
+        subdir = os.environ.get(V1_SUBDIR_ENV, "").strip("/")
+        places[controller] = os.path.join(directory, subdir) if subdir else directory
+    for controller in on_v2:
+        if controller in CONTROLLERS:
+            places[controller] = "v2"
+    if "cpu" in on_v2:
+        places["cpuacct"] = "v2"
+    with _layout_lock:
+        _layout[key] = places
+    return places
+
+
+def forget_layout() -> None:
+    """Drop the cached layout (a test that changes TETHER_CGROUP_V1_SUBDIR)."""
+    with _layout_lock:
+        _layout.clear()
+
+
+# -- what each limit writes ----------------------------------------------------------------------
+
+# field -> (controller, [(v2 file, value)], [(v1 file, value)]); an empty list: not there.
+_Writes = list[tuple[str, str]]
+
+
+def _writes(limits: Limits, guard_inside: bool) -> list[tuple[str, str, _Writes, _Writes]]:
+    out: list[tuple[str, str, _Writes, _Writes]] = []
+    if limits.memory is not None:
+        out.append(("memory", "memory", [("memory.max", str(limits.memory))],
+                    [("memory.limit_in_bytes", str(limits.memory))]))
+    if limits.memory_high is not None:
+        out.append(("memory_high", "memory", [("memory.high", str(limits.memory_high))], []))
+    if limits.swap is not None and limits.memory is not None:
+        out.append(("swap", "memory", [("memory.swap.max", str(limits.swap))],
+                    [("memory.memsw.limit_in_bytes", str(limits.memory + limits.swap))]))
+    if limits.cpus is not None:
+        quota = max(1000, round(limits.cpus * _CFS_PERIOD_US))
+        out.append(("cpus", "cpu", [("cpu.max", f"{quota} {_CFS_PERIOD_US}")],
+                    [("cpu.cfs_period_us", str(_CFS_PERIOD_US)),
+                     ("cpu.cfs_quota_us", str(quota))]))
+    if limits.pids is not None:
+        # The guard is a member where it joined the cgroup itself: not counted.
+        out.append(("pids", "pids", [("pids.max", str(limits.pids + guard_inside))],
+                    [("pids.max", str(limits.pids + 1))]))
+    if limits.cpu_weight is not None:
+        shares = max(2, limits.cpu_weight * 1024 // 100)
+        out.append(("cpu_weight", "cpu", [("cpu.weight", str(limits.cpu_weight))],
+                    [("cpu.shares", str(shares))]))
+    if limits.io_weight is not None:
+        out.append(("io_weight", "io", [("io.weight", f"default {limits.io_weight}")],
+                    [("blkio.weight", str(min(1000, max(10, limits.io_weight // 10))))]))
+    return out
+
+
+# -- a tree's cgroups ----------------------------------------------------------------------------
+
+
+class LimitedTree(CgroupTree):
+    """A tree's cgroups when it has :class:`Limits`: its v2 directory (``fd``/``path``; in
+    cgroup mode the containment one, else one the guard joins, or none: fd -1) and one locked
+    directory per v1 hierarchy. ``join`` are the fds the guard moves itself into."""
+
+    __slots__ = ("final", "join", "limits", "places", "v1")
+
+    def __init__(self, path: str, fd: int, limits: Limits, places: dict[str, str]) -> None:
+        super().__init__(path, fd)
+        self.limits = limits
+        self.places = places
+        self.v1: dict[str, tuple[str, int]] = {}  # v1 directory -> (path, lock fd)
+        self.join: list[int] = []
+        self.final: Usage | None = None
+
+    @classmethod
+    def make(cls, limits: Limits, mode: str,
+             cgroup_root_arg: str | os.PathLike[str] | None) -> LimitedTree:
+        """Check that every limit has its controller here, then make and write the tree's
+        directories. ``Unsupported`` (naming what is missing) before anything exists."""
+        places = controller_places(cgroup_root_arg)
+        writes = _writes(limits, guard_inside=mode != "cgroup")
+        for field, controller, v2_files, v1_files in writes:
+            where = places.get(controller)
+            if where is None or (where == "v2" and not v2_files) or (
+                    where != "v2" and not v1_files):
+                kind = "v2" if where == "v2" else "v1" if where else "any"
+                raise Unsupported(errno.EOPNOTSUPP, f"Limits.{field} needs the {controller} "
+                                  f"controller, which this machine has on no {kind} cgroup "
+                                  "hierarchy tether can use here (see `tether doctor`)")
+        needs_v2 = mode == "cgroup" or any(
+            places.get(c) == "v2" for _, c, _, _ in writes)
+        tree = cls("", -1, limits, places)
+        try:
+            if needs_v2:
+                v2 = CgroupTree.create(cgroup_root(cgroup_root_arg))
+                tree.path, tree.fd = v2.path, v2.fd
+                if mode != "cgroup":
+                    tree.join.append(tree.fd)
+            tree._make_v1_dirs()
+            tree._write_limits(writes)
+        except BaseException:
+            tree.discard()
+            raise
+        return tree
+
+    def _make_v1_dirs(self) -> None:
+        for controller in CONTROLLERS:
+            where = self.places.get(controller)
+            if where is None or where == "v2" or where in self.v1:
+                continue
+            parent = os.path.join(where, PARENT_NAME)
+            _sweep_v1_once(parent)
+            path, fd = create_locked(parent, TREE_PREFIX)
+            self.v1[where] = (path, fd)
+            self.join.append(fd)
+
+    def _dir(self, controller: str) -> str | None:
+        where = self.places.get(controller)
+        if where == "v2":
+            return self.path or None
+        return self.v1[where][0] if where in self.v1 else None
+
+    def _write_limits(self, writes: list[tuple[str, str, _Writes, _Writes]]) -> None:
+        v2_controllers = {c for _, c, _, _ in writes if self.places.get(c) == "v2"}
+        if v2_controllers:
+            _enable_controllers(self.path, v2_controllers)
+        for field, controller, v2_files, v1_files in writes:
+            directory = self._dir(controller)
+            assert directory is not None
+            files = v2_files if self.places[controller] == "v2" else v1_files
+            for name, value in files:
+                try:
+                    _write(os.path.join(directory, name), value)
+                except FileNotFoundError:
+                    raise Unsupported(errno.ENOENT, f"Limits.{field} needs {name}, which "
+                                      f"{directory} lacks (kernel or accounting option)") from None
+                except OSError as exc:
+                    raise OSError(exc.errno, f"Limits.{field}: writing {value} to {name} "
+                                  f"failed: {exc.strerror}", directory) from None
+
+    # -- reading --------------------------------------------------------------------------
+
+    def usage(self) -> Usage:
+        """What the tree has used so far (every process in its cgroups), or once it has
+        ended, what it used (read before the directories were removed)."""
+        if self.final is not None:
+            return self.final
+        cpu = self._dir("cpuacct")
+        user = system = 0.0
+        if cpu is not None and self.places.get("cpuacct") == "v2":
+            stat = _keyed(os.path.join(cpu, "cpu.stat"))
+            user, system = stat.get("user_usec", 0) / 1e6, stat.get("system_usec", 0) / 1e6
+        elif cpu is not None:
+            user = (_number(os.path.join(cpu, "cpuacct.usage_user")) or 0) / 1e9
+            system = (_number(os.path.join(cpu, "cpuacct.usage_sys")) or 0) / 1e9
+        memory, v2_memory = self._dir("memory"), self.places.get("memory") == "v2"
+        peak = oom = None
+        if memory is not None:
+            peak = _number(os.path.join(
+                memory, "memory.peak" if v2_memory else "memory.max_usage_in_bytes"))
+            oom = self.oom_kills()
+        pids = self._dir("pids")
+        pids_peak = _number(os.path.join(pids, "pids.peak")) if pids is not None else None
+        return Usage(user=user, system=system, memory_peak=peak, oom_kills=oom,
+                     pids_peak=pids_peak)
+
+    def oom_kills(self) -> int | None:
+        """How many processes the OOM killer has killed inside the tree (None: not counted
+        here). v2 ``memory.events``, v1 ``memory.oom_control`` (4.13+)."""
+        if self.final is not None:
+            return self.final.oom_kills
+        memory = self._dir("memory")
+        if memory is None:
+            return None
+        name = "memory.events" if self.places.get("memory") == "v2" else "memory.oom_control"
+        return _keyed(os.path.join(memory, name)).get("oom_kill")
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def discard(self) -> None:
+        """Remove directories no process ever entered, release the locks. Idempotent."""
+        super().discard()
+        for path, fd in self.v1.values():
+            _rmdir_quiet(path)
+            release_lock(fd)
+        self.v1.clear()
+
+    def remove(self, timeout: float = 5.0) -> None:
+        """Keep the final :class:`Usage`, then remove every directory (the v2 one after
+        killing what is left in it; a v1 one once the last member has left). Idempotent."""
+        if self.final is None and (self.fd >= 0 or self.v1):
+            try:
+                self.final = self.usage()
+            except OSError:
+                self.final = Usage(user=0.0, system=0.0)
+        try:
+            super().remove(timeout)
+        finally:
+            while self.v1:
+                _, (path, fd) = self.v1.popitem()
+                try:
+                    if not _remove_v1(path, timeout):
+                        raise OSError(errno.EBUSY, f"cgroup still busy after {timeout} s", path)
+                finally:
+                    release_lock(fd)
+
+
+def _enable_controllers(tree_dir: str, controllers: set[str]) -> None:
+    """``+c`` in cgroup.subtree_control of every ancestor of ``tree_dir`` below the v2 root,
+    top down. Those are tether's empty parent directories (no internal process)."""
+    chain: list[str] = []
+    parent = os.path.dirname(tree_dir)
+    while os.path.exists(os.path.join(parent, "cgroup.subtree_control")):
+        chain.append(parent)
+        if not os.path.exists(os.path.join(os.path.dirname(parent), "cgroup.subtree_control")):
+            break
+        parent = os.path.dirname(parent)
+    text = " ".join("+" + c for c in sorted(controllers))
+    for directory in reversed(chain):
+        try:
+            _write(os.path.join(directory, "cgroup.subtree_control"), text)
+        except OSError as exc:
+            if directory == chain[-1]:
+                continue  # the v2 root: the controllers are on already or not ours to set
+            raise Unsupported(exc.errno, f"cannot enable {text} in {directory}: "
+                              f"{exc.strerror}") from None
+
+
+def _remove_v1(path: str, timeout: float) -> bool:
+    """rmdir a v1 directory the guard has left (it was reaped: only stragglers of a killed
+    tree may still be exiting). True once gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                if exc.errno == errno.EBUSY:
+                    return False
+                raise
+        # v1 has no "populated" notification: a bounded back-off while members exit.
+        time.sleep(0.001)
+
+
+def _sweep_v1_once(parent: str) -> None:
+    with _layout_lock:
+        if parent in _swept:
+            return
+        _swept.add(parent)
+    sweep_v1(parent)
+
+
+def sweep_v1(parent: str) -> list[str]:
+    """Remove the ``t-*`` v1 directories of ``parent`` whose lock nobody holds and that are
+    empty (v1 has no cgroup.kill: the tree's v2 cgroup or PID namespace ended its members).
+    What is still busy is left for a later sweep."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not name.startswith(TREE_PREFIX):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rmdir(path)
+            removed.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _number(path: str) -> int | None:
+    text = _read(path)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _keyed(path: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in (_read(path) or "").splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            out[key] = int(value)
+    return out
+
+
+def _rmdir_quiet(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+

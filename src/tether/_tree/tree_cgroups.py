@@ -1,0 +1,83 @@
+"""The cgroups a guarded tree gets, and the guard options that hand them over.
+
+The one rule this module owns: a tree with :class:`~tether.Limits` gets its per-tree cgroups
+(``controllers.LimitedTree``) and a tree in cgroup mode its containment directory, both made
+before the guard exists; ``Guard.launch`` only passes on what this returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import signal
+
+from tether._kernel.cgroup import CgroupTree, cgroup_root
+from tether._kernel.controllers import LimitedTree
+from tether._kernel.errors import Unsupported
+from tether._kernel.exit import Exit
+from tether._kernel.limits import Usage
+from tether._kernel.spec import SpawnSpec
+
+__all__ = [
+    "exit_with_cause", "guard_cgroup_args", "require_tree_cgroup", "tree_cgroup", "tree_usage",
+]
+
+
+def require_tree_cgroup(spec: SpawnSpec, mode: str | None) -> None:
+    """Limits need a per-tree cgroup: ``Unsupported`` for a mode without one, before anything
+    is opened or started."""
+    if spec.limits is not None and mode not in ("cgroup", "pidns"):
+        raise Unsupported(errno.EOPNOTSUPP, f"limits need a per-tree cgroup, which "
+                          f"contain={mode!r} has not: use contain='cgroup', 'pidns' or 'auto'")
+
+
+def tree_cgroup(
+    spec: SpawnSpec, mode: str, cgroup_root_arg: str | os.PathLike[str] | None
+) -> tuple[CgroupTree | None, list[str], set[int]]:
+    """The tree's cgroups, made and locked (None: the tree needs none), the guard's options
+    for them and the fds those name (to pass to the guard)."""
+    cgroup: CgroupTree | None = None
+    if spec.limits is not None:
+        cgroup = LimitedTree.make(spec.limits, mode, cgroup_root_arg)
+    elif mode == "cgroup":
+        cgroup = CgroupTree.create(cgroup_root(cgroup_root_arg))
+    opts, fds = guard_cgroup_args(cgroup, mode)
+    return cgroup, opts, fds
+
+
+def guard_cgroup_args(cgroup: CgroupTree | None, mode: str) -> tuple[list[str], set[int]]:
+    """The guard's options for ``cgroup`` and the fds they name."""
+    opts: list[str] = []
+    fds: set[int] = set()
+    if cgroup is None:
+        return opts, fds
+    if mode == "cgroup":
+        opts += ["--cgroup-fd", str(cgroup.fd), "--cgroup-path", cgroup.path]
+        fds.add(cgroup.fd)
+    if isinstance(cgroup, LimitedTree):
+        for fd in cgroup.join:
+            opts += ["--join-cgroup", str(fd)]
+            fds.add(fd)
+        if mode == "cgroup":
+            # The final Usage is read from the directory once the guard is done with it.
+            opts.append("--keep-cgroup")
+    return opts, fds
+
+
+def exit_with_cause(exit_: Exit, cgroup: CgroupTree | None) -> Exit:
+    """``exit_``, marked ``oom_killed`` if the program died of SIGKILL while the tree's
+    memory cgroup counted an OOM kill (the OOM killer's signal is SIGKILL)."""
+    if exit_.signal != signal.SIGKILL or not isinstance(cgroup, LimitedTree):
+        return exit_
+    if not cgroup.oom_kills():
+        return exit_
+    return dataclasses.replace(exit_, oom_killed=True, memory_limit=cgroup.limits.memory)
+
+
+def tree_usage(cgroup: CgroupTree | None) -> Usage:
+    """The tree's :class:`Usage` (live, or final once it has ended)."""
+    if not isinstance(cgroup, LimitedTree):
+        raise Unsupported(errno.EOPNOTSUPP, "usage() needs the tree's own cgroups: spawn it "
+                          "with limits= (tether.Limits() accounts without limiting)")
+    return cgroup.usage()
