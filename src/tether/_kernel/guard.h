@@ -2,8 +2,8 @@
  * guard.h — what the parts of the guard executable share. The guard is one single-threaded
  * process, and its state is one struct, g:
  *   guard.c         the poll loop, its event handlers and the protocol (main);
- *   guard_start.c   everything before the loop: parse the command line, set up, start the
- *                   program;
+ *   guard_start.c   before the loop: parse the command line, set up;
+ *   guard_program.c start the program (its environment, the clone, MSG_STARTED);
  *   guard_tree.c    the tree: signal it, kill it, see the program exit, reap, decide the end;
  *   guard_cgroup.c  the cgroup files (cgroup mode), and the directory's removal.
  */
@@ -124,6 +124,11 @@ void send_msg(uint32_t type, int32_t a, int32_t b, int pass_fd);
 /* guard_start.c */
 int parse_args(int argc, char **argv);
 void setup_guard(void);
+int fmt_u64(char *out, unsigned long long v);
+int is_kept(int fd);
+__attribute__((noreturn)) void fail(int stage, int err);
+
+/* guard_program.c */
 void start_program(char **path_argv);
 
 /* guard_tree.c */

@@ -1,7 +1,7 @@
 /*
- * guard_start.c — the guard before its loop: parse the command line, set up (ids, fds,
- * signals, subreaper, cgroup files), start the program through the one clone site and report
- * MSG_STARTED. Any failure here ends the guard with MSG_FAILED and nothing left behind.
+ * guard_start.c — the guard before its loop: parse the command line and set up (ids, fds,
+ * signals, subreaper, cgroup files). The program's start is guard_program.c. Any failure here
+ * ends the guard with MSG_FAILED and nothing left behind.
  */
 #include "guard.h"
 
@@ -69,7 +69,7 @@ static int parse_u64(const char *s, const char **end_out, unsigned long long *ou
     return 0;
 }
 
-static int fmt_u64(char *out, unsigned long long v)
+int fmt_u64(char *out, unsigned long long v)
 {
     char digits[21];
     int n = 0, k = 0;
@@ -88,7 +88,7 @@ static int fmt_u64(char *out, unsigned long long v)
 /* ------------------------------------------------------------------------------------------ */
 
 /* A setup failure before the program exists: nothing is left behind, say why, exit 127. */
-__attribute__((noreturn)) static void fail(int stage, int err)
+__attribute__((noreturn)) void fail(int stage, int err)
 {
     (void)cg_remove();
     send_msg(TETHER_MSG_FAILED, stage, err, -1);
@@ -108,7 +108,7 @@ static int fd_is_open(int fd)
     return fd >= 0 && fcntl(fd, F_GETFD) >= 0;
 }
 
-static int is_kept(int fd)
+int is_kept(int fd)
 {
     int i;
     for (i = 0; i < g.n_keep; i++)
@@ -156,37 +156,6 @@ static void userns_check(const char *spec)
         usage("bad --userns (want UID:GID): ", spec);
     if (getuid() != (uid_t)uid || getgid() != (gid_t)gid)
         fail(TETHER_GUARD_STAGE_USERNS, EPERM);
-}
-
-/* The program's environment: ours, with TETHER_LIFELINE_FD naming the program's lifeline:
- * its fd there and the pipe's identity, "N:<st_dev>:<st_ino>" (what attach() checks). */
-static char **program_env(int lifeline_dst, int lifeline_src)
-{
-    extern char **environ;
-    static char entry[sizeof LIFELINE_ENV + 12 + 2 * 22] = LIFELINE_ENV "=";
-    size_t n = 0, i, k = 0;
-    char **envp;
-    struct stat st;
-    char *at = entry + sizeof LIFELINE_ENV;
-    if (fstat(lifeline_src, &st) != 0)
-        fail(TETHER_GUARD_STAGE_SETUP, errno);
-    at += fmt_u64(at, (unsigned long long)lifeline_dst);
-    *at++ = ':';
-    at += fmt_u64(at, (unsigned long long)st.st_dev);
-    *at++ = ':';
-    fmt_u64(at, (unsigned long long)st.st_ino);
-    while (environ[n] != NULL)
-        n++;
-    envp = malloc((n + 2) * sizeof(char *));
-    if (envp == NULL)
-        fail(TETHER_GUARD_STAGE_SETUP, ENOMEM);
-    for (i = 0; i < n; i++) {
-        if (strncmp(environ[i], LIFELINE_ENV "=", sizeof LIFELINE_ENV) != 0)
-            envp[k++] = environ[i];
-    }
-    envp[k++] = entry;
-    envp[k] = NULL;
-    return envp;
 }
 
 /* --control first, so that every later complaint can travel as MSG_FAILED. */
@@ -419,89 +388,3 @@ void setup_guard(void)
         cg_read_events();
     }
 }
-
-/* Clone the program through the one clone site; returns the method that made it. clone3
- * first, unless --clone names one; CLONE_INTO_CGROUP exists only there (5.7). The legacy clone
- * stands in where seccomp or an old kernel refuses clone3 (ENOSYS/EPERM), or rejects
- * CLONE_CLEAR_SIGHAND (EINVAL on 5.3/5.4), as in core.c's probe. */
-static int clone_program(struct tether_plan *plan, pid_t *pid, int *pidfd)
-{
-    struct tether_failure failure;
-    int cgroup_fd = g.contain == CONTAIN_CGROUP ? g.cgroup_fd : -1;
-    int method = g.clone_method != TETHER_CLONE_UNKNOWN ? g.clone_method : TETHER_CLONE_CLONE3;
-    int r = tether_clone_exec(plan, method, 0, cgroup_fd, pid, pidfd, &failure);
-    if (g.clone_method == TETHER_CLONE_UNKNOWN && (r == -ENOSYS || r == -EPERM || r == -EINVAL)) {
-        if (g.contain == CONTAIN_CGROUP)
-            fail(TETHER_GUARD_STAGE_CLONE, ENOSYS);
-        method = TETHER_CLONE_LEGACY;
-        r = tether_clone_exec(plan, method, 0, -1, pid, pidfd, &failure);
-    }
-    close(plan->lifeline_src);
-    if (r < 0)
-        fail(TETHER_GUARD_STAGE_CLONE, -r);
-    if (*pidfd < 0) /* the child failed before exec and has been reaped */
-        fail(failure.stage, failure.error);
-    return method;
-}
-
-/* Start PATH as the program: leader of its own process group, with a lifeline of its own,
- * PDEATHSIG tied to us; then report MSG_STARTED with its pidfd and the clone method used. */
-void start_program(char **path_argv)
-{
-    struct tether_plan plan;
-    int life_pipe[2];
-    int lifeline_dst, method;
-    pid_t pid = 0;
-    int pidfd = -1;
-
-    /* The program's own lifeline: we keep the write end, so the program's lifeline-aware
-     * descendants see EOF when we are gone. Its number there: the lowest fd >= 3 not kept. */
-    if (pipe2(life_pipe, O_CLOEXEC) != 0)
-        fail(TETHER_GUARD_STAGE_SETUP, errno);
-    for (lifeline_dst = 3; is_kept(lifeline_dst); lifeline_dst++)
-        ;
-
-    memset(&plan, 0, sizeof plan);
-    plan.path = path_argv[0];
-    plan.argv = path_argv + 1;
-    plan.envp = program_env(lifeline_dst, life_pipe[0]);
-    plan.cwd = NULL;
-    plan.stdio[0] = plan.stdio[1] = plan.stdio[2] = -1;
-    plan.keep_fds = g.keep;
-    plan.n_keep = g.n_keep;
-    plan.lifeline_src = life_pipe[0];
-    plan.lifeline_dst = lifeline_dst;
-    plan.floor = lifeline_dst + 1;
-    if (g.n_keep > 0 && g.keep[g.n_keep - 1] + 1 > plan.floor)
-        plan.floor = g.keep[g.n_keep - 1] + 1;
-    plan.new_pgroup = 1;
-    /* Safe here, unlike in a threaded parent: PDEATHSIG follows the creating *thread*, and
-     * the guard has only one. It backs up the lifeline if the guard itself is SIGKILLed. */
-    plan.pdeathsig = SIGKILL;
-    plan.expected_ppid = getpid();
-    if (g.foreground && isatty(0)) {
-        /* Only our controlling terminal can be handed over; tcgetpgrp says if it is one. The
-         * foreground group seen now is the one to give it back to (0 when that group is
-         * outside our PID namespace: see foreground_restore). */
-        pid_t fg = tcgetpgrp(0);
-        if (fg >= 0) {
-            g.fg_restore = fg;
-            plan.foreground = 1;
-        }
-    }
-
-    /* The program sends its own pidfd to the parent before it can exec (MSG_PROGRAM). */
-    plan.announce_fd = g.control;
-
-    method = clone_program(&plan, &pid, &pidfd);
-    free((void *)plan.envp);
-    g.program_pid = pid;
-    g.program_pidfd = pidfd;
-    g.fg_given = plan.foreground;
-    /* Fault injection for the test suite only: stop in the window between the program's exec
-     * and its start report, where a test then kills us (tests/test_guard_protocol.py). */
-    if (getenv("TETHER_GUARD_TEST_STOP_BEFORE_REPORT") != NULL)
-        (void)kill(getpid(), SIGSTOP);
-    send_msg(TETHER_MSG_STARTED, pid_seen_by_parent(), method, -1);
-}
-
