@@ -188,15 +188,29 @@ def _in_terminal_foreground() -> bool:
         return False
 
 
+def _on_controlling_terminal() -> bool:
+    """fd 0 is our controlling terminal (tcgetpgrp works only on that one): a shell's job,
+    in the foreground or not, so job control applies."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) > 0
+    except OSError:
+        return False
+
+
 def _run(cmd: list[str], timeout: float | None, grace: float, contain: Contain,
          wait_tree: bool, limits: Limits | None = None, stats: bool = False) -> int:
     # Block and read our signals as data before the tree exists, so none is lost between
     # spawn and the loop; the spawn path resets the mask in the children.
-    foreground = _in_terminal_foreground()
-    with SignalFd(TREE_SIGNALS + PROGRAM_SIGNALS) as sigfd:
+    # On a terminal, tether is the shell's job and the program runs in a group of its own:
+    # the guard reports the program's stops, and SIGCONT (fg, bg) is ours to pass on.
+    job_control = _on_controlling_terminal()
+    foreground = job_control and _in_terminal_foreground()
+    signals = TREE_SIGNALS + PROGRAM_SIGNALS + ((signal.SIGCONT,) if job_control else ())
+    with SignalFd(signals) as sigfd:
         try:
             child = start_child(SpawnSpec.build(cmd, limits=limits), resolve_mode(contain),
-                                wait_tree=wait_tree, foreground=foreground)
+                                wait_tree=wait_tree, foreground=foreground,
+                                job_control=job_control)
         except OSError as exc:
             return _not_started(exc, cmd[0])
         try:
@@ -210,8 +224,8 @@ def _run(cmd: list[str], timeout: float | None, grace: float, contain: Contain,
             print(f"tether: {_message(exc)}", file=sys.stderr)
             return EXIT_TETHER_FAILED
         finally:
-            if foreground:
-                _take_terminal_back()
+            if job_control:
+                _take_terminal_back(child)
 
 
 def _message(exc: OSError) -> str:
@@ -244,16 +258,50 @@ def _not_started(exc: OSError, program: str) -> int:
     return EXIT_TETHER_FAILED
 
 
-def _take_terminal_back() -> None:
-    """Make our process group the terminal's foreground group again. The guard does this in
-    group and cgroup modes; from inside a PID namespace it cannot name our group."""
+def _set_terminal_group(pgid: int) -> None:
+    """Make ``pgid`` the terminal's foreground group (SIGTTOU blocked: we may be in the
+    background when we do it, and the tty layer treats a blocked SIGTTOU as ignored)."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
     try:
-        os.tcsetpgrp(0, os.getpgrp())
+        os.tcsetpgrp(0, pgid)
     except OSError:
         pass
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _take_terminal_back(child: Child) -> None:
+    """Once the tree has ended: if the terminal is still the program's group's, make it our
+    group's again. The guard does this in group and cgroup modes when it gave the terminal;
+    from inside a PID namespace it cannot name our group, and after a `fg` it was us who
+    gave it. Never taken from anyone else (a shell that has it while we run in the
+    background keeps it)."""
+    try:
+        if os.tcgetpgrp(0) == child.pid:
+            _set_terminal_group(os.getpgrp())
+    except OSError:
+        pass
+
+
+def _stop_with_the_program(sig: int) -> None:
+    """The program was stopped by ``sig`` (Ctrl-Z's SIGTSTP, SIGTTIN, SIGSTOP): stop ourselves
+    with the same signal, so that our shell sees its job stop, says why as it would without
+    tether, and gets its prompt back. The guard keeps watching the lifeline meanwhile. We go
+    on when the shell continues the job (SIGCONT, read from the signalfd)."""
+    stop = sig if sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU) else signal.SIGSTOP
+    signal.raise_signal(stop)
+
+
+def _continue_the_program(child: Child) -> None:
+    """The shell continued our job (fg or bg): if it is in the foreground now, the program's
+    group gets the terminal first (else its first read would stop it again with SIGTTIN);
+    then the whole tree goes on. The group is named by number: the program leads it and is
+    alive (stopped), so that number cannot have been handed out again."""
+    if child.poll() is not None:
+        return
+    if _in_terminal_foreground():
+        _set_terminal_group(child.pid)
+    child.signal_tree(signal.SIGCONT)
 
 
 def _supervise(child: Child, sigfd: SignalFd, timeout: float | None, grace: float) -> int:
@@ -264,11 +312,16 @@ def _supervise(child: Child, sigfd: SignalFd, timeout: float | None, grace: floa
     deadline = Deadline.after(timeout)
     kill_at: Deadline | None = None  # set once the tree is being ended
     killed = timed_out = False
+    stops_seen = 0
     poller = select.poll()
     if child.poll() is None:  # (a short program's end may have come with its start)
         poller.register(child.fileno(), select.POLLIN)
     poller.register(sigfd.fileno(), select.POLLIN)
     while child.poll() is None:
+        stops = child.stops  # (poll() has just read the guard's reports)
+        if len(stops) != stops_seen:
+            stops_seen = len(stops)
+            _stop_with_the_program(stops[-1])  # returns once continued; SIGCONT read below
         if kill_at is None and deadline.expired:
             timed_out = True
             child.terminate()
@@ -279,7 +332,9 @@ def _supervise(child: Child, sigfd: SignalFd, timeout: float | None, grace: floa
         wake = deadline if kill_at is None else kill_at
         poller.poll(None if killed else wake.poll_ms())
         for info in sigfd.read_all():
-            if info.signo not in TREE_SIGNALS:
+            if info.signo == signal.SIGCONT:
+                _continue_the_program(child)
+            elif info.signo not in TREE_SIGNALS:
                 child.send_signal(info.signo)
             elif kill_at is None:
                 child.signal_tree(info.signo)

@@ -3,6 +3,7 @@
  *
  *   _guard --control FD [--keep FD[,FD...]] [--contain group|cgroup|pidns]
  *          [--cgroup-fd FD --cgroup-path PATH] [--userns UID:GID] [--wait-tree] [--foreground]
+ *          [--job-control]
  *          [--clone clone3|legacy] -- PATH ARGV0 [ARG...]
  *
  * The Python parent (tether/_tree/guarded.py) starts the guard through tether's one spawn
@@ -56,6 +57,7 @@ struct guard g = {
     .cgkill_fd = -1,
     .sigfd = -1,
     .program_pidfd = -1,
+    .pid_level = -1,
     .populated = 1,
     .children = REAP_SOME_ALIVE,
 };
@@ -115,7 +117,10 @@ static void on_signals(void)
             continue;
         if (n != (ssize_t)sizeof ssi)
             return;
-        /* SIGCHLD needs nothing here: every loop turn reaps. */
+        /* SIGCHLD needs nothing here: every loop turn reaps. SIGCONT under --job-control is
+         * the parent's to pass on, once it has given the program the terminal. */
+        if (ssi.ssi_signo == SIGCONT && g.job_control)
+            continue;
         if (ssi.ssi_signo != SIGCHLD && !g.program_reaped) {
             (void)sys_pidfd_send_signal(g.program_pidfd, (int)ssi.ssi_signo, 0);
             if (ends_program((int)ssi.ssi_signo)) /* a stopped program must still end */
@@ -222,6 +227,7 @@ static void run_until_tree_ends(void)
         if (at_events >= 0 && (pfd[at_events].revents != 0 || g.killing))
             cg_read_events();
         program_check();
+        job_check();
         g.children = reap_children();
         if (g.children == REAP_PROGRAM_WAITS) {
             /* The program is a zombie the pidfd has not reported yet (a race between two

@@ -69,11 +69,14 @@ struct guard {
     enum contain contain;
     int wait_tree;
     int foreground;
+    int job_control;   /* --job-control: report the program's stops, leave SIGCONT to the parent */
     int cgroup_fd;     /* the tree's cgroup directory (cgroup mode) */
     const char *cgroup_path;
     int *keep;         /* the user's pass_fds, sorted, unique */
     int n_keep;
     const char *userns; /* --userns UID:GID, or NULL */
+    int pid_level;      /* --pid-level: the parent's PID namespace, counted from /proc's;
+                         * -1: not given (the parent resolves the program's pid itself) */
     int clone_method;   /* --clone: TETHER_CLONE_*; TETHER_CLONE_UNKNOWN: clone3, then legacy */
     int join_fds[GUARD_MAX_JOIN]; /* --join-cgroup: cgroup dirs (v1 per controller) we join */
     int n_join;
@@ -137,6 +140,7 @@ void signal_tree(int sig);
 void kill_tree(void);
 pid_t pid_seen_by_parent(void);
 void program_check(void);
+void job_check(void);
 int reap_children(void);
 int tree_done(int64_t now);
 __attribute__((noreturn)) void die_with_tree(void);

@@ -21,6 +21,9 @@
  *     or
  *   MSG_FAILED   a = stage (enum tether_stage, or TETHER_GUARD_STAGE_*), b = errno; the
  *                guard then exits 127 without starting anything (nothing is left behind)
+ *   MSG_STOPPED  (--job-control only, any number of times before MSG_EXITED) the program was
+ *                stopped: a = the signal that stopped it. The guard leaves continuing it to
+ *                the parent, which stops itself so that its shell sees the job stop.
  *   MSG_EXITED   a = the program's wait status (as waitpid reports it), b = 0 (the
  *                parent knows its own policy); sent once the tree has ended per the policy, every descendant the
  *                guard could reach is reaped and the cgroup directory (if any) is removed.
@@ -61,6 +64,7 @@ enum tether_guard_msg_type {
     TETHER_MSG_FAILED = 2,
     TETHER_MSG_EXITED = 3,
     TETHER_MSG_PROGRAM = 4,
+    TETHER_MSG_STOPPED = 5,
     TETHER_MSG_SIGNAL_TREE = 10,
     TETHER_MSG_KILL_TREE = 11,
 };

@@ -234,6 +234,10 @@ int parse_args(int argc, char **argv)
             g.foreground = 1;
             continue;
         }
+        if (strcmp(opt, "--job-control") == 0) {
+            g.job_control = 1;
+            continue;
+        }
         if (i + 1 >= argc)
             usage("option needs a value: ", opt);
         if (strcmp(opt, "--control") == 0) {
@@ -258,6 +262,10 @@ int parse_args(int argc, char **argv)
                 usage("bad --join-cgroup fd: ", argv[i + 1]);
         } else if (strcmp(opt, "--userns") == 0) {
             g.userns = argv[i + 1];
+        } else if (strcmp(opt, "--pid-level") == 0) {
+            g.pid_level = parse_uint(argv[i + 1], NULL);
+            if (g.pid_level < 0)
+                usage("bad --pid-level: ", argv[i + 1]);
         } else {
             usage("unknown option: ", opt);
         }

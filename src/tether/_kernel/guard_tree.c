@@ -15,9 +15,11 @@
 
 /* The program's pid as the parent sees it. In pidns mode our own view (getpid inside the
  * namespace) means nothing to the parent, and once the program is reaped the parent can no
- * longer ask its pidfd; a pidfd's fdinfo gives the pid in the namespace of the /proc mount,
- * which is the parent's (we share its mounts), so read it now, while the program cannot have
- * been reaped. 0 if that fails (no /proc): the parent then asks the pidfd itself. */
+ * longer ask its pidfd; so read it now, while the program cannot have been reaped, from the
+ * pidfd's fdinfo: its NSpid line lists the pid in every namespace from the one of the /proc
+ * mount (which we share with the parent) down, and --pid-level says which of them is the
+ * parent's (the parent counts its own NSpid line). 0 if that fails (no /proc): the parent
+ * then asks the pidfd itself. */
 pid_t pid_seen_by_parent(void)
 {
     char path[48] = "/proc/self/fdinfo/", buf[512];
@@ -28,6 +30,8 @@ pid_t pid_seen_by_parent(void)
 
     if (g.contain != CONTAIN_PIDNS)
         return g.program_pid;
+    if (g.pid_level < 0)
+        return 0;
     while (d / div >= 10)
         div *= 10;
     for (; div > 0; div /= 10)
@@ -43,15 +47,20 @@ pid_t pid_seen_by_parent(void)
     if (n <= 0)
         return 0;
     buf[n] = '\0';
-    for (at = buf; strncmp(at, "Pid:", 4) != 0; at++) {
+    for (at = buf; strncmp(at, "NSpid:", 6) != 0; at++) {
         at = strchr(at, '\n');
         if (at == NULL)
             return 0;
     }
-    for (at += 4; *at == ' ' || *at == '\t'; at++)
-        ;
-    for (; *at >= '0' && *at <= '9'; at++)
-        pid = pid * 10 + (*at - '0');
+    at += 6;
+    for (k = 0; k <= g.pid_level; k++) {
+        for (; *at == ' ' || *at == '\t'; at++)
+            ;
+        if (*at < '0' || *at > '9')
+            return 0; /* fewer levels than the parent said */
+        for (pid = 0; *at >= '0' && *at <= '9'; at++)
+            pid = pid * 10 + (*at - '0');
+    }
     return pid;
 }
 
@@ -208,6 +217,26 @@ void program_check(void)
     }
     if (si.si_pid != 0)
         program_exited(&si);
+}
+
+/* --job-control: was the program stopped (Ctrl-Z, SIGTTIN at a background read, a SIGSTOP)?
+ * Tell the parent (MSG_STOPPED). `tether run` then stops itself, so that its shell sees the job
+ * stop and takes the terminal back, as it would without tether; when the shell continues the
+ * job (fg, bg), the parent gives the terminal to the program if the job is in the foreground
+ * and continues the tree. Only the program's stop is looked at: the status is consumed (no
+ * WNOWAIT), and a stop never hides an exit (WEXITED is not asked). */
+void job_check(void)
+{
+    siginfo_t si;
+    if (!g.job_control || g.program_exited)
+        return;
+    memset(&si, 0, sizeof si);
+    while (waitid((idtype_t)P_PIDFD, (id_t)g.program_pidfd, &si, WSTOPPED | WNOHANG) != 0) {
+        if (errno != EINTR)
+            return;
+    }
+    if (si.si_pid != 0 && si.si_code == CLD_STOPPED)
+        send_msg(TETHER_MSG_STOPPED, si.si_status, 0, -1);
 }
 
 /* Reap every child that has exited. Orphans of the tree come back to us (subreaper, or PID 1

@@ -127,14 +127,18 @@ def start_child(
     wait_tree: bool = False,
     cgroup_root: str | os.PathLike[str] | None = None,
     foreground: bool = False,
+    job_control: bool = False,
     await_start: bool = True,
 ) -> Child:
     """Start a checked ``spec`` contained by a resolved ``mode``: :func:`spawn` after its
-    checks, and the CLI's way in. Two knobs users do not need: ``foreground`` (the guard
-    hands the terminal to the program's group and takes it back) and ``await_start``
-    (False: return once the guard runs; a start failure is raised by wait())."""
+    checks, and the CLI's way in. Knobs users do not need: ``foreground`` (the guard
+    hands the terminal to the program's group and takes it back), ``job_control`` (the
+    guard reports the program's stops, counted in ``Child.stops``, and leaves continuing it
+    to us: `tether run` on a terminal) and ``await_start`` (False: return once the guard
+    runs; a start failure is raised by wait())."""
     tree, ends = start_tree(spec, mode, wait_tree=wait_tree, cgroup_root=cgroup_root,
-                            foreground=foreground, await_start=await_start)
+                            foreground=foreground, job_control=job_control,
+                            await_start=await_start)
     files = tuple(text_mode.wrap(fd, i, bufsize) for i, fd in enumerate(ends))
     pipes = PipeSet((files[0], files[1], files[2]), text_mode)
     return Child._create(spec.args, tree, mode, pipes)
@@ -161,11 +165,11 @@ def spawn(
 ) -> Child:
     """Start ``argv`` under a guard, contained, and return a Popen-like :class:`Child`.
 
-    ``contain`` is "auto" (default: the strongest mode available here, see
-    the README's "Guarantees, per containment mode" for the order), "group" (the program's process group),
-    "cgroup" (a fresh cgroup v2; catches daemons that setsid), "pidns" (the guard is PID 1 of
-    a new PID namespace; catches everything) or None (no guard: a bare lifelined child, for
-    programs that call :func:`tether.attach`). A mode that is not
+    ``contain`` is "auto" (default: the strongest mode available here; the README's
+    "Guarantees, per containment mode" gives the order), "group" (the program's process
+    group), "cgroup" (a fresh cgroup v2; catches daemons that setsid), "pidns" (the guard is
+    PID 1 of a new PID namespace; catches everything) or None (no guard: a bare lifelined
+    child, for programs that call :func:`tether.attach`). A mode that is not
     available raises :class:`tether.Unsupported` and starts nothing.
 
     stdin/stdout/stderr take None, PIPE, DEVNULL, an fd or a file object (and STDOUT for

@@ -38,6 +38,7 @@ assert _MSG.size == core.GUARD_MSG_SIZE, "guard_proto.h: the format does not mat
 MSG_STARTED, MSG_FAILED, MSG_EXITED, MSG_PROGRAM = (
     core.GUARD_MSG_STARTED, core.GUARD_MSG_FAILED, core.GUARD_MSG_EXITED, core.GUARD_MSG_PROGRAM)
 MSG_SIGNAL_TREE, MSG_KILL_TREE = core.GUARD_MSG_SIGNAL_TREE, core.GUARD_MSG_KILL_TREE
+MSG_STOPPED = core.GUARD_MSG_STOPPED
 
 
 # -- the guard ------------------------------------------------------------------------------------
@@ -68,6 +69,7 @@ class Guard:
         "spawned",
         "spec",
         "start_error",
+        "stops",
     )
 
     def __init__(
@@ -94,6 +96,8 @@ class Guard:
         #: How the guard itself ended, once it has been reaped.
         self.guard_exit: Exit | None = None
         self.start_error: OSError | None = None
+        #: The signals that stopped the program, in order (reported with --job-control only).
+        self.stops: list[int] = []
         #: True if the guard died without reporting (the program's status is unknown).
         self.dead = False
         # One reader of the guard's reports at a time: any thread may pump, wait or signal
@@ -111,6 +115,7 @@ class Guard:
         mode: Mode,
         wait_tree: bool = False,
         foreground: bool = False,
+        job_control: bool = False,
         cgroup_root_arg: str | os.PathLike[str] | None = None,
         await_start: bool = True,
     ) -> Guard:
@@ -130,6 +135,8 @@ class Guard:
             guard_opts.append("--wait-tree")
         if foreground:
             guard_opts.append("--foreground")
+        if job_control:
+            guard_opts.append("--job-control")
 
         cgroup: CgroupTree | None = None
         parent_sock: socket.socket | None = None
@@ -148,7 +155,7 @@ class Guard:
             guard_argv += [b"--", spec.executable, *spec.argv]
             guard_spec = spec.replace(
                 argv=tuple(guard_argv), executable=os.fsencode(guard),
-                pass_fds=tuple(sorted(passed)), process_group=not foreground)
+                pass_fds=tuple(sorted(passed)), process_group=not (foreground or job_control))
             spawned = clone_spec(guard_spec, stdio_fds, extra_flags=extra_flags)
         except BaseException as exc:
             for s in (parent_sock, guard_sock):
@@ -383,6 +390,9 @@ class Guard:
         if kind == MSG_FAILED and self._program is None:
             self._on_failed(a, b)
             return True
+        if kind == MSG_STOPPED:
+            self.stops.append(a)
+            return False
         if kind == MSG_EXITED:
             self._finish(Exit._from_wait_status(a))
             return True

@@ -40,6 +40,7 @@ def start_tree(
     wait_tree: bool = False,
     cgroup_root: Any = None,
     foreground: bool = False,
+    job_control: bool = False,
     await_start: bool = True,
 ) -> tuple[Tree, list[int | None]]:
     """Start ``spec`` contained by ``mode`` (None: no guard). Returns the tree and the
@@ -54,7 +55,7 @@ def start_tree(
         else:
             tree = Guard.launch(
                 spec, plan.triple, mode=mode, wait_tree=wait_tree, foreground=foreground,
-                cgroup_root_arg=cgroup_root, await_start=await_start,
+                job_control=job_control, cgroup_root_arg=cgroup_root, await_start=await_start,
             )
     except BaseException:
         plan.close_parent_ends()
@@ -110,6 +111,12 @@ class TreeHandle:
         """How the program ended, once the tree has ended; None before."""
         self.poll()
         return self._tree.outcome()
+
+    @property
+    def stops(self) -> tuple[int, ...]:
+        """The signals that stopped the program, in order, for `tether run`'s job control (a
+        tree started with ``job_control``; empty otherwise). Read by :meth:`poll`."""
+        return tuple(self._tree.stops)
 
     def _settle(self) -> int | None:
         exit_ = self._tree.outcome()

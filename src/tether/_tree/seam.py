@@ -26,6 +26,12 @@ class Tree(Protocol):
     containment mode reaches)."""
 
     @property
+    def stops(self) -> list[int]:
+        """The signals that stopped the program (Ctrl-Z's SIGTSTP, SIGTTIN, SIGSTOP), in
+        order, as far as the tree reports them: only a guard started with ``job_control``."""
+        ...
+
+    @property
     def program(self) -> Pidfd:
         """The program's pidfd (waits for the start report if it has not been read yet)."""
         ...
