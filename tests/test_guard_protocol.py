@@ -329,3 +329,19 @@ def test_pidns_a_start_read_after_the_program_was_reaped_still_knows_its_pid() -
         guard.await_start()
         assert child.pid > 1
         assert child.wait() == 0
+
+
+def test_pidns_inside_a_pid_namespace_the_reported_pid_is_the_parents_view() -> None:
+    # A parent that itself runs in a PID namespace whose /proc is the host's: the guard must
+    # report the program's pid at the parent's level of the NSpid line, not the host's.
+    require_mode("pidns")
+    script = (
+        "import tether\n"
+        "from tether._kernel.pidfd import pid_in_our_namespace\n"
+        "c = tether.spawn(['sleep', '300'], contain='pidns')\n"
+        "print(c.pid, pid_in_our_namespace(c.pidfd.fileno(), -1))\n"
+        "c.kill(); c.wait()\n")
+    result = tether.run([PY, "-c", script], contain="pidns", capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    reported, asked = result.stdout.split()
+    assert reported == asked
