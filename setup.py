@@ -25,7 +25,8 @@ GUARD_SRC = os.path.join(KERNEL_SRC, "guard.c")
 CLONE_SOURCES = ["clone.c", "clone_raw.c"]
 GUARD_SOURCES = [GUARD_SRC] + [
     os.path.join(KERNEL_SRC, name)
-    for name in ("guard_start.c", "guard_tree.c", "guard_cgroup.c", *CLONE_SOURCES)
+    for name in ("guard_start.c", "guard_tree.c", "guard_cgroup.c", "guard_attrs.c",
+                 *CLONE_SOURCES)
 ]
 GUARD_NAME = "_guard"
 

@@ -220,6 +220,32 @@ static long set_pgroup(void)
     return sys_result(setpgid(0, 0));
 }
 
+/* start_new_session: the new session's group has our pid as its number, the same group
+ * setpgid(0, 0) would make, so group containment reaches it alike. */
+static long set_session(void)
+{
+    return sys_result(syscall(SYS_setsid));
+}
+
+/* Groups, then gid, then uid (after setuid we could no longer change the others). A change of
+ * credentials clears PR_SET_PDEATHSIG, so this runs before set_pdeathsig. */
+static long set_creds(const struct tether_plan *plan)
+{
+    long r = 0;
+    if (plan->set_groups)
+        r = sys_result(syscall(SYS_setgroups, plan->n_groups, plan->groups));
+    if (r == 0 && plan->set_gid)
+        r = sys_result(syscall(SYS_setresgid, plan->gid, plan->gid, plan->gid));
+    if (r == 0 && plan->set_uid)
+        r = sys_result(syscall(SYS_setresuid, plan->uid, plan->uid, plan->uid));
+    return r;
+}
+
+static void apply_umask(const struct tether_plan *plan)
+{
+    (void)syscall(SYS_umask, plan->umask);
+}
+
 /* Every signal is still blocked here, and the tty layer treats a blocked SIGTTOU as ignored
  * (tty_check_change), so a background group may take the terminal without being stopped.
  * Best effort: a terminal hung up meanwhile is no reason not to run the program. */
@@ -237,11 +263,11 @@ static long change_dir(const struct tether_plan *plan)
 /* Python ignores SIGPIPE and SIGXFSZ; a program expects them at their defaults (what
  * subprocess calls restore_signals). Handlers first, then the mask: a signal pending now must
  * not run a parent's handler. */
-static long reset_signals(void)
+static long reset_signals(const struct tether_plan *plan)
 {
     sigset_t empty;
-    long r = set_default_handler(SIGPIPE);
-    if (r == 0)
+    long r = plan->keep_ignored ? 0 : set_default_handler(SIGPIPE);
+    if (r == 0 && !plan->keep_ignored)
         r = set_default_handler(SIGXFSZ);
     if (r < 0)
         return r;
@@ -294,19 +320,26 @@ static int child_exec(void *arg)
         CHILD_STEP(TETHER_STAGE_SIGNALS, reset_handlers());
     CHILD_STEP(TETHER_STAGE_FDS, dup_fd_plan(plan, &errpipe));
     CHILD_STEP(TETHER_STAGE_FDS, keep_pass_fds(plan));
-    CHILD_STEP(TETHER_STAGE_CLOSE, close_other_fds(plan, errpipe));
+    if (!plan->inherit_fds)
+        CHILD_STEP(TETHER_STAGE_CLOSE, close_other_fds(plan, errpipe));
+    if (plan->set_groups || plan->set_gid || plan->set_uid)
+        CHILD_STEP(TETHER_STAGE_CREDS, set_creds(plan));
     if (plan->pdeathsig) {
         CHILD_STEP(TETHER_STAGE_PDEATHSIG, set_pdeathsig(plan));
         CHILD_STEP(TETHER_STAGE_PARENT_GONE, check_parent(plan));
     }
-    if (plan->new_pgroup) {
+    if (plan->new_session)
+        CHILD_STEP(TETHER_STAGE_SETSID, set_session());
+    else if (plan->new_pgroup) {
         CHILD_STEP(TETHER_STAGE_SETPGID, set_pgroup());
         if (plan->foreground)
             take_terminal();
     }
+    if (plan->set_umask)
+        apply_umask(plan);
     if (plan->cwd != NULL)
         CHILD_STEP(TETHER_STAGE_CHDIR, change_dir(plan));
-    CHILD_STEP(TETHER_STAGE_SIGNALS, reset_signals());
+    CHILD_STEP(TETHER_STAGE_SIGNALS, reset_signals(plan));
     CHILD_STEP(TETHER_STAGE_EXEC, do_exec(plan));
 failed:
     report_failure(errpipe, stage, err);

@@ -37,7 +37,9 @@ enum tether_clone_method {
     X(CHDIR, 6, "chdir")                                        \
     X(SIGNALS, 7, "resetting signals")                          \
     X(EXEC, 8, "exec")                                          \
-    X(USERNS, 9, "user namespace setup")
+    X(USERNS, 9, "user namespace setup")                        \
+    X(SETSID, 10, "setsid")                                     \
+    X(CREDS, 11, "setting groups, gid and uid")
 
 enum tether_stage {
     TETHER_STAGE_NONE = 0,
@@ -70,6 +72,19 @@ struct tether_plan {
     int foreground;         /* 1: after setpgid, make the new group the foreground process group
                              * of the terminal on fd 0 (best effort; the caller checked that fd 0
                              * is its controlling terminal). Only the guard sets this. */
+    /* subprocess's process attributes; a zeroed plan changes none of them. */
+    int set_umask;          /* umask(umask) */
+    mode_t umask;
+    int new_session;        /* setsid() instead of setpgid(0, 0): the same group number */
+    int inherit_fds;        /* close_fds=False: inheritable fds pass (O_CLOEXEC ones close) */
+    int keep_ignored;       /* restore_signals=False: SIGPIPE/SIGXFSZ keep their disposition */
+    int set_groups;         /* setgroups(n_groups, groups) */
+    const gid_t *groups;
+    int n_groups;
+    int set_gid;            /* setresgid(gid, gid, gid) */
+    gid_t gid;
+    int set_uid;            /* setresuid(uid, uid, uid) */
+    uid_t uid;
     /* Filled in by tether_clone_exec itself (callers leave them zeroed). */
     int errpipe;            /* write end of the failure pipe (O_CLOEXEC) */
     int reset_handlers;     /* legacy clone: CLONE_CLEAR_SIGHAND was not available */

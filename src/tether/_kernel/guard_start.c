@@ -4,6 +4,7 @@
  * MSG_STARTED. Any failure here ends the guard with MSG_FAILED and nothing left behind.
  */
 #include "guard.h"
+#include "guard_attrs.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -244,7 +245,7 @@ int parse_args(int argc, char **argv)
 {
     const char *contain = "group";
     const char *clone = NULL;
-    int i;
+    int i, r;
 
     parse_control(argc, argv);
     for (i = 1; i < argc; i++) {
@@ -279,7 +280,9 @@ int parse_args(int argc, char **argv)
             g.cgroup_path = argv[i + 1];
         } else if (strcmp(opt, "--userns") == 0) {
             g.userns = argv[i + 1];
-        } else {
+        } else if ((r = guard_parse_attr(opt, argv[i + 1])) < 0) {
+            usage("bad value for ", opt);
+        } else if (r == 0) {
             usage("unknown option: ", opt);
         }
         i++;
@@ -422,7 +425,7 @@ void start_program(char **path_argv)
 {
     struct tether_plan plan;
     int life_pipe[2];
-    int lifeline_dst, method;
+    int lifeline_dst, method, r;
     pid_t pid = 0;
     int pidfd = -1;
 
@@ -430,7 +433,8 @@ void start_program(char **path_argv)
      * descendants see EOF when we are gone. Its number there: the lowest fd >= 3 not kept. */
     if (pipe2(life_pipe, O_CLOEXEC) != 0)
         fail(TETHER_GUARD_STAGE_SETUP, errno);
-    for (lifeline_dst = 3; is_kept(lifeline_dst); lifeline_dst++)
+    for (lifeline_dst = 3; is_kept(lifeline_dst) || (guard_attrs_inherit_fds() &&
+                                                     fd_is_open(lifeline_dst)); lifeline_dst++)
         ;
 
     memset(&plan, 0, sizeof plan);
@@ -462,6 +466,8 @@ void start_program(char **path_argv)
         }
     }
 
+    if ((r = guard_apply_attrs(&plan, g.control, g.lifeline, g.cgroup_fd)) != 0)
+        fail(TETHER_GUARD_STAGE_SETUP, r);
     method = clone_program(&plan, &pid, &pidfd);
     free((void *)plan.envp);
     g.program_pid = pid;

@@ -150,6 +150,7 @@ def clone_spec(
             extra_flags=extra_flags,
             cgroup_fd=cgroup_fd,
             method=method,
+            attrs=None if spec.attrs is None else spec.attrs.core_tuple(),
         )
     except BaseException:
         writer.close()

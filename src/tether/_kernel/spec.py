@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any, Final, TypeAlias
 
+from tether._kernel.attrs import ProcessAttrs
 from tether._kernel.fds import above_stdio
 from tether._kernel.lifeline import LIFELINE_ENV, announcement
 
@@ -57,6 +58,7 @@ class SpawnSpec:
     pass_fds: tuple[int, ...]
     stdio: tuple[int, int, int]
     process_group: bool = True
+    attrs: ProcessAttrs | None = None
 
     @classmethod
     def build(
@@ -71,34 +73,54 @@ class SpawnSpec:
         pass_fds: Iterable[int] = (),
         process_group: bool = True,
         popen_style: bool = False,
+        executable: StrOrBytesPath | None = None,
+        attrs: ProcessAttrs | None = None,
     ) -> SpawnSpec:
         """Check and convert everything; nothing is opened.
 
         ``popen_style`` is for the Popen-like entry points (spawn, run, tether.aio): PIPE is
         accepted, and the streams are checked first, as subprocess.Popen does. Without it
-        (spawn_lifelined: fds only) they are checked after the program was found."""
+        (spawn_lifelined: fds only) they are checked after the program was found.
+        ``executable`` is the file to run in place of ``argv[0]`` (which the program still
+        sees as its name); ``attrs`` are subprocess's process attributes, checked already
+        (see :mod:`tether._kernel.attrs`)."""
         if popen_style:
             stdio = convert_stdio(stdin, stdout, stderr, allow_pipe=True)
         argv_b = convert_argv(argv)
         env_b = convert_env(env)
         cwd_b = convert_cwd(cwd)
         keep = convert_pass_fds(pass_fds)
-        path = resolve_executable(argv_b[0], env_b, cwd_b, argv[0])
+        if executable is None:
+            path = resolve_executable(argv_b[0], env_b, cwd_b, argv[0])
+        else:
+            path = resolve_executable(_to_bytes(executable, "executable"), env_b, cwd_b,
+                                      executable)
         if not popen_style:
             stdio = convert_stdio(stdin, stdout, stderr, allow_pipe=False)
         args = argv if isinstance(argv, list) else list(argv)
-        return cls(args, tuple(argv_b), path, env_b, cwd_b, keep, stdio, process_group)
+        return cls(args, tuple(argv_b), path, env_b, cwd_b, keep, stdio, process_group, attrs)
 
     def replace(self, **changes: Any) -> SpawnSpec:
         """A copy with ``changes`` (already converted: nothing is checked again)."""
         return dataclasses.replace(self, **changes)
+
+    def attr_options(self) -> list[bytes]:
+        """The guard's options for the process attributes of this spec's program."""
+        return [] if self.attrs is None else self.attrs.guard_options()
+
+    def guard_attrs(self) -> ProcessAttrs | None:
+        """The attributes of the guard's own clone (see ProcessAttrs.for_guard)."""
+        return None if self.attrs is None else self.attrs.for_guard()
 
     @property
     def lifeline_fd(self) -> int:
         """The child's lifeline fd: the lowest number >= 3 that no passed fd uses."""
         fd = 3
         taken = set(self.pass_fds)
-        while fd in taken:
+        # close_fds=False: every inheritable fd of ours reaches the child at its number, so
+        # the lifeline takes a number that is free here.
+        inherit = self.attrs is not None and self.attrs.inherit_fds
+        while fd in taken or (inherit and fd_is_open(fd)):
             fd += 1
         return fd
 
@@ -118,7 +140,7 @@ class SpawnSpec:
     def open_stdio(self) -> StdioPlan:
         """Open what ``stdio`` asks for (/dev/null, pipes): the child's fds 0-2 and, for each
         PIPE, the parent's end. The caller closes ``plan.close_child_ends()`` after the clone."""
-        plan = StdioPlan()
+        plan = StdioPlan(self.attrs.pipesize if self.attrs is not None else -1)
         try:
             for index, source in enumerate(self.stdio):
                 if source == SAME_AS_STDOUT:
@@ -138,9 +160,10 @@ class StdioPlan:
     """The child's fds 0-2 as parent-side fds (-1: inherit), the fds opened for the child
     (closed once it is cloned) and the parent's ends of PIPEs (None where there is none)."""
 
-    __slots__ = ("child_ends", "fds", "parent_ends")
+    __slots__ = ("child_ends", "fds", "parent_ends", "pipesize")
 
-    def __init__(self) -> None:
+    def __init__(self, pipesize: int = -1) -> None:
+        self.pipesize = pipesize
         self.fds = [-1, -1, -1]
         self.child_ends: list[int] = []
         self.parent_ends: list[int | None] = [None, None, None]
@@ -155,6 +178,13 @@ class StdioPlan:
         parent's own stdio, to the parent and to every child that inherits it."""
         if pipe:
             r, w = os.pipe2(os.O_CLOEXEC)
+            if self.pipesize > 0:
+                try:
+                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.pipesize)
+                except BaseException:
+                    os.close(r)
+                    os.close(w)
+                    raise
             child_end, parent_end = (r, w) if index == 0 else (w, r)
             try:
                 self.parent_ends[index] = above_stdio(parent_end)
@@ -283,6 +313,14 @@ def resolve_executable(
     if denied is not None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), filename)
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), filename)
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError:
+        return False
+    return True
 
 
 def check_fd_open(fd: int, what: str) -> None:
