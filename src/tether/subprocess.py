@@ -153,9 +153,6 @@ class Popen(_StdlibPopen):  # type: ignore[misc]
             process_group=process_group,
         )
 
-    def __repr__(self) -> str:
-        return f"<tether.subprocess.Popen: returncode: {self.returncode} args: {self.args!r}>"
-
     def _execute_child(
         self, args: Any, executable: Any, preexec_fn: Any, close_fds: bool,
         pass_fds: Sequence[int], cwd: Any, env: Any, startupinfo: Any, creationflags: int,
@@ -288,8 +285,12 @@ class Popen(_StdlibPopen):  # type: ignore[misc]
             for f in (self.stdout, self.stderr):
                 if f and not f.closed:
                     selector.register(f, selectors.EVENT_READ)
-            if selector.get_map():
-                selector.register(tree.fileno(), selectors.EVENT_READ)
+            if not selector.get_map():
+                return
+            if tree.pump():  # ended already: its fd is gone, its output is in the pipes
+                self._drain(selector)
+                return
+            selector.register(tree.fileno(), selectors.EVENT_READ)
             while len(selector.get_map()) > 1:
                 timeout = self._remaining_time(endtime)
                 if timeout is not None and timeout < 0:

@@ -20,13 +20,14 @@ __all__ = ["ProcessAttrs"]
 _ID_MAX: Final = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel
 
 
-def _check_id(value: object, what: str) -> int:
+def _check_id(value: object, what: str, too_large: type[Exception] = OverflowError) -> int:
+    # (subprocess: OverflowError for a user or group, ValueError for an extra group)
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
     if value < 0:
         raise ValueError(f"{what} cannot be negative, got {value}")
     if value > _ID_MAX:
-        raise ValueError(f"{what} is too large: {value}")
+        raise too_large(f"{what} is too large: {value}")
     return value
 
 
@@ -75,7 +76,8 @@ class ProcessAttrs:
             restore_signals=bool(restore_signals),
             uid=-1 if uid is None else _check_id(uid, "User ID"),
             gid=-1 if gid is None else _check_id(gid, "Group ID"),
-            groups=None if groups is None else tuple(_check_id(g, "Group ID") for g in groups),
+            groups=None if groups is None else tuple(
+                _check_id(g, "Group ID", ValueError) for g in groups),
             pipesize=pipesize,
         )
 
