@@ -111,6 +111,9 @@ class Popen(_StdlibPopen):  # type: ignore[misc]
 
     _tether_tree: Tree | None = None
     contain: Mode | None = None
+    stdin: Any
+    stdout: Any
+    stderr: Any
 
     def __init__(
         self,
@@ -185,6 +188,19 @@ class Popen(_StdlibPopen):  # type: ignore[misc]
         self.pid = tree.program_pid
         self._child_created = True
         self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+
+    def take_tree(self) -> tuple[Tree, Mode | None, list[Any]]:
+        """Hand the tree, its mode and the pipes' file objects (stdin, stdout, stderr; None
+        where not a PIPE) to another handle (tether.aio's Process). This Popen then speaks
+        for nothing: dropping it leaves the tree alone."""
+        tree = self._tether_tree
+        if tree is None:
+            raise ValueError("this Popen's tree was handed over already")
+        files = [self.stdin, self.stdout, self.stderr]
+        self._tether_tree = None
+        self._child_created = False  # (the stdlib's __del__ then keeps it out of _active)
+        self.stdin = self.stdout = self.stderr = None
+        return tree, self.contain, files
 
     @property
     def pidfd(self) -> Any:

@@ -87,8 +87,9 @@ def baseline_names() -> dict[str, Any]:
 def load_subprocess_suite(baseline: bool) -> types.ModuleType:
     import subprocess
 
-    import test.support  # noqa: F401  imported with the real subprocess
-    import test.support.script_helper  # noqa: F401
+    # Imported with the real subprocess: only the test module gets the stand-in.
+    for name in ("test.support", "test.support.script_helper"):
+        importlib.import_module(name)
 
     import tether.subprocess as tsp
 
@@ -114,7 +115,7 @@ def load_asyncio_suite(baseline: bool) -> types.ModuleType:
             kwargs.pop("limit", None)
             return await aio.spawn([program, *args], **kwargs)
 
-        names = {"create_subprocess_exec": exec_}
+        names: dict[str, Any] = {"create_subprocess_exec": exec_}
     else:
         names = {"create_subprocess_exec": aio.create_subprocess_exec,
                  "create_subprocess_shell": aio.create_subprocess_shell}
@@ -155,7 +156,7 @@ class Result(unittest.TextTestResult):
         super().__init__(*args, **kwargs)
         self.passed: list[str] = []
 
-    def addSuccess(self, test: unittest.TestCase) -> None:  # noqa: N802  unittest's name
+    def addSuccess(self, test: unittest.TestCase) -> None:
         super().addSuccess(test)
         self.passed.append(short_id(test))
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", action="count", default=0)
     args = parser.parse_args(argv)
     try:
-        import test.support  # noqa: F401
+        importlib.import_module("test.support")
         importlib.import_module(MODULES[args.suite])
     except ImportError as exc:
         print(f"skipped: CPython's test package is not installed here ({exc})")
