@@ -103,9 +103,28 @@ def test_process_group_elsewhere_is_refused_before_anything_starts(no_leak: None
         subprocess.Popen(["true"], process_group=1, stdout=subprocess.PIPE)
 
 
-def test_preexec_fn_is_refused_before_anything_starts(no_leak: None) -> None:
-    with pytest.raises(tether.Unsupported, match="preexec_fn"):
-        subprocess.Popen(["true"], preexec_fn=lambda: None, stdout=subprocess.PIPE)
+def _lower_nofile() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (77, 77))
+
+
+@pytest.mark.parametrize("contain", CONTAINS)
+def test_preexec_fn_runs_before_the_program_and_what_it_sets_reaches_it(
+        contain: str | None) -> None:
+    # Runs in a fork of this process; a limit it sets is inherited by the guard and program.
+    assert _out(["sh", "-c", "ulimit -n"], preexec_fn=_lower_nofile, contain=contain) == "77\n"
+
+
+def test_preexec_fn_exception_is_the_stdlibs_subprocess_error(no_leak: None) -> None:
+    with pytest.raises(stdlib_subprocess.SubprocessError, match="Exception occurred in preexec_fn"):
+        subprocess.Popen(["true"], preexec_fn=lambda: 1 / 0, stdout=subprocess.PIPE)
+
+
+def test_preexec_fn_with_pidns_is_refused_before_anything_starts(no_leak: None) -> None:
+    with pytest.raises(tether.Unsupported):
+        subprocess.Popen(["true"], preexec_fn=lambda: None, stdout=subprocess.PIPE,
+                         contain="pidns")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing ids needs root")
@@ -204,9 +223,12 @@ def test_a_dropped_popen_keeps_running() -> None:
     os.close(from_r)
 
 
-def test_descendants_do_not_outlive_a_sigkilled_parent(python_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("preexec", ["None", "os.getpid"])
+def test_descendants_do_not_outlive_a_sigkilled_parent(preexec: str,
+                                                       python_env: dict[str, str]) -> None:
     parent_code = ("import os, time\nfrom tether import subprocess\n"
-                   "subprocess.Popen(['sh', '-c', 'sleep 300 & sleep 300'])\n"
+                   f"subprocess.Popen(['sh', '-c', 'sleep 300 & sleep 300'],"
+                   f" preexec_fn={preexec})\n"
                    "os.write(1, b'started\\n')\ntime.sleep(300)\n")
     r, w = os.pipe()
     try:

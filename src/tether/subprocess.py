@@ -166,11 +166,10 @@ class Popen(_StdlibPopen):  # type: ignore[misc]
     ) -> None:
         argv, executable = _command_line(args, executable, shell)
         sys.audit("subprocess.Popen", executable, argv, cwd, env)
-        if preexec_fn is not None:
+        if preexec_fn is not None and self.contain == "pidns":
             raise Unsupported(
-                "preexec_fn: tether starts every program with a vfork-style clone that runs no "
-                "Python; use start_new_session, process_group=0, user, group, extra_groups or "
-                "umask, or run Python in a child with tether.run_in_fork")
+                "preexec_fn with contain='pidns': preexec_fn runs in a fork() of this process, "
+                "and a fork cannot start the guard as PID 1 of a new namespace")
         if process_group not in (-1, 0):
             raise Unsupported(
                 f"process_group={process_group}: a program in a tether tree leads its own "
@@ -182,7 +181,7 @@ class Popen(_StdlibPopen):  # type: ignore[misc]
         spec = SpawnSpec.build(
             argv, env=env, cwd=cwd, stdin=_fd_or_none(p2cread), stdout=_fd_or_none(c2pwrite),
             stderr=_fd_or_none(errwrite), pass_fds=pass_fds, executable=executable,
-            attrs=attrs, popen_style=True)
+            attrs=attrs, preexec_fn=preexec_fn, popen_style=True)
         tree, _ = start_tree(spec, self.contain)
         self._tether_tree = tree
         self.pid = tree.program_pid

@@ -217,6 +217,9 @@ static long check_parent(const struct tether_plan *plan)
 
 static long set_pgroup(void)
 {
+    /* A leader already (preexec_fn called setsid): setpgid would fail with EPERM. */
+    if (syscall(SYS_getpgid, 0) == syscall(SYS_getpid))
+        return 0;
     return sys_result(setpgid(0, 0));
 }
 
@@ -399,6 +402,21 @@ static int read_failure(int readfd, struct tether_failure *failure)
     return 1;
 }
 
+/* preexec_fn's slow path: a fork()ed child of Python, after preexec_fn, becomes the child
+ * here. It has Python's handlers (a fork keeps them) and no CLONE_CLEAR_SIGHAND: block every
+ * signal and reset handled ones, as the legacy clone does. Returns only if it cannot start. */
+static int exec_in_place(struct tether_plan *plan, int errpipe)
+{
+    sigset_t all;
+    sigfillset(&all);
+    if (sigprocmask(SIG_SETMASK, &all, NULL) != 0)
+        return -errno;
+    plan->errpipe = errpipe;
+    plan->reset_handlers = 1;
+    plan->map_ids = 0;
+    return child_exec(plan);
+}
+
 int tether_clone_exec(struct tether_plan *plan, int method, uint64_t extra_flags,
                       int cgroup_fd, pid_t *pid_out, int *pidfd_out,
                       struct tether_failure *failure)
@@ -412,6 +430,8 @@ int tether_clone_exec(struct tether_plan *plan, int method, uint64_t extra_flags
     failure->error = 0;
     *pid_out = 0;
     *pidfd_out = -1;
+    if (method == TETHER_CLONE_IN_PLACE)
+        return exec_in_place(plan, cgroup_fd);
 
     plan->map_ids = (extra_flags & CLONE_NEWUSER) != 0;
     if (plan->map_ids) {

@@ -23,6 +23,9 @@ enum tether_clone_method {
     TETHER_CLONE_CLONE3 = 1, /* clone3 + CLONE_PIDFD + CLONE_CLEAR_SIGHAND, vfork style */
     TETHER_CLONE_LEGACY = 2, /* clone(CLONE_PIDFD|CLONE_VM|CLONE_VFORK), handlers reset by hand */
     TETHER_CLONE_NONE = 3,
+    /* Not a clone: this process (a child forked to run preexec_fn) runs the child steps and
+     * execs; cgroup_fd carries the failure pipe's write end. tether_clone_exec only. */
+    TETHER_CLONE_IN_PLACE = 4,
 };
 
 /* Stages named in the failure record: X(NAME, number, what the child was doing). The one
@@ -39,7 +42,8 @@ enum tether_clone_method {
     X(EXEC, 8, "exec")                                          \
     X(USERNS, 9, "user namespace setup")                        \
     X(SETSID, 10, "setsid")                                     \
-    X(CREDS, 11, "setting groups, gid and uid")
+    X(CREDS, 11, "setting groups, gid and uid")                 \
+    X(PREEXEC, 12, "running preexec_fn")
 
 enum tether_stage {
     TETHER_STAGE_NONE = 0,

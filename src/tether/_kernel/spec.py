@@ -19,7 +19,7 @@ import fcntl
 import os
 import stat
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, Final, TypeAlias
 
 from tether._kernel.attrs import ProcessAttrs
@@ -59,6 +59,7 @@ class SpawnSpec:
     stdio: tuple[int, int, int]
     process_group: bool = True
     attrs: ProcessAttrs | None = None
+    preexec_fn: Callable[[], object] | None = None
 
     @classmethod
     def build(
@@ -75,6 +76,7 @@ class SpawnSpec:
         popen_style: bool = False,
         executable: StrOrBytesPath | None = None,
         attrs: ProcessAttrs | None = None,
+        preexec_fn: Callable[[], object] | None = None,
     ) -> SpawnSpec:
         """Check and convert everything; nothing is opened.
 
@@ -83,7 +85,10 @@ class SpawnSpec:
         (spawn_lifelined: fds only) they are checked after the program was found.
         ``executable`` is the file to run in place of ``argv[0]`` (which the program still
         sees as its name); ``attrs`` are subprocess's process attributes, checked already
-        (see :mod:`tether._kernel.attrs`)."""
+        (see :mod:`tether._kernel.attrs`); ``preexec_fn`` takes the slow path that forks
+        this process to run it (:mod:`tether._kernel.preexec`)."""
+        if preexec_fn is not None and not callable(preexec_fn):
+            raise TypeError("preexec_fn must be callable")
         if popen_style:
             stdio = convert_stdio(stdin, stdout, stderr, allow_pipe=True)
         argv_b = convert_argv(argv)
@@ -98,7 +103,8 @@ class SpawnSpec:
         if not popen_style:
             stdio = convert_stdio(stdin, stdout, stderr, allow_pipe=False)
         args = argv if isinstance(argv, list) else list(argv)
-        return cls(args, tuple(argv_b), path, env_b, cwd_b, keep, stdio, process_group, attrs)
+        return cls(args, tuple(argv_b), path, env_b, cwd_b, keep, stdio, process_group, attrs,
+                   preexec_fn)
 
     def replace(self, **changes: Any) -> SpawnSpec:
         """A copy with ``changes`` (already converted: nothing is checked again)."""
