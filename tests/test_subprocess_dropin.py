@@ -316,3 +316,9 @@ def test_create_subprocess_needs_no_helper_thread() -> None:
         return await proc.wait()
 
     assert asyncio.run(main()) == 5
+
+
+def test_tether_subprocess_is_reachable_as_an_attribute_of_tether() -> None:
+    import importlib
+
+    assert importlib.import_module("tether").subprocess is subprocess

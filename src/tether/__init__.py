@@ -25,12 +25,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    # tether.aio on first use, so `import tether` does not import asyncio.
-    if name == "aio":
+    # tether.aio and tether.subprocess on first use, so `import tether` does not import
+    # asyncio (nor the drop-in's module).
+    if name in ("aio", "subprocess"):
         import importlib
 
-        module = importlib.import_module(".aio", __name__)
-        globals()["aio"] = module
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
         return module
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -57,4 +58,5 @@ __all__ = [
     "run_in_fork",
     "spawn",
     "spawn_lifelined",
+    "subprocess",
 ]
