@@ -38,7 +38,8 @@ class ProcessAttrs:
     ``umask`` -1: unchanged; ``new_session``: setsid (the program still leads a group of
     its own number, so group containment is unchanged); ``inherit_fds``: close_fds=False;
     ``restore_signals`` False: SIGPIPE/SIGXFSZ keep the parent's disposition; ``uid``/``gid``
-    -1: unchanged; ``groups`` None: unchanged; ``pipesize`` -1: the kernel's default."""
+    -1: unchanged; ``groups`` None: unchanged. (``pipesize`` is the pipes' business: the
+    stdlib's Popen sets it on the pipes it makes.)"""
 
     umask: int = -1
     new_session: bool = False
@@ -47,7 +48,6 @@ class ProcessAttrs:
     uid: int = -1
     gid: int = -1
     groups: tuple[int, ...] | None = None
-    pipesize: int = -1
 
     @classmethod
     def build(
@@ -60,15 +60,12 @@ class ProcessAttrs:
         uid: int | None = None,
         gid: int | None = None,
         groups: Iterable[int] | None = None,
-        pipesize: int = -1,
     ) -> ProcessAttrs:
         """Check numeric attributes (names are resolved by the caller, as subprocess does)."""
         if isinstance(umask, bool) or not isinstance(umask, int):
             raise TypeError("umask must be an integer")
         if umask > 0o7777:
             raise ValueError(f"umask out of range: {umask:#o}")
-        if isinstance(pipesize, bool) or not isinstance(pipesize, int):
-            raise TypeError("pipesize must be an integer")
         return cls(
             umask=max(umask, -1),
             new_session=bool(new_session),
@@ -78,7 +75,6 @@ class ProcessAttrs:
             gid=-1 if gid is None else _check_id(gid, "Group ID"),
             groups=None if groups is None else tuple(
                 _check_id(g, "Group ID", ValueError) for g in groups),
-            pipesize=pipesize,
         )
 
     def core_tuple(self) -> tuple[int, bool, bool, bool, int, int, tuple[int, ...] | None]:

@@ -146,7 +146,7 @@ class SpawnSpec:
     def open_stdio(self) -> StdioPlan:
         """Open what ``stdio`` asks for (/dev/null, pipes): the child's fds 0-2 and, for each
         PIPE, the parent's end. The caller closes ``plan.close_child_ends()`` after the clone."""
-        plan = StdioPlan(self.attrs.pipesize if self.attrs is not None else -1)
+        plan = StdioPlan()
         try:
             for index, source in enumerate(self.stdio):
                 if source == SAME_AS_STDOUT:
@@ -166,10 +166,9 @@ class StdioPlan:
     """The child's fds 0-2 as parent-side fds (-1: inherit), the fds opened for the child
     (closed once it is cloned) and the parent's ends of PIPEs (None where there is none)."""
 
-    __slots__ = ("child_ends", "fds", "parent_ends", "pipesize")
+    __slots__ = ("child_ends", "fds", "parent_ends")
 
-    def __init__(self, pipesize: int = -1) -> None:
-        self.pipesize = pipesize
+    def __init__(self) -> None:
         self.fds = [-1, -1, -1]
         self.child_ends: list[int] = []
         self.parent_ends: list[int | None] = [None, None, None]
@@ -184,13 +183,6 @@ class StdioPlan:
         parent's own stdio, to the parent and to every child that inherits it."""
         if pipe:
             r, w = os.pipe2(os.O_CLOEXEC)
-            if self.pipesize > 0:
-                try:
-                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.pipesize)
-                except BaseException:
-                    os.close(r)
-                    os.close(w)
-                    raise
             child_end, parent_end = (r, w) if index == 0 else (w, r)
             try:
                 self.parent_ends[index] = above_stdio(parent_end)
