@@ -25,10 +25,11 @@ KERNEL_SRC = os.path.join(PKG_SRC, "_kernel")
 GUARD_SRC = os.path.join(KERNEL_SRC, "guard.c")
 # The guard's other parts (guard.h says which does what), and the one clone site, which is
 # compiled into both the guard and the extension.
-CLONE_SOURCES = ["clone.c", "clone_raw.c"]
+CLONE_SOURCES = ["clone.c", "clone_parent.c", "clone_raw.c"]
 GUARD_SOURCES = [GUARD_SRC] + [
     os.path.join(KERNEL_SRC, name)
     for name in ("guard_start.c", "guard_program.c", "guard_tree.c", "guard_cgroup.c",
+                 "guard_attrs.c",
                  *CLONE_SOURCES)
 ]
 GUARD_NAME = "_guard"

@@ -40,6 +40,10 @@ LABELS = {
     "spawn_cgroup": "tether.spawn(contain='cgroup').wait()",
     "spawn_pidns": "tether.spawn(contain='pidns').wait()",
     "popen_preexec": "Popen(preexec_fn=PDEATHSIG).wait()",
+    "dropin_popen": "tether.subprocess.Popen().wait()",
+    "stdlib_run": "subprocess.run()",
+    "dropin_run": "tether.subprocess.run()",
+    "tether_run": "tether.run()",
 }
 ORDER = list(LABELS)
 
@@ -51,6 +55,7 @@ PR_SET_PDEATHSIG = 1
 
 def _methods() -> dict[str, Callable[[], object]]:
     import tether
+    import tether.subprocess as dropin
 
     libc = ctypes.CDLL(None, use_errno=True)
 
@@ -74,6 +79,12 @@ def _methods() -> dict[str, Callable[[], object]]:
     def popen_preexec() -> None:
         subprocess.Popen(ARGV, preexec_fn=pdeathsig).wait()  # noqa: TET102  baseline
 
+    def dropin_popen() -> None:
+        dropin.Popen(ARGV).wait()
+
+    def stdlib_run() -> None:
+        subprocess.run(ARGV)  # noqa: TET102  baseline
+
     def spawn_mode(mode: str) -> Callable[[], object]:
         def fn() -> None:
             tether.spawn(ARGV, contain=mode).wait()
@@ -88,6 +99,10 @@ def _methods() -> dict[str, Callable[[], object]]:
         "spawn_cgroup": spawn_mode("cgroup"),
         "spawn_pidns": spawn_mode("pidns"),
         "popen_preexec": popen_preexec,
+        "dropin_popen": dropin_popen,
+        "stdlib_run": stdlib_run,
+        "dropin_run": lambda: dropin.run(ARGV),
+        "tether_run": lambda: tether.run(ARGV),
     }
 
 

@@ -52,8 +52,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> object:
-    if name == "aio":
-        value: object = importlib.import_module(".aio", __name__)
+    if name in ("aio", "subprocess"):  # (asyncio, and the drop-in, only when asked for)
+        value: object = importlib.import_module(f".{name}", __name__)
     elif name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     else:
@@ -91,4 +91,5 @@ __all__ = [
     "run_in_fork",
     "spawn",
     "spawn_lifelined",
+    "subprocess",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, final
@@ -27,11 +28,22 @@ from tether._kernel.limits import Limits, Usage
 from tether._kernel.pidfd import NoPublicConstructor
 from tether._kernel.signalfd import SignalFd, SignalInfo
 from tether._kernel.spec import StrOrBytesPath
-from tether._tree.aiochild import AsyncChild, run_to_end, running_loop, start_async
+from tether._tree.aiochild import (
+    AsyncChild,
+    adopt_async,
+    run_to_end,
+    running_loop,
+    start_async,
+)
 from tether._tree.modes import Contain
 from tether._tree.run import DEFAULT_GRACE, prepare_run
+from tether.subprocess import DEFAULT_CONTAIN
+from tether.subprocess import Popen as _Popen
 
-__all__ = ["AsyncChild", "Signals", "run", "signals", "spawn"]
+__all__ = [
+    "AsyncChild", "Process", "Signals", "create_subprocess_exec", "create_subprocess_shell",
+    "run", "signals", "spawn",
+]
 
 _STREAM_LIMIT: Final = 2**16
 
@@ -246,3 +258,133 @@ def signals(*signums: int) -> Signals:
     kernel does).
     """
     return Signals._create(signums)
+
+
+# -- asyncio's create_subprocess_exec / create_subprocess_shell ----------------------------------
+
+
+@final
+class Process(metaclass=NoPublicConstructor):
+    """What :func:`create_subprocess_exec` returns: :class:`asyncio.subprocess.Process`'s
+    interface (``pid``, ``returncode``, ``stdin``/``stdout``/``stderr`` streams, ``wait()``,
+    ``communicate()``, ``send_signal()``/``terminate()``/``kill()``), on a contained tree.
+
+    As with asyncio, the signals reach the program only (the guard then ends the rest of the
+    tree as the program exits); ``wait()`` and ``communicate()`` return once the tree has
+    ended, watched by the loop's selector: no child watcher, thread or SIGCHLD handler.
+    Guarantee: nothing of the tree outlives this process (the guard holds its lifeline).
+    """
+
+    __slots__ = ("_child",)
+
+    def __init__(self, child: AsyncChild) -> None:
+        self._child = child
+
+    def __repr__(self) -> str:
+        return f"<Process {self.pid}>"
+
+    @property
+    def pid(self) -> int:
+        """The program's PID."""
+        return self._child.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The program's returncode once the tree has ended, else None."""
+        return self._child.returncode
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter | None:
+        return self._child.stdin
+
+    @property
+    def stdout(self) -> asyncio.StreamReader | None:
+        return self._child.stdout
+
+    @property
+    def stderr(self) -> asyncio.StreamReader | None:
+        return self._child.stderr
+
+    async def wait(self) -> int:
+        """Wait until the tree has ended; return the program's returncode."""
+        return await self._child.wait()
+
+    async def communicate(self, input: bytes | None = None) -> tuple[Any, Any]:
+        """Send ``input``, read stdout/stderr until the tree has ended; (out, err) as bytes."""
+        return await self._child.communicate(input)
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the program through its pidfd (a no-op once it has ended)."""
+        self._child.send_signal(sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _check_kwds(kwds: dict[str, Any]) -> None:
+    """asyncio's checks (loop.subprocess_exec/_shell): streams are bytes, unbuffered."""
+    if kwds.pop("universal_newlines", False):
+        raise ValueError("universal_newlines must be False")
+    if kwds.pop("bufsize", 0) != 0:
+        raise ValueError("bufsize must be 0")
+    if kwds.pop("text", False):
+        raise ValueError("text must be False")
+    if kwds.pop("encoding", None) is not None:
+        raise ValueError("encoding must be None")
+    if kwds.pop("errors", None) is not None:
+        raise ValueError("errors must be None")
+
+
+async def _start(args: Any, shell: bool, limit: int, kwds: dict[str, Any]) -> Process:
+    running_loop("create_subprocess_exec")
+    _check_kwds(kwds)
+    popen = _Popen(args, bufsize=0, shell=shell, **kwds)
+    tree, mode, files = popen.take_tree()
+    return Process._create(await adopt_async(popen.args, tree, mode, files, limit))
+
+
+async def create_subprocess_exec(
+    program: StrOrBytesPath,
+    *args: StrOrBytesPath,
+    stdin: Any = None,
+    stdout: Any = None,
+    stderr: Any = None,
+    limit: int = _STREAM_LIMIT,
+    contain: Contain = DEFAULT_CONTAIN,
+    **kwds: Any,
+) -> Process:
+    """:func:`asyncio.create_subprocess_exec`, the program in a contained tree.
+
+    Takes asyncio's arguments (and :class:`tether.subprocess.Popen`'s keywords: ``cwd``,
+    ``env``, ``pass_fds``, ``user``, ``umask``, ``start_new_session``, ...), plus
+    ``contain``. The tree is started in the loop's thread (a vfork-style clone; it returns
+    once the program has exec'd); bad arguments and a program that cannot be run raise here
+    with subprocess's errors, nothing left behind."""
+    if kwds.get("shell"):
+        raise ValueError("shell must be False")
+    kwds.pop("shell", None)
+    kwds.update(stdin=stdin, stdout=stdout, stderr=stderr, contain=contain)
+    return await _start([program, *args], False, limit, kwds)
+
+
+async def create_subprocess_shell(
+    cmd: str | bytes,
+    stdin: Any = None,
+    stdout: Any = None,
+    stderr: Any = None,
+    limit: int = _STREAM_LIMIT,
+    *,
+    contain: Contain = DEFAULT_CONTAIN,
+    **kwds: Any,
+) -> Process:
+    """:func:`asyncio.create_subprocess_shell`, ``/bin/sh -c cmd`` in a contained tree (see
+    :func:`create_subprocess_exec`)."""
+    if not isinstance(cmd, bytes | str):
+        raise ValueError("cmd must be a string")
+    if not kwds.pop("shell", True):
+        raise ValueError("shell must be True")
+    kwds.update(stdin=stdin, stdout=stdout, stderr=stderr, contain=contain)
+    return await _start(cmd, True, limit, kwds)

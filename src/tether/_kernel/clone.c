@@ -1,13 +1,12 @@
 /*
- * clone.c — the one clone site of tether (declarations and the contract: clone.h).
+ * clone.c — the CHILD side of the one clone site of tether (declarations and the contract:
+ * clone.h; the parent's side is clone_parent.c).
  *
- * Two halves:
- *   - the CHILD side (child_exec and the steps it calls) runs in the child between clone and
- *     execve, sharing the parent's memory. Everything it needs was prepared by the parent in
- *     one struct tether_plan; a failed step sends a fixed-size record (stage, errno) on an
- *     O_CLOEXEC pipe, whose EOF alone tells the parent the exec succeeded.
- *   - the PARENT side: the exec path and the capability probe, both built on the one raw
- *     clone (clone_raw.c: clone3, or the legacy clone).
+ * The child runs between clone and execve, sharing the parent's memory. Everything it needs
+ * was prepared by the parent in one struct tether_plan; a failed step sends a fixed-size
+ * record (stage, errno) on an O_CLOEXEC pipe, whose EOF alone tells the parent the exec
+ * succeeded. The parent's side (the exec path and the capability probe, built on the one raw
+ * clone of clone_raw.c) is clone_parent.c.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -223,6 +222,9 @@ static long check_parent(const struct tether_plan *plan)
 
 static long set_pgroup(void)
 {
+    /* A leader already (preexec_fn called setsid): setpgid would fail with EPERM. */
+    if (syscall(SYS_getpgid, 0) == syscall(SYS_getpid))
+        return 0;
     return sys_result(setpgid(0, 0));
 }
 
@@ -269,6 +271,32 @@ static long announce_self(const struct tether_plan *plan)
     return sent < 0 ? sent : 0;
 }
 
+/* start_new_session: the new session's group has our pid as its number, the same group
+ * setpgid(0, 0) would make, so group containment reaches it alike. */
+static long set_session(void)
+{
+    return sys_result(syscall(SYS_setsid));
+}
+
+/* Groups, then gid, then uid (after setuid we could no longer change the others). A change of
+ * credentials clears PR_SET_PDEATHSIG, so this runs before set_pdeathsig. */
+static long set_creds(const struct tether_plan *plan)
+{
+    long r = 0;
+    if (plan->set_groups)
+        r = sys_result(syscall(SYS_setgroups, plan->n_groups, plan->groups));
+    if (r == 0 && plan->set_gid)
+        r = sys_result(syscall(SYS_setresgid, plan->gid, plan->gid, plan->gid));
+    if (r == 0 && plan->set_uid)
+        r = sys_result(syscall(SYS_setresuid, plan->uid, plan->uid, plan->uid));
+    return r;
+}
+
+static void apply_umask(const struct tether_plan *plan)
+{
+    (void)syscall(SYS_umask, plan->umask);
+}
+
 /* Every signal is still blocked here, and the tty layer treats a blocked SIGTTOU as ignored
  * (tty_check_change), so a background group may take the terminal without being stopped.
  * Best effort: a terminal hung up meanwhile is no reason not to run the program. */
@@ -286,11 +314,11 @@ static long change_dir(const struct tether_plan *plan)
 /* Python ignores SIGPIPE and SIGXFSZ; a program expects them at their defaults (what
  * subprocess calls restore_signals). Handlers first, then the mask: a signal pending now must
  * not run a parent's handler. */
-static long reset_signals(void)
+static long reset_signals(const struct tether_plan *plan)
 {
     sigset_t empty;
-    long r = set_default_handler(SIGPIPE);
-    if (r == 0)
+    long r = plan->keep_ignored ? 0 : set_default_handler(SIGPIPE);
+    if (r == 0 && !plan->keep_ignored)
         r = set_default_handler(SIGXFSZ);
     if (r < 0)
         return r;
@@ -329,7 +357,7 @@ static void report_failure(int errpipe, int stage, long neg_errno)
 /* The child: async-signal-safe only. Runs on the parent's stack (clone3) or a private one
  * (legacy clone), with every signal blocked; never returns (execve, or exit_group(127)). */
 __attribute__((noinline))
-static int child_exec(void *arg)
+int tether_child_exec(void *arg)
 {
     const struct tether_plan *plan = (const struct tether_plan *)arg;
     int errpipe = plan->errpipe;
@@ -341,156 +369,33 @@ static int child_exec(void *arg)
         CHILD_STEP(TETHER_STAGE_USERNS, map_own_ids(plan));
     if (plan->reset_handlers)
         CHILD_STEP(TETHER_STAGE_SIGNALS, reset_handlers());
+    if (plan->set_groups || plan->set_gid || plan->set_uid)
+        CHILD_STEP(TETHER_STAGE_CREDS, set_creds(plan)); /* (it clears PDEATHSIG: first) */
     if (plan->pdeathsig) {
         CHILD_STEP(TETHER_STAGE_PDEATHSIG, set_pdeathsig(plan));
         CHILD_STEP(TETHER_STAGE_PARENT_GONE, check_parent(plan));
     }
-    if (plan->new_pgroup)
+    if (plan->new_session)
+        CHILD_STEP(TETHER_STAGE_SETSID, set_session());
+    else if (plan->new_pgroup)
         CHILD_STEP(TETHER_STAGE_SETPGID, set_pgroup());
-    /* After the group exists, before the fds are closed (the socket is one of them). */
+    /* After the group exists, before the fds are moved or closed (the socket is one). */
     if (plan->announce_fd > 0)
         CHILD_STEP(TETHER_STAGE_ANNOUNCE, announce_self(plan));
     CHILD_STEP(TETHER_STAGE_FDS, dup_fd_plan(plan, &errpipe));
     CHILD_STEP(TETHER_STAGE_FDS, keep_pass_fds(plan));
-    CHILD_STEP(TETHER_STAGE_CLOSE, close_other_fds(plan, errpipe));
-    if (plan->new_pgroup && plan->foreground)
+    if (!plan->inherit_fds)
+        CHILD_STEP(TETHER_STAGE_CLOSE, close_other_fds(plan, errpipe));
+    if (plan->new_pgroup && !plan->new_session && plan->foreground)
         take_terminal(); /* fd 0 is the program's own by now */
+    if (plan->set_umask)
+        apply_umask(plan);
     if (plan->cwd != NULL)
         CHILD_STEP(TETHER_STAGE_CHDIR, change_dir(plan));
-    CHILD_STEP(TETHER_STAGE_SIGNALS, reset_signals());
+    CHILD_STEP(TETHER_STAGE_SIGNALS, reset_signals(plan));
     CHILD_STEP(TETHER_STAGE_EXEC, do_exec(plan));
 failed:
     report_failure(errpipe, stage, err);
 }
 
 #undef CHILD_STEP
-
-/* ------------------------------------------------------------------------------------------ */
-/* PARENT side.                                                                                 */
-/* ------------------------------------------------------------------------------------------ */
-
-/* "ID ID 1\n" into out (at least 32 bytes): the identity map of one id. */
-static void format_id_map(char *out, unsigned int id)
-{
-    char digits[12];
-    int n = 0, k = 0, rep;
-    do {
-        digits[n++] = (char)('0' + id % 10);
-        id /= 10;
-    } while (id != 0);
-    for (rep = 0; rep < 2; rep++) {
-        int i;
-        for (i = n - 1; i >= 0; i--)
-            out[k++] = digits[i];
-        out[k++] = ' ';
-    }
-    out[k++] = '1';
-    out[k++] = '\n';
-    out[k] = '\0';
-}
-
-static void reap_pidfd(int pidfd)
-{
-    siginfo_t info;
-    /* Our own child, named by its pidfd, never its number. */
-    while (waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED) != 0 && errno == EINTR)
-        ;
-}
-
-/* 1 and *failure filled if the child sent a failure record, 0 on EOF (it exec'd). */
-static int read_failure(int readfd, struct tether_failure *failure)
-{
-    struct tether_failure rec;
-    ssize_t n;
-    /* CLONE_VFORK: the child has exec'd or exited by now, so the record (if any) is already in
-     * the pipe. Read without blocking, so a sibling forked elsewhere in this process that
-     * inherited the write end cannot stall us. */
-    int fl = fcntl(readfd, F_GETFL);
-    if (fl >= 0)
-        fcntl(readfd, F_SETFL, fl | O_NONBLOCK);
-    do {
-        n = read(readfd, &rec, sizeof rec);
-    } while (n < 0 && errno == EINTR);
-    if (n != (ssize_t)sizeof rec)
-        return 0;
-    *failure = rec;
-    return 1;
-}
-
-int tether_clone_exec(struct tether_plan *plan, int method, uint64_t extra_flags,
-                      int cgroup_fd, pid_t *pid_out, int *pidfd_out,
-                      struct tether_failure *failure)
-{
-    int pipefd[2];
-    int pidfd = -1;
-    int failed;
-    long pid;
-
-    failure->stage = TETHER_STAGE_NONE;
-    failure->error = 0;
-    *pid_out = 0;
-    *pidfd_out = -1;
-
-    plan->map_ids = (extra_flags & CLONE_NEWUSER) != 0;
-    if (plan->map_ids) {
-        /* Map the caller to itself in the new user namespace (done by the child, see struct
-         * tether_plan). The namespace's owner is our euid, the one id an unprivileged process
-         * may map. */
-        format_id_map(plan->uid_map, (unsigned int)geteuid());
-        format_id_map(plan->gid_map, (unsigned int)getegid());
-    }
-    plan->reset_handlers = method == TETHER_CLONE_LEGACY;
-
-    if (pipe2(pipefd, O_CLOEXEC) != 0)
-        return -errno;
-    plan->errpipe = pipefd[1];
-    pid = tether_clone_raw(method, extra_flags, cgroup_fd, child_exec, plan, &pidfd);
-    close(pipefd[1]);
-    if (pid < 0) {
-        close(pipefd[0]);
-        return (int)pid;
-    }
-    failed = read_failure(pipefd[0], failure);
-    close(pipefd[0]);
-    *pid_out = (pid_t)pid;
-    if (failed) {
-        reap_pidfd(pidfd);
-        close(pidfd);
-        return 0;
-    }
-    if (pidfd <= 2) {
-        /* A parent whose stdio is closed: the pidfd must not pose as its fd 0, 1 or 2. If it
-         * cannot be moved, nothing may be left behind: the child is killed and reaped. */
-        int moved = fcntl(pidfd, F_DUPFD_CLOEXEC, 3);
-        if (moved < 0) {
-            int err = errno;
-            (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
-            reap_pidfd(pidfd);
-            close(pidfd);
-            return -err;
-        }
-        close(pidfd);
-        pidfd = moved;
-    }
-    *pidfd_out = pidfd;
-    return 0;
-}
-
-static int probe_child(void *arg)
-{
-    (void)arg;
-    return 0;
-}
-
-int tether_probe_method(int method)
-{
-    int pidfd = -1;
-    long pid = tether_clone_raw(method, 0, -1, probe_child, NULL, &pidfd);
-    if (pid < 0)
-        return (int)pid;
-    if (pidfd < 0)
-        return -ENOSYS; /* a kernel that ignored CLONE_PIDFD */
-    reap_pidfd(pidfd);
-    close(pidfd);
-    return 0;
-}

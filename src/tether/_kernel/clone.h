@@ -1,6 +1,6 @@
 /*
- * clone.h — the one clone site of tether: declarations. The code: clone.c (the child and the
- * exec path) and clone_raw.c (the one raw clone).
+ * clone.h — the one clone site of tether: declarations. The code: clone.c (the child),
+ * clone_parent.c (the exec path and the probe) and clone_raw.c (the one raw clone).
  *
  * Both are compiled into the Python extension (core.c) and into the guard executable
  * (guard.c), so every process tether ever creates is made by tether_clone_exec(): clone3()
@@ -23,6 +23,9 @@ enum tether_clone_method {
     TETHER_CLONE_CLONE3 = 1, /* clone3 + CLONE_PIDFD + CLONE_CLEAR_SIGHAND, vfork style */
     TETHER_CLONE_LEGACY = 2, /* clone(CLONE_PIDFD|CLONE_VM|CLONE_VFORK), handlers reset by hand */
     TETHER_CLONE_NONE = 3,
+    /* Not a clone: this process (a child forked to run preexec_fn) runs the child steps and
+     * execs; cgroup_fd carries the failure pipe's write end. tether_clone_exec only. */
+    TETHER_CLONE_IN_PLACE = 4,
 };
 
 /* Stages named in the failure record: X(NAME, number, what the child was doing). The one
@@ -38,7 +41,10 @@ enum tether_clone_method {
     X(SIGNALS, 7, "resetting signals")                          \
     X(EXEC, 8, "exec")                                          \
     X(USERNS, 9, "user namespace setup")                        \
-    X(ANNOUNCE, 10, "announcing the program's pidfd to the parent")
+    X(SETSID, 10, "setsid")                                     \
+    X(CREDS, 11, "setting groups, gid and uid")                 \
+    X(PREEXEC, 12, "running preexec_fn")                        \
+    X(ANNOUNCE, 13, "announcing the program's pidfd to the parent")
 
 enum tether_stage {
     TETHER_STAGE_NONE = 0,
@@ -75,6 +81,19 @@ struct tether_plan {
                              * child sends its own pidfd over it (MSG_PROGRAM, guard_proto.h),
                              * so the parent holds the program's group even if the guard dies
                              * before it can report. 0: none (the extension's own clone). */
+    /* subprocess's process attributes; a zeroed plan changes none of them. */
+    int set_umask;          /* umask(umask) */
+    mode_t umask;
+    int new_session;        /* setsid() instead of setpgid(0, 0): the same group number */
+    int inherit_fds;        /* close_fds=False: inheritable fds pass (O_CLOEXEC ones close) */
+    int keep_ignored;       /* restore_signals=False: SIGPIPE/SIGXFSZ keep their disposition */
+    int set_groups;         /* setgroups(n_groups, groups) */
+    const gid_t *groups;
+    int n_groups;
+    int set_gid;            /* setresgid(gid, gid, gid) */
+    gid_t gid;
+    int set_uid;            /* setresuid(uid, uid, uid) */
+    uid_t uid;
     /* Filled in by tether_clone_exec itself (callers leave them zeroed). */
     int errpipe;            /* write end of the failure pipe (O_CLOEXEC) */
     int reset_handlers;     /* legacy clone: CLONE_CLEAR_SIGHAND was not available */
@@ -109,6 +128,10 @@ TETHER_HIDDEN long tether_clone_raw(int method, uint64_t extra_flags, int cgroup
 TETHER_HIDDEN int tether_clone_exec(struct tether_plan *plan, int method, uint64_t extra_flags,
                                     int cgroup_fd, pid_t *pid_out, int *pidfd_out,
                                     struct tether_failure *failure);
+
+/* The child's side (clone.c): runs the plan (a struct tether_plan *) and execs; returns only
+ * through exit_group(127) after writing the failure record. */
+TETHER_HIDDEN int tether_child_exec(void *arg);
 
 /* Try one method for real with a child that exits at once (reaped): 0 if it works, else
  * -errno. How the extension learns which method this kernel and sandbox allow. */

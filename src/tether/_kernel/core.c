@@ -196,13 +196,54 @@ error:
     return NULL;
 }
 
+/* attrs, subprocess's process attributes: (umask or -1, new_session, inherit_fds,
+ * keep_ignored, uid or -1, gid or -1, groups tuple or None), into the plan. *groups is
+ * PyMem-allocated for the caller to free. */
+static int plan_attrs(PyObject *attrs, struct tether_plan *plan, gid_t **groups)
+{
+    int umask_v, uid, gid, i, n;
+    PyObject *groups_obj;
+    if (!PyArg_ParseTuple(attrs, "ipppiiO", &umask_v, &plan->new_session, &plan->inherit_fds,
+                          &plan->keep_ignored, &uid, &gid, &groups_obj))
+        return -1;
+    plan->set_umask = umask_v >= 0;
+    plan->umask = (mode_t)(umask_v >= 0 ? umask_v : 0);
+    plan->set_uid = uid >= 0;
+    plan->uid = (uid_t)uid;
+    plan->set_gid = gid >= 0;
+    plan->gid = (gid_t)gid;
+    if (groups_obj == Py_None)
+        return 0;
+    if (!PyTuple_Check(groups_obj)) {
+        PyErr_SetString(PyExc_TypeError, "groups must be a tuple of ints or None");
+        return -1;
+    }
+    n = (int)PyTuple_GET_SIZE(groups_obj);
+    *groups = PyMem_Calloc((size_t)n + 1, sizeof(gid_t));
+    if (*groups == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        unsigned long v = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(groups_obj, i));
+        if (PyErr_Occurred())
+            return -1;
+        (*groups)[i] = (gid_t)v;
+    }
+    plan->set_groups = 1;
+    plan->groups = *groups;
+    plan->n_groups = n;
+    return 0;
+}
+
 static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"path",    "argv",        "envp",         "cwd",       "stdin",
                              "stdout",  "stderr",      "keep_fds",     "lifeline_src",
                              "lifeline_dst", "new_pgroup", "pdeathsig", "extra_flags",
-                             "cgroup_fd", "method",     NULL};
-    PyObject *path_obj, *argv_obj, *envp_obj, *cwd_obj, *keep_obj;
+                             "cgroup_fd", "method",     "attrs",        NULL};
+    PyObject *path_obj, *argv_obj, *envp_obj, *cwd_obj, *keep_obj, *attrs = NULL;
+    gid_t *groups = NULL;
     int stdio[3];
     int lifeline_src, lifeline_dst, new_pgroup, pdeathsig, cgroup_fd, method;
     unsigned long long extra_flags;
@@ -216,11 +257,11 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     int rc;
     (void)self;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOiiiO!iipiKii", kwlist, &PyBytes_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOiiiO!iipiKii|O", kwlist, &PyBytes_Type,
                                      &path_obj, &argv_obj, &envp_obj, &cwd_obj, &stdio[0],
                                      &stdio[1], &stdio[2], &PyTuple_Type, &keep_obj,
                                      &lifeline_src, &lifeline_dst, &new_pgroup, &pdeathsig,
-                                     &extra_flags, &cgroup_fd, &method))
+                                     &extra_flags, &cgroup_fd, &method, &attrs))
         return NULL;
     if (cwd_obj != Py_None && !PyBytes_Check(cwd_obj)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -271,7 +312,8 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     plan.new_pgroup = new_pgroup;
     plan.pdeathsig = pdeathsig;
     plan.expected_ppid = getpid();
-
+    if (attrs != NULL && attrs != Py_None && plan_attrs(attrs, &plan, &groups) < 0)
+        goto error;
     Py_BEGIN_ALLOW_THREADS
     rc = tether_clone_exec(&plan, method, (uint64_t)extra_flags, cgroup_fd, &pid, &pidfd,
                            &failure);
@@ -280,6 +322,7 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     PyMem_Free(argv);
     PyMem_Free(envp);
     PyMem_Free(keep);
+    PyMem_Free(groups);
     if (rc < 0) {
         errno = -rc;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -290,6 +333,7 @@ error:
     PyMem_Free(argv);
     PyMem_Free(envp);
     PyMem_Free(keep);
+    PyMem_Free(groups);
     return NULL;
 }
 
@@ -391,12 +435,14 @@ static int add_constants(PyObject *m)
         {"CLONE_CLONE3", TETHER_CLONE_CLONE3},
         {"CLONE_LEGACY", TETHER_CLONE_LEGACY},
         {"CLONE_NONE", TETHER_CLONE_NONE},
+        {"CLONE_IN_PLACE", TETHER_CLONE_IN_PLACE},
         {"CLONE_NEWPID", CLONE_NEWPID},
         {"CLONE_NEWUSER", CLONE_NEWUSER},
         {"SFD_CLOEXEC", SFD_CLOEXEC},
         {"SFD_NONBLOCK", SFD_NONBLOCK},
         {"STAGE_CHDIR", TETHER_STAGE_CHDIR},
         {"STAGE_EXEC", TETHER_STAGE_EXEC},
+        {"STAGE_PREEXEC", TETHER_STAGE_PREEXEC},
         {"GUARD_MSG_SIZE", (long)sizeof(struct tether_guard_msg)},
         {"GUARD_MSG_STARTED", TETHER_MSG_STARTED},
         {"GUARD_MSG_FAILED", TETHER_MSG_FAILED},

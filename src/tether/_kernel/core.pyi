@@ -4,6 +4,7 @@ CLONE_UNKNOWN: int
 CLONE_CLONE3: int
 CLONE_LEGACY: int
 CLONE_NONE: int
+CLONE_IN_PLACE: int
 CLONE_NEWPID: int
 CLONE_NEWUSER: int
 SFD_CLOEXEC: int
@@ -14,6 +15,7 @@ SFD_NONBLOCK: int
 STAGES: dict[int, str]
 STAGE_CHDIR: int
 STAGE_EXEC: int
+STAGE_PREEXEC: int
 
 # The guard's wire protocol (guard_proto.h).
 GUARD_MSG_FORMAT: str
@@ -43,6 +45,7 @@ def spawn(
     extra_flags: int,
     cgroup_fd: int,
     method: int,
+    attrs: tuple[int, bool, bool, bool, int, int, tuple[int, ...] | None] | None = None,
 ) -> tuple[int, int, int, int, int]: ...
 def clone_method() -> tuple[int, int, int]: ...
 def force_clone_method(method: int, /) -> None: ...

@@ -129,6 +129,7 @@ int parse_args(int argc, char **argv);
 void setup_guard(void);
 int fmt_u64(char *out, unsigned long long v);
 int is_kept(int fd);
+int fd_is_open(int fd);
 __attribute__((noreturn)) void fail(int stage, int err);
 
 /* guard_program.c */

@@ -4,6 +4,7 @@
  * exec: clone.c), and the start report MSG_STARTED. A failure ends the guard with MSG_FAILED.
  */
 #include "guard.h"
+#include "guard_attrs.h"
 
 #include <fcntl.h>
 #include <stdlib.h>
@@ -72,7 +73,7 @@ void start_program(char **path_argv)
 {
     struct tether_plan plan;
     int life_pipe[2];
-    int lifeline_dst, method;
+    int lifeline_dst, method, r;
     pid_t pid = 0;
     int pidfd = -1;
 
@@ -80,7 +81,8 @@ void start_program(char **path_argv)
      * descendants see EOF when we are gone. Its number there: the lowest fd >= 3 not kept. */
     if (pipe2(life_pipe, O_CLOEXEC) != 0)
         fail(TETHER_GUARD_STAGE_SETUP, errno);
-    for (lifeline_dst = 3; is_kept(lifeline_dst); lifeline_dst++)
+    for (lifeline_dst = 3; is_kept(lifeline_dst) || (guard_attrs_inherit_fds() &&
+                                                     fd_is_open(lifeline_dst)); lifeline_dst++)
         ;
 
     memset(&plan, 0, sizeof plan);
@@ -115,6 +117,8 @@ void start_program(char **path_argv)
     /* The program sends its own pidfd to the parent before it can exec (MSG_PROGRAM). */
     plan.announce_fd = g.control;
 
+    if ((r = guard_apply_attrs(&plan, g.control, g.lifeline, g.cgroup_fd)) != 0)
+        fail(TETHER_GUARD_STAGE_SETUP, r);
     method = clone_program(&plan, &pid, &pidfd);
     free((void *)plan.envp);
     g.program_pid = pid;

@@ -4,6 +4,7 @@
  * ends the guard with MSG_FAILED and nothing left behind.
  */
 #include "guard.h"
+#include "guard_attrs.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -103,7 +104,7 @@ __attribute__((noreturn)) static void usage(const char *why, const char *what)
     _exit(2);
 }
 
-static int fd_is_open(int fd)
+int fd_is_open(int fd)
 {
     return fd >= 0 && fcntl(fd, F_GETFD) >= 0;
 }
@@ -213,7 +214,7 @@ int parse_args(int argc, char **argv)
 {
     const char *contain = "group";
     const char *clone = NULL;
-    int i;
+    int i, r;
 
     parse_control(argc, argv);
     for (i = 1; i < argc; i++) {
@@ -266,7 +267,9 @@ int parse_args(int argc, char **argv)
             g.pid_level = parse_uint(argv[i + 1], NULL);
             if (g.pid_level < 0)
                 usage("bad --pid-level: ", argv[i + 1]);
-        } else {
+        } else if ((r = guard_parse_attr(opt, argv[i + 1])) < 0) {
+            usage("bad value for ", opt);
+        } else if (r == 0) {
             usage("unknown option: ", opt);
         }
         i++;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, NamedTuple
 
@@ -17,6 +18,7 @@ from tether._kernel import core, features, reaper
 from tether._kernel.errors import Unsupported
 from tether._kernel.lifeline import LifelineWriter, new_lifeline
 from tether._kernel.pidfd import Pidfd
+from tether._kernel.preexec import STAGE_PREEXEC, fork_exec
 from tether._kernel.spec import FileSpec, SpawnSpec, StrOrBytesPath
 
 __all__ = ["Spawned", "clone_spec", "clone_with_stdio", "spawn_lifelined"]
@@ -109,6 +111,24 @@ def clone_with_stdio(spec: SpawnSpec, *, extra_flags: int = 0, cgroup_fd: int = 
         plan.close_child_ends()
 
 
+def _fork_exec(
+    spec: SpawnSpec, stdio_fds: tuple[int, int, int], extra_flags: int, cgroup_fd: int
+) -> Spawned:
+    """preexec_fn's slow path (a fork of this process): see tether._kernel.preexec."""
+    if extra_flags or cgroup_fd >= 0:
+        raise Unsupported(errno.ENOSYS, "preexec_fn runs in a fork() of this process, which "
+                          "cannot start a new PID namespace or enter a cgroup on its way")
+    assert spec.preexec_fn is not None
+    pid, pidfd, writer, stage, err = fork_exec(spec, stdio_fds, spec.preexec_fn)
+    if pidfd is not None and writer is not None:
+        return Spawned(pid, pidfd, writer)
+    if stage == STAGE_PREEXEC:
+        raise subprocess.SubprocessError("Exception occurred in preexec_fn.")
+    if stage == 0:
+        raise ChildProcessError(errno.ECHILD, "the preexec_fn child died before its exec")
+    raise child_error(stage, err, spec.args[0], spec.cwd)
+
+
 def clone_spec(
     spec: SpawnSpec,
     stdio_fds: tuple[int, int, int],
@@ -131,6 +151,8 @@ def clone_spec(
             "new namespaces and CLONE_INTO_CGROUP need clone3 (Linux 5.3/5.7), and clone3 is "
             f"not available here ({features.CLONE_METHOD_NAMES[method]} is used)",
         )
+    if spec.preexec_fn is not None:
+        return _fork_exec(spec, stdio_fds, extra_flags, cgroup_fd)
     lifeline_dst = spec.lifeline_fd
     read_fd, writer = new_lifeline()
     try:
@@ -150,6 +172,7 @@ def clone_spec(
             extra_flags=extra_flags,
             cgroup_fd=cgroup_fd,
             method=method,
+            attrs=None if spec.attrs is None else spec.attrs.core_tuple(),
         )
     except BaseException:
         writer.close()

@@ -19,9 +19,10 @@ import fcntl
 import os
 import stat
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, Final, TypeAlias
 
+from tether._kernel.attrs import ProcessAttrs
 from tether._kernel.fds import above_stdio
 from tether._kernel.lifeline import LIFELINE_ENV, announcement
 from tether._kernel.limits import Limits
@@ -60,6 +61,8 @@ class SpawnSpec:
     process_group: bool = True
     #: The whole tree's resource limits (per-tree cgroups; None: none asked for).
     limits: Limits | None = None
+    attrs: ProcessAttrs | None = None
+    preexec_fn: Callable[[], object] | None = None
 
     @classmethod
     def build(
@@ -75,12 +78,21 @@ class SpawnSpec:
         process_group: bool = True,
         popen_style: bool = False,
         limits: Limits | None = None,
+        executable: StrOrBytesPath | None = None,
+        attrs: ProcessAttrs | None = None,
+        preexec_fn: Callable[[], object] | None = None,
     ) -> SpawnSpec:
         """Check and convert everything; nothing is opened.
 
         ``popen_style`` is for the Popen-like entry points (spawn, run, tether.aio): PIPE is
         accepted, and the streams are checked first, as subprocess.Popen does. Without it
-        (spawn_lifelined: fds only) they are checked after the program was found."""
+        (spawn_lifelined: fds only) they are checked after the program was found.
+        ``executable`` is the file to run in place of ``argv[0]`` (which the program still
+        sees as its name); ``attrs`` are subprocess's process attributes, checked already
+        (see :mod:`tether._kernel.attrs`); ``preexec_fn`` takes the slow path that forks
+        this process to run it (:mod:`tether._kernel.preexec`)."""
+        if preexec_fn is not None and not callable(preexec_fn):
+            raise TypeError("preexec_fn must be callable")
         if limits is not None and not isinstance(limits, Limits):
             raise TypeError(f"limits must be a tether.Limits, not {type(limits).__name__}")
         if popen_style:
@@ -89,22 +101,38 @@ class SpawnSpec:
         env_b = convert_env(env)
         cwd_b = convert_cwd(cwd)
         keep = convert_pass_fds(pass_fds)
-        path = resolve_executable(argv_b[0], env_b, cwd_b, argv[0])
+        if executable is None:
+            path = resolve_executable(argv_b[0], env_b, cwd_b, argv[0])
+        else:
+            path = resolve_executable(_to_bytes(executable, "executable"), env_b, cwd_b,
+                                      executable)
         if not popen_style:
             stdio = convert_stdio(stdin, stdout, stderr, allow_pipe=False)
         args = argv if isinstance(argv, list) else list(argv)
-        return cls(args, tuple(argv_b), path, env_b, cwd_b, keep, stdio, process_group, limits)
+        return cls(args, tuple(argv_b), path, env_b, cwd_b, keep, stdio, process_group, limits,
+                   attrs, preexec_fn)
 
     def replace(self, **changes: Any) -> SpawnSpec:
         """A copy with ``changes`` (already converted: nothing is checked again)."""
         return dataclasses.replace(self, **changes)
+
+    def attr_options(self) -> list[bytes]:
+        """The guard's options for the process attributes of this spec's program."""
+        return [] if self.attrs is None else self.attrs.guard_options()
+
+    def guard_attrs(self) -> ProcessAttrs | None:
+        """The attributes of the guard's own clone (see ProcessAttrs.for_guard)."""
+        return None if self.attrs is None else self.attrs.for_guard()
 
     @property
     def lifeline_fd(self) -> int:
         """The child's lifeline fd: the lowest number >= 3 that no passed fd uses."""
         fd = 3
         taken = set(self.pass_fds)
-        while fd in taken:
+        # close_fds=False: every inheritable fd of ours reaches the child at its number, so
+        # the lifeline takes a number that is free here.
+        inherit = self.attrs is not None and self.attrs.inherit_fds
+        while fd in taken or (inherit and fd_is_open(fd)):
             fd += 1
         return fd
 
@@ -289,6 +317,14 @@ def resolve_executable(
     if denied is not None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), filename)
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), filename)
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError:
+        return False
+    return True
 
 
 def check_fd_open(fd: int, what: str) -> None:

@@ -21,11 +21,11 @@ from tether._kernel.pidfd import NoPublicConstructor, Pidfd
 from tether._kernel.spec import SpawnSpec, StrOrBytesPath
 from tether._tree.aiopipes import AsyncPipes
 from tether._tree.handle import ForkedHandleError, TreeHandle, describe, start_tree
-from tether._tree.modes import Contain, resolve_mode
+from tether._tree.modes import Contain, Mode, resolve_mode
 from tether._tree.pipes import BINARY, TextMode
 from tether._tree.seam import Tree
 
-__all__ = ["AsyncChild", "run_to_end", "running_loop", "start_async"]
+__all__ = ["AsyncChild", "adopt_async", "run_to_end", "running_loop", "start_async"]
 
 
 def running_loop(what: str) -> asyncio.AbstractEventLoop:
@@ -407,6 +407,25 @@ async def start_async(
         await achild._pipes.connect(limit)
         if await_start:
             await achild._await_start()
+    except BaseException:
+        try:
+            await achild._kill_and_reap()
+        finally:
+            achild._pipes.close()
+        raise
+    return achild
+
+
+async def adopt_async(
+    args: Any, tree: Tree, mode: Mode | None, files: list[IO[Any] | None], limit: int
+) -> AsyncChild:
+    """An AsyncChild for a tree started already (tether.aio's create_subprocess_*, through
+    tether.subprocess.Popen), its pipes (raw, unbuffered) connected to the running loop. On
+    error the tree is killed and reaped and the pipes closed."""
+    loop = running_loop("create_subprocess_exec")
+    achild = AsyncChild._create(TreeHandle(args, tree, mode), loop, files, BINARY)
+    try:
+        await achild._pipes.connect(limit)
     except BaseException:
         try:
             await achild._kill_and_reap()

@@ -152,9 +152,9 @@ class Guard:
             ]
             if keep:
                 guard_argv += [b"--keep", ",".join(map(str, keep)).encode()]
-            guard_argv += [b"--", spec.executable, *spec.argv]
+            guard_argv += [*spec.attr_options(), b"--", spec.executable, *spec.argv]
             guard_spec = spec.replace(
-                argv=tuple(guard_argv), executable=os.fsencode(guard),
+                argv=tuple(guard_argv), executable=os.fsencode(guard), attrs=spec.guard_attrs(),
                 pass_fds=tuple(sorted(passed)), process_group=not (foreground or job_control))
             spawned = clone_spec(guard_spec, stdio_fds, extra_flags=extra_flags)
         except BaseException as exc:
