@@ -22,6 +22,7 @@ import pytest
 import oracle
 import tether
 import tether.aio
+from conftest import require_mode
 from tether import subprocess
 
 PY = sys.executable
@@ -48,11 +49,24 @@ def test_except_stdlib_called_process_error_catches_tethers() -> None:
     assert info.value.returncode == 4
 
 
-def test_popen_is_a_stdlib_popen_with_the_programs_pid() -> None:
-    with subprocess.Popen(["sh", "-c", "echo $$"], stdout=subprocess.PIPE) as p:
+@pytest.mark.parametrize("contain", ["group", "cgroup"])
+def test_popen_is_a_stdlib_popen_with_the_programs_pid(contain: str) -> None:
+    require_mode(contain)
+    with subprocess.Popen(["sh", "-c", "echo $$"], stdout=subprocess.PIPE,
+                          contain=contain) as p:  # type: ignore[arg-type]
         out, _ = p.communicate()
     assert isinstance(p, stdlib_subprocess.Popen)
     assert int(out) == p.pid
+
+
+def test_in_pidns_pid_is_ours_and_the_program_sees_its_namespaces() -> None:
+    # The documented difference: in a PID namespace (auto's choice as root) the program is
+    # pid 2 there (the guard is 1); .pid is its pid as this process sees it.
+    require_mode("pidns")
+    with subprocess.Popen(["sh", "-c", "echo $$; exec sleep 300"], stdout=subprocess.PIPE,
+                          contain="pidns") as p:  # type: ignore[arg-type]
+        assert p.stdout is not None and p.stdout.readline() == b"2\n"
+        p.kill()  # (that .pid is our view: tests/test_guard_protocol.py checks it exactly)
 
 
 def test_getoutput_and_getstatusoutput() -> None:

@@ -38,6 +38,7 @@ from subprocess import (
 from typing import Any, Final
 
 from tether._kernel.attrs import ProcessAttrs
+from tether._kernel.cgroup import cgroup_unavailable_reason
 from tether._kernel.errors import Unsupported
 from tether._kernel.spec import SpawnSpec
 from tether._tree.handle import start_tree
@@ -63,7 +64,7 @@ __all__ = [
 ]
 
 #: The containment of a Popen that does not say (the library's default, as for spawn()).
-DEFAULT_CONTAIN: Final[Contain] = "group"
+DEFAULT_CONTAIN: Final[Contain] = "auto"
 _READ_CHUNK: Final = 32768
 _PIPE_BUF: Final = 512
 
@@ -146,8 +147,11 @@ class Popen(_StdlibPopen):  # type: ignore[misc]
         process_group: int | None = None,
         contain: Contain = DEFAULT_CONTAIN,
     ) -> None:
-        # Before the stdlib makes any pipe: a bad mode fails with nothing open.
+        # Before the stdlib makes any pipe: a bad mode fails with nothing open. "auto" with a
+        # preexec_fn: the strongest mode that can run one (not pidns: see _execute_child).
         self.contain = resolve_mode(contain, None)
+        if contain == "auto" and preexec_fn is not None and self.contain == "pidns":
+            self.contain = "cgroup" if cgroup_unavailable_reason(None) is None else "group"
         super().__init__(
             args, bufsize, executable, stdin, stdout, stderr, preexec_fn, close_fds, shell,
             cwd, env, universal_newlines, startupinfo, creationflags, restore_signals,
