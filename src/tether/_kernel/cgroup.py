@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
 import select
 import threading
 import time
@@ -137,7 +136,8 @@ def create_locked(parent: str, prefix: str, *, private: bool = False) -> tuple[s
     process forks, so a forked child that outlives us cannot make the directory look live.
     Release it with :func:`release_lock`."""
     for _ in range(8):
-        path = os.path.join(parent, prefix + secrets.token_hex(8))
+        # secrets.token_hex(8) is this; importing secrets (hashlib, hmac) costs every start-up.
+        path = os.path.join(parent, prefix + os.urandom(8).hex())
         # 0700: the lock is taken on an open of the directory, so nobody else may open it.
         # Another user who could (0755) would lock fresh directories to make our creation
         # fail, or stale ones to keep them from ever being swept.

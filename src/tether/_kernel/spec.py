@@ -18,7 +18,6 @@ import errno
 import fcntl
 import os
 import stat
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any, Final, TypeAlias
 
@@ -37,6 +36,11 @@ INHERIT: Final = -1
 DEVNULL: Final = -2
 PIPE: Final = -3
 SAME_AS_STDOUT: Final = -4  # stderr=subprocess.STDOUT
+# subprocess's own PIPE, STDOUT and DEVNULL, by value (tests/test_cli_import_cost.py checks):
+# importing subprocess would cost every start-up of `tether run`.
+SUBPROCESS_PIPE: Final = -1
+SUBPROCESS_STDOUT: Final = -2
+SUBPROCESS_DEVNULL: Final = -3
 _NAMES: Final = ("stdin", "stdout", "stderr")
 _FD_MAX: Final = 2**31 - 1
 
@@ -320,9 +324,9 @@ def _stdio_source(spec: object, index: int, allow_pipe: bool) -> int:
     name = _NAMES[index]
     if spec is None:
         return INHERIT
-    if spec is subprocess.DEVNULL:
+    if spec is SUBPROCESS_DEVNULL:
         return DEVNULL
-    if spec is subprocess.PIPE:
+    if spec is SUBPROCESS_PIPE:
         if not allow_pipe:
             raise ValueError(f"{name}=PIPE needs tether.spawn(); spawn_lifelined takes fds only")
         return PIPE
@@ -346,5 +350,5 @@ def convert_stdio(
     stdin: object, stdout: object, stderr: object, *, allow_pipe: bool
 ) -> tuple[int, int, int]:
     """subprocess-style stdio specs as spec sources. STDOUT for stderr: "where stdout goes"."""
-    err = SAME_AS_STDOUT if stderr is subprocess.STDOUT else _stdio_source(stderr, 2, allow_pipe)
+    err = SAME_AS_STDOUT if stderr is SUBPROCESS_STDOUT else _stdio_source(stderr, 2, allow_pipe)
     return (_stdio_source(stdin, 0, allow_pipe), _stdio_source(stdout, 1, allow_pipe), err)
