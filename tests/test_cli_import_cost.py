@@ -13,7 +13,7 @@ from tether._kernel import spec
 # Each costs milliseconds at start-up, or pulls in modules that do. (typing, re, enum and
 # threading are not named: site imports them on a default install anyway; socket is what the
 # guard's control channel is made of.)
-HEAVY = ("subprocess", "secrets", "hashlib", "asyncio")
+HEAVY = ("subprocess", "secrets", "hashlib", "asyncio", "dataclasses", "inspect")
 
 # One whole `tether run -- true`, in group mode (every machine has it), then what it loaded.
 PROBE = """

@@ -13,7 +13,6 @@ its hand-over in ``spawn.clone_spec`` (and, for guarded trees, in the guard's ar
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import os
@@ -24,6 +23,7 @@ from typing import IO, Any, Final, TypeAlias
 from tether._kernel.fds import above_stdio
 from tether._kernel.lifeline import LIFELINE_ENV, announcement
 from tether._kernel.limits import Limits
+from tether._kernel.record import frozen_record, replace
 
 __all__ = ["FileSpec", "SpawnSpec", "StdioPlan", "StrOrBytesPath"]
 
@@ -45,7 +45,7 @@ _NAMES: Final = ("stdin", "stdout", "stderr")
 _FD_MAX: Final = 2**31 - 1
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen_record
 class SpawnSpec:
     """One program to start, every field already checked and converted.
 
@@ -101,7 +101,7 @@ class SpawnSpec:
 
     def replace(self, **changes: Any) -> SpawnSpec:
         """A copy with ``changes`` (already converted: nothing is checked again)."""
-        return dataclasses.replace(self, **changes)
+        return replace(self, **changes)
 
     @property
     def lifeline_fd(self) -> int:
