@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
 import select
 import threading
 import time
@@ -74,11 +73,13 @@ _swept: set[str] = set()
 class CgroupTree:
     """One tree's cgroup directory: created locked, handed to the guard, removed at the end."""
 
-    __slots__ = ("fd", "path")
+    __slots__ = ("fd", "handed_over", "path")
 
     def __init__(self, path: str, fd: int) -> None:
         self.path = path
         self.fd = fd
+        #: Our lock fd was closed at hand_over(); the directory is still ours to remove.
+        self.handed_over = False
 
     @classmethod
     def create(cls, root: str) -> CgroupTree:
@@ -90,28 +91,43 @@ class CgroupTree:
         _sweep_once(parent)
         return cls(*create_locked(parent, TREE_PREFIX))
 
+    def hand_over(self) -> None:
+        """The guard has been started with our lock fd (``--cgroup-fd``): its copy is the same
+        open file, so it holds the same flock for as long as it lives, and it removes the
+        directory when the tree ends. Close ours: the parent keeps one fd fewer per tree.
+        If the guard dies first, the lock goes with it: remove() (and any sweep) then kills
+        and removes what is left by path, which is what the guard's death calls for."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            self.handed_over = True
+
+    def _release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
+        self.handed_over = False
+
     def discard(self) -> None:
         """Remove a directory that no process ever entered (a launch that failed before the
         guard could start anything) and release the lock. Opens no file: it must work at the
         open-file limit, which may be why the launch failed. Idempotent."""
-        if self.fd < 0:
+        if self.fd < 0 and not self.handed_over:
             return
         try:
             _rmdir_quiet(self.path)
         finally:
-            os.close(self.fd)
-            self.fd = -1
+            self._release()
 
     def remove(self, timeout: float = 5.0) -> None:
         """Kill what is left, wait until empty, rmdir, and release the lock. Idempotent."""
-        if self.fd < 0:
+        if self.fd < 0 and not self.handed_over:
             return
         try:
             if os.path.isdir(self.path) and not kill_and_remove(self.path, timeout):
                 raise OSError(errno.EBUSY, f"cgroup still busy after {timeout} s", self.path)
         finally:
-            os.close(self.fd)
-            self.fd = -1
+            self._release()
 
 
 def _enclosing_tree(root: str) -> str | None:
@@ -137,7 +153,8 @@ def create_locked(parent: str, prefix: str, *, private: bool = False) -> tuple[s
     process forks, so a forked child that outlives us cannot make the directory look live.
     Release it with :func:`release_lock`."""
     for _ in range(8):
-        path = os.path.join(parent, prefix + secrets.token_hex(8))
+        # secrets.token_hex(8) is this; importing secrets (hashlib, hmac) costs every start-up.
+        path = os.path.join(parent, prefix + os.urandom(8).hex())
         # 0700: the lock is taken on an open of the directory, so nobody else may open it.
         # Another user who could (0755) would lock fresh directories to make our creation
         # fail, or stale ones to keep them from ever being swept.

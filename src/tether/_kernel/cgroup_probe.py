@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 from typing import Final
 
 from tether._kernel.errors import Unsupported
@@ -140,7 +139,7 @@ def _unusable(root: str) -> str | None:
         return f"{root} has no cgroup.kill (Linux 5.14)"
     # Real writability: a tree directory of our own, made and removed as a tree's is (with
     # the tree prefix: if we die in between, the next sweep removes it).
-    probe = os.path.join(parent, TREE_PREFIX + secrets.token_hex(8))
+    probe = os.path.join(parent, TREE_PREFIX + os.urandom(8).hex())
     try:
         os.mkdir(probe, PRIVATE_MODE)
     except OSError as exc:

@@ -213,6 +213,11 @@ class LimitedTree(CgroupTree):
             raise
         return tree
 
+    def hand_over(self) -> None:
+        """Keep every lock (the v2 directory's and the v1 ones) until remove(): the guard
+        holds them while it lives, but the final Usage is read after it has exited, and an
+        unlocked, emptied directory is any sweep's to remove before that read."""
+
     def _make_v1_dirs(self) -> None:
         for controller in CONTROLLERS:
             where = self.places.get(controller)

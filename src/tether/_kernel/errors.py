@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-
 __all__ = ["TimeoutExpired", "Unsupported"]
 
 
@@ -17,9 +15,35 @@ class Unsupported(OSError):
     """
 
 
-class TimeoutExpired(subprocess.TimeoutExpired):
-    """A wait ran out of time. A :class:`subprocess.TimeoutExpired`, so existing handlers work.
+# TimeoutExpired subclasses subprocess's, and importing subprocess (locale, selectors, ...)
+# costs every start-up of `tether run`, which never times out in the common case. So the class
+# is made on first use (PEP 562); modules on that path import it inside the functions that
+# raise or catch it (tests/test_cli_import_cost.py). Not typing.TYPE_CHECKING: see __init__.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
 
-    ``cmd`` is the argv (or a description of the handle) and ``timeout`` the seconds asked for;
-    ``output``/``stderr`` carry what was captured so far, where there was capture.
-    """
+    class TimeoutExpired(subprocess.TimeoutExpired):
+        """A wait ran out of time (see ``_timeout_expired`` below)."""
+
+
+def _timeout_expired() -> type:
+    import subprocess
+
+    class TimeoutExpired(subprocess.TimeoutExpired):
+        """A wait ran out of time. A :class:`subprocess.TimeoutExpired`, so existing handlers
+        work.
+
+        ``cmd`` is the argv (or a description of the handle) and ``timeout`` the seconds asked
+        for; ``output``/``stderr`` carry what was captured so far, where there was capture.
+        """
+
+    TimeoutExpired.__qualname__ = "TimeoutExpired"
+    return TimeoutExpired
+
+
+def __getattr__(name: str) -> object:
+    if name != "TimeoutExpired":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # setdefault: two threads that race here still get one class (an `except` must match).
+    return globals().setdefault("TimeoutExpired", _timeout_expired())

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import os
 import signal as _signal
-from dataclasses import dataclass
 from typing import Final
+
+from tether._kernel.record import frozen_record
 
 __all__ = ["Exit"]
 
@@ -15,7 +16,7 @@ _CLD_KILLED: Final = os.CLD_KILLED
 _CLD_DUMPED: Final = os.CLD_DUMPED
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Exit:
     """How a process ended. Frozen; two waits on one process return equal values.
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Final, Literal
+
+from tether._kernel.record import frozen_record
 
 __all__ = ["Limits", "Usage", "format_bytes", "parse_size"]
 
@@ -48,7 +49,7 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> N
         raise ValueError(f"Limits.{name} must be {bound}, not {value}")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Limits:
     """Resource limits for a whole tree (every process in it, daemons included).
 
@@ -117,7 +118,7 @@ class Limits:
 UsageSource = Literal["cgroup", "rusage"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Usage:
     """What a whole tree used: ``user``/``system`` CPU seconds, ``memory_peak`` (bytes, the
     tree's high-water mark), ``oom_kills`` (the OOM killer's kills inside the tree),

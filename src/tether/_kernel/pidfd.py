@@ -22,7 +22,7 @@ from typing import Any, Final, NamedTuple, NoReturn, TypeVar, final
 
 from tether._kernel import reaper
 from tether._kernel.deadline import Deadline, check_timeout
-from tether._kernel.errors import TimeoutExpired, Unsupported
+from tether._kernel.errors import Unsupported
 from tether._kernel.exit import Exit
 
 __all__ = ["NoPublicConstructor", "Pidfd", "PidfdInfo"]
@@ -281,6 +281,8 @@ class Pidfd(metaclass=NoPublicConstructor):
                 reaped()
         if result is None:
             assert timeout is not None
+            from tether._kernel.errors import TimeoutExpired  # (its import costs start-up)
+
             raise TimeoutExpired(self._timeout_cmd(), timeout)
         return result
 

@@ -13,12 +13,10 @@ its hand-over in ``spawn.clone_spec`` (and, for guarded trees, in the guard's ar
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import os
 import stat
-import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, Final, TypeAlias
 
@@ -26,6 +24,7 @@ from tether._kernel.attrs import ProcessAttrs
 from tether._kernel.fds import above_stdio
 from tether._kernel.lifeline import LIFELINE_ENV, announcement
 from tether._kernel.limits import Limits
+from tether._kernel.record import frozen_record, replace
 
 __all__ = ["FileSpec", "SpawnSpec", "StdioPlan", "StrOrBytesPath"]
 
@@ -38,11 +37,16 @@ INHERIT: Final = -1
 DEVNULL: Final = -2
 PIPE: Final = -3
 SAME_AS_STDOUT: Final = -4  # stderr=subprocess.STDOUT
+# subprocess's own PIPE, STDOUT and DEVNULL, by value (tests/test_cli_import_cost.py checks):
+# importing subprocess would cost every start-up of `tether run`.
+SUBPROCESS_PIPE: Final = -1
+SUBPROCESS_STDOUT: Final = -2
+SUBPROCESS_DEVNULL: Final = -3
 _NAMES: Final = ("stdin", "stdout", "stderr")
 _FD_MAX: Final = 2**31 - 1
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen_record
 class SpawnSpec:
     """One program to start, every field already checked and converted.
 
@@ -114,7 +118,7 @@ class SpawnSpec:
 
     def replace(self, **changes: Any) -> SpawnSpec:
         """A copy with ``changes`` (already converted: nothing is checked again)."""
-        return dataclasses.replace(self, **changes)
+        return replace(self, **changes)
 
     def attr_options(self) -> list[bytes]:
         """The guard's options for the process attributes of this spec's program."""
@@ -356,9 +360,9 @@ def _stdio_source(spec: object, index: int, allow_pipe: bool) -> int:
     name = _NAMES[index]
     if spec is None:
         return INHERIT
-    if spec is subprocess.DEVNULL:
+    if spec is SUBPROCESS_DEVNULL:
         return DEVNULL
-    if spec is subprocess.PIPE:
+    if spec is SUBPROCESS_PIPE:
         if not allow_pipe:
             raise ValueError(f"{name}=PIPE needs tether.spawn(); spawn_lifelined takes fds only")
         return PIPE
@@ -382,5 +386,5 @@ def convert_stdio(
     stdin: object, stdout: object, stderr: object, *, allow_pipe: bool
 ) -> tuple[int, int, int]:
     """subprocess-style stdio specs as spec sources. STDOUT for stderr: "where stdout goes"."""
-    err = SAME_AS_STDOUT if stderr is subprocess.STDOUT else _stdio_source(stderr, 2, allow_pipe)
+    err = SAME_AS_STDOUT if stderr is SUBPROCESS_STDOUT else _stdio_source(stderr, 2, allow_pipe)
     return (_stdio_source(stdin, 0, allow_pipe), _stdio_source(stdout, 1, allow_pipe), err)

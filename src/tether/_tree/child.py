@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, final
 
 from tether._kernel.deadline import Deadline, check_timeout
-from tether._kernel.errors import TimeoutExpired
 from tether._kernel.limits import Limits
 from tether._kernel.pidfd import NoPublicConstructor
 from tether._kernel.spec import SpawnSpec, StrOrBytesPath
@@ -60,6 +59,8 @@ class Child(TreeHandle, metaclass=NoPublicConstructor):
         tree = self._tree
         if not tree.wait(timeout):
             assert timeout is not None
+            from tether._kernel.errors import TimeoutExpired  # (its import costs start-up)
+
             raise TimeoutExpired(self.args, timeout)
         if tree.start_error is not None:
             # Started without waiting for the exec: the program never ran.
@@ -77,6 +78,8 @@ class Child(TreeHandle, metaclass=NoPublicConstructor):
         holds a pipe open (what is already in the pipes is read). On timeout it raises
         :class:`tether.TimeoutExpired` carrying the output so far; call it again to go on.
         """
+        from tether._kernel.errors import TimeoutExpired  # (its import costs start-up)
+
         timeout = check_timeout(timeout)
         tree = self._tree  # (in a forked child: raises before the pipes are touched)
         pipes = self._pipes

@@ -16,7 +16,7 @@ import signal
 from typing import final
 
 from tether._kernel import core
-from tether._kernel.errors import TimeoutExpired, Unsupported
+from tether._kernel.errors import Unsupported
 from tether._kernel.exit import Exit
 from tether._kernel.limits import Usage
 from tether._kernel.pidfd import Pidfd
@@ -75,6 +75,8 @@ class DirectTree:
         return self.spawned.pidfd.poll() is not None
 
     def wait(self, timeout: float | None) -> bool:
+        from tether._kernel.errors import TimeoutExpired  # (its import costs start-up)
+
         try:
             self.spawned.pidfd.wait(timeout)
         except TimeoutExpired:

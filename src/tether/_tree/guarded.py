@@ -168,6 +168,8 @@ class Guard:
             raise
         assert guard_sock is not None and parent_sock is not None
         guard_sock.close()
+        if cgroup is not None:
+            cgroup.hand_over()  # the guard holds its lock now (ARCHITECTURE.md: fd budget)
         self = cls(spec, mode, spawned, parent_sock, cgroup)
         if await_start:
             try:

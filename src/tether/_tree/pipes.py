@@ -9,7 +9,6 @@ the pumping stops. Partial output (a timeout) stays bytes, as subprocess leaves 
 from __future__ import annotations
 
 import io
-import locale
 import os
 import select
 from typing import IO, Any, Final
@@ -35,7 +34,11 @@ class TextMode:
 
     @property
     def encoding_name(self) -> str:
-        return self.encoding or locale.getpreferredencoding(False)
+        if self.encoding:
+            return self.encoding
+        import locale  # only text mode needs it; its import costs every start-up
+
+        return locale.getpreferredencoding(False)
 
     def encode_input(self, input: bytes | str | None, has_stdin: bool) -> bytes:
         """``input`` as the bytes to write, checked against the mode (as subprocess does)."""

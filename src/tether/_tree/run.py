@@ -10,16 +10,18 @@ timeout ends the whole tree (SIGTERM, then SIGKILL after ``grace``).
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether._kernel.deadline import check_timeout
-from tether._kernel.errors import TimeoutExpired, Unsupported
+from tether._kernel.errors import Unsupported
 from tether._kernel.limits import Limits
-from tether._kernel.spec import StrOrBytesPath
+from tether._kernel.spec import SUBPROCESS_PIPE, StrOrBytesPath
 from tether._tree.child import Child, output_after_end, spawn
 from tether._tree.modes import Contain, resolve_mode
+
+if TYPE_CHECKING:  # subprocess is imported where it is used: `tether run` never needs it
+    import subprocess
 
 __all__ = ["DEFAULT_GRACE", "check_output", "end_tree", "run"]
 
@@ -29,6 +31,8 @@ DEFAULT_GRACE = 1.0
 def end_tree(child: Child, grace: float | None) -> None:
     """SIGTERM the whole tree, then SIGKILL whatever is left after ``grace`` seconds
     (None: wait for the SIGTERM to work, however long)."""
+    from tether._kernel.errors import TimeoutExpired  # (its import costs start-up)
+
     child.terminate()
     try:
         child.wait(grace)
@@ -60,11 +64,11 @@ def prepare_run(
     if input is not None:
         if stdin is not None:
             raise ValueError("stdin and input arguments may not both be used.")
-        stdin = subprocess.PIPE
+        stdin = SUBPROCESS_PIPE
     if capture_output:
         if stdout is not None or stderr is not None:
             raise ValueError("stdout and stderr arguments may not be used with capture_output.")
-        stdout = stderr = subprocess.PIPE
+        stdout = stderr = SUBPROCESS_PIPE
     if universal_newlines is not None:
         text = text or bool(universal_newlines)
     if input is not None:
@@ -113,6 +117,10 @@ def run(
     Guarantee: when run() returns or raises, no process of the tree is left (within what the
     containment mode reaches; see the README).
     """
+    import subprocess
+
+    from tether._kernel.errors import TimeoutExpired
+
     timeout, grace_s, stdin, stdout, stderr, text = prepare_run(
         timeout=timeout, grace=grace, input=input, capture_output=capture_output,
         stdin=stdin, stdout=stdout, stderr=stderr, text=text, encoding=encoding,
@@ -146,6 +154,8 @@ def run(
 def completed(child: Child, retcode: int, out: Any, err: Any) -> subprocess.CompletedProcess[Any]:
     """The CompletedProcess of an ended tree; with limits, its final ``usage`` and ``exit``
     ride along as attributes (None without)."""
+    import subprocess
+
     result = subprocess.CompletedProcess(child.args, retcode, out, err)
     result.exit = child.exit  # type: ignore[attr-defined]
     try:
@@ -161,4 +171,4 @@ def check_output(argv: Sequence[StrOrBytesPath], **kwargs: Any) -> Any:
         raise ValueError("stdout argument not allowed, it will be overridden.")
     if "check" in kwargs:
         raise ValueError("check argument not allowed, it is always on.")
-    return run(argv, stdout=subprocess.PIPE, check=True, **kwargs).stdout
+    return run(argv, stdout=SUBPROCESS_PIPE, check=True, **kwargs).stdout

@@ -7,7 +7,6 @@ before the guard exists; ``Guard.launch`` only passes on what this returns.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import signal
@@ -17,6 +16,7 @@ from tether._kernel.controllers import LimitedTree
 from tether._kernel.errors import Unsupported
 from tether._kernel.exit import Exit
 from tether._kernel.limits import Usage
+from tether._kernel.record import replace
 from tether._kernel.spec import SpawnSpec
 
 __all__ = [
@@ -72,7 +72,7 @@ def exit_with_cause(exit_: Exit, cgroup: CgroupTree | None) -> Exit:
         return exit_
     if not cgroup.oom_kills():
         return exit_
-    return dataclasses.replace(exit_, oom_killed=True, memory_limit=cgroup.limits.memory)
+    return replace(exit_, oom_killed=True, memory_limit=cgroup.limits.memory)
 
 
 def tree_usage(cgroup: CgroupTree | None) -> Usage:
