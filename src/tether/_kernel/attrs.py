@@ -11,9 +11,10 @@ exists, with the errors subprocess gives.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Final
+
+from tether._kernel.record import frozen_record
 
 __all__ = ["ProcessAttrs"]
 
@@ -31,7 +32,7 @@ def _check_id(value: object, what: str, too_large: type[Exception] = OverflowErr
     return value
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@frozen_record
 class ProcessAttrs:
     """What subprocess.Popen can ask of the child besides argv/env/cwd/fds.
 

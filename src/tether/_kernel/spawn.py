@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, NamedTuple
 
@@ -123,6 +122,8 @@ def _fork_exec(
     if pidfd is not None and writer is not None:
         return Spawned(pid, pidfd, writer)
     if stage == STAGE_PREEXEC:
+        import subprocess  # only here: the drop-in's error, not paid for by tether run's start
+
         raise subprocess.SubprocessError("Exception occurred in preexec_fn.")
     if stage == 0:
         raise ChildProcessError(errno.ECHILD, "the preexec_fn child died before its exec")
