@@ -21,14 +21,15 @@ from tether._kernel import core
 from tether._kernel.cgroup import CgroupTree
 from tether._kernel.deadline import Deadline, check_timeout
 from tether._kernel.exit import Exit
-from tether._kernel.fds import recv_with_fds, socketpair_above_stdio
+from tether._kernel.fds import recv_with_fds
 from tether._kernel.limits import Usage
 from tether._kernel.pidfd import Pidfd, pid_in_our_namespace
-from tether._kernel.spawn import Spawned, child_error, clone_spec
+from tether._kernel.spawn import Spawned, child_error
 from tether._kernel.spec import SpawnSpec
 from tether._tree.ending import kill_group, reap_quietly
-from tether._tree.modes import Mode, guard_mode_options, guard_path, raise_namespace_limit
-from tether._tree.tree_cgroups import exit_with_cause, tree_cgroup, tree_usage
+from tether._tree.guard_launch import start_guard
+from tether._tree.modes import Mode
+from tether._tree.tree_cgroups import exit_with_cause, tree_usage
 
 __all__ = ["Guard"]
 
@@ -128,48 +129,11 @@ class Guard:
         not as a guard exit status. Without, it returns as soon as the guard runs; the start
         is read by :meth:`pump`.
         """
-        keep = spec.pass_fds
-        guard = guard_path()
-        extra_flags, guard_opts = guard_mode_options(mode)
-        if wait_tree:
-            guard_opts.append("--wait-tree")
-        if foreground:
-            guard_opts.append("--foreground")
-        if job_control:
-            guard_opts.append("--job-control")
-
-        cgroup: CgroupTree | None = None
-        parent_sock: socket.socket | None = None
-        guard_sock: socket.socket | None = None
-        try:
-            cgroup, cgroup_opts, cgroup_fds = tree_cgroup(spec, mode, cgroup_root_arg)
-            # Both above 2: --control must not be one of the program's stdio fds.
-            parent_sock, guard_sock = socketpair_above_stdio(socket.SOCK_SEQPACKET)
-            passed = set(keep) | {guard_sock.fileno()} | cgroup_fds
-            guard_argv: list[bytes] = [
-                os.fsencode(guard), b"--control", str(guard_sock.fileno()).encode(),
-                *(o.encode() for o in guard_opts + cgroup_opts),
-            ]
-            if keep:
-                guard_argv += [b"--keep", ",".join(map(str, keep)).encode()]
-            guard_argv += [*spec.attr_options(), b"--", spec.executable, *spec.argv]
-            guard_spec = spec.replace(
-                argv=tuple(guard_argv), executable=os.fsencode(guard), attrs=spec.guard_attrs(),
-                pass_fds=tuple(sorted(passed)), process_group=not (foreground or job_control))
-            spawned = clone_spec(guard_spec, stdio_fds, extra_flags=extra_flags)
-        except BaseException as exc:
-            for s in (parent_sock, guard_sock):
-                if s is not None:
-                    s.close()
-            if cgroup is not None:
-                cgroup.discard()  # nothing entered it; opens no file (EMFILE stays the error)
-            if mode == "pidns":
-                raise_namespace_limit(exc)
-            raise
-        assert guard_sock is not None and parent_sock is not None
-        guard_sock.close()
-        if cgroup is not None:
-            cgroup.hand_over()  # the guard holds its lock now (ARCHITECTURE.md: fd budget)
+        options = [flag for flag, on in (("--wait-tree", wait_tree), ("--foreground", foreground),
+                                         ("--job-control", job_control)) if on]
+        spawned, parent_sock, cgroup = start_guard(
+            spec, stdio_fds, mode, options, cgroup_root_arg,
+            process_group=not (foreground or job_control))
         self = cls(spec, mode, spawned, parent_sock, cgroup)
         if await_start:
             try:

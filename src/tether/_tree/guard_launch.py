@@ -1,0 +1,74 @@
+"""Start one guard: its command line, its socket, its cgroup, the clone; nothing left on error.
+
+The one rule this module owns: everything a guard is started with is built here, once, from
+the checked spec and the resolved mode (``Guard.launch`` then speaks its protocol); on any
+error, or an interrupt, the socket pair is closed and the tree's cgroup directory discarded
+before the error propagates.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from tether._kernel.cgroup import CgroupTree
+from tether._kernel.fds import socketpair_above_stdio
+from tether._kernel.spawn import Spawned, clone_spec
+from tether._kernel.spec import SpawnSpec
+from tether._tree.modes import Mode, guard_mode_options, guard_path, raise_namespace_limit
+from tether._tree.tree_cgroups import tree_cgroup
+
+__all__ = ["start_guard"]
+
+
+def start_guard(
+    spec: SpawnSpec,
+    stdio_fds: tuple[int, int, int],
+    mode: Mode,
+    options: list[str],
+    cgroup_root_arg: str | os.PathLike[str] | None,
+    *,
+    process_group: bool,
+) -> tuple[Spawned, socket.socket, CgroupTree | None]:
+    """Clone a guard over ``spec``'s program (``stdio_fds``: the program's fds 0-2, passed
+    on), with the mode's options and ``options``; the guard leads a process group of its own
+    unless ``process_group`` is False (tether run's job control: it stays in our job).
+    Returns the guard, our end of its control socket, and the tree's cgroup (if any)."""
+    keep = spec.pass_fds
+    guard = guard_path()
+    extra_flags, guard_opts = guard_mode_options(mode)
+    guard_opts += options
+
+    cgroup: CgroupTree | None = None
+    parent_sock: socket.socket | None = None
+    guard_sock: socket.socket | None = None
+    try:
+        cgroup, cgroup_opts, cgroup_fds = tree_cgroup(spec, mode, cgroup_root_arg)
+        # Both above 2: --control must not be one of the program's stdio fds.
+        parent_sock, guard_sock = socketpair_above_stdio(socket.SOCK_SEQPACKET)
+        passed = set(keep) | {guard_sock.fileno()} | cgroup_fds
+        guard_argv: list[bytes] = [
+            os.fsencode(guard), b"--control", str(guard_sock.fileno()).encode(),
+            *(o.encode() for o in guard_opts + cgroup_opts),
+        ]
+        if keep:
+            guard_argv += [b"--keep", ",".join(map(str, keep)).encode()]
+        guard_argv += [*spec.attr_options(), b"--", spec.executable, *spec.argv]
+        guard_spec = spec.replace(
+            argv=tuple(guard_argv), executable=os.fsencode(guard), attrs=spec.guard_attrs(),
+            pass_fds=tuple(sorted(passed)), process_group=process_group)
+        spawned = clone_spec(guard_spec, stdio_fds, extra_flags=extra_flags)
+    except BaseException as exc:
+        for s in (parent_sock, guard_sock):
+            if s is not None:
+                s.close()
+        if cgroup is not None:
+            cgroup.discard()  # nothing entered it; opens no file (EMFILE stays the error)
+        if mode == "pidns":
+            raise_namespace_limit(exc)
+        raise
+    assert guard_sock is not None and parent_sock is not None
+    guard_sock.close()
+    if cgroup is not None:
+        cgroup.hand_over()  # the guard holds its lock now (ARCHITECTURE.md: fd budget)
+    return spawned, parent_sock, cgroup
