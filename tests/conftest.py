@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,10 +22,12 @@ from tether._kernel import core as _core
 from tether._kernel import features as _features
 from tether._kernel import reaper as _reaper
 
-RUN_CGROUP_PREFIX = "tether-tests-"
+# Locked by the run that made it (a name apart from the unlocked "tether-tests-" roots of
+# older checkouts, which a sweep could not tell from a live run's).
+RUN_CGROUP_PREFIX = "tether-testrun-"
 # Suites of their own, run in a fresh directory by tests/test_plugin_corpus.py.
 collect_ignore = ["plugin_corpus"]
-_run_cgroup: dict[str, str | None] = {}
+_run_cgroup: dict[str, Any] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,12 +46,23 @@ def _enter_run_cgroup() -> None:
     a directory it has just made and not yet locked."""
     if _cgroup.cgroup_unavailable_reason() is not None:
         return
-    path = os.path.join(_cgroup.cgroup_root(),
-                        f"{RUN_CGROUP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
-    os.mkdir(path, 0o755)
+    path, lock = make_run_cgroup(_cgroup.cgroup_root())
+    _run_cgroup["lock"] = lock
     _run_cgroup["dir"] = path
     _run_cgroup["env"] = os.environ.get(_cgroup.ROOT_ENV)
     os.environ[_cgroup.ROOT_ENV] = path
+
+
+def make_run_cgroup(root: str) -> tuple[str, int]:
+    """Sweep the directories that killed runs left under ``root``, then make this run's,
+    locked (path, lock fd). A killed run's directory (and whatever still runs in it) has
+    nobody holding its lock; a run still going holds its own, so the sweep never touches it.
+    The lock is private: a forked child that outlives the run cannot keep it."""
+    _cgroup.sweep(root, RUN_CGROUP_PREFIX)
+    path, lock = _cgroup.create_locked(root, f"{RUN_CGROUP_PREFIX}{os.getpid()}-", private=True)
+    # Tests that drop to uid 65534 make their directories below it; the lock is ours already.
+    os.chmod(path, 0o755)
+    return path, lock
 
 
 def _leave_run_cgroup() -> None:
@@ -62,6 +75,7 @@ def _leave_run_cgroup() -> None:
     else:
         os.environ[_cgroup.ROOT_ENV] = previous
     rmdir_cgroup_tree(path)
+    _cgroup.release_lock(_run_cgroup.pop("lock"))
 
 
 def rmdir_cgroup_tree(path: str) -> None:
