@@ -23,30 +23,21 @@ import select
 import signal
 import threading
 
-import pytest
-
 import oracle
 import tether
 import tether.aio
-from conftest import require_mode
 from test_aio import blocked_in
+from test_fork_safety import USES
 from tether._kernel import reaper as _reaper
 
-from ._harness import record, size
+from ._harness import guarded_modes, record, size
 
 SEED = random.randrange(1 << 32)
 
 
 def _modes() -> list[str | None]:
     """Every mode this machine has, and None (no guard)."""
-    out: list[str | None] = [None, "group"]
-    for mode in ("cgroup", "pidns"):
-        try:
-            require_mode(mode)
-        except pytest.skip.Exception:
-            continue
-        out.append(mode)
-    return out
+    return [None, *guarded_modes()]
 
 
 # -- item 8 ---------------------------------------------------------------------------------------
@@ -170,17 +161,6 @@ def test_a_pidfd_closed_under_racing_threads_never_signals_another_process() -> 
 
 
 # -- item 10 --------------------------------------------------------------------------------------
-
-USES = {
-    "with-exit": lambda c: c.__exit__(None, None, None),
-    "kill": lambda c: c.kill(),
-    "terminate": lambda c: c.terminate(),
-    "send_signal": lambda c: c.send_signal(signal.SIGKILL),
-    "wait": lambda c: c.wait(),
-    "poll": lambda c: c.poll(),
-    "communicate": lambda c: c.communicate(),
-}
-
 
 def _used_in_a_fork(child: tether.Child, uses: list[str]) -> str:
     """In a forked child, each use in turn; the class names of what they raised."""

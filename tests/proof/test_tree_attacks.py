@@ -37,20 +37,9 @@ from test_stdio_closed import run_parent_with_stdio_closed
 from test_stopped_tree import STOP_A_CHILD
 from tether._kernel import cgroup as _cgroup
 
-from ._harness import PY, Pen, python_env, record, size
+from ._harness import PY, Pen, guarded_modes, python_env, record, size
 
 SEED = random.randrange(1 << 32)
-
-
-def _guarded_modes() -> list[str]:
-    out = ["group"]
-    for mode in ("cgroup", "pidns"):
-        try:
-            require_mode(mode)
-        except pytest.skip.Exception:
-            continue
-        out.append(mode)
-    return out
 
 
 # -- item 1 ---------------------------------------------------------------------------------------
@@ -250,7 +239,7 @@ def test_a_member_that_left_the_cgroup_dies_with_the_parent(pen: Pen) -> None:
 
 def test_a_parent_with_stdio_closed_can_start_children_every_way() -> None:
     rng = random.Random(SEED)
-    ways = [*_guarded_modes(), "None", "spawn_lifelined", "run_in_fork"]
+    ways = [*guarded_modes(), "None", "spawn_lifelined", "run_in_fork"]
     rounds = size(12, 100)
     for i in range(rounds):
         how = rng.choice(ways)
@@ -268,7 +257,7 @@ def test_a_parent_with_stdio_closed_can_start_children_every_way() -> None:
 
 def test_terminate_ends_a_tree_with_a_stopped_member() -> None:
     rng = random.Random(SEED)
-    modes = _guarded_modes()
+    modes = guarded_modes()
     rounds = size(12, 100)
     for i in range(rounds):
         mode = rng.choice(modes)
