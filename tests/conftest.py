@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,27 @@ def rmdir_cgroup_tree(path: str) -> None:
                 os.rmdir(os.path.join(dirpath, name))
     with contextlib.suppress(OSError):
         os.rmdir(path)
+
+
+def first_line(fd: int, timeout: float = 60.0) -> bytes:
+    """The first line written to the pipe ``fd`` (with its newline): what came before EOF,
+    or before ``timeout`` (generous: a bound against hangs, not a measurement). Never blocks
+    beyond it: the write end may be held by a process that outlived its tree, which must
+    fail the test, not hang the run."""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    got = b""
+    while b"\n" not in got:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not poller.poll(remaining * 1000):
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        got += chunk
+    line, newline, _ = got.partition(b"\n")
+    return line + newline
 
 
 def _tether_cgroups() -> set[str]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import IO, NoReturn
 
@@ -18,6 +16,7 @@ import pytest
 import oracle
 import tether
 import tether._tree.modes
+from conftest import first_line
 
 PY = sys.executable
 # How long "up" may take to come on a loaded 2-vCPU machine: a bound against hangs, not a
@@ -118,28 +117,9 @@ def test_run_contain_modes(mode: str, python_env: dict[str, str]) -> None:
     assert (code, out) == (0, "ok\n")
 
 
-def _first_line(fd: int, timeout: float = UP_TIMEOUT_S) -> bytes:
-    """The first line written to the pipe ``fd``: what came before EOF, or before ``timeout``.
-    Never blocks beyond it: the write end may be held by a process that outlived its tree
-    (a failure that must be reported, not a hang of the whole run)."""
-    deadline = time.monotonic() + timeout
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    got = b""
-    while b"\n" not in got:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not poller.poll(remaining * 1000):
-            break
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        got += chunk
-    return got.partition(b"\n")[0] + (b"\n" if b"\n" in got else b"")
-
-
 def _readline(stream: IO[bytes] | None) -> bytes:
     assert stream is not None
-    return _first_line(stream.fileno())
+    return first_line(stream.fileno(), UP_TIMEOUT_S)
 
 
 def _sigkill_once_up(run_args: list[str], env: dict[str, str]) -> None:
@@ -153,7 +133,7 @@ def _sigkill_once_up(run_args: list[str], env: dict[str, str]) -> None:
         os.close(w)
     try:
         try:
-            got = _first_line(r)
+            got = first_line(r, UP_TIMEOUT_S)
         finally:
             os.close(r)
         assert got == b"up\n", f"tether run said {got!r} before ending or {UP_TIMEOUT_S} s"

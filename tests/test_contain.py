@@ -14,6 +14,7 @@ import pytest
 
 import oracle
 import tether
+from conftest import first_line
 
 PY = sys.executable
 
@@ -33,9 +34,13 @@ def _start_parent(mode: str, cmd: str, env: dict[str, str]) -> tuple[tether.Spaw
         parent = tether.spawn_lifelined([PY, "-c", PARENT, mode, cmd], stdout=w, env=env)
     finally:
         os.close(w)
-    with os.fdopen(r, "rb") as f:
-        line = f.readline()
-    assert line, "the parent died before starting its tree"
+    try:
+        # Bounded: the tree holds the pipe too (it inherits stdout), and a tree that outlived
+        # a parent that died would keep it open for ever.
+        line = first_line(r)
+    finally:
+        os.close(r)
+    assert line.endswith(b"\n"), f"the parent died (or hung) before starting its tree: {line!r}"
     return parent, int(line)
 
 
