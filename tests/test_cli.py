@@ -223,16 +223,20 @@ def test_second_sigint_escalates_at_once(python_env: dict[str, str]) -> None:
 
 def test_guard_killed_after_start_exits_125_with_a_message(python_env: dict[str, str]) -> None:
     # group mode, inside and out: the program's parent is the guard, and $PPID is a number
-    # in this test's PID namespace.
+    # in this test's PID namespace. The program has no child of its own: "echo" can run
+    # before the guard has reported the start, and a guard killed then leaves the program's
+    # children running (issue 11, item 2, not this test's subject; it made this test stall
+    # for 300 s on a `sleep 300 &` that held stderr).
     child = tether_cmd("run", "--contain", "group", "--", "sh", "-c",
-                       "echo $PPID; sleep 300 & wait", contain="group",
+                       "echo $PPID; exec sleep 300", contain="group",
                        env=python_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with child:
         assert child.stdout is not None and child.stderr is not None
         guard_pid = int(child.stdout.readline())
         os.kill(guard_pid, signal.SIGKILL)  # the guard is alive: it holds its unreaped child
         assert child.wait(timeout=60) == 125
-        err = child.stderr.read()
+        # Until the tree is over, not until EOF: never stalled by a process that outlived it.
+        _, err = child.communicate(timeout=60)
     assert err.startswith("tether: ") and "guard" in err and "Traceback" not in err
     assert oracle.reap_until(10.0).empty
 
