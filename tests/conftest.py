@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
+import select
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,10 +24,12 @@ from tether._kernel import core as _core
 from tether._kernel import features as _features
 from tether._kernel import reaper as _reaper
 
-RUN_CGROUP_PREFIX = "tether-tests-"
+# Locked by the run that made it (a name apart from the unlocked "tether-tests-" roots of
+# older checkouts, which a sweep could not tell from a live run's).
+RUN_CGROUP_PREFIX = "tether-testrun-"
 # Suites of their own, run in a fresh directory by tests/test_plugin_corpus.py.
 collect_ignore = ["plugin_corpus"]
-_run_cgroup: dict[str, str | None] = {}
+_run_cgroup: dict[str, Any] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,12 +48,23 @@ def _enter_run_cgroup() -> None:
     a directory it has just made and not yet locked."""
     if _cgroup.cgroup_unavailable_reason() is not None:
         return
-    path = os.path.join(_cgroup.cgroup_root(),
-                        f"{RUN_CGROUP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
-    os.mkdir(path, 0o755)
+    path, lock = make_run_cgroup(_cgroup.cgroup_root())
+    _run_cgroup["lock"] = lock
     _run_cgroup["dir"] = path
     _run_cgroup["env"] = os.environ.get(_cgroup.ROOT_ENV)
     os.environ[_cgroup.ROOT_ENV] = path
+
+
+def make_run_cgroup(root: str) -> tuple[str, int]:
+    """Sweep the directories that killed runs left under ``root``, then make this run's,
+    locked (path, lock fd). A killed run's directory (and whatever still runs in it) has
+    nobody holding its lock; a run still going holds its own, so the sweep never touches it.
+    The lock is private: a forked child that outlives the run cannot keep it."""
+    _cgroup.sweep(root, RUN_CGROUP_PREFIX)
+    path, lock = _cgroup.create_locked(root, f"{RUN_CGROUP_PREFIX}{os.getpid()}-", private=True)
+    # Tests that drop to uid 65534 make their directories below it; the lock is ours already.
+    os.chmod(path, 0o755)
+    return path, lock
 
 
 def _leave_run_cgroup() -> None:
@@ -62,6 +77,7 @@ def _leave_run_cgroup() -> None:
     else:
         os.environ[_cgroup.ROOT_ENV] = previous
     rmdir_cgroup_tree(path)
+    _cgroup.release_lock(_run_cgroup.pop("lock"))
 
 
 def rmdir_cgroup_tree(path: str) -> None:
@@ -75,6 +91,27 @@ def rmdir_cgroup_tree(path: str) -> None:
         os.rmdir(path)
 
 
+def first_line(fd: int, timeout: float = 60.0) -> bytes:
+    """The first line written to the pipe ``fd`` (with its newline): what came before EOF,
+    or before ``timeout`` (generous: a bound against hangs, not a measurement). Never blocks
+    beyond it: the write end may be held by a process that outlived its tree, which must
+    fail the test, not hang the run."""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    got = b""
+    while b"\n" not in got:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not poller.poll(remaining * 1000):
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        got += chunk
+    line, newline, _ = got.partition(b"\n")
+    return line + newline
+
+
 def _tether_cgroups() -> set[str]:
     """This run's tree directories (``t-*`` below its own cgroup directory)."""
     if _cgroup.cgroup_unavailable_reason() is not None:
@@ -86,6 +123,11 @@ def _tether_cgroups() -> set[str]:
         return set()
 
 
+# How long a test's trees may take to finish dying after it returned, on a loaded 2-vCPU
+# machine: the check returns as soon as nothing is left, so only a leak waits this long.
+LEFT_BEHIND_S = 10.0
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_descendants(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test must leave no descendant behind (the subreaper oracle, not /proc), and no
@@ -93,13 +135,14 @@ def _no_leaked_descendants(request: pytest.FixtureRequest) -> Iterator[None]:
     only, so every new one is this test's, locked or not (its owners are all gone by now)."""
     cgroups_before = _tether_cgroups()
     yield
-    seen = oracle.reap_until(2.0)
+    seen = oracle.reap_until(LEFT_BEHIND_S)
     # The oracle reaped what this test dropped; close the pidfds the reaper kept for them, so
     # the next test's fd count does not change under it.
     _reaper.reap_dropped()
     if not seen.empty:
         pytest.fail(
-            f"{request.node.nodeid} left descendants running (still not ECHILD after 2 s; "
+            f"{request.node.nodeid} left descendants running (still not ECHILD after "
+            f"{LEFT_BEHIND_S:g} s; "
             f"reaped meanwhile: {sorted(seen.pids)})"
         )
     left = _tether_cgroups() - cgroups_before

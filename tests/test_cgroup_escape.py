@@ -45,7 +45,7 @@ def elsewhere() -> Iterator[str]:
         if _cgroup.populated(path):
             _cgroup.kill(path)
             _cgroup.wait_empty(path, 5.0)
-        reap_until(2.0)
+        reap_until(10.0)
         with contextlib.suppress(OSError):
             os.rmdir(path)
 

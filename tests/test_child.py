@@ -66,7 +66,7 @@ def test_terminate_ends_every_member_of_the_tree(mode: str) -> None:
         assert child.stdout.readline() == b"up\n"
         child.terminate()
         assert child.wait() == -signal.SIGTERM
-    assert oracle.reap_until(1.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 def test_kill_ends_every_member_of_the_tree(mode: str) -> None:
@@ -74,14 +74,14 @@ def test_kill_ends_every_member_of_the_tree(mode: str) -> None:
     with child:
         child.kill()
         assert child.wait() == -signal.SIGKILL
-    assert oracle.reap_until(1.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 def test_with_block_kills_and_reaps_the_tree(mode: str) -> None:
     with tether.spawn(["sh", "-c", "sleep 300 & sleep 300"], contain=mode) as child:
         assert child.poll() is None
     assert child.returncode == -signal.SIGKILL
-    assert oracle.reap_until(1.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 def _gated_marker(gate_fd: int, marker: str) -> str:
@@ -103,7 +103,7 @@ def test_default_policy_ends_the_background_grandchild(mode: str, tmp_path: obje
     with child:
         assert child.wait() == 0  # returns although the grandchild was still blocked
     os.close(gate_w)
-    assert oracle.reap_until(1.0).empty
+    assert oracle.reap_until(10.0).empty
     assert not os.path.exists(marker)
 
 
@@ -166,7 +166,7 @@ def test_communicate_returns_when_tree_ends_even_if_escaped_daemon_holds_the_pip
         out, _ = child.communicate(timeout=10)
     assert out == b"hi\n" and child.returncode == 0
     os.close(lifeline_w)  # the escaped daemon's own lifeline: now it goes
-    assert oracle.reap_until(2.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 def test_program_pidfd_is_race_free_and_observes_exit(mode: str) -> None:
@@ -223,13 +223,13 @@ def test_bare_mode_has_no_guard_and_ends_its_group() -> None:
         assert child.contain is None
         child.kill()
         assert child.wait() == -9
-    assert oracle.reap_until(1.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 def test_bare_with_block_ends_the_group_after_the_leader_exited() -> None:
     with tether.spawn(["sh", "-c", "sleep 300 & exit 0"], contain=None) as child:
         assert child.wait() == 0  # the leader is gone, its group member lives on
-    assert oracle.reap_until(1.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 def test_with_block_closes_pipes_even_if_the_guard_was_killed() -> None:
@@ -238,7 +238,7 @@ def test_with_block_closes_pipes_even_if_the_guard_was_killed() -> None:
         child._tree.spawned.pidfd.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
     assert child.stdout is not None and child.stdout.closed
     assert child.stderr is not None and child.stderr.closed
-    assert oracle.reap_until(1.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 def test_bad_encoding_fails_before_anything_starts() -> None:

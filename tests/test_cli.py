@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import IO, NoReturn
 
 import pytest
 
 import oracle
 import tether
 import tether._tree.modes
+from conftest import first_line
 
 PY = sys.executable
+# How long "up" may take to come on a loaded 2-vCPU machine: a bound against hangs, not a
+# measurement.
+UP_TIMEOUT_S = 60.0
 
 
 def tether_cmd(*args: str, env: dict[str, str], **kw: object) -> tether.Child:
@@ -48,7 +53,7 @@ def test_run_timeout_exits_124_and_leaves_nothing(python_env: dict[str, str]) ->
     code, _, _ = run_cli("run", "--timeout", "0.3", "--grace", "0.2", "--",
                          "sh", "-c", "trap '' TERM; sleep 300 & sleep 300", env=python_env)
     assert code == 124
-    assert oracle.reap_until(1.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
@@ -56,11 +61,10 @@ def test_run_forwards_signals_to_the_tree(sig: int, python_env: dict[str, str]) 
     child = tether_cmd("run", "--", "sh", "-c", "echo up; sleep 300 & wait",
                        env=python_env, stdout=subprocess.PIPE)
     with child:
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"up\n"
+        assert _readline(child.stdout) == b"up\n"
         child.send_signal(sig)  # to `tether run` itself, which passes it to the tree
-        assert child.wait() == 128 + sig
-    assert oracle.reap_until(1.0).empty
+        assert child.wait(timeout=UP_TIMEOUT_S) == 128 + sig
+    assert oracle.reap_until(10.0).empty
 
 
 def test_run_missing_command_exits_127(python_env: dict[str, str]) -> None:
@@ -113,22 +117,38 @@ def test_run_contain_modes(mode: str, python_env: dict[str, str]) -> None:
     assert (code, out) == (0, "ok\n")
 
 
+def _readline(stream: IO[bytes] | None) -> bytes:
+    assert stream is not None
+    return first_line(stream.fileno(), UP_TIMEOUT_S)
+
+
 def _sigkill_once_up(run_args: list[str], env: dict[str, str]) -> None:
     """Start `tether run RUN_ARGS` as our lifelined child, wait until its tree says "up",
-    then SIGKILL tether itself and reap it."""
-    child = tether.spawn_lifelined([PY, "-m", "tether", "run", *run_args], env=env,
-                                   stdout=(pipe := os.pipe())[1])
-    os.close(pipe[1])
-    with os.fdopen(pipe[0], "rb") as f:
-        assert f.readline() == b"up\n"
-    child.pidfd.send_signal(signal.SIGKILL)
-    child.pidfd.wait()
+    then SIGKILL tether itself and reap it (SIGKILLed and reaped also when "up" never came)."""
+    r, w = os.pipe()
+    try:
+        child = tether.spawn_lifelined([PY, "-m", "tether", "run", *run_args], env=env,
+                                       stdout=w)
+    finally:
+        os.close(w)
+    try:
+        try:
+            got = first_line(r, UP_TIMEOUT_S)
+        finally:
+            os.close(r)
+        assert got == b"up\n", f"tether run said {got!r} before ending or {UP_TIMEOUT_S} s"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            child.pidfd.send_signal(signal.SIGKILL)
+        child.pidfd.wait()
+        child.lifeline.close()
+        child.pidfd.close()
 
 
 def test_sigkilled_tether_run_leaves_no_descendant(mode: str, python_env: dict[str, str]) -> None:
     _sigkill_once_up(["--contain", mode, "--", "sh", "-c", "echo up; sleep 300 & sleep 300"],
                      python_env)
-    assert oracle.reap_until(1.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 def test_doctor_runs_and_reports_core_guarantees(python_env: dict[str, str]) -> None:
@@ -169,11 +189,10 @@ def test_forwarded_signal_escalates_to_sigkill_after_grace(python_env: dict[str,
                        "trap '' INT TERM HUP; echo up; sleep 300 & wait",
                        env=python_env, stdout=subprocess.PIPE)
     with child:
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"up\n"
+        assert _readline(child.stdout) == b"up\n"
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=60) == 128 + signal.SIGKILL
-    assert oracle.reap_until(1.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 _ANSWERS_SIGINT = """
@@ -199,23 +218,27 @@ def test_second_sigint_escalates_at_once(python_env: dict[str, str]) -> None:
         assert child.stdout.readline() == b"got\n"  # tether has read and forwarded the first
         child.send_signal(signal.SIGINT)
         assert child.wait(timeout=60) == 128 + signal.SIGKILL
-    assert oracle.reap_until(1.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 def test_guard_killed_after_start_exits_125_with_a_message(python_env: dict[str, str]) -> None:
     # group mode, inside and out: the program's parent is the guard, and $PPID is a number
-    # in this test's PID namespace.
+    # in this test's PID namespace. The program has no child of its own: "echo" can run
+    # before the guard has reported the start, and a guard killed then leaves the program's
+    # children running (issue 11, item 2, not this test's subject; it made this test stall
+    # for 300 s on a `sleep 300 &` that held stderr).
     child = tether_cmd("run", "--contain", "group", "--", "sh", "-c",
-                       "echo $PPID; sleep 300 & wait", contain="group",
+                       "echo $PPID; exec sleep 300", contain="group",
                        env=python_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with child:
         assert child.stdout is not None and child.stderr is not None
         guard_pid = int(child.stdout.readline())
         os.kill(guard_pid, signal.SIGKILL)  # the guard is alive: it holds its unreaped child
         assert child.wait(timeout=60) == 125
-        err = child.stderr.read()
+        # Until the tree is over, not until EOF: never stalled by a process that outlived it.
+        _, err = child.communicate(timeout=60)
     assert err.startswith("tether: ") and "guard" in err and "Traceback" not in err
-    assert oracle.reap_until(1.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 def test_run_defaults_to_the_strongest_mode_a_setsid_daemon_dies_with_tether(
@@ -225,4 +248,4 @@ def test_run_defaults_to_the_strongest_mode_a_setsid_daemon_dies_with_tether(
     if tether._tree.modes.resolve_mode("auto") == "group":
         pytest.skip("auto is group here: neither pidns nor cgroup is available")
     _sigkill_once_up(["--", "sh", "-c", "setsid sleep 300 & echo up; wait"], python_env)
-    assert oracle.reap_until(2.0).empty
+    assert oracle.reap_until(10.0).empty

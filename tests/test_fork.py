@@ -89,3 +89,22 @@ def test_cutting_the_lifeline_kills_the_child() -> None:
 def test_non_callable_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         tether.run_in_fork(42)  # type: ignore[arg-type]
+
+
+BUFFERED_PARENT = """
+import tether
+print("parent line")
+s = tether.run_in_fork(print, "child line")
+print(s.pidfd.wait())
+"""
+
+
+def test_buffered_output_of_the_parent_is_written_once_and_the_childs_is_not_lost(
+        python_env: dict[str, str]) -> None:
+    """stdout to a pipe is block-buffered: the parent's pending "parent line" must not be
+    written a second time by the child, and the child's print must reach the pipe."""
+    python_env.pop("PYTHONUNBUFFERED", None)
+    result = tether.run([sys.executable, "-c", BUFFERED_PARENT], env=python_env,
+                        capture_output=True, timeout=60)
+    assert (result.returncode, result.stdout) == (
+        0, b"parent line\nchild line\nexited with code 0\n")

@@ -262,7 +262,7 @@ def test_a_guard_killed_before_the_exit_report_leaves_no_tree(mode: str) -> None
             guard.outcome()
     # The members are ended parent-side (group: the program's group; cgroup: cgroup.kill;
     # pidns: the namespace died with its init); orphans come back to us and are reaped.
-    assert oracle.reap_until(2.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 def test_a_guard_killed_before_the_start_report_leaves_no_tree(mode: str) -> None:
@@ -273,7 +273,7 @@ def test_a_guard_killed_before_the_start_report_leaves_no_tree(mode: str) -> Non
         with pytest.raises(OSError):
             guard.check_start()
             guard.outcome()
-    assert oracle.reap_until(2.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 @pytest.mark.parametrize("tree_mode", ["group", "cgroup"])  # pidns: the namespace dies with

@@ -108,7 +108,7 @@ def test_child_repr_does_not_raise_after_its_pidfd_is_closed() -> None:
             assert f"pid={child.pid}" in text
     finally:
         os.close(w)
-    assert oracle.reap_until(2.0).empty
+    assert oracle.reap_until(10.0).empty
 
 
 # -- the argv a spawn_lifelined Pidfd reports -----------------------------------------------------

@@ -28,8 +28,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, NamedTuple
 
+import pytest
+
 import tether
-from conftest import rmdir_cgroup_tree
+from conftest import require_mode, rmdir_cgroup_tree
 from oracle import Reaped, cgroup_populated, reap_until
 from tether._kernel import cgroup as _cgroup
 from tether._kernel.spawn import clone_with_stdio
@@ -44,6 +46,20 @@ F_SETPIPE_SZ: Final = 1031
 def size(smoke: int, full: int) -> int:
     """The smoke count, or the full one under TETHER_FULL=1."""
     return full if FULL else smoke
+
+
+def guarded_modes() -> list[str]:
+    """Every containment mode with a guard that this machine has (group always)."""
+
+
+    out = ["group"]
+    for mode in ("cgroup", "pidns"):
+        try:
+            require_mode(mode)
+        except pytest.skip.Exception:
+            continue
+        out.append(mode)
+    return out
 
 
 def python_env(**extra: str) -> dict[str, str]:

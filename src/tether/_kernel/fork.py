@@ -49,6 +49,9 @@ def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spaw
         os.close(read_fd)
         writer.close()
         raise
+    # What this process has buffered would otherwise be written twice: by us, and by the
+    # child's flush before its _exit (multiprocessing flushes before forking for the same reason).
+    _flush_stdio()
     try:
         pid = os.fork()  # noqa: TET101  the one fork site for Python children (see above)
     except BaseException:
@@ -85,6 +88,13 @@ def run_in_fork(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> Spaw
             errno.ECHILD, f"run_in_fork child {pid} died before handing over its pidfd ({exit_})"
         )
     return Spawned(pid, Pidfd._create(fds[0], pid, reaper=True, cmd=repr(fn)), writer)
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):  # closed, None, or a broken pipe: not ours
+            if stream is not None:
+                stream.flush()
 
 
 def _reap_unhanded(pid: int) -> Exit:
@@ -129,8 +139,6 @@ def _child(
         except BaseException:
             traceback.print_exc()
             code = 1
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(BaseException):
-                stream.flush()
+        _flush_stdio()
     finally:
         os._exit(code)
