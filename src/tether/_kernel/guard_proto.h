@@ -21,6 +21,11 @@
  *     or
  *   MSG_FAILED   a = stage (enum tether_stage, or TETHER_GUARD_STAGE_*), b = errno; the
  *                guard then exits 127 without starting anything (nothing is left behind)
+ *   MSG_USAGE    sent just before MSG_EXITED: the guard's getrusage(RUSAGE_CHILDREN) once it
+ *                has reaped everything it could (the CPU of every descendant reaped, by it or
+ *                by their own parents; the peak RSS of the largest single one): a = user CPU
+ *                ms, b = system CPU ms, c = maxrss KiB (each clamped to INT32_MAX). The
+ *                parent's Usage where the tree has no cgroups of its own (source "rusage").
  *   MSG_EXITED   a = the program's wait status (as waitpid reports it), b = 0 (the
  *                parent knows its own policy); sent once the tree has ended per the policy, every descendant the
  *                guard could reach is reaped and the cgroup directory (if any) is removed.
@@ -61,6 +66,7 @@ enum tether_guard_msg_type {
     TETHER_MSG_FAILED = 2,
     TETHER_MSG_EXITED = 3,
     TETHER_MSG_PROGRAM = 4,
+    TETHER_MSG_USAGE = 5,
     TETHER_MSG_SIGNAL_TREE = 10,
     TETHER_MSG_KILL_TREE = 11,
 };

@@ -126,8 +126,11 @@ class TreeHandle:
 
     def usage(self) -> Usage:
         """What the whole tree has used (CPU, peak memory, OOM kills, peak process count):
-        live while it runs, final once it has ended. Needs the tree's own cgroups (spawned
-        with ``limits=``; ``tether.Limits()`` accounts without limiting), else Unsupported."""
+        live while it runs, final once it has ended, from the tree's own cgroups (spawned
+        with ``limits=``; ``tether.Limits()`` accounts without limiting). Without them, a
+        guarded tree's final usage is the guard's ``RUSAGE_CHILDREN`` (``source="rusage"``:
+        the CPU of every descendant reaped, the peak RSS of the largest single process), and
+        a running one's is Unsupported, as is any usage of ``contain=None``."""
         return self._tree.usage()
 
     def fileno(self) -> int:
