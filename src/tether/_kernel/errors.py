@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import subprocess
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tether._kernel.exit import Exit
 
 __all__ = ["TimeoutExpired", "Unsupported"]
 
@@ -21,5 +25,9 @@ class TimeoutExpired(subprocess.TimeoutExpired):
     """A wait ran out of time. A :class:`subprocess.TimeoutExpired`, so existing handlers work.
 
     ``cmd`` is the argv (or a description of the handle) and ``timeout`` the seconds asked for;
-    ``output``/``stderr`` carry what was captured so far, where there was capture.
+    ``output``/``stderr`` carry what was captured so far, where there was capture. ``exit``:
+    where the timeout ended the tree (``run()``), how the program ended then (its
+    ``ended_by`` is "timeout"); None for a wait that only ran out of time.
     """
+
+    exit: Exit | None = None

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal as _signal
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Final, Literal
 
-__all__ = ["Exit"]
+__all__ = ["EndedBy", "Exit"]
+
+#: Who ended a tree, where tether did: "timeout" (run()'s or ``tether run``'s timeout), or
+#: "tether" (``kill()``/``terminate()`` of the tree, the end of its ``with`` block).
+EndedBy = Literal["timeout", "tether"]
 
 _CLD_EXITED: Final = os.CLD_EXITED
 _CLD_KILLED: Final = os.CLD_KILLED
@@ -30,6 +35,11 @@ class Exit:
     oom_killed: bool = False
     #: The tree's memory limit in bytes, where it had one (for messages).
     memory_limit: int | None = None
+    #: Whether tether ended the tree, and why: "timeout", "tether" (kill()/terminate(), the
+    #: end of a ``with``), or None (it ended by itself, or someone else ended it; a parent's
+    #: death cannot be seen by that parent). Set by the handle that asked for the end before
+    #: the end was known. Not compared: two waits on one process stay equal, whoever asks.
+    ended_by: EndedBy | None = field(default=None, compare=False)
 
     @property
     def returncode(self) -> int:
@@ -71,7 +81,13 @@ class Exit:
             return cls(code=None, signal=os.WTERMSIG(status), core_dumped=os.WCOREDUMP(status))
         raise ValueError(f"not an exit status: {status:#x}")
 
+    def _ended(self, by: EndedBy) -> Exit:
+        return dataclasses.replace(self, ended_by=by)
+
     def __str__(self) -> str:
+        return self._what() + _ENDED_NOTE.get(self.ended_by, "")
+
+    def _what(self) -> str:
         if self.signal is not None:
             try:
                 name = _signal.Signals(self.signal).name
@@ -81,6 +97,10 @@ class Exit:
                 return "killed by the OOM killer" + _limit_note(self.memory_limit)
             return f"killed by {name}" + (" (core dumped)" if self.core_dumped else "")
         return f"exited with code {self.code}"
+
+
+_ENDED_NOTE: Final[dict[str | None, str]] = {
+    "timeout": " (tether ended it: timeout)", "tether": " (tether ended it)"}
 
 
 def _limit_note(limit: int | None) -> str:

@@ -102,6 +102,7 @@ class Child(TreeHandle, metaclass=NoPublicConstructor):
             self._pipes.close_stdin()
         finally:
             try:
+                self._end_by("tether")
                 tree.abandon()
                 self._settle()
             except ChildProcessError:

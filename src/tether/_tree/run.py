@@ -128,12 +128,15 @@ def run(
         try:
             out, err = child.communicate(input, timeout)
         except TimeoutExpired:
+            child._end_by("timeout")
             end_tree(child, grace_s)
             # The tree is gone: collect what it wrote before it died, as bytes (like
             # subprocess: partial output may end inside a multi-byte character).
             out, err = output_after_end(child)
             assert timeout is not None
-            raise TimeoutExpired(child.args, timeout, output=out, stderr=err) from None
+            expired = TimeoutExpired(child.args, timeout, output=out, stderr=err)
+            expired.exit = child.exit
+            raise expired from None
         except BaseException:
             child.kill()
             raise
