@@ -134,9 +134,9 @@ def run(
             # subprocess: partial output may end inside a multi-byte character).
             out, err = output_after_end(child)
             assert timeout is not None
-            expired = TimeoutExpired(child.args, timeout, output=out, stderr=err)
-            expired.exit = child.exit
-            raise expired from None
+            # (Built by a helper: an exception held in this frame's locals would form a cycle
+            # with its traceback, keeping `child` and its pidfd open until the cyclic GC.)
+            raise _timed_out(child, timeout, out, err) from None
         except BaseException:
             child.kill()
             raise
@@ -144,6 +144,12 @@ def run(
     if check and retcode:
         raise subprocess.CalledProcessError(retcode, child.args, output=out, stderr=err)
     return completed(child, retcode, out, err)
+
+
+def _timed_out(child: Child, timeout: float, out: Any, err: Any) -> TimeoutExpired:
+    expired = TimeoutExpired(child.args, timeout, output=out, stderr=err)
+    expired.exit = child.exit
+    return expired
 
 
 def completed(child: Child, retcode: int, out: Any, err: Any) -> subprocess.CompletedProcess[Any]:
