@@ -124,6 +124,8 @@ class TreeHandle:
         try:
             if self.poll() is not None:
                 return False
+        except ForkedHandleError:
+            raise  # inert in a forked child: say so, never pass for an ended tree
         except ChildProcessError:
             return False  # the guard died: the tree was ended parent-side already
         if self._ended_by is None:
