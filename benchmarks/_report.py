@@ -125,6 +125,8 @@ def spawn_sections(raw: JSONDict) -> list[Section]:
                 _ratio_target("spawn_lifelined <= 1.0x Popen().wait()", sl, base_po, 1.0),
                 _ratio_target("spawn(group) <= 1.6x Popen().wait()", grp, base_po, 1.6),
                 _ratio_target("spawn(group) <= 0.5x Popen+preexec_fn", grp, base_pre, 0.5),
+                _ratio_target("spawn(pidns, limits) <= 1.15x spawn(pidns)",
+                              s.get("spawn_pidns_limits", []), s.get("spawn_pidns", []), 1.15),
             ]
         else:
             mib = int(pdata["touched_mib"])

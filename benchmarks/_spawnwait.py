@@ -39,6 +39,7 @@ LABELS = {
     "spawn_group": "tether.spawn(contain='group').wait()",
     "spawn_cgroup": "tether.spawn(contain='cgroup').wait()",
     "spawn_pidns": "tether.spawn(contain='pidns').wait()",
+    "spawn_pidns_limits": "tether.spawn(contain='pidns', limits=memory,cpus,pids).wait()",
     "popen_preexec": "Popen(preexec_fn=PDEATHSIG).wait()",
     "dropin_popen": "tether.subprocess.Popen().wait()",
     "stdlib_run": "subprocess.run()",
@@ -85,11 +86,15 @@ def _methods() -> dict[str, Callable[[], object]]:
     def stdlib_run() -> None:
         subprocess.run(ARGV)  # noqa: TET102  baseline
 
-    def spawn_mode(mode: str) -> Callable[[], object]:
+    def spawn_mode(mode: str, limits: tether.Limits | None = None) -> Callable[[], object]:
         def fn() -> None:
-            tether.spawn(ARGV, contain=mode).wait()
+            tether.spawn(ARGV, contain=mode, limits=limits).wait()
 
         return fn
+
+    # spawn_pidns_limits: memory, CPU and process count, so that every controller a limited
+    # tree uses gets its per-tree cgroup (on a hybrid host: four v1 directories).
+    limits = tether.Limits(memory=512 << 20, cpus=1.0, pids=100)
 
     return {
         "spawn_lifelined": spawn_lifelined,
@@ -98,6 +103,7 @@ def _methods() -> dict[str, Callable[[], object]]:
         "spawn_group": spawn_mode("group"),
         "spawn_cgroup": spawn_mode("cgroup"),
         "spawn_pidns": spawn_mode("pidns"),
+        "spawn_pidns_limits": spawn_mode("pidns", limits),
         "popen_preexec": popen_preexec,
         "dropin_popen": dropin_popen,
         "stdlib_run": stdlib_run,

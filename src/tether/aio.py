@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, final
 
-from tether._kernel.errors import TimeoutExpired
+from tether._kernel.errors import TimeoutExpired, Unsupported
 from tether._kernel.limits import Limits, Usage
 from tether._kernel.pidfd import NoPublicConstructor
 from tether._kernel.signalfd import SignalFd, SignalInfo
@@ -141,8 +141,11 @@ async def run(
     usage: Usage | None = None
     try:
         retcode, out, err = await run_to_end(child, input, timeout, grace_s)
-        if limits is not None:
-            usage = child.usage()
+        if retcode is not None:  # (a timeout raises below)
+            try:
+                usage = child.usage()
+            except Unsupported:
+                pass  # contain=None: no guard, no usage
     finally:
         # Raised without `child` in this frame: in asyncio the exception and the task that
         # carries it form a reference cycle, and a frame in that cycle holding the child

@@ -175,7 +175,7 @@ def _limits(run_parser: _Parser, args: argparse.Namespace) -> Limits | None:
 def _report(child: Child, stats: bool) -> None:
     """Say an OOM kill (and, with --stats, the tree's usage) on stderr, once it ended."""
     exit_ = child.exit
-    if exit_ is not None and exit_.oom_killed:
+    if exit_ is not None and (exit_.oom_killed or exit_.ended_by == "timeout"):
         print(f"tether: {child.args[0]}: {exit_}", file=sys.stderr)
     if stats:
         print(f"tether: {child.args[0]}: {child.usage()}", file=sys.stderr)
@@ -324,6 +324,7 @@ def _supervise(child: Child, sigfd: SignalFd, timeout: float | None, grace: floa
             _stop_with_the_program(stops[-1])  # returns once continued; SIGCONT read below
         if kill_at is None and deadline.expired:
             timed_out = True
+            child._end_by("timeout")
             child.terminate()
             kill_at = Deadline.after(grace)
         if not killed and kill_at is not None and kill_at.expired:

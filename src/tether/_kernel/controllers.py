@@ -45,6 +45,9 @@ __all__ = [
 V1_SUBDIR_ENV: Final = "TETHER_CGROUP_V1_SUBDIR"
 #: The controllers a tree's accounting and limits use, v2 names (v1 "cpuacct" is CPU time).
 CONTROLLERS: Final = ("memory", "cpu", "cpuacct", "pids", "io")
+#: The ones :class:`Usage` reads (memory peak and OOM kills, CPU time, process count); the
+#: others get a directory only for a limit of theirs (each v1 one costs a mkdir and an rmdir).
+ACCOUNTING: Final = frozenset(("memory", "cpuacct", "pids"))
 _V1_NAME: Final = {"io": "blkio"}
 _CFS_PERIOD_US: Final = 100_000
 _layout: dict[str, dict[str, str]] = {}
@@ -206,7 +209,7 @@ class LimitedTree(CgroupTree):
                 tree.path, tree.fd = v2.path, v2.fd
                 if mode != "cgroup":
                     tree.join.append(tree.fd)
-            tree._make_v1_dirs()
+            tree._make_v1_dirs(ACCOUNTING | {c for _, c, _, _ in writes})
             tree._write_limits(writes)
         except BaseException:
             tree.discard()
@@ -218,9 +221,9 @@ class LimitedTree(CgroupTree):
         holds them while it lives, but the final Usage is read after it has exited, and an
         unlocked, emptied directory is any sweep's to remove before that read."""
 
-    def _make_v1_dirs(self) -> None:
+    def _make_v1_dirs(self, needed: frozenset[str]) -> None:
         for controller in CONTROLLERS:
-            where = self.places.get(controller)
+            where = self.places.get(controller) if controller in needed else None
             if where is None or where == "v2" or where in self.v1:
                 continue
             parent = os.path.join(where, PARENT_NAME)
@@ -408,11 +411,18 @@ def _write(path: str, text: str) -> None:
 
 
 def _read(path: str) -> str | None:
+    # Raw fd calls, not open(): a tree's end reads five of these, and the text layer's
+    # set-up cost more than the reads themselves (benchmarks: spawn with limits).
     try:
-        with open(path, encoding="ascii") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, ProcessLookupError):
         return None
+    try:
+        return os.read(fd, 4096).decode("ascii")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def _number(path: str) -> int | None:

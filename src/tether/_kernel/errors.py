@@ -23,8 +23,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
 
+    from tether._kernel.exit import Exit
+
     class TimeoutExpired(subprocess.TimeoutExpired):
         """A wait ran out of time (see ``_timeout_expired`` below)."""
+
+        exit: Exit | None
 
 
 def _timeout_expired() -> type:
@@ -36,7 +40,11 @@ def _timeout_expired() -> type:
 
         ``cmd`` is the argv (or a description of the handle) and ``timeout`` the seconds asked
         for; ``output``/``stderr`` carry what was captured so far, where there was capture.
+        ``exit``: where the timeout ended the tree (``run()``), how the program ended then
+        (its ``ended_by`` is "timeout"); None for a wait that only ran out of time.
         """
+
+        exit = None
 
     TimeoutExpired.__qualname__ = "TimeoutExpired"
     return TimeoutExpired

@@ -5,11 +5,15 @@ from __future__ import annotations
 import functools
 import os
 import signal as _signal
-from typing import Final
+from typing import Final, Literal
 
-from tether._kernel.record import frozen_record
+from tether._kernel.record import frozen_record, replace
 
-__all__ = ["Exit"]
+__all__ = ["EndedBy", "Exit"]
+
+#: Who ended a tree, where tether did: "timeout" (run()'s or ``tether run``'s timeout), or
+#: "tether" (``kill()``/``terminate()`` of the tree, the end of its ``with`` block).
+EndedBy = Literal["timeout", "tether"]
 
 _CLD_EXITED: Final = os.CLD_EXITED
 _CLD_KILLED: Final = os.CLD_KILLED
@@ -31,6 +35,12 @@ class Exit:
     oom_killed: bool = False
     #: The tree's memory limit in bytes, where it had one (for messages).
     memory_limit: int | None = None
+    #: Whether tether ended the tree, and why: "timeout", "tether" (kill()/terminate(), the
+    #: end of a ``with``), or None (it ended by itself, or someone else ended it; a parent's
+    #: death cannot be seen by that parent). Set by the handle that asked for the end before
+    #: the end was known. Not compared: two waits on one process stay equal, whoever asks.
+    ended_by: EndedBy | None = None
+    __record_uncompared__ = ("ended_by",)
 
     @property
     def returncode(self) -> int:
@@ -72,7 +82,13 @@ class Exit:
             return cls(code=None, signal=os.WTERMSIG(status), core_dumped=os.WCOREDUMP(status))
         raise ValueError(f"not an exit status: {status:#x}")
 
+    def _ended(self, by: EndedBy) -> Exit:
+        return replace(self, ended_by=by)
+
     def __str__(self) -> str:
+        return self._what() + _ENDED_NOTE.get(self.ended_by, "")
+
+    def _what(self) -> str:
         if self.signal is not None:
             try:
                 name = _signal.Signals(self.signal).name
@@ -82,6 +98,10 @@ class Exit:
                 return "killed by the OOM killer" + _limit_note(self.memory_limit)
             return f"killed by {name}" + (" (core dumped)" if self.core_dumped else "")
         return f"exited with code {self.code}"
+
+
+_ENDED_NOTE: Final[dict[str | None, str]] = {
+    "timeout": " (tether ended it: timeout)", "tether": " (tether ended it)"}
 
 
 def _limit_note(limit: int | None) -> str:

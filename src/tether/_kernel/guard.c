@@ -44,7 +44,9 @@
 #include "guard.h"
 
 #include <poll.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -100,6 +102,33 @@ void send_msg(uint32_t type, int32_t a, int32_t b, int pass_fd)
     }
     /* MSG_NOSIGNAL: a parent that has gone away must not SIGPIPE us mid-cleanup. A failed send
      * needs no handling: the lifeline, not the socket, decides whether the parent lives. */
+    while (sendmsg(g.control, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR)
+        ;
+}
+
+static int32_t clamp32(long long v)
+{
+    return v < 0 ? 0 : v > INT32_MAX ? INT32_MAX : (int32_t)v;
+}
+
+/* MSG_USAGE: what every descendant we (or their parents) reaped used, exactly as the kernel
+ * summed it at each reap (guard_proto.h). Sent once the tree is reaped, before MSG_EXITED. */
+static void send_usage(void)
+{
+    struct rusage ru;
+    struct tether_guard_msg msg;
+    struct iovec iov = {&msg, sizeof msg};
+    struct msghdr mh;
+    if (g.control < 0 || getrusage(RUSAGE_CHILDREN, &ru) < 0)
+        return;
+    memset(&msg, 0, sizeof msg);
+    msg.type = TETHER_MSG_USAGE;
+    msg.a = clamp32((long long)ru.ru_utime.tv_sec * 1000 + ru.ru_utime.tv_usec / 1000);
+    msg.b = clamp32((long long)ru.ru_stime.tv_sec * 1000 + ru.ru_stime.tv_usec / 1000);
+    msg.c = clamp32(ru.ru_maxrss);
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
     while (sendmsg(g.control, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR)
         ;
 }
@@ -257,6 +286,7 @@ int main(int argc, char **argv)
      * being gone. The report is also attempted after lifeline EOF: a parent that cut its
      * lifeline on purpose may still be listening; a dead one cannot be hurt by it. */
     removed = cg_remove();
+    send_usage();
     send_msg(TETHER_MSG_EXITED, g.program_status, 0, -1);
     return removed == 0 ? 0 : 1;
 }

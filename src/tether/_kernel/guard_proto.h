@@ -24,6 +24,11 @@
  *   MSG_STOPPED  (--job-control only, any number of times before MSG_EXITED) the program was
  *                stopped: a = the signal that stopped it. The guard leaves continuing it to
  *                the parent, which stops itself so that its shell sees the job stop.
+ *   MSG_USAGE    sent just before MSG_EXITED: the guard's getrusage(RUSAGE_CHILDREN) once it
+ *                has reaped everything it could (the CPU of every descendant reaped, by it or
+ *                by their own parents; the peak RSS of the largest single one): a = user CPU
+ *                ms, b = system CPU ms, c = maxrss KiB (each clamped to INT32_MAX). The
+ *                parent's Usage where the tree has no cgroups of its own (source "rusage").
  *   MSG_EXITED   a = the program's wait status (as waitpid reports it), b = 0 (the
  *                parent knows its own policy); sent once the tree has ended per the policy, every descendant the
  *                guard could reach is reaped and the cgroup directory (if any) is removed.
@@ -65,6 +70,7 @@ enum tether_guard_msg_type {
     TETHER_MSG_EXITED = 3,
     TETHER_MSG_PROGRAM = 4,
     TETHER_MSG_STOPPED = 5,
+    TETHER_MSG_USAGE = 6,
     TETHER_MSG_SIGNAL_TREE = 10,
     TETHER_MSG_KILL_TREE = 11,
 };

@@ -124,7 +124,11 @@ class Usage:
     tree's high-water mark), ``oom_kills`` (the OOM killer's kills inside the tree),
     ``pids_peak`` (most processes at once). None where this kernel or layout does not count
     it. ``source`` says what the figures cover: "cgroup" (the tree's cgroups: every process
-    of it, daemons and reaped grandchildren included, the guard too)."""
+    of it, daemons and reaped grandchildren included, the guard too) or "rusage" (a tree
+    without cgroups of its own, once ended: the guard's ``RUSAGE_CHILDREN``, i.e. the CPU of
+    every descendant that was reaped, to the millisecond, and as ``memory_peak`` the peak RSS
+    of the largest single process, not of the tree; ``oom_kills`` and ``pids_peak`` None).
+    A descendant nobody reaped (a daemon that left a process group) is not in it."""
 
     user: float
     system: float
@@ -140,7 +144,9 @@ class Usage:
 
     def __str__(self) -> str:
         parts = [f"cpu {self.cpu:.3f}s (user {self.user:.3f}s, sys {self.system:.3f}s)"]
-        if self.memory_peak is not None:
+        if self.memory_peak is not None and self.source == "rusage":
+            parts.append(f"peak RSS {format_bytes(self.memory_peak)} (largest process)")
+        elif self.memory_peak is not None:
             parts.append(f"peak memory {format_bytes(self.memory_peak)}")
         if self.pids_peak is not None:
             parts.append(f"peak pids {self.pids_peak}")

@@ -28,6 +28,10 @@ def frozen_record(cls: type[_T]) -> type[_T]:
     annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063  (inspect: the cost)
     names = tuple(name for name, kind in annotations.items()
                   if not str(kind).startswith(("ClassVar", "typing.ClassVar")))
+    # Fields named in __record_uncompared__ are kept and shown but neither compared nor
+    # hashed (dataclasses' field(compare=False)).
+    uncompared = set(cls.__dict__.get("__record_uncompared__", ()))
+    compared = tuple(name for name in names if name not in uncompared)
     body = dict(cls.__dict__)
     defaults = {name: body.pop(name) for name in names if name in body}
     body.pop("__dict__", None)
@@ -63,13 +67,16 @@ def frozen_record(cls: type[_T]) -> type[_T]:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
         return f"{title}({shown})"
 
+    def key(self: Any) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in compared)
+
     def __eq__(self: Any, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return bool(fields(self) == fields(other))
+        return bool(key(self) == key(other))
 
     def __hash__(self: Any) -> int:
-        return hash(fields(self))
+        return hash(key(self))
 
     def __setattr__(self: Any, name: str, value: object) -> None:
         raise AttributeError(f"cannot assign to field {name!r} of a frozen {title}")

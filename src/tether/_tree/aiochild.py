@@ -469,6 +469,7 @@ async def run_to_end(
 async def _end_tree(child: AsyncChild, grace: float | None) -> None:
     """SIGTERM the whole tree, then SIGKILL whatever is left after ``grace`` seconds (None:
     wait for the SIGTERM to work, however long)."""
+    child._handle._end_by("timeout")
     child.terminate()
     if not await child._wait_tree(None if grace is None else child._loop.time() + grace):
         child.kill()

@@ -105,6 +105,10 @@ class Child(TreeHandle, metaclass=NoPublicConstructor):
             self._pipes.close_stdin()
         finally:
             try:
+                try:
+                    self._end_by("tether")
+                except ValueError:
+                    pass  # the user closed the pidfd: the end is abandon()'s to make
                 tree.abandon()
                 self._settle()
             except ChildProcessError:

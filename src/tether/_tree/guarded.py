@@ -29,7 +29,7 @@ from tether._kernel.spec import SpawnSpec
 from tether._tree.ending import kill_group, reap_quietly
 from tether._tree.guard_launch import start_guard
 from tether._tree.modes import Mode
-from tether._tree.tree_cgroups import exit_with_cause, tree_usage
+from tether._tree.tree_cgroups import exit_with_cause, rusage_usage, tree_usage
 
 __all__ = ["Guard"]
 
@@ -40,6 +40,7 @@ MSG_STARTED, MSG_FAILED, MSG_EXITED, MSG_PROGRAM = (
     core.GUARD_MSG_STARTED, core.GUARD_MSG_FAILED, core.GUARD_MSG_EXITED, core.GUARD_MSG_PROGRAM)
 MSG_SIGNAL_TREE, MSG_KILL_TREE = core.GUARD_MSG_SIGNAL_TREE, core.GUARD_MSG_KILL_TREE
 MSG_STOPPED = core.GUARD_MSG_STOPPED
+MSG_USAGE = core.GUARD_MSG_USAGE
 
 
 # -- the guard ------------------------------------------------------------------------------------
@@ -66,6 +67,7 @@ class Guard:
         "dead",
         "guard_exit",
         "mode",
+        "rusage",
         "sock",
         "spawned",
         "spec",
@@ -99,6 +101,8 @@ class Guard:
         self.start_error: OSError | None = None
         #: The signals that stopped the program, in order (reported with --job-control only).
         self.stops: list[int] = []
+        #: The guard's RUSAGE_CHILDREN at the end (MSG_USAGE), once reported.
+        self.rusage: Usage | None = None
         #: True if the guard died without reporting (the program's status is unknown).
         self.dead = False
         # One reader of the guard's reports at a time: any thread may pump, wait or signal
@@ -344,7 +348,7 @@ class Guard:
         if len(data) == 0:
             self._guard_died()
             return True
-        kind, a, b, _ = _MSG.unpack(data) if len(data) == _MSG.size else (0, 0, 0, 0)
+        kind, a, b, c = _MSG.unpack(data) if len(data) == _MSG.size else (0, 0, 0, 0)
         if kind == MSG_PROGRAM and self._program is None:
             self._on_announced(a, fds, msg_flags)
             return self.start_error is not None
@@ -359,13 +363,15 @@ class Guard:
         if kind == MSG_STOPPED:
             self.stops.append(a)
             return False
-        if kind == MSG_EXITED:
+        if kind == MSG_USAGE:
+            self.rusage = rusage_usage(a, b, c)
+        elif kind == MSG_EXITED:
             self._finish(Exit._from_wait_status(a))
             return True
         return False
 
     def usage(self) -> Usage:
-        return tree_usage(self.cgroup)
+        return tree_usage(self.cgroup, self.rusage, ended=self.ended)
 
     def wait(self, timeout: float | None) -> bool:
         """Block until the tree has ended (True) or the timeout passed (False)."""

@@ -14,7 +14,7 @@ import signal
 from typing import Any
 
 from tether._kernel import core
-from tether._kernel.exit import Exit
+from tether._kernel.exit import EndedBy, Exit
 from tether._kernel.limits import Usage
 from tether._kernel.pidfd import Pidfd
 from tether._kernel.spawn import clone_spec
@@ -69,13 +69,16 @@ class TreeHandle:
     """A program and its tree, Popen-style: ``args``, ``pid``, ``pidfd``, ``returncode``,
     ``exit``, ``contain``, ``poll()`` and the signals."""
 
-    __slots__ = ("_creator", "_generation", "_own_tree", "args", "contain", "returncode")
+    __slots__ = ("_creator", "_ended_by", "_generation", "_own_tree", "args", "contain",
+                 "returncode")
 
     def __init__(self, args: Any, tree: Tree, contain: Mode | None) -> None:
         self.args = args
         self._own_tree = tree
         self.contain = contain
         self.returncode: int | None = None
+        #: Why tether ended the tree, if it asked for the end before the end was known.
+        self._ended_by: EndedBy | None = None
         # A fork copies this object but not the tree: the copy must never act on the tree
         # through the inherited control socket or pidfds (as LifelineWriter does).
         self._generation = core.fork_generation()
@@ -108,9 +111,27 @@ class TreeHandle:
 
     @property
     def exit(self) -> Exit | None:
-        """How the program ended, once the tree has ended; None before."""
+        """How the program ended, once the tree has ended; None before. ``ended_by`` says
+        whether tether ended it (a timeout, kill()/terminate(), the end of ``with``)."""
         self.poll()
-        return self._tree.outcome()
+        exit_ = self._tree.outcome()
+        if exit_ is not None and self._ended_by is not None:
+            return exit_._ended(self._ended_by)
+        return exit_
+
+    def _end_by(self, who: EndedBy) -> bool:
+        """Note that tether is ending the tree (the first reason sticks); False if it has
+        ended already."""
+        try:
+            if self.poll() is not None:
+                return False
+        except ForkedHandleError:
+            raise  # inert in a forked child: say so, never pass for an ended tree
+        except ChildProcessError:
+            return False  # the guard died: the tree was ended parent-side already
+        if self._ended_by is None:
+            self._ended_by = who
+        return True
 
     @property
     def stops(self) -> tuple[int, ...]:
@@ -133,8 +154,11 @@ class TreeHandle:
 
     def usage(self) -> Usage:
         """What the whole tree has used (CPU, peak memory, OOM kills, peak process count):
-        live while it runs, final once it has ended. Needs the tree's own cgroups (spawned
-        with ``limits=``; ``tether.Limits()`` accounts without limiting), else Unsupported."""
+        live while it runs, final once it has ended, from the tree's own cgroups (spawned
+        with ``limits=``; ``tether.Limits()`` accounts without limiting). Without them, a
+        guarded tree's final usage is the guard's ``RUSAGE_CHILDREN`` (``source="rusage"``:
+        the CPU of every descendant reaped, the peak RSS of the largest single process), and
+        a running one's is Unsupported, as is any usage of ``contain=None``."""
         return self._tree.usage()
 
     def fileno(self) -> int:
@@ -158,12 +182,13 @@ class TreeHandle:
             self._tree.signal_tree(sig)
 
     def terminate(self) -> None:
-        """SIGTERM to every process of the tree."""
-        self.signal_tree(signal.SIGTERM)
+        """SIGTERM to every process of the tree (``exit.ended_by`` is then "tether")."""
+        if self._end_by("tether"):
+            self._tree.signal_tree(signal.SIGTERM)
 
     def kill(self) -> None:
-        """SIGKILL to every process of the tree."""
-        if self.poll() is None:
+        """SIGKILL to every process of the tree (``exit.ended_by`` is then "tether")."""
+        if self._end_by("tether"):
             self._tree.kill_tree()
 
 

@@ -23,6 +23,8 @@ from tether._tree.modes import Contain, resolve_mode
 if TYPE_CHECKING:  # subprocess is imported where it is used: `tether run` never needs it
     import subprocess
 
+    from tether._kernel.errors import TimeoutExpired
+
 __all__ = ["DEFAULT_GRACE", "check_output", "end_tree", "run"]
 
 DEFAULT_GRACE = 1.0
@@ -136,12 +138,15 @@ def run(
         try:
             out, err = child.communicate(input, timeout)
         except TimeoutExpired:
+            child._end_by("timeout")
             end_tree(child, grace_s)
             # The tree is gone: collect what it wrote before it died, as bytes (like
             # subprocess: partial output may end inside a multi-byte character).
             out, err = output_after_end(child)
             assert timeout is not None
-            raise TimeoutExpired(child.args, timeout, output=out, stderr=err) from None
+            # (Built by a helper: an exception held in this frame's locals would form a cycle
+            # with its traceback, keeping `child` and its pidfd open until the cyclic GC.)
+            raise _timed_out(child, timeout, out, err) from None
         except BaseException:
             child.kill()
             raise
@@ -149,6 +154,14 @@ def run(
     if check and retcode:
         raise subprocess.CalledProcessError(retcode, child.args, output=out, stderr=err)
     return completed(child, retcode, out, err)
+
+
+def _timed_out(child: Child, timeout: float, out: Any, err: Any) -> TimeoutExpired:
+    from tether._kernel.errors import TimeoutExpired
+
+    expired = TimeoutExpired(child.args, timeout, output=out, stderr=err)
+    expired.exit = child.exit
+    return expired
 
 
 def completed(child: Child, retcode: int, out: Any, err: Any) -> subprocess.CompletedProcess[Any]:

@@ -85,8 +85,8 @@ class Tree(Protocol):
         ...
 
     def usage(self) -> Usage:
-        """The tree's resource usage (live, or final once ended); Unsupported where the tree
-        has no cgroups of its own."""
+        """The tree's resource usage (live, or final once ended); without cgroups of its own,
+        the guard's final RUSAGE_CHILDREN, and Unsupported while it runs."""
         ...
 
     def signal_tree(self, sig: int) -> None:

@@ -20,7 +20,8 @@ from tether._kernel.record import replace
 from tether._kernel.spec import SpawnSpec
 
 __all__ = [
-    "exit_with_cause", "guard_cgroup_args", "require_tree_cgroup", "tree_cgroup", "tree_usage",
+    "exit_with_cause", "guard_cgroup_args", "require_tree_cgroup", "rusage_usage", "tree_cgroup",
+    "tree_usage",
 ]
 
 
@@ -75,9 +76,22 @@ def exit_with_cause(exit_: Exit, cgroup: CgroupTree | None) -> Exit:
     return replace(exit_, oom_killed=True, memory_limit=cgroup.limits.memory)
 
 
-def tree_usage(cgroup: CgroupTree | None) -> Usage:
-    """The tree's :class:`Usage` (live, or final once it has ended)."""
-    if not isinstance(cgroup, LimitedTree):
-        raise Unsupported(errno.EOPNOTSUPP, "usage() needs the tree's own cgroups: spawn it "
-                          "with limits= (tether.Limits() accounts without limiting)")
-    return cgroup.usage()
+def rusage_usage(user_ms: int, system_ms: int, maxrss_kib: int) -> Usage:
+    """The guard's MSG_USAGE (its RUSAGE_CHILDREN at the end) as a :class:`Usage`."""
+    return Usage(user=user_ms / 1000, system=system_ms / 1000, memory_peak=maxrss_kib << 10,
+                 source="rusage")
+
+
+def tree_usage(cgroup: CgroupTree | None, rusage: Usage | None, *, ended: bool) -> Usage:
+    """The tree's :class:`Usage`: from its own cgroups (live, or final once it has ended), or
+    without them, once it has ended, the guard's report (``rusage``)."""
+    if isinstance(cgroup, LimitedTree):
+        return cgroup.usage()
+    if rusage is not None:
+        return rusage
+    if ended:
+        raise Unsupported(errno.EOPNOTSUPP, "usage(): the tether guard ended without "
+                          "reporting the tree's usage (it was killed)")
+    raise Unsupported(errno.EOPNOTSUPP, "usage() of a running tree needs the tree's own "
+                      "cgroups: spawn it with limits= (tether.Limits() accounts without "
+                      "limiting); without them it is known once the tree has ended")

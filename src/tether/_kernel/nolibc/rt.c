@@ -28,6 +28,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -187,6 +188,7 @@ int fcntl(int fd, int cmd, ...)
 int close(int fd) { return (int)SYS(SYS_close, fd, 0, 0, 0, 0, 0); }
 int pipe2(int fds[2], int flags) { return (int)SYS(SYS_pipe2, fds, flags, 0, 0, 0, 0); }
 int fstat(int fd, struct stat *st) { return (int)SYS(SYS_fstat, fd, st, 0, 0, 0, 0); }
+int getrusage(int who, struct rusage *ru) { return (int)SYS(SYS_getrusage, who, ru, 0, 0, 0, 0); }
 int rmdir(const char *path) { return (int)SYS(SYS_unlinkat, AT_FDCWD, path, AT_REMOVEDIR, 0, 0, 0); }
 
 int unlinkat(int dirfd, const char *path, int flags)
