@@ -26,7 +26,7 @@ import tether
 
 PY = sys.executable
 PROMPT = "tether-test$ "
-TIMEOUT = 60.0  # a generous bound for a loaded 2-vCPU machine; reached only on failure
+TIMEOUT = 120.0  # a generous bound for a loaded 2-vCPU machine; reached only on failure
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bash") is None or shutil.which("setsid") is None,
