@@ -121,6 +121,8 @@ def _parser() -> tuple[_Parser, _Parser]:
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     doctor = sub.add_parser("doctor", help="which kernel primitives and modes this machine has")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    ps = sub.add_parser("ps", help="the live trees tether contains here (in its cgroups)")
+    ps.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("lint", help="flag never-use process primitives in Python code",
                    add_help=False)
     return parser, run
@@ -141,11 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"unrecognized arguments: {' '.join(extra)}")
         if args.command is None:
             raise _UsageError(parser.format_usage(),
-                              "tether: error: a command is required (run, doctor or lint)")
+                              "tether: error: a command is required (run, doctor, ps or lint)")
         if args.command == "doctor":
             from tether._tree.doctor import doctor
 
             return doctor(as_json=args.json)
+        if args.command == "ps":
+            from tether._tree.ps import ps
+
+            return ps(as_json=args.json)
         cmd = list(args.cmd)
         if cmd[:1] == ["--"]:
             cmd = cmd[1:]

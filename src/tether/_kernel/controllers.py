@@ -39,6 +39,7 @@ __all__ = [
     "LimitedTree",
     "controller_places",
     "forget_layout",
+    "own_v1_cgroups",
 ]
 
 #: A directory below this process's own v1 cgroup to put trees in (tests: a private one).
@@ -126,6 +127,14 @@ def controller_places(cgroup_root_arg: str | os.PathLike[str] | None = None) -> 
     return places
 
 
+def own_v1_cgroups() -> dict[str, str]:
+    """v1 directory trees get theirs under -> this process's own cgroup in that hierarchy
+    (where it goes back to after joining a tree's, as the pytest plugin does per test)."""
+    own = _v1_mounts()
+    return {where: own[c] for c, where in controller_places().items()
+            if where != "v2" and c in own}
+
+
 def forget_layout() -> None:
     """Drop the cached layout (a test that changes TETHER_CGROUP_V1_SUBDIR)."""
     with _layout_lock:
@@ -167,6 +176,20 @@ def _writes(limits: Limits, guard_inside: bool) -> list[tuple[str, str, _Writes,
     return out
 
 
+def _checked_writes(limits: Limits, places: dict[str, str],
+                    guard_inside: bool) -> list[tuple[str, str, _Writes, _Writes]]:
+    writes = _writes(limits, guard_inside)
+    for field, controller, v2_files, v1_files in writes:
+        where = places.get(controller)
+        if where is None or (where == "v2" and not v2_files) or (
+                where != "v2" and not v1_files):
+            kind = "v2" if where == "v2" else "v1" if where else "any"
+            raise Unsupported(errno.EOPNOTSUPP, f"Limits.{field} needs the {controller} "
+                              f"controller, which this machine has on no {kind} cgroup "
+                              "hierarchy tether can use here (see `tether doctor`)")
+    return writes
+
+
 # -- a tree's cgroups ----------------------------------------------------------------------------
 
 
@@ -191,15 +214,7 @@ class LimitedTree(CgroupTree):
         """Check that every limit has its controller here, then make and write the tree's
         directories. ``Unsupported`` (naming what is missing) before anything exists."""
         places = controller_places(cgroup_root_arg)
-        writes = _writes(limits, guard_inside=mode != "cgroup")
-        for field, controller, v2_files, v1_files in writes:
-            where = places.get(controller)
-            if where is None or (where == "v2" and not v2_files) or (
-                    where != "v2" and not v1_files):
-                kind = "v2" if where == "v2" else "v1" if where else "any"
-                raise Unsupported(errno.EOPNOTSUPP, f"Limits.{field} needs the {controller} "
-                                  f"controller, which this machine has on no {kind} cgroup "
-                                  "hierarchy tether can use here (see `tether doctor`)")
+        writes = _checked_writes(limits, places, guard_inside=mode != "cgroup")
         needs_v2 = mode == "cgroup" or any(
             places.get(c) == "v2" for _, c, _, _ in writes)
         tree = cls("", -1, limits, places)
@@ -209,6 +224,24 @@ class LimitedTree(CgroupTree):
                 tree.path, tree.fd = v2.path, v2.fd
                 if mode != "cgroup":
                     tree.join.append(tree.fd)
+            tree._make_v1_dirs(ACCOUNTING | {c for _, c, _, _ in writes})
+            tree._write_limits(writes)
+        except BaseException:
+            tree.discard()
+            raise
+        return tree
+
+    @classmethod
+    def beside(cls, limits: Limits, v2_path: str) -> LimitedTree:
+        """The limits and accounting cgroups for a v2 directory someone else made and
+        removes (the pytest plugin's per-test cgroup, which pytest itself joins, so it is
+        not counted in ``pids``): v2 limits are written into ``v2_path``, v1 ones into fresh
+        locked directories (``v1``) the caller moves its process into. ``Unsupported``,
+        naming what is missing, before anything exists."""
+        places = controller_places()
+        writes = _checked_writes(limits, places, guard_inside=True)
+        tree = cls(v2_path, -1, limits, places)  # fd -1: remove() leaves v2_path alone
+        try:
             tree._make_v1_dirs(ACCOUNTING | {c for _, c, _, _ in writes})
             tree._write_limits(writes)
         except BaseException:

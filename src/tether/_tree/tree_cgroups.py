@@ -18,6 +18,7 @@ from tether._kernel.exit import Exit
 from tether._kernel.limits import Usage
 from tether._kernel.record import replace
 from tether._kernel.spec import SpawnSpec
+from tether._kernel.tree_record import write_record
 
 __all__ = [
     "exit_with_cause", "guard_cgroup_args", "require_tree_cgroup", "rusage_usage", "tree_cgroup",
@@ -43,6 +44,13 @@ def tree_cgroup(
         cgroup = LimitedTree.make(spec.limits, mode, cgroup_root_arg)
     elif mode == "cgroup":
         cgroup = CgroupTree.create(cgroup_root(cgroup_root_arg))
+    if cgroup is not None and cgroup.path:
+        try:
+            v1 = [p for p, _ in cgroup.v1.values()] if isinstance(cgroup, LimitedTree) else []
+            write_record(cgroup.path, spec.argv, spec.limits, v1)
+        except BaseException:
+            cgroup.discard()
+            raise
     opts, fds = guard_cgroup_args(cgroup, mode)
     return cgroup, opts, fds
 

@@ -60,10 +60,18 @@ from typing import Any, Final
 import pytest
 
 from tether._kernel.cgroup import cgroup_unavailable_reason
+from tether._kernel.limits import Limits
 from tether.pytest_plugin._cgroup_containment import CGROUP_BLIND_SPOTS, CgroupContainment
 from tether.pytest_plugin._check import ALLOW_MARKER, LeakCheck
 from tether.pytest_plugin._containment import DEFAULT_GRACE, Containment, Leak, NoContainment
 from tether.pytest_plugin._fixture import tether_spawn
+from tether.pytest_plugin._resources import (
+    HeaviestReport,
+    TestCgroups,
+    add_resource_options,
+    resource_options,
+    unavailable,
+)
 from tether.pytest_plugin._subreaper_containment import (
     SUBREAPER_BLIND_SPOTS,
     SubreaperContainment,
@@ -119,6 +127,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("tether_allow_leak", "node-id patterns (fnmatch) of tests whose leftover "
                   f"processes are not leaks (like @pytest.mark.{ALLOW_MARKER})",
                   type="linelist", default=[])
+    add_resource_options(parser)
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -131,7 +140,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", f"{ALLOW_MARKER}: with --tether, what this test leaves running is not a "
         "leak: it is kept, unreported, until the session ends")
     enforcing = bool(_option(config, "tether_enforce"))
-    if not (enforcing or _option(config, "tether")):
+    limits, heaviest = resource_options(config)
+    measuring = limits is not None or heaviest is not None
+    if not (enforcing or measuring or _option(config, "tether")):
         return  # inert: no hooks registered, nothing touched
     wanted = str(_option(config, "tether_containment"))
     if wanted not in _CONTAINMENTS:
@@ -144,6 +155,22 @@ def pytest_configure(config: pytest.Config) -> None:
     # add_cleanup runs at unconfigure whatever happened (errors, KeyboardInterrupt).
     config.add_cleanup(check.shutdown)
     config.pluginmanager.register(check, _PLUGIN_NAME)
+    if measuring:
+        _measure(config, containment, limits, heaviest)
+
+
+def _measure(config: pytest.Config, containment: Containment, limits: Limits | None,
+             heaviest: int | None) -> None:
+    """--tether-limits/--tether-heaviest: each test's cgroup gets the controllers' too."""
+    if not isinstance(containment, CgroupContainment):
+        raise unavailable(containment.header()[0].removeprefix("tether: "))
+    try:
+        containment.resources = TestCgroups(limits or Limits(), containment.session)
+    except OSError as exc:  # Unsupported included: the controller it names is missing
+        raise pytest.UsageError(f"tether_limits: {exc}") from None
+    if heaviest is not None:
+        config.pluginmanager.register(
+            HeaviestReport(containment.resources, heaviest), _PLUGIN_NAME + "-heaviest")
 
 
 def _grace(config: pytest.Config) -> float:

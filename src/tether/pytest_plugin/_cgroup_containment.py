@@ -23,6 +23,7 @@ from tether.pytest_plugin._containment import (
     Scope,
 )
 from tether.pytest_plugin._pidfds import command_line, own_child_pidfd, pidfd_or_none
+from tether.pytest_plugin._resources import TestCgroups
 
 __all__ = ["CGROUP_BLIND_SPOTS", "SESSION_PREFIX", "CgroupContainment"]
 
@@ -51,6 +52,8 @@ class CgroupContainment(Containment):
         self.current: str = origin
         self.env_before = os.environ.get(ROOT_ENV)
         self.helpers = ""  # made when the first helper is kept
+        #: --tether-limits/--tether-heaviest: each test's controller cgroups.
+        self.resources: TestCgroups | None = None
 
     @classmethod
     def start(cls) -> CgroupContainment:
@@ -90,7 +93,10 @@ class CgroupContainment(Containment):
         self.count += 1
         path = os.path.join(self.session, f"{'f' if fixture else 't'}-{self.count}")
         cgroup.create(path)  # covered by the session's lock
-        return Scope(label, path=path)
+        scope = Scope(label, path=path)
+        if self.resources is not None and not fixture:
+            self.resources.open(scope)
+        return scope
 
     def activate(self, scope: Scope | None) -> None:
         target = self.origin if scope is None else scope.path
@@ -98,6 +104,8 @@ class CgroupContainment(Containment):
             return
         cgroup.move_self(target)
         self.current = target
+        if self.resources is not None:
+            self.resources.activate(scope)
         if scope is None:
             _restore_env(ROOT_ENV, self.env_before)
         else:
@@ -116,6 +124,8 @@ class CgroupContainment(Containment):
         leaks: list[Leak] = []
         if cgroup.populated(scope.path) and not cgroup.wait_empty(scope.path, self.grace):
             leaks = self._kill(scope.path)
+        if self.resources is not None:
+            scope.verdict = self.resources.close(scope)
         # False (still busy after the timeout: a member stuck exiting): session end retries.
         cgroup.remove(scope.path, KILL_TIMEOUT)
         return leaks
@@ -155,6 +165,8 @@ class CgroupContainment(Containment):
                     self.helpers = os.path.join(self.session, HELPERS_NAME)
                     cgroup.create(self.helpers)
                 cgroup.move_process(pid, self.helpers)
+                if self.resources is not None:
+                    self.resources.keep(pid)
             except ProcessLookupError:
                 pass  # exited meanwhile (a zombie leaves its cgroup)
             finally:

@@ -131,6 +131,8 @@ class LeakCheck:
                 leaks = self.containment.close(scope, self._others(scope))
                 if leaks:
                     messages.insert(0, _describe(scope.label, leaks))
+                if scope.verdict:
+                    messages.insert(0, scope.verdict)
         return "\n".join(messages)
 
     # -- wide-scope fixtures -----------------------------------------------------------------

@@ -50,6 +50,7 @@ class Scope:
     settled: int = 0  # ... and when its fixture's setup was done
     owned: dict[int, int] = field(default_factory=dict)  # subreaper: pid -> pidfd
     closed: bool = False
+    verdict: str = ""  # what else its close found (an OOM kill under --tether-limits)
 
 
 class Containment:
