@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import gc
+import json
 import os
 import select
 import signal
@@ -184,6 +185,33 @@ def test_close_fds_false_never_passes_a_lifeline_writer() -> None:
         other.pidfd.send_signal(signal.SIGKILL)
         other.pidfd.wait()
         other.lifeline.close()
+
+
+# The program's open fds above 2 (below 256) and its lifeline variable.
+_FDS_PROBE = ("import json, os\ndef is_open(fd):\n    try:\n        os.fstat(fd)\n"
+              "    except OSError:\n        return False\n    return True\n"
+              "print(json.dumps([[fd for fd in range(3, 256) if is_open(fd)],"
+              " os.environ.get('TETHER_LIFELINE_FD')]))")
+
+
+@pytest.mark.parametrize("contain", ["group", "cgroup", "pidns"])
+def test_a_guarded_popen_program_holds_only_the_fds_it_was_given(contain: str) -> None:
+    # The stdlib's program has 0-2 and pass_fds; so has a guarded drop-in program: the guard
+    # holds its tree, so the program gets no lifeline fd (nor its variable) of its own.
+    require_mode(contain)
+    r, w = os.pipe()
+    try:
+        out = _out([PY, "-c", _FDS_PROBE], pass_fds=[w], contain=contain)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert json.loads(out) == [[w], None]
+
+
+def test_without_a_guard_the_popen_program_keeps_its_lifeline() -> None:
+    # contain=None: the lifeline is the only thing that ties the program to us.
+    fds, lifeline = json.loads(_out([PY, "-c", _FDS_PROBE], contain=None))
+    assert (fds, lifeline.split(":")[0]) == ([3], "3")
 
 
 @pytest.mark.parametrize("contain", CONTAINS)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from tether._kernel.spawn import Spawned, spawn_lifelined
     from tether._tree.child import Child, spawn
     from tether._tree.run import check_output, run
+    from tether.patching import PatchConflict, patch, patched, unpatch
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,8 @@ _LAZY = {
     "Spawned": "tether._kernel.spawn", "spawn_lifelined": "tether._kernel.spawn",
     "Child": "tether._tree.child", "spawn": "tether._tree.child",
     "check_output": "tether._tree.run", "run": "tether._tree.run",
+    "PatchConflict": "tether.patching", "patch": "tether.patching",
+    "patched": "tether.patching", "unpatch": "tether.patching",
 }
 
 
@@ -75,6 +78,7 @@ __all__ = [
     "Exit",
     "LifelineWriter",
     "Limits",
+    "PatchConflict",
     "Pidfd",
     "PidfdInfo",
     "SignalFd",
@@ -87,9 +91,12 @@ __all__ = [
     "attach",
     "check_output",
     "enforce",
+    "patch",
+    "patched",
     "run",
     "run_in_fork",
     "spawn",
     "spawn_lifelined",
     "subprocess",
+    "unpatch",
 ]

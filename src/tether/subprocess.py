@@ -186,7 +186,9 @@ class Popen(_StdlibPopen):  # type: ignore[misc]
             argv, env=env, cwd=cwd, stdin=_fd_or_none(p2cread), stdout=_fd_or_none(c2pwrite),
             stderr=_fd_or_none(errwrite), pass_fds=pass_fds, executable=executable,
             attrs=attrs, preexec_fn=preexec_fn, popen_style=True)
-        tree, _ = start_tree(spec, self.contain)
+        # No lifeline fd in a guarded program: the guard holds the tree, and a Popen's
+        # program sees the fds the stdlib's would (close_fds, pass_fds) and nothing more.
+        tree, _ = start_tree(spec, self.contain, program_lifeline=False)
         self._tether_tree = tree
         self.pid = tree.program_pid
         self._child_created = True

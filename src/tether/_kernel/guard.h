@@ -81,6 +81,8 @@ struct guard {
     int join_fds[GUARD_MAX_JOIN]; /* --join-cgroup: cgroup dirs (v1 per controller) we join */
     int n_join;
     int keep_cgroup;   /* --keep-cgroup: leave the emptied directory to the parent (limits) */
+    int no_program_lifeline; /* --no-program-lifeline: the program gets no lifeline fd (the
+                              * drop-in's Popen: the tree is held by us, not by a lifeline) */
     /* runtime */
     int sigfd;
     int events_fd;     /* cgroup.events (cgroup mode) */

@@ -13,7 +13,8 @@
 #include <termios.h>
 
 /* The program's environment: ours, with TETHER_LIFELINE_FD naming the program's lifeline:
- * its fd there and the pipe's identity, "N:<st_dev>:<st_ino>" (what attach() checks). */
+ * its fd there and the pipe's identity, "N:<st_dev>:<st_ino>" (what attach() checks).
+ * Without a lifeline (lifeline_src < 0) ours is still removed: it names *our* lifeline. */
 static char **program_env(int lifeline_dst, int lifeline_src)
 {
     extern char **environ;
@@ -22,13 +23,15 @@ static char **program_env(int lifeline_dst, int lifeline_src)
     char **envp;
     struct stat st;
     char *at = entry + sizeof LIFELINE_ENV;
-    if (fstat(lifeline_src, &st) != 0)
-        fail(TETHER_GUARD_STAGE_SETUP, errno);
-    at += fmt_u64(at, (unsigned long long)lifeline_dst);
-    *at++ = ':';
-    at += fmt_u64(at, (unsigned long long)st.st_dev);
-    *at++ = ':';
-    fmt_u64(at, (unsigned long long)st.st_ino);
+    if (lifeline_src >= 0) {
+        if (fstat(lifeline_src, &st) != 0)
+            fail(TETHER_GUARD_STAGE_SETUP, errno);
+        at += fmt_u64(at, (unsigned long long)lifeline_dst);
+        *at++ = ':';
+        at += fmt_u64(at, (unsigned long long)st.st_dev);
+        *at++ = ':';
+        fmt_u64(at, (unsigned long long)st.st_ino);
+    }
     while (environ[n] != NULL)
         n++;
     envp = malloc((n + 2) * sizeof(char *));
@@ -38,7 +41,8 @@ static char **program_env(int lifeline_dst, int lifeline_src)
         if (strncmp(environ[i], LIFELINE_ENV "=", sizeof LIFELINE_ENV) != 0)
             envp[k++] = environ[i];
     }
-    envp[k++] = entry;
+    if (lifeline_src >= 0)
+        envp[k++] = entry;
     envp[k] = NULL;
     return envp;
 }
@@ -59,7 +63,8 @@ static int clone_program(struct tether_plan *plan, pid_t *pid, int *pidfd)
         method = TETHER_CLONE_LEGACY;
         r = tether_clone_exec(plan, method, 0, -1, pid, pidfd, &failure);
     }
-    close(plan->lifeline_src);
+    if (plan->lifeline_src >= 0)
+        close(plan->lifeline_src);
     if (r < 0)
         fail(TETHER_GUARD_STAGE_CLONE, -r);
     if (*pidfd < 0) /* the child failed before exec and has been reaped */
@@ -78,11 +83,13 @@ void start_program(char **path_argv)
     int pidfd = -1;
 
     /* The program's own lifeline: we keep the write end, so the program's lifeline-aware
-     * descendants see EOF when we are gone. Its number there: the lowest fd >= 3 not kept. */
-    if (pipe2(life_pipe, O_CLOEXEC) != 0)
+     * descendants see EOF when we are gone. Its number there: the lowest fd >= 3 not kept.
+     * --no-program-lifeline: none (the program's fds are exactly what the caller asked). */
+    life_pipe[0] = life_pipe[1] = -1;
+    if (!g.no_program_lifeline && pipe2(life_pipe, O_CLOEXEC) != 0)
         fail(TETHER_GUARD_STAGE_SETUP, errno);
-    for (lifeline_dst = 3; is_kept(lifeline_dst) || (guard_attrs_inherit_fds() &&
-                                                     fd_is_open(lifeline_dst)); lifeline_dst++)
+    for (lifeline_dst = 3; life_pipe[0] >= 0 && (is_kept(lifeline_dst) ||
+         (guard_attrs_inherit_fds() && fd_is_open(lifeline_dst))); lifeline_dst++)
         ;
 
     memset(&plan, 0, sizeof plan);
@@ -95,7 +102,7 @@ void start_program(char **path_argv)
     plan.n_keep = g.n_keep;
     plan.lifeline_src = life_pipe[0];
     plan.lifeline_dst = lifeline_dst;
-    plan.floor = lifeline_dst + 1;
+    plan.floor = life_pipe[0] >= 0 ? lifeline_dst + 1 : 3;
     if (g.n_keep > 0 && g.keep[g.n_keep - 1] + 1 > plan.floor)
         plan.floor = g.keep[g.n_keep - 1] + 1;
     plan.new_pgroup = 1;

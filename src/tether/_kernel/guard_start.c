@@ -239,6 +239,10 @@ int parse_args(int argc, char **argv)
             g.job_control = 1;
             continue;
         }
+        if (strcmp(opt, "--no-program-lifeline") == 0) {
+            g.no_program_lifeline = 1;
+            continue;
+        }
         if (i + 1 >= argc)
             usage("option needs a value: ", opt);
         if (strcmp(opt, "--control") == 0) {

@@ -123,6 +123,7 @@ class Guard:
         job_control: bool = False,
         cgroup_root_arg: str | os.PathLike[str] | None = None,
         await_start: bool = True,
+        program_lifeline: bool = True,
     ) -> Guard:
         """Start the guard and ``spec``'s program under it (``stdio_fds``: the program's fds
         0-2, which the guard passes on).
@@ -134,7 +135,8 @@ class Guard:
         is read by :meth:`pump`.
         """
         options = [flag for flag, on in (("--wait-tree", wait_tree), ("--foreground", foreground),
-                                         ("--job-control", job_control)) if on]
+                                         ("--job-control", job_control),
+                                         ("--no-program-lifeline", not program_lifeline)) if on]
         spawned, parent_sock, cgroup = start_guard(
             spec, stdio_fds, mode, options, cgroup_root_arg,
             process_group=not (foreground or job_control))

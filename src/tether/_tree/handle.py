@@ -42,10 +42,13 @@ def start_tree(
     foreground: bool = False,
     job_control: bool = False,
     await_start: bool = True,
+    program_lifeline: bool = True,
 ) -> tuple[Tree, list[int | None]]:
     """Start ``spec`` contained by ``mode`` (None: no guard). Returns the tree and the
     parent's ends of its PIPEs (None where a stream is not a PIPE); on error nothing is left
-    open or running."""
+    open or running. ``program_lifeline`` False: a guarded program gets no lifeline fd of its
+    own (the drop-in Popen's fds are exactly the caller's); without a guard the lifeline is
+    the containment, so it stays."""
     require_tree_cgroup(spec, mode)
     plan = spec.open_stdio()
     try:
@@ -56,6 +59,7 @@ def start_tree(
             tree = Guard.launch(
                 spec, plan.triple, mode=mode, wait_tree=wait_tree, foreground=foreground,
                 job_control=job_control, cgroup_root_arg=cgroup_root, await_start=await_start,
+                program_lifeline=program_lifeline,
             )
     except BaseException:
         plan.close_parent_ends()

@@ -49,7 +49,8 @@ fixture, and the reports), ``_containment`` (the scope/leak interface the two me
 implement), ``_cgroup_containment`` and ``_subreaper_containment`` (the mechanisms),
 ``_pidfds`` (pidfds on leaked processes, opened only on pinned numbers), ``_helpers``
 (process-lifetime helpers), ``_forks`` (the proc connector: who forked whom), ``_fixture``
-(``tether_spawn``). Every cgroup operation is ``tether._kernel.cgroup``'s; the subreaper flag
+(``tether_spawn``), ``_patch_option`` (``--tether-patch``: the session under
+:func:`tether.patch`). Every cgroup operation is ``tether._kernel.cgroup``'s; the subreaper flag
 is ``tether._kernel.subreaper``'s.
 """
 
@@ -65,6 +66,7 @@ from tether.pytest_plugin._cgroup_containment import CGROUP_BLIND_SPOTS, CgroupC
 from tether.pytest_plugin._check import ALLOW_MARKER, LeakCheck
 from tether.pytest_plugin._containment import DEFAULT_GRACE, Containment, Leak, NoContainment
 from tether.pytest_plugin._fixture import tether_spawn
+from tether.pytest_plugin._patch_option import add_patch_option, configure_patch
 from tether.pytest_plugin._resources import (
     HeaviestReport,
     TestCgroups,
@@ -128,6 +130,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   f"processes are not leaks (like @pytest.mark.{ALLOW_MARKER})",
                   type="linelist", default=[])
     add_resource_options(parser)
+    add_patch_option(parser)
 
 
 def _option(config: pytest.Config, name: str) -> Any:
@@ -139,6 +142,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"{ALLOW_MARKER}: with --tether, what this test leaves running is not a "
         "leak: it is kept, unreported, until the session ends")
+    configure_patch(config)
     enforcing = bool(_option(config, "tether_enforce"))
     limits, heaviest = resource_options(config)
     measuring = limits is not None or heaviest is not None
