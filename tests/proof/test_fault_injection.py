@@ -99,6 +99,7 @@ def around(owner, name, before=None, after=None):
 
 
 around(_core, "spawn", "clone", "cloned")
+around(_core, "launch_guard", "clone", "cloned")  # a guard's lifeline is made in there too
 around(_spawn, "new_lifeline", None, "lifeline")
 around(_fork, "new_lifeline", None, "lifeline")
 around(_cgroup, "_sweep_once", "sweep", "swept")
@@ -249,8 +250,9 @@ NEXT_START = (
 )
 
 KINDS = ("group", "cgroup", "pidns", "lifelined", "fork")
+# A guard's lifeline is made inside its one C launch (launch.c): no point between them.
 _GUARDED = (
-    "spawn", "lifeline", "clone", "cloned", "guard-spawned", "guard-started", "spawned",
+    "spawn", "clone", "cloned", "guard-spawned", "guard-started", "spawned",
     "terminate", "kill", "exit", "wait", "waited", "guard-reap",
 )
 POINTS: dict[str, tuple[str, ...]] = {

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "clone.h"
+#include "core_convert.h"
 #include "guard_proto.h"
 #include "lifeline_registry.h"
 
@@ -141,7 +142,7 @@ static PyObject *core_close_range_supported(PyObject *self, PyObject *noargs)
 
 /* Build a NULL-terminated char* array that points into the bytes objects of `seq` (a list or
  * tuple of bytes). The caller keeps `seq` alive while the array is used. */
-static char **bytes_array(PyObject *seq, const char *what)
+char **bytes_array(PyObject *seq, const char *what)
 {
     Py_ssize_t n, i;
     char **out;
@@ -170,7 +171,7 @@ static char **bytes_array(PyObject *seq, const char *what)
 
 /* keep_fds (a tuple of ints) as a C array; raises ValueError unless sorted, unique, >= 3.
  * *floor_fd is raised above every number in it. The caller frees it with PyMem_Free. */
-static int *keep_fds_array(PyObject *keep_obj, int *floor_fd)
+int *keep_fds_array(PyObject *keep_obj, int *floor_fd)
 {
     Py_ssize_t n = PyTuple_GET_SIZE(keep_obj), i;
     int *keep = PyMem_Calloc((size_t)n + 1, sizeof(int));
@@ -199,7 +200,7 @@ error:
 /* attrs, subprocess's process attributes: (umask or -1, new_session, inherit_fds,
  * keep_ignored, uid or -1, gid or -1, groups tuple or None), into the plan. *groups is
  * PyMem-allocated for the caller to free. */
-static int plan_attrs(PyObject *attrs, struct tether_plan *plan, gid_t **groups)
+int plan_attrs(PyObject *attrs, struct tether_plan *plan, gid_t **groups)
 {
     int umask_v, uid, gid, i, n;
     PyObject *groups_obj;
@@ -379,6 +380,8 @@ static PyMethodDef core_methods[] = {
      "signalfd(fd, signals, flags) -> fd (SFD_CLOEXEC/SFD_NONBLOCK in flags)."},
     {"spawn", (PyCFunction)(void (*)(void))core_spawn, METH_VARARGS | METH_KEYWORDS,
      "Clone one child from a fully converted plan; returns (pid, pidfd, stage, errno, method)."},
+    {"launch_guard", (PyCFunction)(void (*)(void))core_launch_guard, METH_VARARGS | METH_KEYWORDS,
+     "Start a guard in one call (launch.c): (pid, pidfd, control fd, lifeline fd, stage, errno)."},
     {"clone_method", core_clone_method, METH_NOARGS,
      "Probe (once) which clone method works: (method, clone3_errno, legacy_errno)."},
     {"force_clone_method", core_force_clone_method, METH_O,

@@ -1,5 +1,7 @@
 """Type stub for tether._kernel.core, the C extension (L0)."""
 
+from collections.abc import Mapping
+
 CLONE_UNKNOWN: int
 CLONE_CLONE3: int
 CLONE_LEGACY: int
@@ -48,6 +50,22 @@ def spawn(
     method: int,
     attrs: tuple[int, bool, bool, bool, int, int, tuple[int, ...] | None] | None = None,
 ) -> tuple[int, int, int, int, int]: ...
+def launch_guard(
+    *,
+    path: bytes,
+    head: tuple[bytes, ...],
+    tail: tuple[bytes, ...],
+    env: Mapping[bytes, bytes],
+    cwd: bytes | None,
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    keep_fds: tuple[int, ...],
+    new_pgroup: bool,
+    extra_flags: int,
+    method: int,
+    attrs: tuple[int, bool, bool, bool, int, int, tuple[int, ...] | None] | None = None,
+) -> tuple[int, int, int, int, int, int]: ...
 def clone_method() -> tuple[int, int, int]: ...
 def force_clone_method(method: int, /) -> None: ...
 def close_range_supported() -> bool: ...

@@ -60,13 +60,9 @@ static void atfork_child(void)
     pthread_mutex_unlock(&registry_lock);
 }
 
-PyObject *core_lifeline_pipe(PyObject *self, PyObject *noargs)
+int lifeline_registry_pipe(int fds[2])
 {
-    int fds[2];
     int err = 0;
-    (void)self;
-    (void)noargs;
-    Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&registry_lock);
     if (registry_len == registry_cap) {
         size_t cap = registry_cap ? registry_cap * 2 : 64;
@@ -91,12 +87,37 @@ PyObject *core_lifeline_pipe(PyObject *self, PyObject *noargs)
             registry[registry_len++] = fds[1];
     }
     pthread_mutex_unlock(&registry_lock);
+    return err;
+}
+
+PyObject *core_lifeline_pipe(PyObject *self, PyObject *noargs)
+{
+    int fds[2];
+    int err;
+    (void)self;
+    (void)noargs;
+    Py_BEGIN_ALLOW_THREADS
+    err = lifeline_registry_pipe(fds);
     Py_END_ALLOW_THREADS
     if (err) {
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     return Py_BuildValue("ii", fds[0], fds[1]);
+}
+
+void lifeline_registry_drop(int fd)
+{
+    size_t i;
+    pthread_mutex_lock(&registry_lock);
+    for (i = 0; i < registry_len; i++) {
+        if (registry[i] == fd) {
+            registry[i] = registry[--registry_len];
+            close(fd);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
 }
 
 PyObject *core_lifeline_release(PyObject *self, PyObject *arg)

@@ -20,7 +20,7 @@ from tether._kernel.pidfd import Pidfd
 from tether._kernel.preexec import STAGE_PREEXEC, fork_exec
 from tether._kernel.spec import FileSpec, SpawnSpec, StrOrBytesPath
 
-__all__ = ["Spawned", "clone_spec", "clone_with_stdio", "spawn_lifelined"]
+__all__ = ["Spawned", "clone_guard", "clone_spec", "clone_with_stdio", "spawn_lifelined"]
 
 # Stage number -> what the child (clone.h) or the guard (guard_proto.h) was doing, from C.
 _STAGES: Final = core.STAGES
@@ -184,3 +184,43 @@ def clone_spec(
         writer.close()
         raise child_error(stage, err, spec.args[0], spec.cwd)
     return Spawned(pid, Pidfd._create(pidfd, pid, reaper=True, cmd=list(spec.args)), writer)
+
+
+def clone_guard(
+    spec: SpawnSpec,
+    stdio_fds: tuple[int, int, int],
+    guard: bytes,
+    options: tuple[bytes, ...],
+    keep_fds: tuple[int, ...],
+    *,
+    extra_flags: int = 0,
+    process_group: bool = True,
+) -> tuple[Spawned, int]:
+    """Clone a guard (the executable ``guard``) over ``spec``'s program in one C call
+    (``launch.c``): the control socketpair, the lifeline and the clone. The guard's argv is
+    ``guard --control N *options *spec's-attr-options -- program *argv``; it keeps
+    ``keep_fds`` (sorted) and its control fd, and takes ``spec``'s env, cwd and attributes
+    for its own clone (``guard_attrs``). Returns the guard and our end of its control socket
+    (an fd, close-on-exec); the guard leads a new process group if ``process_group``.
+    Errors as :func:`clone_spec`'s, with every fd made here closed."""
+    reaper.reap_dropped()
+    method = clone_method()
+    if method != core.CLONE_CLONE3 and extra_flags:
+        raise Unsupported(
+            errno.ENOSYS,
+            "new namespaces need clone3 (Linux 5.3), and clone3 is not available here "
+            f"({features.CLONE_METHOD_NAMES[method]} is used)",
+        )
+    attrs = spec.guard_attrs()
+    pid, pidfd, sock_fd, write_fd, stage, err = core.launch_guard(
+        path=guard, head=options, tail=(*spec.attr_options(), b"--", spec.executable,
+                                        *spec.argv),
+        env=spec.env, cwd=spec.cwd, stdin=stdio_fds[0], stdout=stdio_fds[1],
+        stderr=stdio_fds[2], keep_fds=keep_fds, new_pgroup=process_group,
+        extra_flags=extra_flags, method=method,
+        attrs=None if attrs is None else attrs.core_tuple())
+    if pidfd < 0:
+        raise child_error(stage, err, spec.args[0], spec.cwd)
+    writer = LifelineWriter._create(write_fd)
+    guard_pidfd = Pidfd._create(pidfd, pid, reaper=True, cmd=list(spec.args))
+    return Spawned(pid, guard_pidfd, writer), sock_fd

@@ -13,7 +13,7 @@ import socket
 
 from tether._kernel.cgroup import CgroupTree
 from tether._kernel.fds import socketpair_above_stdio
-from tether._kernel.spawn import Spawned, clone_spec
+from tether._kernel.spawn import Spawned, clone_guard, clone_spec
 from tether._kernel.spec import SpawnSpec
 from tether._tree.modes import Mode, guard_mode_options, guard_path, raise_namespace_limit
 from tether._tree.tree_cgroups import tree_cgroup
@@ -44,20 +44,25 @@ def start_guard(
     guard_sock: socket.socket | None = None
     try:
         cgroup, cgroup_opts, cgroup_fds = tree_cgroup(spec, mode, cgroup_root_arg)
-        # Both above 2: --control must not be one of the program's stdio fds.
-        parent_sock, guard_sock = socketpair_above_stdio(socket.SOCK_SEQPACKET)
-        passed = set(keep) | {guard_sock.fileno()} | cgroup_fds
-        guard_argv: list[bytes] = [
-            os.fsencode(guard), b"--control", str(guard_sock.fileno()).encode(),
-            *(o.encode() for o in guard_opts + cgroup_opts),
-        ]
+        guard_args = [o.encode() for o in guard_opts + cgroup_opts]
         if keep:
-            guard_argv += [b"--keep", ",".join(map(str, keep)).encode()]
-        guard_argv += [*spec.attr_options(), b"--", spec.executable, *spec.argv]
-        guard_spec = spec.replace(
-            argv=tuple(guard_argv), executable=os.fsencode(guard), attrs=spec.guard_attrs(),
-            pass_fds=tuple(sorted(passed)), process_group=process_group)
-        spawned = clone_spec(guard_spec, stdio_fds, extra_flags=extra_flags)
+            guard_args += [b"--keep", ",".join(map(str, keep)).encode()]
+        if spec.preexec_fn is None:  # one C call (launch.c): socketpair, lifeline, clone
+            spawned, sock_fd = clone_guard(
+                spec, stdio_fds, os.fsencode(guard), tuple(guard_args),
+                tuple(sorted(set(keep) | cgroup_fds)), extra_flags=extra_flags,
+                process_group=process_group)
+            parent_sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, sock_fd)
+        else:  # preexec_fn's fork of this process (_kernel/preexec.py) clones in Python
+            # Both above 2: --control must not be one of the program's stdio fds.
+            parent_sock, guard_sock = socketpair_above_stdio(socket.SOCK_SEQPACKET)
+            guard_argv = (os.fsencode(guard), b"--control", str(guard_sock.fileno()).encode(),
+                          *guard_args, *spec.attr_options(), b"--", spec.executable, *spec.argv)
+            guard_spec = spec.replace(
+                argv=guard_argv, executable=os.fsencode(guard), attrs=spec.guard_attrs(),
+                pass_fds=tuple(sorted(set(keep) | {guard_sock.fileno()} | cgroup_fds)),
+                process_group=process_group)
+            spawned = clone_spec(guard_spec, stdio_fds, extra_flags=extra_flags)
     except BaseException as exc:
         for s in (parent_sock, guard_sock):
             if s is not None:
@@ -67,8 +72,9 @@ def start_guard(
         if mode == "pidns":
             raise_namespace_limit(exc)
         raise
-    assert guard_sock is not None and parent_sock is not None
-    guard_sock.close()
+    if guard_sock is not None:
+        guard_sock.close()
+    assert parent_sock is not None
     if cgroup is not None:
         cgroup.hand_over()  # the guard holds its lock now (ARCHITECTURE.md: fd budget)
     return spawned, parent_sock, cgroup

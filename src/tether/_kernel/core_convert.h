@@ -1,0 +1,23 @@
+/*
+ * core_convert.h — the extension's converters from Python objects to the plan's C arrays
+ * (core.c), shared with the guard launch (launch.c). Each raises a Python error and returns
+ * NULL / -1 on bad input; the arrays are the caller's to PyMem_Free.
+ */
+#ifndef TETHER_CORE_CONVERT_H
+#define TETHER_CORE_CONVERT_H
+
+#include <Python.h>
+
+#include "clone.h"
+
+/* A NULL-terminated array pointing into the bytes of a list or tuple of bytes (kept alive by
+ * the caller). */
+TETHER_HIDDEN char **bytes_array(PyObject *seq, const char *what);
+/* A sorted, unique tuple of fds >= 3; *floor_fd is raised above every one. */
+TETHER_HIDDEN int *keep_fds_array(PyObject *keep_obj, int *floor_fd);
+/* ProcessAttrs.core_tuple() into the plan; *groups is the caller's to free. */
+TETHER_HIDDEN int plan_attrs(PyObject *attrs, struct tether_plan *plan, gid_t **groups);
+/* launch.c: core.launch_guard. */
+TETHER_HIDDEN PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs);
+
+#endif /* TETHER_CORE_CONVERT_H */

@@ -1,0 +1,282 @@
+/*
+ * launch.c — the parent's part of a guarded start, in one call (core.launch_guard): the
+ * control socketpair, the lifeline (registered, lifeline_registry.c), the guard's argv and
+ * envp, and the clone of the guard through the one clone site (tether_clone_exec, clone.h).
+ *
+ * Why in C: done in Python, these steps cost about as much as the clone itself (socket
+ * objects, a spec copy, the argv and envp lists, an fstat for the lifeline's identity), on
+ * every guarded spawn. Everything that depends only on the spec and the mode (the guard's
+ * options, the program's argv) is built by the caller once; this file adds only what is new
+ * per spawn: the control fd's number and the lifeline's fd and identity.
+ *
+ * On every error path each fd made here is closed again (the lifeline unregistered), and a
+ * guard that failed before its exec is already reaped by tether_clone_exec.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "clone.h"
+#include "core_convert.h"
+#include "lifeline_registry.h"
+
+#define LIFELINE_KEY "TETHER_LIFELINE_FD"
+
+/* What one launch made, undone by launch_undo unless it is handed to the caller. */
+struct launch_fds {
+    int ours;      /* our end of the control socket */
+    int guards;    /* the guard's end (--control N), closed after the clone */
+    int lifeline[2];
+};
+
+static void launch_undo(struct launch_fds *fds)
+{
+    if (fds->ours >= 0)
+        close(fds->ours);
+    if (fds->guards >= 0)
+        close(fds->guards);
+    if (fds->lifeline[0] >= 0)
+        close(fds->lifeline[0]);
+    if (fds->lifeline[1] >= 0)
+        lifeline_registry_drop(fds->lifeline[1]);
+}
+
+static int fd_above_stdio(int *fd)
+{
+    int moved;
+    if (*fd > 2)
+        return 0;
+    moved = fcntl(*fd, F_DUPFD_CLOEXEC, 3);
+    if (moved < 0)
+        return -errno;
+    close(*fd);
+    *fd = moved;
+    return 0;
+}
+
+/* The socketpair (both ends above 2: --control must not be one of the program's stdio fds)
+ * and the lifeline; 0 or -errno (nothing left open). No GIL needed. */
+static int launch_open(struct launch_fds *fds)
+{
+    int pair[2], err;
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0)
+        return -errno;
+    fds->ours = pair[0];
+    fds->guards = pair[1];
+    if ((err = fd_above_stdio(&fds->ours)) < 0 || (err = fd_above_stdio(&fds->guards)) < 0)
+        goto undo;
+    err = -lifeline_registry_pipe(fds->lifeline);
+    if (err < 0) {
+        fds->lifeline[0] = fds->lifeline[1] = -1;
+        goto undo;
+    }
+    return 0;
+undo:
+    launch_undo(fds);
+    return err;
+}
+
+/* keep (sorted) with the guard's control fd inserted in order; the caller frees it. */
+static int *keep_with(const int *keep, int n, int fd)
+{
+    int *out = PyMem_RawMalloc(((size_t)n + 1) * sizeof(int));
+    int i, k = 0;
+    if (out == NULL)
+        return NULL;
+    for (i = 0; i < n; i++) {
+        if (k == i && keep[i] > fd)
+            out[k++] = fd;
+        out[k++] = keep[i];
+    }
+    if (k == n)
+        out[k] = fd;
+    return out;
+}
+
+/* The guard's lifeline fd: the lowest number >= 3 that no kept fd takes (nor, when
+ * inheritable fds pass, any fd open here), as SpawnSpec.lifeline_fd says. */
+static int lifeline_number(const int *keep, int n, int inherit_fds)
+{
+    int fd = 3, i;
+    for (;;) {
+        int taken = inherit_fds && fcntl(fd, F_GETFD) >= 0;
+        for (i = 0; i < n && !taken; i++)
+            taken = keep[i] == fd;
+        if (!taken)
+            return fd;
+        fd++;
+    }
+}
+
+/* env (a dict of bytes) as "KEY=VALUE" strings in one buffer, the lifeline's variable left
+ * out (the clone adds it, with the pipe's identity), plus two free slots: the lifeline's
+ * entry and the NULL. *buffer is the caller's to free with the array. */
+static char **env_array(PyObject *env, char **buffer)
+{
+    Py_ssize_t pos = 0, n = PyDict_Size(env), i = 0;
+    size_t size = 0;
+    PyObject *key, *value;
+    char **out, *at;
+    while (PyDict_Next(env, &pos, &key, &value)) {
+        if (!PyBytes_Check(key) || !PyBytes_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "env must map bytes to bytes");
+            return NULL;
+        }
+        size += (size_t)PyBytes_GET_SIZE(key) + (size_t)PyBytes_GET_SIZE(value) + 2;
+    }
+    out = PyMem_Calloc((size_t)n + 2, sizeof(char *));
+    *buffer = out ? PyMem_Malloc(size + 1) : NULL;
+    if (*buffer == NULL) {
+        PyMem_Free(out);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    at = *buffer;
+    pos = 0;
+    while (PyDict_Next(env, &pos, &key, &value)) {
+        Py_ssize_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(value);
+        if (klen == (Py_ssize_t)strlen(LIFELINE_KEY)
+            && memcmp(PyBytes_AS_STRING(key), LIFELINE_KEY, (size_t)klen) == 0)
+            continue;
+        out[i++] = at;
+        memcpy(at, PyBytes_AS_STRING(key), (size_t)klen);
+        at[klen] = '=';
+        memcpy(at + klen + 1, PyBytes_AS_STRING(value), (size_t)vlen);
+        at[klen + 1 + vlen] = '\0';
+        at += klen + vlen + 2;
+    }
+    out[i] = NULL;
+    return out;
+}
+
+/* [guard, --control, N, *head, *tail]: the guard's argv, N written into ctl (16 bytes) by
+ * the caller once the socket exists. */
+static char **guard_argv(PyObject *path, PyObject *head, PyObject *tail, char *ctl)
+{
+    Py_ssize_t nh = PyTuple_GET_SIZE(head), nt = PyTuple_GET_SIZE(tail), i;
+    char **out = PyMem_Calloc((size_t)(nh + nt) + 4, sizeof(char *));
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    out[0] = PyBytes_AS_STRING(path);
+    out[1] = "--control";
+    out[2] = ctl;
+    for (i = 0; i < nh + nt; i++) {
+        PyObject *item = i < nh ? PyTuple_GET_ITEM(head, i) : PyTuple_GET_ITEM(tail, i - nh);
+        if (!PyBytes_Check(item)) {
+            PyMem_Free(out);
+            PyErr_SetString(PyExc_TypeError, "the guard's argv must be bytes");
+            return NULL;
+        }
+        out[3 + i] = PyBytes_AS_STRING(item);
+    }
+    return out;
+}
+
+/* The part without the GIL: open, name, clone. 0 (the guard exec'd, or *failure says where
+ * it failed) or -errno; on anything but a running guard, every fd made here is closed. */
+static int launch_clone(struct tether_plan *plan, struct launch_fds *fds, char *ctl,
+                        char *lifeline_env, int method, uint64_t extra_flags, pid_t *pid,
+                        int *pidfd, struct tether_failure *failure)
+{
+    struct stat st;
+    int *keep = NULL, rc = launch_open(fds);
+    char **envp = (char **)plan->envp;
+    Py_ssize_t n_env = 0;
+    if (rc < 0)
+        return rc;
+    snprintf(ctl, 16, "%d", fds->guards);
+    keep = keep_with(plan->keep_fds, plan->n_keep, fds->guards);
+    if (keep == NULL || fstat(fds->lifeline[0], &st) != 0) {
+        rc = keep == NULL ? -ENOMEM : -errno;
+        goto done;
+    }
+    plan->keep_fds = keep;
+    plan->n_keep++;
+    plan->lifeline_src = fds->lifeline[0];
+    plan->lifeline_dst = lifeline_number(keep, plan->n_keep, plan->inherit_fds);
+    plan->floor = plan->lifeline_dst + 1;
+    if (keep[plan->n_keep - 1] + 1 > plan->floor)
+        plan->floor = keep[plan->n_keep - 1] + 1;
+    while (envp[n_env] != NULL)
+        n_env++;
+    snprintf(lifeline_env, 96, LIFELINE_KEY "=%d:%llu:%llu", plan->lifeline_dst,
+             (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+    envp[n_env] = lifeline_env;
+    rc = tether_clone_exec(plan, method, extra_flags, -1, pid, pidfd, failure);
+    envp[n_env] = NULL;
+done:
+    PyMem_RawFree(keep);
+    close(fds->lifeline[0]);
+    fds->lifeline[0] = -1;
+    close(fds->guards);
+    fds->guards = -1;
+    if (rc < 0 || *pidfd < 0)
+        launch_undo(fds);
+    return rc;
+}
+
+PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"path", "head", "tail", "env", "cwd", "stdin", "stdout", "stderr",
+                             "keep_fds", "new_pgroup", "extra_flags", "method", "attrs", NULL};
+    PyObject *path, *head, *tail, *env, *cwd, *keep_obj, *attrs = Py_None;
+    struct tether_plan plan;
+    struct tether_failure failure = {0, 0};
+    struct launch_fds fds = {-1, -1, {-1, -1}};
+    char ctl[16], lifeline_env[96], *env_buffer = NULL, **argv = NULL, **envp = NULL;
+    gid_t *groups = NULL;
+    int *keep = NULL, floor_fd = 3, method, pidfd = -1, rc = 0;
+    unsigned long long extra_flags;
+    pid_t pid = 0;
+    (void)self;
+    memset(&plan, 0, sizeof plan);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!OiiiO!pKi|O", kwlist, &PyBytes_Type,
+                                     &path, &PyTuple_Type, &head, &PyTuple_Type, &tail,
+                                     &PyDict_Type, &env, &cwd, &plan.stdio[0], &plan.stdio[1],
+                                     &plan.stdio[2], &PyTuple_Type, &keep_obj, &plan.new_pgroup,
+                                     &extra_flags, &method, &attrs))
+        return NULL;
+    if (cwd != Py_None && !PyBytes_Check(cwd)) {
+        PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
+        return NULL;
+    }
+    if ((argv = guard_argv(path, head, tail, ctl)) == NULL
+        || (envp = env_array(env, &env_buffer)) == NULL
+        || (keep = keep_fds_array(keep_obj, &floor_fd)) == NULL
+        || (attrs != Py_None && plan_attrs(attrs, &plan, &groups) < 0))
+        goto done;
+    plan.path = PyBytes_AS_STRING(path);
+    plan.argv = argv;
+    plan.envp = envp;
+    plan.cwd = cwd == Py_None ? NULL : PyBytes_AS_STRING(cwd);
+    plan.keep_fds = keep;
+    plan.n_keep = (int)PyTuple_GET_SIZE(keep_obj);
+    plan.expected_ppid = getpid();
+    Py_BEGIN_ALLOW_THREADS
+    rc = launch_clone(&plan, &fds, ctl, lifeline_env, method, (uint64_t)extra_flags, &pid,
+                      &pidfd, &failure);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        errno = -rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+    }
+done:
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    PyMem_Free(env_buffer);
+    PyMem_Free(keep);
+    PyMem_Free(groups);
+    if (PyErr_Occurred())
+        return NULL;
+    return Py_BuildValue("iiiiii", (int)pid, pidfd, fds.ours, fds.lifeline[1], failure.stage,
+                         failure.error);
+}

@@ -1,0 +1,62 @@
+"""The guard's launch in one C call (``core.launch_guard``, launch.c, through
+``spawn.clone_guard``): its own error paths leave no fd, lifeline or process behind, and the
+guard's kept fds (the caller's pass_fds around the control socket) all reach the program."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+
+import pytest
+
+import oracle
+import tether
+
+
+def test_bad_guard_argv_raises_typeerror_before_any_fd_is_made() -> None:
+    from tether._kernel import core
+
+    before = oracle.baseline_fds()
+    with pytest.raises(TypeError):
+        core.launch_guard(path=b"/bin/true", head=("not bytes",), tail=(), env={}, cwd=None,
+                          stdin=-1, stdout=-1, stderr=-1, keep_fds=(), new_pgroup=True,
+                          extra_flags=0, method=core.CLONE_CLONE3)
+    assert oracle.open_fds() == before
+    assert oracle.no_descendants()
+
+
+def test_launch_at_the_open_file_limit_raises_emfile_and_leaks_nothing() -> None:
+    tether.spawn(["true"], contain="group").wait()  # (process-wide caches, /dev/null)
+    before = oracle.baseline_fds()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(before) + 8, hard))
+    fillers: list[int] = []
+    try:
+        with pytest.raises(OSError):  # fill every free number ...
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        for _ in range(3):  # ... but three: the socketpair is made, the lifeline's pipe
+            os.close(fillers.pop())  # is not, and the socketpair must be closed again
+        with pytest.raises(OSError) as info:
+            tether.spawn(["true"], contain="group")
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert info.value.errno == 24  # EMFILE
+    assert oracle.open_fds() == before
+    assert oracle.no_descendants()
+
+
+def test_pass_fds_below_and_above_the_control_socket_reach_the_program() -> None:
+    low_r, low_w = os.pipe()
+    high = os.dup2(low_r, 200, inheritable=False)
+    try:
+        child = tether.spawn(
+            ["sh", "-c", f"[ -e /dev/fd/{low_r} ] && [ -e /dev/fd/200 ]"],
+            contain="group", pass_fds=(low_r, high), stdout=subprocess.DEVNULL)
+        assert child.wait() == 0
+    finally:
+        for fd in (low_r, low_w, high):
+            os.close(fd)
