@@ -23,6 +23,7 @@ from tether._kernel import cgroup as _cgroup
 from tether._kernel import core as _core
 from tether._kernel import features as _features
 from tether._kernel import reaper as _reaper
+from tether._tree.modes import resolve_mode
 
 # Locked by the run that made it (a name apart from the unlocked "tether-tests-" roots of
 # older checkouts, which a sweep could not tell from a live run's).
@@ -156,7 +157,10 @@ CLONE_METHODS = {"clone3": _core.CLONE_CLONE3, "legacy": _core.CLONE_LEGACY}
 @pytest.fixture
 def no_leak() -> Iterator[None]:
     """The test's calls leave no fd (against a baseline taken after a collection) and no
-    process (the subreaper oracle)."""
+    process (the subreaper oracle). The process-lifetime caches are filled first: "auto"
+    (every call's default) probes the modes once per process and keeps one /dev/null fd for
+    its probes; a test that happens to be the first to resolve it must not be charged."""
+    resolve_mode("auto")
     before = oracle.baseline_fds()
     yield
     assert oracle.open_fds() == before, "an fd leaked"
