@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = ["PooledDir", "acquire", "controllers_at", "drain", "poolable", "release", "reset"]
@@ -35,15 +34,17 @@ _pool: dict[str, list[PooledDir]] = {}
 _lock = threading.Lock()
 
 
-@dataclass
 class PooledDir:
     """One tree's directory in a v1 hierarchy: its lock fd and the limit files written into
-    it (file -> value); ``reused``: it served an earlier tree."""
+    it (file -> value); ``reused``: it served an earlier tree. (No dataclass: ``tether run``
+    must not import dataclasses.)"""
 
-    path: str
-    fd: int
-    dirty: dict[str, str] = field(default_factory=dict)
-    reused: bool = False
+    __slots__ = ("dirty", "fd", "path", "reused")
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path, self.fd = path, fd
+        self.dirty: dict[str, str] = {}
+        self.reused = False
 
 
 def controllers_at(places: dict[str, str], where: str) -> set[str]:
