@@ -16,7 +16,7 @@ import pytest
 
 import oracle
 import tether
-from tether._kernel import cgroup
+from tether._kernel import cgroup, v1_pool
 
 N = 3  # trees at once: a per-tree cost, not a one-off cache
 
@@ -39,14 +39,17 @@ def _kinds(fds: set[int]) -> list[str]:
 
 
 def _held_per_tree(contain: str | None, **kwargs: object) -> list[str]:
-    """The kinds of the fds that each of N live trees holds in the parent."""
+    """The kinds of the fds that each of N live trees holds in the parent (not the v1 pool's:
+    process-wide, bounded, drained around the count)."""
     with tether.spawn(["true"], contain=contain, **kwargs) as warm:  # (process-wide caches)
         warm.wait()
+    v1_pool.drain()
     before = oracle.baseline_fds()
     with contextlib.ExitStack() as stack:
         for _ in range(N):
             stack.enter_context(tether.spawn(["sleep", "300"], contain=contain, **kwargs))
         kinds = _kinds(oracle.open_fds() - before)
+    v1_pool.drain()
     assert oracle.open_fds() == before  # and `with` closes them all
     per_tree = kinds[::N]
     assert kinds == sorted(per_tree * N)

@@ -18,7 +18,7 @@ import pytest
 
 import oracle
 import tether
-from tether._kernel import controllers
+from tether._kernel import controllers, v1_pool
 
 PY = sys.executable
 
@@ -44,6 +44,7 @@ def places(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         pytest.skip(f"memory, cpu and pids controllers needed; this machine has {found}")
     try:
         yield found
+        v1_pool.drain()  # this test's reusable directories (its parent is its own)
         assert _tree_dirs(found) == set(), "a per-tree v1 cgroup was left"
     finally:
         for where in set(found.values()) - {"v2"}:

@@ -7,7 +7,8 @@ tree's v1 directories are made here like its v2 one (``cgroup.create_locked``: 0
 ``t-<random>`` below ``<this process's v1 cgroup>/tether``, so a tree started inside a
 tether tree nests in it), written with the limits before the guard starts, joined by the
 guard itself (it moves itself, never another pid, before it clones the program), read for
-:class:`Usage` and removed here once the guard has been reaped. The lock fds go to the guard
+:class:`Usage` and removed here once the guard has been reaped (cpu and cpuacct ones
+are kept for the next tree instead: ``v1_pool``). The lock fds go to the guard
 too, so a directory stays locked while the guard lives; one whose owners are all gone is
 removed by the next start's sweep. Every cgroup *file* write of this module is here; the v2
 directory itself is ``cgroup.CgroupTree``'s.
@@ -22,6 +23,7 @@ import threading
 import time
 from typing import Final
 
+from tether._kernel import v1_pool
 from tether._kernel.cgroup import (
     PARENT_NAME,
     TREE_PREFIX,
@@ -198,13 +200,14 @@ class LimitedTree(CgroupTree):
     cgroup mode the containment one, else one the guard joins, or none: fd -1) and one locked
     directory per v1 hierarchy. ``join`` are the fds the guard moves itself into."""
 
-    __slots__ = ("final", "join", "limits", "places", "v1")
+    __slots__ = ("final", "join", "limits", "places", "pooled", "v1")
 
     def __init__(self, path: str, fd: int, limits: Limits, places: dict[str, str]) -> None:
         super().__init__(path, fd)
         self.limits = limits
         self.places = places
         self.v1: dict[str, tuple[str, int]] = {}  # v1 directory -> (path, lock fd)
+        self.pooled: dict[str, v1_pool.PooledDir] = {}  # the reusable ones of v1
         self.join: list[int] = []
         self.final: Usage | None = None
 
@@ -259,11 +262,16 @@ class LimitedTree(CgroupTree):
             where = self.places.get(controller) if controller in needed else None
             if where is None or where == "v2" or where in self.v1:
                 continue
-            parent = os.path.join(where, PARENT_NAME)
-            _sweep_v1_once(parent)
-            path, fd = create_locked(parent, TREE_PREFIX)
-            self.v1[where] = (path, fd)
-            self.join.append(fd)
+            reusable = v1_pool.poolable(v1_pool.controllers_at(self.places, where))
+            entry = v1_pool.acquire(where) if reusable else None
+            if entry is None:
+                parent = os.path.join(where, PARENT_NAME)
+                _sweep_v1_once(parent)
+                entry = v1_pool.PooledDir(*create_locked(parent, TREE_PREFIX))
+            self.v1[where] = (entry.path, entry.fd)
+            if reusable:
+                self.pooled[where] = entry
+            self.join.append(entry.fd)
 
     def _dir(self, controller: str) -> str | None:
         where = self.places.get(controller)
@@ -275,6 +283,9 @@ class LimitedTree(CgroupTree):
         v2_controllers = {c for _, c, _, _ in writes if self.places.get(c) == "v2"}
         if v2_controllers:
             _enable_controllers(self.path, v2_controllers)
+        for where, entry in self.pooled.items():
+            v1_pool.reset(entry, v1_pool.controllers_at(self.places, where), {
+                n: v for _, c, _, v1 in writes if self.places[c] == where for n, v in v1})
         for field, controller, v2_files, v1_files in writes:
             directory = self._dir(controller)
             assert directory is not None
@@ -335,6 +346,7 @@ class LimitedTree(CgroupTree):
             _rmdir_quiet(path)
             release_lock(fd)
         self.v1.clear()
+        self.pooled.clear()
 
     def remove(self, timeout: float = 5.0) -> None:
         """Keep the final :class:`Usage`, then remove every directory (the v2 one after
@@ -348,7 +360,10 @@ class LimitedTree(CgroupTree):
             super().remove(timeout)
         finally:
             while self.v1:
-                _, (path, fd) = self.v1.popitem()
+                where, (path, fd) = self.v1.popitem()
+                if where in self.pooled and v1_pool.release(
+                        where, self.pooled.pop(where)):
+                    continue
                 try:
                     if not _remove_v1(path, timeout):
                         raise OSError(errno.EBUSY, f"cgroup still busy after {timeout} s", path)

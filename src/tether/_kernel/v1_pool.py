@@ -1,0 +1,141 @@
+"""Emptied v1 directories of ended trees, kept locked for this process's next limited tree.
+
+The one rule this module owns: a v1 directory is reused only when nothing of the previous
+tree can show in the next one. So only the hierarchies whose every counter can be reset are
+pooled: cpu (limits only) and cpuacct (``cpuacct.usage`` is reset by writing 0, which resets
+``usage_user``/``usage_sys`` too). Not pids: ``pids.peak`` cannot be reset. Not memory:
+``memory.usage_in_bytes`` of an emptied directory keeps the dead tree's kernel memory charged
+(measured: 70-250 KiB after ``/bin/true``; ``force_empty`` does not free it and costs more
+than the rmdir it would save), which would count in the next tree's peak and limit. Not
+blkio. A directory goes back only once it has no member, and every limit file the previous
+tree wrote is written again or reset to its default (``dirty``). A mkdir plus an rmdir per
+hierarchy is most of what limits add to a spawn (benchmarks: spawn, ``pidns with limits``).
+The pool stays locked by this process (the sweep skips it) and is removed at exit; if the
+process dies, the lock goes with it and the next start's sweep removes the directories.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from typing import Final
+
+__all__ = ["PooledDir", "acquire", "controllers_at", "drain", "poolable", "release", "reset"]
+
+#: Directories kept per hierarchy (a process with this many limited trees ending together).
+POOL_SIZE: Final = 4
+#: v1 controllers whose every counter :class:`~tether.Usage` reads can be reset.
+_RESETTABLE: Final = frozenset(("cpu", "cpuacct"))
+#: What a limit file of theirs holds in a fresh directory.
+_DEFAULTS: Final = {"cpu.cfs_quota_us": "-1", "cpu.cfs_period_us": "100000",
+                    "cpu.shares": "1024"}
+_pool: dict[str, list[PooledDir]] = {}
+_lock = threading.Lock()
+
+
+class PooledDir:
+    """One tree's directory in a v1 hierarchy: its lock fd and the limit files written into
+    it (file -> value); ``reused``: it served an earlier tree. (No dataclass: ``tether run``
+    must not import dataclasses.)"""
+
+    __slots__ = ("dirty", "fd", "path", "reused")
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path, self.fd = path, fd
+        self.dirty: dict[str, str] = {}
+        self.reused = False
+
+
+def controllers_at(places: dict[str, str], where: str) -> set[str]:
+    """The controllers of v1 hierarchy ``where`` (``places``: ``controller_places()``)."""
+    return {c for c, w in places.items() if w == where}
+
+
+def poolable(controllers: set[str]) -> bool:
+    """Whether a v1 hierarchy with these controllers may be reused."""
+    return bool(controllers) and controllers <= _RESETTABLE
+
+
+def acquire(where: str) -> PooledDir | None:
+    """A pooled directory of hierarchy ``where`` (not reset yet: see :func:`reset`), or
+    None."""
+    with _lock:
+        free = _pool.get(where)
+        entry = free.pop() if free else None
+    if entry is not None:
+        entry.reused = True
+    return entry
+
+
+def reset(entry: PooledDir, controllers: set[str], rewritten: dict[str, str]) -> None:
+    """Make a reused directory read as a fresh one before the next tree's limits are
+    written (``rewritten``: file -> value, what those write): the previous tree's other
+    limit files back to their defaults, the CPU time counter to 0."""
+    if entry.reused:
+        for name, default in _DEFAULTS.items():
+            if name in entry.dirty and name not in rewritten:
+                _write(os.path.join(entry.path, name), default)
+        if "cpuacct" in controllers:
+            _write(os.path.join(entry.path, "cpuacct.usage"), "0")
+    entry.dirty = dict(rewritten)
+
+
+def release(where: str, entry: PooledDir) -> bool:
+    """Put an ended tree's directory back once its final usage has been read; False (the
+    caller removes it) if it still has a member or the pool is full."""
+    if _read(os.path.join(entry.path, "cgroup.procs")) != "":
+        return False
+    with _lock:
+        free = _pool.setdefault(where, [])
+        if len(free) >= POOL_SIZE:
+            return False
+        free.append(entry)
+    return True
+
+
+def drain() -> None:
+    """Remove every pooled directory and release its lock (at exit; tests)."""
+    with _lock:
+        entries = [e for free in _pool.values() for e in free]
+        _pool.clear()
+    for entry in entries:
+        try:
+            os.rmdir(entry.path)
+        except OSError:
+            pass  # unlocked now: the next start's sweep removes it
+        os.close(entry.fd)
+
+
+def _forget_in_child() -> None:
+    # A forked child shares the parent's directories: two trees must never get one.
+    with _lock:
+        entries = [e for free in _pool.values() for e in free]
+        _pool.clear()
+    for entry in entries:
+        os.close(entry.fd)
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 64).decode("ascii")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+atexit.register(drain)
+os.register_at_fork(after_in_child=_forget_in_child)

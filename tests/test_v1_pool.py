@@ -1,0 +1,75 @@
+"""Reused v1 directories (``_kernel/v1_pool``): a tree never sees the previous one's limits or
+CPU time."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+import tether
+from tether._kernel import controllers, v1_pool
+from tether._kernel.controllers import LimitedTree
+
+
+@pytest.fixture(autouse=True)
+def places(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A private v1 parent per test, so no other test's (or suite copy's) pool is used."""
+    monkeypatch.setenv(controllers.V1_SUBDIR_ENV, f"tether-tests-{secrets.token_hex(4)}")
+    controllers.forget_layout()
+    found = controllers.controller_places()
+    if not all(found.get(c, "v2") != "v2" for c in ("cpu", "cpuacct")):
+        pytest.skip(f"cpu and cpuacct on v1 hierarchies needed; this machine has {found}")
+    try:
+        yield found
+    finally:
+        v1_pool.drain()
+        for where in set(found.values()) - {"v2"}:
+            for path in (os.path.join(where, "tether"), where):
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+        controllers.forget_layout()
+
+
+def _tree_dirs(where: str) -> list[str]:
+    parent = os.path.join(where, "tether")
+    return sorted(os.path.join(parent, n) for n in os.listdir(parent) if n.startswith("t-"))
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="ascii") as f:
+        return f.read().strip()
+
+
+def test_a_reused_directory_has_none_of_the_previous_trees_limits(
+        places: dict[str, str]) -> None:
+    first = LimitedTree.make(tether.Limits(cpus=0.5), "pidns", None)
+    cpu_dir = first.v1[places["cpu"]][0]
+    first.remove()
+    second = LimitedTree.make(tether.Limits(cpu_weight=50), "pidns", None)
+    try:
+        assert second.v1[places["cpu"]][0] == cpu_dir, "the cpu directory was not reused"
+        assert _read(os.path.join(cpu_dir, "cpu.cfs_quota_us")) == "-1"
+        assert _read(os.path.join(cpu_dir, "cpu.shares")) == "512"
+    finally:
+        second.remove()
+
+
+def test_a_reused_directory_starts_with_no_cpu_time(places: dict[str, str]) -> None:
+    from conftest import require_mode
+
+    require_mode("pidns")
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    with tether.spawn([sys.executable, "-c", burn], contain="pidns",
+                      limits=tether.Limits()) as first:
+        first.wait()
+    assert first.usage().user + first.usage().system >= 0.3
+    pooled = _tree_dirs(places["cpuacct"])
+    with tether.spawn(["true"], contain="pidns", limits=tether.Limits()) as second:
+        assert _tree_dirs(places["cpuacct"]) == pooled, "the cpuacct directory was not reused"
+        second.wait()
+    assert second.usage().user + second.usage().system < 0.3
