@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 
 import pytest
@@ -60,3 +61,28 @@ def test_pass_fds_below_and_above_the_control_socket_reach_the_program() -> None
     finally:
         for fd in (low_r, low_w, high):
             os.close(fd)
+
+
+def test_ctrl_c_just_after_the_guard_is_launched_leaves_nothing(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A KeyboardInterrupt raised the moment the C launch returns, while the guard's pidfd,
+    # lifeline and socket are still plain ints (found by a hostile review: a live tree and
+    # three fds lost, in every mode). Held off until they are owned, it leaves nothing.
+    from tether._kernel import core
+    from tether._kernel import reaper as _reaper
+
+    real = core.launch_guard
+
+    def interrupted_on_return(**kwargs: object) -> object:
+        result = real(**kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return result
+
+    tether.run(["true"], contain=mode)  # type: ignore[arg-type]  (per-process caches filled)
+    before = oracle.baseline_fds()
+    monkeypatch.setattr(core, "launch_guard", interrupted_on_return)
+    with pytest.raises(KeyboardInterrupt):
+        tether.spawn(["sleep", "300"], contain=mode)  # type: ignore[arg-type]
+    assert oracle.reap_until(10.0).empty  # the tree ended with its lifeline
+    _reaper.reap_dropped()
+    assert oracle.open_fds() == before

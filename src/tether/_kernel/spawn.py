@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, NamedTuple
 
@@ -156,6 +158,8 @@ def clone_spec(
         return _fork_exec(spec, stdio_fds, extra_flags, cgroup_fd)
     lifeline_dst = spec.lifeline_fd
     read_fd, writer = new_lifeline()
+    # As in clone_guard: no signal handler may run while the child's pidfd is a plain int.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         pid, pidfd, stage, err, _ = core.spawn(
             path=spec.executable,
@@ -175,15 +179,18 @@ def clone_spec(
             method=method,
             attrs=None if spec.attrs is None else spec.attrs.core_tuple(),
         )
+        if pidfd >= 0:
+            owned = Pidfd._create(pidfd, pid, reaper=True, cmd=list(spec.args))
     except BaseException:
         writer.close()
         raise
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         os.close(read_fd)
     if pidfd < 0:
         writer.close()
         raise child_error(stage, err, spec.args[0], spec.cwd)
-    return Spawned(pid, Pidfd._create(pidfd, pid, reaper=True, cmd=list(spec.args)), writer)
+    return Spawned(pid, owned, writer)
 
 
 def clone_guard(
@@ -195,13 +202,13 @@ def clone_guard(
     *,
     extra_flags: int = 0,
     process_group: bool = True,
-) -> tuple[Spawned, int]:
+) -> tuple[Spawned, socket.socket]:
     """Clone a guard (the executable ``guard``) over ``spec``'s program in one C call
     (``launch.c``): the control socketpair, the lifeline and the clone. The guard's argv is
     ``guard --control N *options *spec's-attr-options -- program *argv``; it keeps
     ``keep_fds`` (sorted) and its control fd, and takes ``spec``'s env, cwd and attributes
     for its own clone (``guard_attrs``). Returns the guard and our end of its control socket
-    (an fd, close-on-exec); the guard leads a new process group if ``process_group``.
+    (close-on-exec); the guard leads a new process group if ``process_group``.
     Errors as :func:`clone_spec`'s, with every fd made here closed."""
     reaper.reap_dropped()
     method = clone_method()
@@ -212,15 +219,25 @@ def clone_guard(
             f"({features.CLONE_METHOD_NAMES[method]} is used)",
         )
     attrs = spec.guard_attrs()
-    pid, pidfd, sock_fd, write_fd, stage, err = core.launch_guard(
-        path=guard, head=options, tail=(*spec.attr_options(), b"--", spec.executable,
-                                        *spec.argv),
-        env=spec.env, cwd=spec.cwd, stdin=stdio_fds[0], stdout=stdio_fds[1],
-        stderr=stdio_fds[2], keep_fds=keep_fds, new_pgroup=process_group,
-        extra_flags=extra_flags, method=method,
-        attrs=None if attrs is None else attrs.core_tuple())
+    # A Python signal handler (Ctrl-C's KeyboardInterrupt) runs between bytecodes: just after
+    # the C call returns, the guard's pidfd, lifeline and socket are plain ints, and an
+    # exception there would lose them with the tree running. So this thread takes no signal
+    # until they are owned by objects; one that comes meanwhile is handled right after.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        pid, pidfd, sock_fd, write_fd, stage, err = core.launch_guard(
+            path=guard, head=options, tail=(*spec.attr_options(), b"--", spec.executable,
+                                            *spec.argv),
+            env=spec.env, cwd=spec.cwd, stdin=stdio_fds[0], stdout=stdio_fds[1],
+            stderr=stdio_fds[2], keep_fds=keep_fds, new_pgroup=process_group,
+            extra_flags=extra_flags, method=method,
+            attrs=None if attrs is None else attrs.core_tuple())
+        if pidfd >= 0:
+            spawned = Spawned(pid, Pidfd._create(pidfd, pid, reaper=True, cmd=list(spec.args)),
+                              LifelineWriter._create(write_fd))
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, sock_fd)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     if pidfd < 0:
         raise child_error(stage, err, spec.args[0], spec.cwd)
-    writer = LifelineWriter._create(write_fd)
-    guard_pidfd = Pidfd._create(pidfd, pid, reaper=True, cmd=list(spec.args))
-    return Spawned(pid, guard_pidfd, writer), sock_fd
+    return spawned, sock

@@ -48,11 +48,10 @@ def start_guard(
         if keep:
             guard_args += [b"--keep", ",".join(map(str, keep)).encode()]
         if spec.preexec_fn is None:  # one C call (launch.c): socketpair, lifeline, clone
-            spawned, sock_fd = clone_guard(
+            spawned, parent_sock = clone_guard(
                 spec, stdio_fds, os.fsencode(guard), tuple(guard_args),
                 tuple(sorted(set(keep) | cgroup_fds)), extra_flags=extra_flags,
                 process_group=process_group)
-            parent_sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, sock_fd)
         else:  # preexec_fn's fork of this process (_kernel/preexec.py) clones in Python
             # Both above 2: --control must not be one of the program's stdio fds.
             parent_sock, guard_sock = socketpair_above_stdio(socket.SOCK_SEQPACKET)
