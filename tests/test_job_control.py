@@ -125,6 +125,24 @@ def test_a_background_job_that_reads_the_terminal_stops_and_fg_brings_it_back(
     assert term.command("echo status=$?").strip() == "status=0"
 
 
+def test_fg_of_a_running_background_job_hands_it_the_terminal(
+        term: Terminal, tmp_path: Path) -> None:
+    # bash sends no SIGCONT to a job that is running when it is brought to the foreground:
+    # the program's first read of the terminal, gated until after `fg`, must still reach it
+    # (found by a hostile review: the job stopped at once and needed a second `fg`).
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    term.send(f"{PY} -m tether run -- sh -c 'read g < {gate}; read line; echo got-$line' &\n")
+    term.expect(PROMPT)
+    term.send("fg\n")
+    term.expect("sh -c")  # bash names the job it brought to the foreground
+    with open(gate, "w") as f:  # (opening waits for the program's read end: a barrier)
+        f.write("go\n")
+    term.send("ping5\n")
+    term.expect("got-ping5")
+    term.expect(PROMPT)
+
+
 def test_kill_ends_a_stopped_job_and_its_tree(term: Terminal, tmp_path: Path) -> None:
     # The background sleep holds the write end of a FIFO: EOF on our read end is the kernel
     # saying that no process of the tree is left holding it.

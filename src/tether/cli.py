@@ -298,6 +298,18 @@ def _stop_with_the_program(sig: int) -> None:
     signal.raise_signal(stop)
 
 
+def _hand_over_terminal(child: Child) -> bool:
+    """If our job is the terminal's foreground, give the terminal to the program's group;
+    True if that group has it now (never taken from anyone but us)."""
+    if not _in_terminal_foreground():
+        return False
+    _set_terminal_group(child.pid)
+    try:
+        return os.tcgetpgrp(0) == child.pid
+    except OSError:
+        return False
+
+
 def _continue_the_program(child: Child) -> None:
     """The shell continued our job (fg or bg): if it is in the foreground now, the program's
     group gets the terminal first (else its first read would stop it again with SIGTTIN);
@@ -305,8 +317,7 @@ def _continue_the_program(child: Child) -> None:
     alive (stopped), so that number cannot have been handed out again."""
     if child.poll() is not None:
         return
-    if _in_terminal_foreground():
-        _set_terminal_group(child.pid)
+    _hand_over_terminal(child)
     child.signal_tree(signal.SIGCONT)
 
 
@@ -327,7 +338,12 @@ def _supervise(child: Child, sigfd: SignalFd, timeout: float | None, grace: floa
         stops = child.stops  # (poll() has just read the guard's reports)
         if len(stops) != stops_seen:
             stops_seen = len(stops)
-            _stop_with_the_program(stops[-1])  # returns once continued; SIGCONT read below
+            if stops[-1] in (signal.SIGTTIN, signal.SIGTTOU) and _hand_over_terminal(child):
+                # Our job is in the foreground already (the program read the terminal before
+                # a `fg` had handed it over): it has the terminal now, so it goes on.
+                child.signal_tree(signal.SIGCONT)
+            else:
+                _stop_with_the_program(stops[-1])  # returns once continued (SIGCONT below)
         if kill_at is None and deadline.expired:
             timed_out = True
             child._end_by("timeout")
