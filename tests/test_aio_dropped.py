@@ -100,3 +100,19 @@ def test_a_dropped_process_dies_with_its_sigkilled_parent(python_env: dict[str, 
     assert line == b"alive\n"
     assert parent.pidfd.wait().signal == signal.SIGKILL
     assert oracle.reap_until(5.0).empty, "the dropped tree outlived its parent"
+
+
+@pytest.mark.parametrize("contain", CONTAINS)
+def test_a_dropped_running_process_holds_two_fds(tmp_path: Path, contain: str | None) -> None:
+    # What the README says it costs until it ends: its one child's pidfd and the lifeline.
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    try:
+        tether.run(["true"])  # the process-lifetime caches ("auto"'s probe fd) filled first
+        before = oracle.baseline_fds()
+        _start_and_drop(tmp_path / "out", to_r, from_w, contain)
+        assert len(oracle.open_fds() - before) == 2
+    finally:
+        os.write(to_w, b"end\n")
+        for fd in (to_r, to_w, from_r, from_w):
+            os.close(fd)
