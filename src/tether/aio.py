@@ -31,6 +31,7 @@ from tether._kernel.spec import StrOrBytesPath
 from tether._tree.aiochild import (
     AsyncChild,
     adopt_async,
+    let_run,
     run_to_end,
     running_loop,
     start_async,
@@ -275,6 +276,8 @@ class Process(metaclass=NoPublicConstructor):
     As with asyncio, the signals reach the program only (the guard then ends the rest of the
     tree as the program exits); ``wait()`` and ``communicate()`` return once the tree has
     ended, watched by the loop's selector: no child watcher, thread or SIGCHLD handler.
+    A Process that is dropped while its program runs keeps running, as asyncio's does; it is
+    reaped once its tree has ended (at the next spawn or at interpreter exit).
     Guarantee: nothing of the tree outlives this process (the guard holds its lifeline).
     """
 
@@ -282,6 +285,11 @@ class Process(metaclass=NoPublicConstructor):
 
     def __init__(self, child: AsyncChild) -> None:
         self._child = child
+
+    def __del__(self) -> None:
+        child = getattr(self, "_child", None)
+        if child is not None:
+            let_run(child)
 
     def __repr__(self) -> str:
         return f"<Process {self.pid}>"

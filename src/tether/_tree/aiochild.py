@@ -25,7 +25,7 @@ from tether._tree.modes import Contain, Mode, resolve_mode
 from tether._tree.pipes import BINARY, TextMode
 from tether._tree.seam import Tree
 
-__all__ = ["AsyncChild", "adopt_async", "run_to_end", "running_loop", "start_async"]
+__all__ = ["AsyncChild", "adopt_async", "let_run", "run_to_end", "running_loop", "start_async"]
 
 
 def running_loop(what: str) -> asyncio.AbstractEventLoop:
@@ -433,6 +433,16 @@ async def adopt_async(
             achild._pipes.close()
         raise
     return achild
+
+
+def let_run(child: AsyncChild) -> None:
+    """``child`` is being dropped (a drop-in Process): its tree runs on, as asyncio's process
+    would, and dies with this process (its lifeline); it is reaped once it has ended, at the
+    next spawn or at interpreter exit (the reaper), with no loop, thread or SIGCHLD."""
+    if child._watch_fd >= 0:
+        return  # a reader still watches it: the loop holds the child, it is not dropped
+    with contextlib.suppress(ForkedHandleError):  # a fork's copy: the tree is the parent's
+        child._tree.detach()
 
 
 async def run_to_end(

@@ -125,12 +125,19 @@ class DirectTree:
         except ValueError:
             pass  # closed by its user: the reaper has it
 
+    def detach(self) -> None:
+        lifeline = self.spawned.lifeline
+        self.spawned.pidfd._drop(lifeline.close)  # and __del__ then leaves the tree alone
+
     def __del__(self) -> None:
         # Dropped without being waited for: end the tree, as abandon() does, but without
         # waiting; the program's pidfd is reaped at the next spawn or at interpreter exit.
-        # In a forked child the tree is the parent's: leave it alone.
+        # In a forked child the tree is the parent's: leave it alone. With the pidfd closed
+        # (detach(), or its user) the lifeline's owner decides: the reaper, or its own GC.
         spawned = getattr(self, "spawned", None)
         if spawned is None or getattr(self, "_generation", None) != core.fork_generation():
+            return
+        if spawned.pidfd.closed:
             return
         with contextlib.suppress(OSError, ValueError):
             self.kill_tree()

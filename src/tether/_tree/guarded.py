@@ -454,6 +454,23 @@ class Guard:
             self.spawned.lifeline.close()
         self.wait(None)
 
+    def detach(self) -> None:
+        with self._lock:
+            if self.pump():
+                return  # ended: _release has closed everything
+            lifeline, cgroup = self.spawned.lifeline, self.cgroup
+
+            def on_reaped() -> None:  # _release's work, once the guard has exited
+                lifeline.close()
+                if cgroup is not None:
+                    cgroup.remove()
+
+            # The guard reads a closed control socket as "stop reading", not as our death.
+            self.sock.close()
+            if self._program is not None:
+                self._program.close()  # the guard's child: the guard reaps it
+            self.spawned.pidfd._drop(on_reaped)  # and __del__ then leaves the tree alone
+
     def __del__(self) -> None:
         # Dropped without being waited for (a Child let go of): the tree ends (the lifeline
         # is cut), and the guard, once it has ended the tree, is reaped at the next spawn or

@@ -100,3 +100,10 @@ class Tree(Protocol):
     def abandon(self) -> None:
         """End the tree, if it has not ended, and wait until it has (``with`` exit, drop)."""
         ...
+
+    def detach(self) -> None:
+        """Let the tree run on, tied to this process by its lifeline alone (a dropped
+        drop-in Process): the handles it does not need are closed now, and the one child of
+        ours (guard, or program) is reaped, its lifeline closed, once it has exited (at the
+        next spawn or at interpreter exit). Nothing of the tree may be used afterwards."""
+        ...
