@@ -365,3 +365,18 @@ def test_tether_subprocess_is_reachable_as_an_attribute_of_tether(
     # In a fresh interpreter: here, `from tether import subprocess` has set the attribute.
     code = "import tether; print(tether.subprocess.run(['true']).returncode)"
     assert tether.check_output([PY, "-c", code], env=python_env) == b"0\n"
+
+
+@pytest.mark.parametrize("contain", ["group", None])
+def test_putenv_in_preexec_fn_reaches_the_program_as_with_the_stdlib(contain: str | None) -> None:
+    # env not given: the program gets the environment as preexec_fn left it (the stdlib execs
+    # with the C environ; tether reads it again in its forked child).
+    out = subprocess.check_output(
+        [sys.executable, "-c", "import os; print(os.getenv('FRUIT'))"],
+        preexec_fn=lambda: os.putenv("FRUIT", "apple"), contain=contain)  # type: ignore[call-overload]
+    assert out == b"apple\n"
+    # An env that is given is what the program gets.
+    out = subprocess.check_output(
+        [sys.executable, "-c", "import os; print(os.getenv('FRUIT'))"], env={},
+        preexec_fn=lambda: os.putenv("FRUIT", "apple"), contain=contain)  # type: ignore[call-overload]
+    assert out == b"None\n"

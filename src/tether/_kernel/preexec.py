@@ -102,6 +102,8 @@ def _child(
         except BaseException:
             os.write(err_w, _RECORD.pack(STAGE_PREEXEC, 0))
             os._exit(255)
+        if spec.inherit_env:  # as the stdlib: what preexec_fn putenv()s reaches the program
+            envp = spec.replace(env=_c_environ()).envp(lifeline_dst, read_fd)
         attrs = spec.attrs
         core.spawn(
             path=spec.executable, argv=list(spec.argv), envp=envp, cwd=spec.cwd,
@@ -111,3 +113,19 @@ def _child(
             method=core.CLONE_IN_PLACE, attrs=None if attrs is None else attrs.core_tuple())
     finally:
         os._exit(255)
+
+
+def _c_environ() -> dict[bytes, bytes]:
+    """This process's environment as the C library holds it now (``os.environ`` is a copy
+    made at start-up, which ``os.putenv`` does not update)."""
+    import ctypes
+
+    environ = ctypes.POINTER(ctypes.c_char_p).in_dll(ctypes.CDLL(None), "environ")
+    env: dict[bytes, bytes] = {}
+    i = 0
+    while environ[i] is not None:
+        key, sep, value = (environ[i] or b"").partition(b"=")
+        if sep and key and key not in env:
+            env[key] = value
+        i += 1
+    return env

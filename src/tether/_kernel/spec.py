@@ -67,6 +67,10 @@ class SpawnSpec:
     limits: Limits | None = None
     attrs: ProcessAttrs | None = None
     preexec_fn: Callable[[], object] | None = None
+    #: env was not given: the program gets this process's environment. On the preexec_fn
+    #: path that is the environment as preexec_fn left it (os.putenv there reaches the
+    #: program, as with the stdlib), read again in the forked child.
+    inherit_env: bool = False
 
     @classmethod
     def build(
@@ -114,7 +118,7 @@ class SpawnSpec:
             stdio = convert_stdio(stdin, stdout, stderr, allow_pipe=False)
         args = argv if isinstance(argv, list) else list(argv)
         return cls(args, tuple(argv_b), path, env_b, cwd_b, keep, stdio, process_group, limits,
-                   attrs, preexec_fn)
+                   attrs, preexec_fn, env is None)
 
     def replace(self, **changes: Any) -> SpawnSpec:
         """A copy with ``changes`` (already converted: nothing is checked again)."""
