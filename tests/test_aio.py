@@ -4,6 +4,7 @@ no helper threads, signals through a signalfd. Plain asyncio.run inside sync tes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import resource
@@ -137,13 +138,25 @@ def test_exec_failure_seen_by_the_guard_raises_typed_and_leaves_nothing(
 def test_spawn_awaits_the_start_in_the_loop_without_blocking_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The guard's start report is awaited in the selector: the blocking wait is never used,
-    # and another task gets turns while a spawn is in progress.
+    # and other tasks run while a spawn is in progress. Made certain, not likely: the guard
+    # stops itself before its start report (its test-only fault injection), and only another
+    # task, running during the spawn, continues it; a spawn that blocked the loop would hang.
     from tether._tree.guarded import Guard
 
     def blocking(self: Guard) -> None:
         raise AssertionError("tether.aio.spawn blocked the loop in Guard.await_start")
 
+    guards: list[Guard] = []
+    real_launch = Guard.launch.__func__  # type: ignore[attr-defined]
+
+    def recording_launch(cls: type[Guard], *args: Any, **kwargs: Any) -> Guard:
+        guard: Guard = real_launch(cls, *args, **kwargs)
+        guards.append(guard)
+        return guard
+
     monkeypatch.setattr(Guard, "await_start", blocking)
+    monkeypatch.setattr(Guard, "launch", classmethod(recording_launch))
+    env = {**os.environ, "TETHER_GUARD_TEST_STOP_BEFORE_REPORT": "1"}
 
     async def main() -> int:
         in_spawn = False
@@ -153,13 +166,17 @@ def test_spawn_awaits_the_start_in_the_loop_without_blocking_it(
         async def ticker() -> None:
             nonlocal seen
             while not stop:
-                seen += in_spawn
+                if in_spawn and guards:
+                    seen += 1
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        guards[-1].spawned.pidfd.send_signal(signal.SIGCONT)
                 await asyncio.sleep(0)
 
         task = asyncio.create_task(ticker())
-        for _ in range(20):
+        for _ in range(5):
             in_spawn = True
-            child = await aio.spawn(["true"])
+            # group: a PID namespace's init cannot stop itself
+            child = await aio.spawn(["true"], contain="group", env=env)
             in_spawn = False
             assert child.pid > 0
             assert await child.wait() == 0
