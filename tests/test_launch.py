@@ -86,3 +86,18 @@ def test_ctrl_c_just_after_the_guard_is_launched_leaves_nothing(
     assert oracle.reap_until(10.0).empty  # the tree ended with its lifeline
     _reaper.reap_dropped()
     assert oracle.open_fds() == before
+
+
+def test_holding_signals_blocks_every_one_and_gives_the_mask_back_exactly() -> None:
+    from tether._kernel import core
+
+    mine = {signal.SIGUSR1, signal.SIGWINCH, signal.SIGRTMIN + 3}
+    before = signal.pthread_sigmask(signal.SIG_SETMASK, mine)
+    try:
+        held = core.hold_signals()
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) >= signal.valid_signals() - {
+            signal.SIGKILL, signal.SIGSTOP}  # every signal the kernel lets a thread block
+        core.release_signals(held)
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mine
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)

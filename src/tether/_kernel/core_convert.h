@@ -19,5 +19,7 @@ TETHER_HIDDEN int *keep_fds_array(PyObject *keep_obj, int *floor_fd);
 TETHER_HIDDEN int plan_attrs(PyObject *attrs, struct tether_plan *plan, gid_t **groups);
 /* launch.c: core.launch_guard. */
 TETHER_HIDDEN PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs);
+TETHER_HIDDEN PyObject *core_hold_signals(PyObject *self, PyObject *unused);
+TETHER_HIDDEN PyObject *core_release_signals(PyObject *self, PyObject *arg);
 
 #endif /* TETHER_CORE_CONVERT_H */

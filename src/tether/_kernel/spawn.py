@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, NamedTuple
@@ -159,7 +158,7 @@ def clone_spec(
     lifeline_dst = spec.lifeline_fd
     read_fd, writer = new_lifeline()
     # As in clone_guard: no signal handler may run while the child's pidfd is a plain int.
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    held = core.hold_signals()
     try:
         pid, pidfd, stage, err, _ = core.spawn(
             path=spec.executable,
@@ -185,7 +184,7 @@ def clone_spec(
         writer.close()
         raise
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        core.release_signals(held)
         os.close(read_fd)
     if pidfd < 0:
         writer.close()
@@ -223,7 +222,7 @@ def clone_guard(
     # the C call returns, the guard's pidfd, lifeline and socket are plain ints, and an
     # exception there would lose them with the tree running. So this thread takes no signal
     # until they are owned by objects; one that comes meanwhile is handled right after.
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    held = core.hold_signals()
     try:
         pid, pidfd, sock_fd, write_fd, stage, err = core.launch_guard(
             path=guard, head=options, tail=(*spec.attr_options(), b"--", spec.executable,
@@ -237,7 +236,7 @@ def clone_guard(
                               LifelineWriter._create(write_fd))
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, sock_fd)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        core.release_signals(held)
     if pidfd < 0:
         raise child_error(stage, err, spec.args[0], spec.cwd)
     return spawned, sock
