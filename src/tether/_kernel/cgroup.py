@@ -58,9 +58,11 @@ __all__ = [
     "populated",
     "release_lock",
     "remove",
+    "rmdir_quiet",
     "sweep",
     "wait_empty",
     "wait_events",
+    "write_file",
 ]
 
 _sweep_lock = threading.Lock()
@@ -115,7 +117,7 @@ class CgroupTree:
         if self.fd < 0 and not self.handed_over:
             return
         try:
-            _rmdir_quiet(self.path)
+            rmdir_quiet(self.path)
         finally:
             self._release()
 
@@ -171,7 +173,7 @@ def create_locked(parent: str, prefix: str, *, private: bool = False) -> tuple[s
             # one and has removed it already. Take another name.
             continue
         except BaseException:
-            _rmdir_quiet(path)
+            rmdir_quiet(path)
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -182,7 +184,7 @@ def create_locked(parent: str, prefix: str, *, private: bool = False) -> tuple[s
             continue
         except BaseException:
             os.close(fd)
-            _rmdir_quiet(path)
+            rmdir_quiet(path)
             raise
         if os.path.isdir(path):
             # Locked and still there: no sweeper can remove it from now on.
@@ -224,13 +226,13 @@ def create(path: str) -> None:
 def move_self(directory: str) -> None:
     """Move this process into the cgroup ``directory``: every thread at once, and every
     process it forks from now on starts there."""
-    _write(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
+    write_file(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
 
 
 def move_process(pid: int, directory: str) -> None:
     """Move process ``pid`` into the cgroup ``directory``. By number: the caller must have
     pinned it (an unreaped child of ours, or a frozen member) so that it names that process."""
-    _write(os.path.join(directory, "cgroup.procs"), str(pid))
+    write_file(os.path.join(directory, "cgroup.procs"), str(pid))
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -302,14 +304,14 @@ def freeze(path: str, timeout: float) -> bool:
     """Freeze ``path`` and its nested cgroups (cgroup.freeze, Linux 5.2) and wait until the
     kernel says ``frozen 1``; False if that took longer than ``timeout``. A frozen member
     cannot exit by itself, so its number stays its own until it is killed or thawed."""
-    _write(os.path.join(path, "cgroup.freeze"), "1")
+    write_file(os.path.join(path, "cgroup.freeze"), "1")
     return wait_events(path, b"frozen 1", timeout)
 
 
 def kill(path: str) -> None:
     """SIGKILL every member of ``path`` and its nested cgroups, frozen ones included
     (cgroup.kill, Linux 5.14). Returns at once; :func:`wait_empty` waits for them."""
-    _write(os.path.join(path, "cgroup.kill"), "1")
+    write_file(os.path.join(path, "cgroup.kill"), "1")
 
 
 def remove(path: str, timeout: float) -> bool:
@@ -400,14 +402,16 @@ def sweep(parent: str, prefix: str = TREE_PREFIX) -> list[str]:
 # -- files ---------------------------------------------------------------------------------------
 
 
-def _rmdir_quiet(path: str) -> None:
+def rmdir_quiet(path: str) -> None:
+    """rmdir, where failing (busy, gone) is no error: a later sweep takes what is left."""
     try:
         os.rmdir(path)
     except OSError:
         pass
 
 
-def _write(path: str, text: str) -> None:
+def write_file(path: str, text: str) -> None:
+    """Write one cgroup control file (one write: the kernel acts on each write)."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, text.encode())

@@ -32,6 +32,8 @@ from tether._kernel.cgroup import (
     cgroup_unavailable_reason,
     create_locked,
     release_lock,
+    rmdir_quiet,
+    write_file,
 )
 from tether._kernel.errors import Unsupported
 from tether._kernel.limits import Limits, Usage
@@ -292,7 +294,7 @@ class LimitedTree(CgroupTree):
             files = v2_files if self.places[controller] == "v2" else v1_files
             for name, value in files:
                 try:
-                    _write(os.path.join(directory, name), value)
+                    write_file(os.path.join(directory, name), value)
                 except FileNotFoundError:
                     raise Unsupported(errno.ENOENT, f"Limits.{field} needs {name}, which "
                                       f"{directory} lacks (kernel or accounting option)") from None
@@ -343,7 +345,7 @@ class LimitedTree(CgroupTree):
         """Remove directories no process ever entered, release the locks. Idempotent."""
         super().discard()
         for path, fd in self.v1.values():
-            _rmdir_quiet(path)
+            rmdir_quiet(path)
             release_lock(fd)
         self.v1.clear()
         self.pooled.clear()
@@ -384,7 +386,7 @@ def _enable_controllers(tree_dir: str, controllers: set[str]) -> None:
     text = " ".join("+" + c for c in sorted(controllers))
     for directory in reversed(chain):
         try:
-            _write(os.path.join(directory, "cgroup.subtree_control"), text)
+            write_file(os.path.join(directory, "cgroup.subtree_control"), text)
         except OSError as exc:
             if directory == chain[-1]:
                 continue  # the v2 root: the controllers are on already or not ours to set
@@ -450,13 +452,6 @@ def sweep_v1(parent: str) -> list[str]:
 # -- files ---------------------------------------------------------------------------------------
 
 
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
 
 def _read(path: str) -> str | None:
     # Raw fd calls, not open(): a tree's end reads five of these, and the text layer's
@@ -490,9 +485,4 @@ def _keyed(path: str) -> dict[str, int]:
     return out
 
 
-def _rmdir_quiet(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
 

@@ -21,6 +21,8 @@ import os
 import threading
 from typing import Final
 
+from tether._kernel.cgroup import write_file
+
 __all__ = ["PooledDir", "acquire", "controllers_at", "drain", "poolable", "release", "reset"]
 
 #: Directories kept per hierarchy (a process with this many limited trees ending together).
@@ -75,9 +77,9 @@ def reset(entry: PooledDir, controllers: set[str], rewritten: dict[str, str]) ->
     if entry.reused:
         for name, default in _DEFAULTS.items():
             if name in entry.dirty and name not in rewritten:
-                _write(os.path.join(entry.path, name), default)
+                write_file(os.path.join(entry.path, name), default)
         if "cpuacct" in controllers:
-            _write(os.path.join(entry.path, "cpuacct.usage"), "0")
+            write_file(os.path.join(entry.path, "cpuacct.usage"), "0")
     entry.dirty = dict(rewritten)
 
 
@@ -115,13 +117,6 @@ def _forget_in_child() -> None:
     for entry in entries:
         os.close(entry.fd)
 
-
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 def _read(path: str) -> str | None:
