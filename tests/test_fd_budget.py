@@ -48,6 +48,7 @@ def _held_per_tree(contain: str | None, **kwargs: object) -> list[str]:
     with contextlib.ExitStack() as stack:
         for _ in range(N):
             stack.enter_context(tether.spawn(["sleep", "300"], contain=contain, **kwargs))
+        v1_pool.drain()  # (the directories each limited start made ahead for the next)
         kinds = _kinds(oracle.open_fds() - before)
     v1_pool.drain()
     assert oracle.open_fds() == before  # and `with` closes them all

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 import tether
-from tether._kernel import controllers, v1_pool
+from tether._kernel import controllers, v1_dirs, v1_pool
 from tether._kernel.controllers import LimitedTree
 
 
@@ -73,3 +73,41 @@ def test_a_reused_directory_starts_with_no_cpu_time(places: dict[str, str]) -> N
         assert _tree_dirs(places["cpuacct"]) == pooled, "the cpuacct directory was not reused"
         second.wait()
     assert second.usage().user + second.usage().system < 0.3
+
+
+def test_a_limited_start_makes_the_next_trees_memory_and_pids_directories_ahead(
+        places: dict[str, str]) -> None:
+    from conftest import require_mode
+
+    require_mode("pidns")
+    with tether.spawn(["true"], contain="pidns", limits=tether.Limits()) as first:
+        first.wait()
+    ahead = {c: _tree_dirs(places[c]) for c in ("memory", "pids")}
+    assert all(len(dirs) == 1 for dirs in ahead.values()), ahead
+    second = LimitedTree.make(tether.Limits(), "pidns", None)
+    try:
+        assert [second.v1[places[c]][0] for c in ("memory", "pids")] == [
+            ahead["memory"][0], ahead["pids"][0]], "the directories made ahead were not taken"
+    finally:
+        second.remove()
+
+
+def test_directories_made_ahead_are_swept_once_their_process_is_gone(
+        places: dict[str, str]) -> None:
+    from conftest import require_mode
+
+    require_mode("pidns")
+    script = ("import sys, tether\n"
+              "tether.spawn(['true'], contain='pidns', limits=tether.Limits()).wait()\n"
+              "print('ready', flush=True)\nsys.stdin.read()\n")
+    with tether.spawn([sys.executable, "-c", script], stdin=tether.PIPE,
+                      stdout=tether.PIPE) as child:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        ahead = {c: _tree_dirs(places[c]) for c in ("memory", "pids")}
+        assert all(len(dirs) == 1 for dirs in ahead.values()), ahead
+        for c in ahead:
+            assert v1_dirs.sweep(os.path.dirname(ahead[c][0])) == [], "a locked one was swept"
+        child.kill()
+        child.wait()
+    for c in ahead:
+        assert v1_dirs.sweep(os.path.dirname(ahead[c][0])) == ahead[c]

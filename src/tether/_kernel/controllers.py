@@ -3,9 +3,9 @@
 The one rule this module owns: limits and accounting work per controller -- through cgroup
 v2 where the v2 hierarchy has the controller, through that controller's v1 hierarchy
 otherwise (the hybrid layout: v2 mounted with no controllers, memory/cpu/pids on v1). A
-tree's v1 directories are made here like its v2 one (``cgroup.create_locked``: 0700, flocked,
-``t-<random>`` below ``<this process's v1 cgroup>/tether``, so a tree started inside a
-tether tree nests in it), written with the limits before the guard starts, joined by the
+tree's v1 directories (``v1_dirs``: 0700, flocked, ``t-<random>`` below ``<this process's v1
+cgroup>/tether``, so a tree started inside a tether tree nests in it; made ahead where they
+can be), written with the limits before the guard starts, joined by the
 guard itself (it moves itself, never another pid, before it clones the program), read for
 :class:`Usage` and removed here once the guard has been reaped (cpu and cpuacct ones
 are kept for the next tree instead: ``v1_pool``). The lock fds go to the guard
@@ -17,20 +17,15 @@ directory itself is ``cgroup.CgroupTree``'s.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import threading
-import time
 from typing import Final
 
-from tether._kernel import v1_pool
+from tether._kernel import v1_dirs, v1_pool
 from tether._kernel.cgroup import (
-    PARENT_NAME,
-    TREE_PREFIX,
     CgroupTree,
     cgroup_root,
     cgroup_unavailable_reason,
-    create_locked,
     release_lock,
     rmdir_quiet,
     write_file,
@@ -57,7 +52,6 @@ _V1_NAME: Final = {"io": "blkio"}
 _CFS_PERIOD_US: Final = 100_000
 _layout: dict[str, dict[str, str]] = {}
 _layout_lock = threading.Lock()
-_swept: set[str] = set()
 
 
 # -- where the controllers are -----------------------------------------------------------
@@ -259,17 +253,17 @@ class LimitedTree(CgroupTree):
         holds them while it lives, but the final Usage is read after it has exited, and an
         unlocked, emptied directory is any sweep's to remove before that read."""
 
+    def prepare_next(self) -> None:
+        """Make the next limited tree's fresh v1 directories (``v1_dirs.replenish``), once
+        this tree's guard has been started: the mkdirs run while it starts."""
+        v1_dirs.replenish([where for where in self.v1 if where not in self.pooled])
+
     def _make_v1_dirs(self, needed: frozenset[str]) -> None:
         for controller in CONTROLLERS:
             where = self.places.get(controller) if controller in needed else None
             if where is None or where == "v2" or where in self.v1:
                 continue
-            reusable = v1_pool.poolable(v1_pool.controllers_at(self.places, where))
-            entry = v1_pool.acquire(where) if reusable else None
-            if entry is None:
-                parent = os.path.join(where, PARENT_NAME)
-                _sweep_v1_once(parent)
-                entry = v1_pool.PooledDir(*create_locked(parent, TREE_PREFIX))
+            entry, reusable = v1_dirs.take(where, v1_pool.controllers_at(self.places, where))
             self.v1[where] = (entry.path, entry.fd)
             if reusable:
                 self.pooled[where] = entry
@@ -367,7 +361,7 @@ class LimitedTree(CgroupTree):
                         where, self.pooled.pop(where)):
                     continue
                 try:
-                    if not _remove_v1(path, timeout):
+                    if not v1_dirs.remove(path, timeout):
                         raise OSError(errno.EBUSY, f"cgroup still busy after {timeout} s", path)
                 finally:
                     release_lock(fd)
@@ -392,61 +386,6 @@ def _enable_controllers(tree_dir: str, controllers: set[str]) -> None:
                 continue  # the v2 root: the controllers are on already or not ours to set
             raise Unsupported(exc.errno, f"cannot enable {text} in {directory}: "
                               f"{exc.strerror}") from None
-
-
-def _remove_v1(path: str, timeout: float) -> bool:
-    """rmdir a v1 directory the guard has left (it was reaped: only stragglers of a killed
-    tree may still be exiting). True once gone."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.rmdir(path)
-            return True
-        except FileNotFoundError:
-            return True
-        except OSError as exc:
-            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
-                if exc.errno == errno.EBUSY:
-                    return False
-                raise
-        # v1 has no "populated" notification: a bounded back-off while members exit.
-        time.sleep(0.001)
-
-
-def _sweep_v1_once(parent: str) -> None:
-    with _layout_lock:
-        if parent in _swept:
-            return
-        _swept.add(parent)
-    sweep_v1(parent)
-
-
-def sweep_v1(parent: str) -> list[str]:
-    """Remove the ``t-*`` v1 directories of ``parent`` whose lock nobody holds and that are
-    empty (v1 has no cgroup.kill: the tree's v2 cgroup or PID namespace ended its members).
-    What is still busy is left for a later sweep."""
-    removed: list[str] = []
-    try:
-        names = os.listdir(parent)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        if not name.startswith(TREE_PREFIX):
-            continue
-        path = os.path.join(parent, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.rmdir(path)
-            removed.append(path)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    return removed
 
 
 # -- files ---------------------------------------------------------------------------------------

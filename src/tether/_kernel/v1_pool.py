@@ -12,6 +12,10 @@ tree wrote is written again or reset to its default (``dirty``). A mkdir plus an
 hierarchy is most of what limits add to a spawn (benchmarks: spawn, ``pidns with limits``).
 The pool stays locked by this process (the sweep skips it) and is removed at exit; if the
 process dies, the lock goes with it and the next start's sweep removes the directories.
+
+The hierarchies that cannot be reused get *fresh* directories made ahead instead (at most
+``FRESH_SIZE`` per hierarchy, never entered by any tree: ``v1_dirs.replenish``), kept and
+removed here alike.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from typing import Final
 
 from tether._kernel.cgroup import write_file
 
-__all__ = ["PooledDir", "acquire", "controllers_at", "drain", "poolable", "release", "reset"]
+__all__ = [
+    "PooledDir", "acquire", "add_fresh", "controllers_at", "drain", "poolable", "release",
+    "reset", "take_fresh", "wants_fresh",
+]
 
 #: Directories kept per hierarchy (a process with this many limited trees ending together).
 POOL_SIZE: Final = 4
@@ -32,7 +39,10 @@ _RESETTABLE: Final = frozenset(("cpu", "cpuacct"))
 #: What a limit file of theirs holds in a fresh directory.
 _DEFAULTS: Final = {"cpu.cfs_quota_us": "-1", "cpu.cfs_period_us": "100000",
                     "cpu.shares": "1024"}
+#: Fresh directories kept made ahead per hierarchy that cannot be reused.
+FRESH_SIZE: Final = 1
 _pool: dict[str, list[PooledDir]] = {}
+_fresh: dict[str, list[PooledDir]] = {}
 _lock = threading.Lock()
 
 
@@ -70,6 +80,30 @@ def acquire(where: str) -> PooledDir | None:
     return entry
 
 
+def take_fresh(where: str) -> PooledDir | None:
+    """A fresh directory of hierarchy ``where``, made ahead (no tree ever entered it), or
+    None."""
+    with _lock:
+        free = _fresh.get(where)
+        return free.pop() if free else None
+
+
+def wants_fresh(where: str) -> bool:
+    """Whether hierarchy ``where`` has fewer fresh directories made ahead than it keeps."""
+    with _lock:
+        return len(_fresh.get(where, ())) < FRESH_SIZE
+
+
+def add_fresh(where: str, entry: PooledDir) -> bool:
+    """Keep a fresh directory for the next tree; False (the caller removes it) if full."""
+    with _lock:
+        free = _fresh.setdefault(where, [])
+        if len(free) >= FRESH_SIZE:
+            return False
+        free.append(entry)
+    return True
+
+
 def reset(entry: PooledDir, controllers: set[str], rewritten: dict[str, str]) -> None:
     """Make a reused directory read as a fresh one before the next tree's limits are
     written (``rewritten``: file -> value, what those write): the previous tree's other
@@ -97,10 +131,11 @@ def release(where: str, entry: PooledDir) -> bool:
 
 
 def drain() -> None:
-    """Remove every pooled directory and release its lock (at exit; tests)."""
+    """Remove every pooled and fresh directory and release its lock (at exit; tests)."""
     with _lock:
-        entries = [e for free in _pool.values() for e in free]
+        entries = [e for kept in (_pool, _fresh) for free in kept.values() for e in free]
         _pool.clear()
+        _fresh.clear()
     for entry in entries:
         try:
             os.rmdir(entry.path)
@@ -112,8 +147,9 @@ def drain() -> None:
 def _forget_in_child() -> None:
     # A forked child shares the parent's directories: two trees must never get one.
     with _lock:
-        entries = [e for free in _pool.values() for e in free]
+        entries = [e for kept in (_pool, _fresh) for free in kept.values() for e in free]
         _pool.clear()
+        _fresh.clear()
     for entry in entries:
         os.close(entry.fd)
 

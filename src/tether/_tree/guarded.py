@@ -29,7 +29,12 @@ from tether._kernel.spec import SpawnSpec
 from tether._tree.ending import kill_group, reap_quietly
 from tether._tree.guard_launch import start_guard
 from tether._tree.modes import Mode
-from tether._tree.tree_cgroups import exit_with_cause, rusage_usage, tree_usage
+from tether._tree.tree_cgroups import (
+    exit_with_cause,
+    prepare_next_tree,
+    rusage_usage,
+    tree_usage,
+)
 
 __all__ = ["Guard"]
 
@@ -141,12 +146,15 @@ class Guard:
             spec, stdio_fds, mode, options, cgroup_root_arg,
             process_group=not (foreground or job_control))
         self = cls(spec, mode, spawned, parent_sock, cgroup)
-        if await_start:
-            try:
+        try:
+            if await_start:
                 self.await_start()
-            except BaseException:
-                self._discard()
-                raise
+            # Once the program runs (not while the guard joins its cgroups: a mkdir holds
+            # the kernel's cgroup_mutex, which the guard's joins then wait for).
+            prepare_next_tree(cgroup)
+        except BaseException:
+            self._discard()
+            raise
         return self
 
     def _discard(self) -> None:

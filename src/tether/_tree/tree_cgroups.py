@@ -21,8 +21,8 @@ from tether._kernel.spec import SpawnSpec
 from tether._kernel.tree_record import write_record
 
 __all__ = [
-    "exit_with_cause", "guard_cgroup_args", "require_tree_cgroup", "rusage_usage", "tree_cgroup",
-    "tree_usage",
+    "exit_with_cause", "guard_cgroup_args", "prepare_next_tree", "require_tree_cgroup",
+    "rusage_usage", "tree_cgroup", "tree_usage",
 ]
 
 
@@ -72,6 +72,13 @@ def guard_cgroup_args(cgroup: CgroupTree | None, mode: str) -> tuple[list[str], 
             # The final Usage is read from the directory once the guard is done with it.
             opts.append("--keep-cgroup")
     return opts, fds
+
+
+def prepare_next_tree(cgroup: CgroupTree | None) -> None:
+    """Once a limited tree's guard has been started: make the next limited tree's fresh v1
+    directories while this guard starts on another CPU (``LimitedTree.prepare_next``)."""
+    if isinstance(cgroup, LimitedTree):
+        cgroup.prepare_next()
 
 
 def exit_with_cause(exit_: Exit, cgroup: CgroupTree | None) -> Exit:
