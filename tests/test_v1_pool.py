@@ -115,3 +115,33 @@ def test_directories_made_ahead_are_swept_once_their_process_is_gone(
         assert ahead[c][0] in left[places[c]]
     for where, dirs in left.items():
         assert sorted(v1_dirs.sweep(os.path.join(where, "tether"))) == dirs
+
+
+def test_reset_names_only_the_files_that_already_hold_the_value_written(
+        places: dict[str, str]) -> None:
+    first = LimitedTree.make(tether.Limits(cpus=0.5), "pidns", None)
+    cpu_dir = first.v1[places["cpu"]][0]
+    first.remove()
+    entry = v1_pool.acquire(places["cpu"])
+    assert entry is not None and entry.path == cpu_dir
+    try:
+        # The previous tree's quota, and the period it wrote (the default): both there.
+        assert v1_pool.reset(entry, {"cpu"}, {"cpu.cfs_period_us": "100000",
+                                              "cpu.cfs_quota_us": "50000"}) == {
+            "cpu.cfs_period_us", "cpu.cfs_quota_us"}
+        # Another quota is written.
+        assert v1_pool.reset(entry, {"cpu"}, {"cpu.cfs_quota_us": "25000"}) == set()
+    finally:
+        assert v1_pool.release(places["cpu"], entry)
+
+
+def test_a_reused_directory_gets_a_changed_limit_and_keeps_an_unchanged_one(
+        places: dict[str, str]) -> None:
+    for cpus, quota in ((0.5, "50000"), (0.5, "50000"), (0.25, "25000")):
+        tree = LimitedTree.make(tether.Limits(cpus=cpus), "pidns", None)
+        try:
+            cpu_dir = tree.v1[places["cpu"]][0]
+            assert _read(os.path.join(cpu_dir, "cpu.cfs_quota_us")) == quota
+            assert _read(os.path.join(cpu_dir, "cpu.cfs_period_us")) == "100000"
+        finally:
+            tree.remove()

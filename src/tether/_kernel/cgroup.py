@@ -410,9 +410,10 @@ def rmdir_quiet(path: str) -> None:
         pass
 
 
-def write_file(path: str, text: str) -> None:
-    """Write one cgroup control file (one write: the kernel acts on each write)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+def write_file(path: str, text: str, *, dir_fd: int | None = None) -> None:
+    """Write one cgroup control file (one write: the kernel acts on each write); ``path``
+    relative to ``dir_fd`` where given (an open cgroup directory: no walk of its path)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         os.write(fd, text.encode())
     finally:

@@ -104,23 +104,28 @@ def add_fresh(where: str, entry: PooledDir) -> bool:
     return True
 
 
-def reset(entry: PooledDir, controllers: set[str], rewritten: dict[str, str]) -> None:
+def reset(entry: PooledDir, controllers: set[str], rewritten: dict[str, str]) -> set[str]:
     """Make a reused directory read as a fresh one before the next tree's limits are
     written (``rewritten``: file -> value, what those write): the previous tree's other
-    limit files back to their defaults, the CPU time counter to 0."""
+    limit files back to their defaults, the CPU time counter to 0. Returns the files of
+    ``rewritten`` that hold their value already (a default, or the previous tree's same
+    limit), which need no write."""
+    held = {name for name, value in rewritten.items()
+            if entry.dirty.get(name, _DEFAULTS.get(name)) == value}
     if entry.reused:
         for name, default in _DEFAULTS.items():
-            if name in entry.dirty and name not in rewritten:
-                write_file(os.path.join(entry.path, name), default)
+            if name not in rewritten and entry.dirty.get(name, default) != default:
+                write_file(name, default, dir_fd=entry.fd)
         if "cpuacct" in controllers:
-            write_file(os.path.join(entry.path, "cpuacct.usage"), "0")
+            write_file("cpuacct.usage", "0", dir_fd=entry.fd)
     entry.dirty = dict(rewritten)
+    return held
 
 
 def release(where: str, entry: PooledDir) -> bool:
     """Put an ended tree's directory back once its final usage has been read; False (the
     caller removes it) if it still has a member or the pool is full."""
-    if _read(os.path.join(entry.path, "cgroup.procs")) != "":
+    if _read("cgroup.procs", entry.fd) != "":
         return False
     with _lock:
         free = _pool.setdefault(where, [])
@@ -155,9 +160,9 @@ def _forget_in_child() -> None:
 
 
 
-def _read(path: str) -> str | None:
+def _read(name: str, dir_fd: int) -> str | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
     try:
