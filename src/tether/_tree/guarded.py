@@ -146,15 +146,12 @@ class Guard:
             spec, stdio_fds, mode, options, cgroup_root_arg,
             process_group=not (foreground or job_control))
         self = cls(spec, mode, spawned, parent_sock, cgroup)
-        try:
-            if await_start:
+        if await_start:
+            try:
                 self.await_start()
-            # Once the program runs (not while the guard joins its cgroups: a mkdir holds
-            # the kernel's cgroup_mutex, which the guard's joins then wait for).
-            prepare_next_tree(cgroup)
-        except BaseException:
-            self._discard()
-            raise
+            except BaseException:
+                self._discard()
+                raise
         return self
 
     def _discard(self) -> None:
@@ -239,6 +236,10 @@ class Guard:
     def _on_announced(self, pid: int, fds: list[int], msg_flags: int) -> None:
         if len(fds) == 1 and self._announced is None:
             self._announced = (fds[0], pid)
+            # The guard has joined the tree's cgroups: the next limited tree's mkdirs now
+            # run while the program execs, and no longer hold up those joins (a mkdir holds
+            # the kernel's cgroup_mutex, which every join waits for).
+            prepare_next_tree(self.cgroup)
             return
         # The program's pidfd did not reach us (dropped at the open-file limit, MSG_CTRUNC).
         # Without it the tree is not ours to hold: end it.
