@@ -262,3 +262,33 @@ def test_a_tree_gets_v1_cgroups_only_for_accounting_and_its_limits(
         made = {os.path.dirname(os.path.dirname(d)) for d in _tree_dirs(places)}
         assert made == {places[c] for c in ("memory", "cpuacct", "pids")} - {"v2"}
         child.kill()
+
+
+def test_the_guard_joins_a_v2_directory_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Where a controller is on v2, a pidns tree's guard joins a v2 directory besides its v1
+    # ones; v2 has no "tasks" file (the guard's v1 join), so it goes through cgroup.procs.
+    # Made here on any host: this one has no controller on v2.
+    from conftest import require_mode
+
+    require_mode("pidns")
+    require_mode("cgroup")
+    from tether._kernel.cgroup import CgroupTree, cgroup_root
+
+    make, made = controllers.LimitedTree.make, []
+
+    def make_with_v2(limits: tether.Limits, mode: str, root: object) -> object:
+        tree = make(limits, mode, None)
+        v2 = CgroupTree.create(cgroup_root())
+        tree.path, tree.fd = v2.path, v2.fd
+        tree.join.append(v2.fd)
+        made.append(v2.path)
+        return tree
+
+    monkeypatch.setattr(controllers.LimitedTree, "make", make_with_v2)
+    script = "print(open('/proc/self/cgroup').read().split('0::')[1].strip())"
+    result = tether.run([PY, "-c", script], contain="pidns", limits=tether.Limits(),
+                        capture_output=True)
+    assert result.returncode == 0, result.stderr
+    inside = result.stdout.decode().strip()
+    assert inside.count("/") > 1 and made[0].endswith(inside)
+    assert not os.path.exists(made[0])
