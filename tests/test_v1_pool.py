@@ -80,6 +80,10 @@ def test_a_limited_start_makes_the_next_trees_memory_and_pids_directories_ahead(
     from conftest import require_mode
 
     require_mode("pidns")
+    for _ in range(2):  # (a process's first limited tree makes none: see the next test)
+        with tether.spawn(["true"], contain="pidns", limits=tether.Limits()) as first:
+            first.wait()
+    v1_pool.drain()  # (so that what is made ahead below is all there is)
     with tether.spawn(["true"], contain="pidns", limits=tether.Limits()) as first:
         first.wait()
     ahead = {c: _tree_dirs(places[c]) for c in ("memory", "pids")}
@@ -98,7 +102,8 @@ def test_directories_made_ahead_are_swept_once_their_process_is_gone(
 
     require_mode("pidns")
     script = ("import sys, tether\n"
-              "tether.spawn(['true'], contain='pidns', limits=tether.Limits()).wait()\n"
+              "for _ in range(2):\n"
+              "    tether.spawn(['true'], contain='pidns', limits=tether.Limits()).wait()\n"
               "print('ready', flush=True)\nsys.stdin.read()\n")
     with tether.spawn([sys.executable, "-c", script], stdin=tether.PIPE,
                       stdout=tether.PIPE) as child:
@@ -145,3 +150,17 @@ def test_a_reused_directory_gets_a_changed_limit_and_keeps_an_unchanged_one(
             assert _read(os.path.join(cpu_dir, "cpu.cfs_period_us")) == "100000"
         finally:
             tree.remove()
+
+
+def test_a_process_first_limited_tree_makes_nothing_ahead(places: dict[str, str]) -> None:
+    from conftest import require_mode
+
+    require_mode("pidns")
+    script = ("import os, sys, tether\n"
+              "tether.spawn(['true'], contain='pidns', limits=tether.Limits()).wait()\n"
+              "print(sum(n.startswith('t-') for w in sys.argv[1:]\n"
+              "          for n in os.listdir(os.path.join(w, 'tether'))))\n")
+    result = tether.run([sys.executable, "-c", script, places["memory"], places["pids"]],
+                        capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"0\n"

@@ -27,6 +27,9 @@ __all__ = ["make", "remove", "replenish", "sweep", "take"]
 
 _swept: set[str] = set()
 _swept_lock = threading.Lock()
+#: Whether this process has started a limited tree before: its first makes nothing ahead (a
+#: one-off ``tether run --memory`` has no next tree; it would only remove them at exit).
+_started_one = False
 
 
 def take(where: str, controllers: set[str]) -> tuple[v1_pool.PooledDir, bool]:
@@ -52,6 +55,10 @@ def replenish(wheres: Iterable[str]) -> None:
     started: the mkdirs run while the guard starts. An optimisation only: a failure (EMFILE,
     a removed parent) leaves the pool short, and the next tree makes its directory itself,
     raising the error where it belongs."""
+    global _started_one
+    if not _started_one:
+        _started_one = True
+        return
     for where in wheres:
         if not v1_pool.wants_fresh(where):
             continue
