@@ -71,7 +71,7 @@ def start_reports(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]
     def spy(sock: socket.socket, size: int, flags: int) -> tuple[bytes, list[int], int]:
         data, fds, msg_flags = recv_with_fds(sock, size, flags)
         if len(data) == core.GUARD_MSG_SIZE:
-            kind, a, b, _ = guarded._MSG.unpack(data)
+            kind, a, b, *_ = guarded._MSG.unpack(data)
             if kind != core.GUARD_MSG_PROGRAM:  # the program's own announcement
                 reports.append((kind, a, b))
         return data, fds, msg_flags
@@ -117,7 +117,7 @@ def _guard_first_report(opts: list[str], *, deny_clone: bool = False) -> tuple[i
         if err_r >= 0:
             os.close(err_r)
     assert len(data) == core.GUARD_MSG_SIZE, f"no report from the guard; stderr: {stderr!r}"
-    kind, a, b, _ = guarded._MSG.unpack(data)
+    kind, a, b, *_ = guarded._MSG.unpack(data)
     return kind, a, b, stderr
 
 

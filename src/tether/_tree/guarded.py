@@ -40,7 +40,6 @@ MSG_STARTED, MSG_FAILED, MSG_EXITED, MSG_PROGRAM = (
     core.GUARD_MSG_STARTED, core.GUARD_MSG_FAILED, core.GUARD_MSG_EXITED, core.GUARD_MSG_PROGRAM)
 MSG_SIGNAL_TREE, MSG_KILL_TREE = core.GUARD_MSG_SIGNAL_TREE, core.GUARD_MSG_KILL_TREE
 MSG_STOPPED = core.GUARD_MSG_STOPPED
-MSG_USAGE = core.GUARD_MSG_USAGE
 
 
 # -- the guard ------------------------------------------------------------------------------------
@@ -63,11 +62,11 @@ class Guard:
         "_lock",
         "_program",
         "_program_pid",
+        "_rusage",
         "cgroup",
         "dead",
         "guard_exit",
         "mode",
-        "rusage",
         "sock",
         "spawned",
         "spec",
@@ -101,14 +100,15 @@ class Guard:
         self.start_error: OSError | None = None
         #: The signals that stopped the program, in order (reported with --job-control only).
         self.stops: list[int] = []
-        #: The guard's RUSAGE_CHILDREN at the end (MSG_USAGE), once reported.
-        self.rusage: Usage | None = None
+        #: The guard's RUSAGE_CHILDREN at the end (in MSG_EXITED), once reported: user ms,
+        #: system ms, maxrss KiB (a Usage only when asked for: most callers never do).
+        self._rusage: tuple[int, int, int] | None = None
         #: True if the guard died without reporting (the program's status is unknown).
         self.dead = False
         # One reader of the guard's reports at a time: any thread may pump, wait or signal
         # (Child is thread-safe like Popen); blocking waits poll a dup outside the lock.
         self._lock = threading.RLock()
-        self._borrowers = 0  # blocking waiters polling the control socket
+        self._borrowers = 0  # blocking waiters polling the control socket for the start
         self._generation = core.fork_generation()
 
     @classmethod
@@ -181,28 +181,41 @@ class Guard:
     def _block_until(self, deadline: Deadline, *, start: bool) -> bool:
         """Until the start is known (``start``) or the tree has ended: True, or False once
         ``deadline`` has passed. Safe from any thread: the reports are read under the lock,
-        and the wait for the next one borrows the control socket: a thread that reads the
-        end meanwhile leaves the socket open until the last borrower is done (closed, its
-        number could be reused under the poll), and no extra fd is needed at the fd limit."""
+        and the fd polled meanwhile is borrowed: a thread that reads the end meanwhile
+        leaves it open until the last borrower is done (closed, its number could be reused
+        under the poll), and no extra fd is needed at the fd limit.
+
+        The start is awaited on the control socket. The end is awaited on the guard's pidfd:
+        it turns readable only once the guard has sent its last report and exited, so one
+        wakeup finds MSG_EXITED queued and a reap that cannot block (on the socket, the
+        report woke us while the guard was still exiting, and the reap blocked a second
+        time)."""
+        guard = self.spawned.pidfd
         with self._lock:
             if self.pump(stop_at_start=start) or (start and self.started):
                 return True
-            self._borrowers += 1
-            fd = self.sock.fileno()
+            if start:
+                self._borrowers += 1
+                fd = self.sock.fileno()
+            else:
+                fd = guard._borrow()  # open while the tree runs: _release closes it
         try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
             while not deadline.expired:
-                poller = select.poll()
-                poller.register(fd, select.POLLIN)
                 poller.poll(deadline.poll_ms())
                 with self._lock:
                     if self.pump(stop_at_start=start) or (start and self.started):
                         return True
             return False
         finally:
-            with self._lock:
-                self._borrowers -= 1
-                if not self._borrowers and self.ended:
-                    self.sock.close()
+            if start:
+                with self._lock:
+                    self._borrowers -= 1
+                    if not self._borrowers and self.ended:
+                        self.sock.close()
+            else:
+                guard._give_back()
 
     def check_start(self) -> None:
         """Raise the start error, if the start is known to have failed (never blocks)."""
@@ -350,7 +363,7 @@ class Guard:
         if len(data) == 0:
             self._guard_died()
             return True
-        kind, a, b, c = _MSG.unpack(data) if len(data) == _MSG.size else (0, 0, 0, 0)
+        kind, a, b, c, d = _MSG.unpack(data) if len(data) == _MSG.size else (0, 0, 0, 0, 0)
         if kind == MSG_PROGRAM and self._program is None:
             self._on_announced(a, fds, msg_flags)
             return self.start_error is not None
@@ -365,19 +378,26 @@ class Guard:
         if kind == MSG_STOPPED:
             self.stops.append(a)
             return False
-        if kind == MSG_USAGE:
-            self.rusage = rusage_usage(a, b, c)
-        elif kind == MSG_EXITED:
+        if kind == MSG_EXITED:
+            if b >= 0:  # (-1: the guard's getrusage failed)
+                self._rusage = (b, c, d)
             self._finish(Exit._from_wait_status(a))
             return True
         return False
 
     def usage(self) -> Usage:
-        return tree_usage(self.cgroup, self.rusage, ended=self.ended)
+        rusage = self._rusage
+        return tree_usage(self.cgroup, None if rusage is None else rusage_usage(*rusage),
+                          ended=self.ended)
 
     def wait(self, timeout: float | None) -> bool:
         """Block until the tree has ended (True) or the timeout passed (False)."""
-        return self._block_until(Deadline.after(check_timeout(timeout)), start=False)
+        deadline = Deadline.after(check_timeout(timeout))
+        # A start not read yet is read first: only we can act on it (a pidfd that did not
+        # reach us ends the tree), and the guard's pidfd would not say.
+        if not self.started and not self._block_until(deadline, start=True):
+            return False
+        return self._block_until(deadline, start=False)
 
     def outcome(self) -> Exit | None:
         """How the program ended, once the tree has; raises ChildProcessError if the guard
@@ -429,7 +449,7 @@ class Guard:
             if self.ended:
                 return False
             try:
-                self.sock.send(_MSG.pack(kind, a, 0, 0))
+                self.sock.send(_MSG.pack(kind, a, 0, 0, 0))
             except (BrokenPipeError, ConnectionResetError, OSError):
                 return False
             return True

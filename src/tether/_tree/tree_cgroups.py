@@ -85,7 +85,7 @@ def exit_with_cause(exit_: Exit, cgroup: CgroupTree | None) -> Exit:
 
 
 def rusage_usage(user_ms: int, system_ms: int, maxrss_kib: int) -> Usage:
-    """The guard's MSG_USAGE (its RUSAGE_CHILDREN at the end) as a :class:`Usage`."""
+    """The guard's RUSAGE_CHILDREN at the end (carried by MSG_EXITED) as a :class:`Usage`."""
     return Usage(user=user_ms / 1000, system=system_ms / 1000, memory_peak=maxrss_kib << 10,
                  source="rusage")
 

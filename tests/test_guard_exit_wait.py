@@ -1,0 +1,117 @@
+"""The blocking wait for a guarded tree's end (tether._tree.guarded.Guard.wait) sleeps on the
+guard's pidfd: it turns readable only once the guard has sent its last report and exited, so
+the waiter wakes once, finds MSG_EXITED (status and usage in one message) queued and reaps
+the guard without blocking. The pidfd is borrowed like the control socket: another thread
+that reads the end meanwhile (and so closes the handle) leaves the fd open to the waiter.
+Oracle: this process is a child subreaper (tests/oracle.py)."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import types
+from collections.abc import Callable
+
+import pytest
+
+import oracle
+import tether
+from tether._tree import guarded
+from tether._tree.guarded import Guard
+
+GATED = ["sh", "-c", "read x; exit 7"]  # exits 7 once its stdin reaches EOF
+
+
+def _gated_child(mode: str) -> tuple[tether.Child, Guard, int]:
+    gate_r, gate_w = os.pipe()
+    try:
+        child = tether.spawn(GATED, stdin=gate_r, contain=mode)
+    finally:
+        os.close(gate_r)
+    assert isinstance(child._tree, Guard)
+    return child, child._tree, gate_w
+
+
+def _poll_module(on_poll: Callable[[list[int]], None]) -> types.SimpleNamespace:
+    """A stand-in for guarded's ``select``: every poller calls ``on_poll(its fds)`` before it
+    sleeps."""
+
+    class Poller:
+        def __init__(self) -> None:
+            self._real = select.poll()
+            self._fds: list[int] = []
+
+        def register(self, fd: int, events: int) -> None:
+            self._fds.append(fd)
+            self._real.register(fd, events)
+
+        def poll(self, timeout: int | None = None) -> list[tuple[int, int]]:
+            on_poll(self._fds)
+            return self._real.poll(timeout)
+
+    return types.SimpleNamespace(poll=Poller, POLLIN=select.POLLIN)
+
+
+def _fd_target(fd: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:
+        return None
+
+
+def test_the_wait_for_the_end_sleeps_on_the_guards_pidfd_and_wakes_once(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    child, guard, gate_w = _gated_child(mode)
+    guard_pidfd = guard.spawned.pidfd.fileno()
+    polled: list[list[int]] = []
+
+    def on_poll(fds: list[int]) -> None:
+        polled.append(list(fds))
+        if len(polled) == 1:
+            os.close(gate_w)  # the program exits only once the waiter sleeps
+
+    monkeypatch.setattr(guarded, "select", _poll_module(on_poll))
+    assert child.wait() == 7
+    assert polled == [[guard_pidfd]]
+    assert child.usage().source in ("rusage", "cgroup")
+    assert oracle.no_descendants()
+
+
+def test_a_wait_keeps_its_borrowed_guard_pidfd_while_another_thread_reads_the_end(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The end read by another thread (poll()) closes the handle's pidfd. A waiter that has
+    # taken the fd number and not yet slept on it must still find the guard's pidfd there,
+    # never a number reused for some other file (on which it could sleep for ever).
+    child, guard, gate_w = _gated_child(mode)
+    sleeping, go = threading.Event(), threading.Event()
+    borrowed: list[int] = []
+
+    def on_poll(fds: list[int]) -> None:
+        borrowed.extend(fds)
+        sleeping.set()
+        go.wait()
+
+    monkeypatch.setattr(guarded, "select", _poll_module(on_poll))
+    results: list[object] = []
+    waiter = threading.Thread(target=lambda: results.append(child.wait()))
+    waiter.start()
+    try:
+        assert sleeping.wait(60)
+        pidfd_fd = borrowed[0]
+        assert _fd_target(pidfd_fd) == "anon_inode:[pidfd]"
+        os.close(gate_w)
+        select.select([pidfd_fd], [], [], 60)  # the guard has reported and exited
+        assert child.poll() == 7  # this thread reads the end and releases the guard
+        assert guard.spawned.pidfd.closed
+        r, w = os.pipe()  # a new file cannot take the borrowed number
+        os.close(r)
+        os.close(w)
+        assert pidfd_fd not in (r, w)
+        assert _fd_target(pidfd_fd) == "anon_inode:[pidfd]"
+    finally:
+        go.set()
+        waiter.join(60)
+    assert results == [7]
+    assert _fd_target(pidfd_fd) != "anon_inode:[pidfd]"  # the last borrower closed it
+    assert oracle.no_descendants()
