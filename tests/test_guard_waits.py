@@ -1,4 +1,6 @@
-"""The blocking wait for a guarded tree's end (tether._tree.guarded.Guard.wait) sleeps on the
+"""How the parent waits for a guard's reports. The start report, read by launch() before any
+other thread can hold the Guard, is read by blocking in the read itself (no poll). The
+blocking wait for a guarded tree's end (tether._tree.guarded.Guard.wait) sleeps on the
 guard's pidfd: it turns readable only once the guard has sent its last report and exited, so
 the waiter wakes once, finds MSG_EXITED (status and usage in one message) queued and reaps
 the guard without blocking. The pidfd is borrowed like the control socket: another thread
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import threading
 import types
 from collections.abc import Callable
@@ -114,4 +117,28 @@ def test_a_wait_keeps_its_borrowed_guard_pidfd_while_another_thread_reads_the_en
         waiter.join(60)
     assert results == [7]
     assert _fd_target(pidfd_fd) != "anon_inode:[pidfd]"  # the last borrower closed it
+    assert oracle.no_descendants()
+
+
+def test_launch_reads_the_start_report_without_polling(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    polled: list[list[int]] = []
+    monkeypatch.setattr(guarded, "select", _poll_module(polled.append))
+    with tether.spawn(["true"], contain=mode) as child:
+        assert polled == []  # started: the program's pidfd is ours
+        assert child.pidfd.wait().code == 0
+    assert oracle.no_descendants()
+
+
+def test_launch_reads_the_start_report_under_a_process_wide_socket_timeout(mode: str) -> None:
+    # socket.setdefaulttimeout(0) makes every new socket non-blocking, the guard's control
+    # socket included: the start must then be awaited by polling, not read at once.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(0.0)
+    try:
+        child = tether.spawn(["true"], contain=mode)
+    finally:
+        socket.setdefaulttimeout(previous)
+    with child:
+        assert child.wait() == 0
     assert oracle.no_descendants()
