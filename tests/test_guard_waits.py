@@ -142,3 +142,14 @@ def test_launch_reads_the_start_report_under_a_process_wide_socket_timeout(mode:
     with child:
         assert child.wait() == 0
     assert oracle.no_descendants()
+
+
+def test_a_zero_timeout_wait_reads_an_end_already_reported(mode: str) -> None:
+    # wait(0) does not sleep, but it must still read what the guard has said: a tree that
+    # has ended is reported as ended, not as a timeout.
+    child, guard, gate_w = _gated_child(mode)
+    os.close(gate_w)
+    select.select([guard.spawned.pidfd.fileno()], [], [], 60)  # reported, and exited
+    assert guard.wait(0)
+    assert child.wait(timeout=0) == 7
+    assert oracle.no_descendants()

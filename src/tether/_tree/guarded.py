@@ -176,22 +176,25 @@ class Guard:
         wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md)."""
         guard = self.spawned.pidfd
         with self._lock:
-            if self.pump(stop_at_start=start) or (start and self.started):
-                return True
             if start:
+                if self.pump(stop_at_start=True) or self.started:
+                    return True
                 self._borrowers += 1
                 fd = self.sock.fileno()
-            else:
+            else:  # (no read first: the pidfd is readable at once if the guard is gone)
+                if self.ended:
+                    return True
                 fd = guard._borrow()  # open while the tree runs: _release closes it
         try:
             poller = select.poll()
             poller.register(fd, select.POLLIN)
-            while not deadline.expired:
+            while True:
                 poller.poll(deadline.poll_ms())
                 with self._lock:
                     if self.pump(stop_at_start=start) or (start and self.started):
                         return True
-            return False
+                if deadline.expired:
+                    return False
         finally:
             if start:
                 with self._lock:
