@@ -15,6 +15,7 @@ import socket
 import threading
 import types
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -152,4 +153,28 @@ def test_a_zero_timeout_wait_reads_an_end_already_reported(mode: str) -> None:
     select.select([guard.spawned.pidfd.fileno()], [], [], 60)  # reported, and exited
     assert guard.wait(0)
     assert child.wait(timeout=0) == 7
+    assert oracle.no_descendants()
+
+
+def test_a_run_reads_each_report_once_and_never_in_vain(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # run(["true"]): the start (MSG_PROGRAM, MSG_STARTED) read blocking at launch, the end
+    # (MSG_EXITED) read once the guard has exited; no read that finds nothing (EAGAIN).
+    from tether._tree import guard_wire
+
+    kinds: list[object] = []
+    real = guard_wire.read_message
+
+    def counted(*args: Any, **kwargs: Any) -> tuple[bytes, list[int], int]:
+        try:
+            data, fds, flags = real(*args, **kwargs)
+        except BlockingIOError:
+            kinds.append("EAGAIN")
+            raise
+        kinds.append(guard_wire.MSG.unpack(data)[0] if data else "EOF")
+        return data, fds, flags
+
+    monkeypatch.setattr(guard_wire, "read_message", counted)
+    assert tether.run(["true"], contain=mode).returncode == 0
+    assert kinds == [guard_wire.MSG_PROGRAM, guard_wire.MSG_STARTED, guard_wire.MSG_EXITED]
     assert oracle.no_descendants()
