@@ -49,6 +49,7 @@ class Guard:
         "_borrowers",
         "_exit",
         "_generation",
+        "_launching",
         "_lock",
         "_program",
         "_program_pid",
@@ -99,6 +100,7 @@ class Guard:
         self._lock = threading.RLock()
         self._borrowers = 0  # blocking waiters polling the control socket for the start
         self._generation = core.fork_generation()
+        self._launching = True  # until launch() returns: no other thread holds this Guard
 
     @classmethod
     def launch(
@@ -132,10 +134,11 @@ class Guard:
         self = cls(spec, mode, spawned, parent_sock, cgroup)
         if await_start:
             try:
-                self._read_start_alone()
+                self.await_start()
             except BaseException:
                 self._discard()
                 raise
+        self._launching = False
         return self
 
     def _discard(self) -> None:
@@ -163,8 +166,15 @@ class Guard:
 
     def await_start(self) -> None:
         """Block until the program has exec'd; raise its start error (FileNotFoundError, ...)
-        if it could not be run."""
-        self._block_until(Deadline(None), start=True)
+        if it could not be run. In launch(), where no other thread can hold this Guard yet,
+        by blocking in the read itself: no poll, no EAGAIN round (unless a process-wide
+        socket timeout is set)."""
+        if self._launching and self.sock.gettimeout() is None:
+            with self._lock:
+                while not self.started and not self._handle(*self._recv(0)):
+                    pass
+        else:
+            self._block_until(Deadline(None), start=True)
         self.check_start()
 
     def _block_until(self, deadline: Deadline, *, start: bool) -> bool:
@@ -203,16 +213,6 @@ class Guard:
                         self.sock.close()
             else:
                 guard._give_back()
-
-    def _read_start_alone(self) -> None:
-        """await_start() while no other thread can hold this Guard (in launch): blocking
-        reads, no poll and no EAGAIN round (unless a process-wide socket timeout is set)."""
-        if self.sock.gettimeout() is not None:
-            return self.await_start()
-        with self._lock:
-            while not self.started and not self._handle(*self._recv(0)):
-                pass
-        self.check_start()
 
     def check_start(self) -> None:
         """Raise the start error, if the start is known to have failed (never blocks)."""
