@@ -23,7 +23,7 @@ import pytest
 import tether
 from tether._kernel import core, features
 from tether._kernel.fds import recv_with_fds
-from tether._tree import guarded
+from tether._tree import guard_wire
 from tether._tree.modes import guard_path
 
 PY = sys.executable
@@ -71,12 +71,12 @@ def start_reports(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]
     def spy(sock: socket.socket, size: int, flags: int) -> tuple[bytes, list[int], int]:
         data, fds, msg_flags = recv_with_fds(sock, size, flags)
         if len(data) == core.GUARD_MSG_SIZE:
-            kind, a, b, _ = guarded._MSG.unpack(data)
+            kind, a, b, *_ = guard_wire.MSG.unpack(data)
             if kind != core.GUARD_MSG_PROGRAM:  # the program's own announcement
                 reports.append((kind, a, b))
         return data, fds, msg_flags
 
-    monkeypatch.setattr(guarded, "recv_with_fds", spy)
+    monkeypatch.setattr(guard_wire, "recv_with_fds", spy)
     return reports
 
 
@@ -117,7 +117,7 @@ def _guard_first_report(opts: list[str], *, deny_clone: bool = False) -> tuple[i
         if err_r >= 0:
             os.close(err_r)
     assert len(data) == core.GUARD_MSG_SIZE, f"no report from the guard; stderr: {stderr!r}"
-    kind, a, b, _ = guarded._MSG.unpack(data)
+    kind, a, b, *_ = guard_wire.MSG.unpack(data)
     return kind, a, b, stderr
 
 
@@ -179,4 +179,4 @@ def test_stage_table_holds_the_child_and_the_guard_stages() -> None:
     assert core.STAGES[core.STAGE_EXEC] == "exec"
     assert core.STAGES[core.STAGE_CHDIR] == "chdir"
     assert {100, 101, 102, 103} <= core.STAGES.keys()
-    assert guarded._MSG.size == core.GUARD_MSG_SIZE
+    assert guard_wire.MSG.size == core.GUARD_MSG_SIZE

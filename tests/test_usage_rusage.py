@@ -1,6 +1,6 @@
 """Usage without a cgroup of the tree's own: the guard's RUSAGE_CHILDREN at the end (the CPU
 of every descendant reaped, the peak RSS of the largest single process), reported in
-MSG_USAGE before MSG_EXITED, in every guarded mode; Unsupported while the tree runs."""
+MSG_EXITED, in every guarded mode; Unsupported while the tree runs."""
 
 from __future__ import annotations
 

@@ -111,21 +111,27 @@ static int32_t clamp32(long long v)
     return v < 0 ? 0 : v > INT32_MAX ? INT32_MAX : (int32_t)v;
 }
 
-/* MSG_USAGE: what every descendant we (or their parents) reaped used, exactly as the kernel
- * summed it at each reap (guard_proto.h). Sent once the tree is reaped, before MSG_EXITED. */
-static void send_usage(void)
+/* MSG_EXITED: the program's status, and what every descendant we (or their parents) reaped
+ * used, exactly as the kernel summed it at each reap (guard_proto.h). Sent once the tree is
+ * reaped, as our last word. */
+static void send_exited(int status)
 {
     struct rusage ru;
     struct tether_guard_msg msg;
     struct iovec iov = {&msg, sizeof msg};
     struct msghdr mh;
-    if (g.control < 0 || getrusage(RUSAGE_CHILDREN, &ru) < 0)
+    if (g.control < 0)
         return;
     memset(&msg, 0, sizeof msg);
-    msg.type = TETHER_MSG_USAGE;
-    msg.a = clamp32((long long)ru.ru_utime.tv_sec * 1000 + ru.ru_utime.tv_usec / 1000);
-    msg.b = clamp32((long long)ru.ru_stime.tv_sec * 1000 + ru.ru_stime.tv_usec / 1000);
-    msg.c = clamp32(ru.ru_maxrss);
+    msg.type = TETHER_MSG_EXITED;
+    msg.a = status;
+    if (getrusage(RUSAGE_CHILDREN, &ru) == 0) {
+        msg.b = clamp32((long long)ru.ru_utime.tv_sec * 1000 + ru.ru_utime.tv_usec / 1000);
+        msg.c = clamp32((long long)ru.ru_stime.tv_sec * 1000 + ru.ru_stime.tv_usec / 1000);
+        msg.d = clamp32(ru.ru_maxrss);
+    } else {
+        msg.b = msg.c = msg.d = -1;
+    }
     memset(&mh, 0, sizeof mh);
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
@@ -286,7 +292,6 @@ int main(int argc, char **argv)
      * being gone. The report is also attempted after lifeline EOF: a parent that cut its
      * lifeline on purpose may still be listening; a dead one cannot be hurt by it. */
     removed = cg_remove();
-    send_usage();
-    send_msg(TETHER_MSG_EXITED, g.program_status, 0, -1);
+    send_exited(g.program_status);
     return removed == 0 ? 0 : 1;
 }

@@ -5,7 +5,7 @@
  * guarded.py takes them from there.
  *
  * Transport: one AF_UNIX SOCK_SEQPACKET socket (a socketpair), the guard's end passed with
- * --control FD. Every message is one struct tether_guard_msg (16 bytes, native byte order,
+ * --control FD. Every message is one struct tether_guard_msg (20 bytes, native byte order,
  * both ends are on one machine); MSG_PROGRAM carries the program's pidfd as SCM_RIGHTS.
  *
  * guard -> parent, in this order:
@@ -24,15 +24,17 @@
  *   MSG_STOPPED  (--job-control only, any number of times before MSG_EXITED) the program was
  *                stopped: a = the signal that stopped it. The guard leaves continuing it to
  *                the parent, which stops itself so that its shell sees the job stop.
- *   MSG_USAGE    sent just before MSG_EXITED: the guard's getrusage(RUSAGE_CHILDREN) once it
- *                has reaped everything it could (the CPU of every descendant reaped, by it or
- *                by their own parents; the peak RSS of the largest single one): a = user CPU
- *                ms, b = system CPU ms, c = maxrss KiB (each clamped to INT32_MAX). The
- *                parent's Usage where the tree has no cgroups of its own (source "rusage").
- *   MSG_EXITED   a = the program's wait status (as waitpid reports it), b = 0 (the
- *                parent knows its own policy); sent once the tree has ended per the policy, every descendant the
- *                guard could reach is reaped and the cgroup directory (if any) is removed.
- *                The guard exits 0 right after.
+ *   MSG_EXITED   a = the program's wait status (as waitpid reports it); sent once the tree
+ *                has ended per the policy, every descendant the guard could reach is reaped
+ *                and the cgroup directory (if any) is removed. It also carries the guard's
+ *                getrusage(RUSAGE_CHILDREN) at that point (the CPU of every descendant
+ *                reaped, by it or by their own parents; the peak RSS of the largest single
+ *                one): b = user CPU ms, c = system CPU ms, d = maxrss KiB (each clamped to
+ *                INT32_MAX; all -1 if getrusage failed): the parent's Usage where the tree
+ *                has no cgroups of its own (source "rusage"). One message, so that the
+ *                parent reads the end in one go. The guard exits 0 right after: once its
+ *                pidfd is readable, this report is in the socket (the parent's blocking
+ *                wait polls that pidfd: one wakeup, and the reap cannot block).
  *
  * parent -> guard:
  *   MSG_SIGNAL_TREE  a = signal number: signal every process of the tree (group: the program's
@@ -54,14 +56,16 @@ struct tether_guard_msg {
     int32_t a;
     int32_t b;
     int32_t c;
+    int32_t d;
 };
 
 /* The same layout as a Python struct format (native byte order, no padding). */
-#define TETHER_GUARD_MSG_FORMAT "=Iiii"
-_Static_assert(sizeof(struct tether_guard_msg) == 16 &&
+#define TETHER_GUARD_MSG_FORMAT "=Iiiii"
+_Static_assert(sizeof(struct tether_guard_msg) == 20 &&
                    offsetof(struct tether_guard_msg, a) == 4 &&
                    offsetof(struct tether_guard_msg, b) == 8 &&
-                   offsetof(struct tether_guard_msg, c) == 12,
+                   offsetof(struct tether_guard_msg, c) == 12 &&
+                   offsetof(struct tether_guard_msg, d) == 16,
                "struct tether_guard_msg must match TETHER_GUARD_MSG_FORMAT");
 
 enum tether_guard_msg_type {
@@ -70,7 +74,7 @@ enum tether_guard_msg_type {
     TETHER_MSG_EXITED = 3,
     TETHER_MSG_PROGRAM = 4,
     TETHER_MSG_STOPPED = 5,
-    TETHER_MSG_USAGE = 6,
+    /* 6 was MSG_USAGE, now part of MSG_EXITED */
     TETHER_MSG_SIGNAL_TREE = 10,
     TETHER_MSG_KILL_TREE = 11,
 };

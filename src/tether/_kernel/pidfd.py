@@ -270,21 +270,35 @@ class Pidfd(metaclass=NoPublicConstructor):
         try:
             result = self._wait_on(fd, timeout)
         finally:
-            reaped = None
-            with self._lock:
-                self._borrowers -= 1
-                parked = self._parked if not self._borrowers else None
-                if parked is not None:
-                    self._parked = None
-                    reaped = self._release_locked(*parked)
-            if reaped is not None:
-                reaped()
+            self._give_back()
         if result is None:
             assert timeout is not None
             from tether._kernel.errors import TimeoutExpired  # (its import costs start-up)
 
             raise TimeoutExpired(self._timeout_cmd(), timeout)
         return result
+
+    def _borrow(self) -> int:
+        """The pidfd, for a blocking poll outside the lock (the guard's owner polls its
+        guard's pidfd this way): until the matching :meth:`_give_back`, a close() on another
+        thread leaves the fd open, so the poll never runs on a number that is no longer ours.
+        Raises ValueError if the handle is closed already."""
+        with self._lock:
+            fd = self._checked_fd()
+            self._borrowers += 1
+            return fd
+
+    def _give_back(self) -> None:
+        """End a borrow; the last borrower releases what a close() meanwhile left parked."""
+        reaped = None
+        with self._lock:
+            self._borrowers -= 1
+            parked = self._parked if not self._borrowers else None
+            if parked is not None:
+                self._parked = None
+                reaped = self._release_locked(*parked)
+        if reaped is not None:
+            reaped()
 
     def _wait_on(self, fd: int, timeout: float | None) -> Exit | None:
         deadline = Deadline.after(timeout)

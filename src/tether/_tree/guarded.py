@@ -13,7 +13,6 @@ import errno
 import os
 import select
 import socket
-import struct
 import threading
 from typing import Final
 
@@ -21,32 +20,17 @@ from tether._kernel import core
 from tether._kernel.cgroup import CgroupTree
 from tether._kernel.deadline import Deadline, check_timeout
 from tether._kernel.exit import Exit
-from tether._kernel.fds import recv_with_fds
 from tether._kernel.limits import Usage
 from tether._kernel.pidfd import Pidfd, pid_in_our_namespace
 from tether._kernel.spawn import Spawned, child_error
 from tether._kernel.spec import SpawnSpec
+from tether._tree import guard_wire as wire
 from tether._tree.ending import kill_group, reap_quietly
 from tether._tree.guard_launch import start_guard
 from tether._tree.modes import Mode
-from tether._tree.tree_cgroups import (
-    exit_with_cause,
-    prepare_next_tree,
-    rusage_usage,
-    tree_usage,
-)
+from tether._tree.tree_cgroups import exit_with_cause, prepare_next_tree, tree_usage
 
 __all__ = ["Guard"]
-
-# The wire protocol comes from guard_proto.h through the extension: C holds the one copy.
-_MSG: Final = struct.Struct(core.GUARD_MSG_FORMAT)
-assert _MSG.size == core.GUARD_MSG_SIZE, "guard_proto.h: the format does not match the struct"
-MSG_STARTED, MSG_FAILED, MSG_EXITED, MSG_PROGRAM = (
-    core.GUARD_MSG_STARTED, core.GUARD_MSG_FAILED, core.GUARD_MSG_EXITED, core.GUARD_MSG_PROGRAM)
-MSG_SIGNAL_TREE, MSG_KILL_TREE = core.GUARD_MSG_SIGNAL_TREE, core.GUARD_MSG_KILL_TREE
-MSG_STOPPED = core.GUARD_MSG_STOPPED
-MSG_USAGE = core.GUARD_MSG_USAGE
-
 
 # -- the guard ------------------------------------------------------------------------------------
 
@@ -65,14 +49,15 @@ class Guard:
         "_borrowers",
         "_exit",
         "_generation",
+        "_launching",
         "_lock",
         "_program",
         "_program_pid",
+        "_rusage",
         "cgroup",
         "dead",
         "guard_exit",
         "mode",
-        "rusage",
         "sock",
         "spawned",
         "spec",
@@ -106,15 +91,16 @@ class Guard:
         self.start_error: OSError | None = None
         #: The signals that stopped the program, in order (reported with --job-control only).
         self.stops: list[int] = []
-        #: The guard's RUSAGE_CHILDREN at the end (MSG_USAGE), once reported.
-        self.rusage: Usage | None = None
+        #: The guard's RUSAGE_CHILDREN (user ms, system ms, maxrss KiB) from MSG_EXITED.
+        self._rusage: tuple[int, int, int] | None = None
         #: True if the guard died without reporting (the program's status is unknown).
         self.dead = False
         # One reader of the guard's reports at a time: any thread may pump, wait or signal
         # (Child is thread-safe like Popen); blocking waits poll a dup outside the lock.
         self._lock = threading.RLock()
-        self._borrowers = 0  # blocking waiters polling the control socket
+        self._borrowers = 0  # blocking waiters polling the control socket for the start
         self._generation = core.fork_generation()
+        self._launching = True  # until launch() returns: no other thread holds this Guard
 
     @classmethod
     def launch(
@@ -152,6 +138,7 @@ class Guard:
             except BaseException:
                 self._discard()
                 raise
+        self._launching = False
         return self
 
     def _discard(self) -> None:
@@ -179,35 +166,53 @@ class Guard:
 
     def await_start(self) -> None:
         """Block until the program has exec'd; raise its start error (FileNotFoundError, ...)
-        if it could not be run."""
-        self._block_until(Deadline(None), start=True)
+        if it could not be run. In launch(), where no other thread can hold this Guard yet,
+        by blocking in the read itself: no poll, no EAGAIN round (unless a process-wide
+        socket timeout is set)."""
+        if self._launching and self.sock.gettimeout() is None:
+            with self._lock:
+                while not self.started and not self._handle(*self._recv(0)):
+                    pass
+        else:
+            self._block_until(Deadline(None), start=True)
         self.check_start()
 
     def _block_until(self, deadline: Deadline, *, start: bool) -> bool:
         """Until the start is known (``start``) or the tree has ended: True, or False once
         ``deadline`` has passed. Safe from any thread: the reports are read under the lock,
-        and the wait for the next one borrows the control socket: a thread that reads the
-        end meanwhile leaves the socket open until the last borrower is done (closed, its
-        number could be reused under the poll), and no extra fd is needed at the fd limit."""
+        and the fd polled meanwhile is borrowed (closed by a thread that reads the end, its
+        number could be reused under the poll): the control socket for the start; for the
+        end the guard's pidfd, readable once the guard has reported and exited, so one
+        wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md)."""
+        guard = self.spawned.pidfd
         with self._lock:
-            if self.pump(stop_at_start=start) or (start and self.started):
-                return True
-            self._borrowers += 1
-            fd = self.sock.fileno()
+            if start:
+                if self.pump(stop_at_start=True) or self.started:
+                    return True
+                self._borrowers += 1
+                fd = self.sock.fileno()
+            else:  # (no read first: the pidfd is readable at once if the guard is gone)
+                if self.ended:
+                    return True
+                fd = guard._borrow()  # open while the tree runs: _release closes it
         try:
-            while not deadline.expired:
-                poller = select.poll()
-                poller.register(fd, select.POLLIN)
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            while True:
                 poller.poll(deadline.poll_ms())
                 with self._lock:
                     if self.pump(stop_at_start=start) or (start and self.started):
                         return True
-            return False
+                if deadline.expired:
+                    return False
         finally:
-            with self._lock:
-                self._borrowers -= 1
-                if not self._borrowers and self.ended:
-                    self.sock.close()
+            if start:
+                with self._lock:
+                    self._borrowers -= 1
+                    if not self._borrowers and self.ended:
+                        self.sock.close()
+            else:
+                guard._give_back()
 
     def check_start(self) -> None:
         """Raise the start error, if the start is known to have failed (never blocks)."""
@@ -334,59 +339,52 @@ class Guard:
                 if stop_at_start and self._program is not None:
                     return False
                 try:
-                    message = self._recv(socket.MSG_DONTWAIT)
+                    message = self._recv(wire.DONTWAIT)
                 except BlockingIOError:
                     return False
                 if self._handle(*message):
                     return True
 
     def _recv(self, flags: int) -> tuple[bytes, list[int], int]:
-        """One message: (data, fds passed with it, message flags); b"" once the guard is gone."""
-        for _ in range(3):
-            try:
-                if self._program is None:  # the start report may carry the program's pidfd
-                    return recv_with_fds(self.sock, _MSG.size, flags)
-                return self.sock.recv(_MSG.size, flags), [], 0
-            except ConnectionResetError:
-                # The guard exited with a command of ours still unread (a terminate() racing
-                # with the end, or any command to a program that could not start): the kernel
-                # then reports ECONNRESET, once, ahead of the reports still queued. Read on.
-                continue
-        return b"", [], 0
+        return wire.read_message(self.sock, flags, with_fds=self._program is None)
 
     def _handle(self, data: bytes, fds: list[int], msg_flags: int) -> bool:
         """Act on one message; True once the tree has ended."""
         if len(data) == 0:
             self._guard_died()
             return True
-        kind, a, b, c = _MSG.unpack(data) if len(data) == _MSG.size else (0, 0, 0, 0)
-        if kind == MSG_PROGRAM and self._program is None:
+        kind, a, b, c, d = wire.MSG.unpack(data) if len(data) == wire.MSG.size else (0,) * 5
+        if kind == wire.MSG_PROGRAM and self._program is None:
             self._on_announced(a, fds, msg_flags)
             return self.start_error is not None
         for fd in fds:
             os.close(fd)
-        if kind == MSG_STARTED and self._program is None:
+        if kind == wire.MSG_STARTED and self._program is None:
             self._on_started(a)
             return self.start_error is not None
-        if kind == MSG_FAILED and self._program is None:
+        if kind == wire.MSG_FAILED and self._program is None:
             self._on_failed(a, b)
             return True
-        if kind == MSG_STOPPED:
+        if kind == wire.MSG_STOPPED:
             self.stops.append(a)
             return False
-        if kind == MSG_USAGE:
-            self.rusage = rusage_usage(a, b, c)
-        elif kind == MSG_EXITED:
+        if kind == wire.MSG_EXITED:
+            if b >= 0:  # (-1: the guard's getrusage failed)
+                self._rusage = (b, c, d)
             self._finish(Exit._from_wait_status(a))
             return True
         return False
 
     def usage(self) -> Usage:
-        return tree_usage(self.cgroup, self.rusage, ended=self.ended)
+        return tree_usage(self.cgroup, self._rusage, ended=self.ended)
 
     def wait(self, timeout: float | None) -> bool:
         """Block until the tree has ended (True) or the timeout passed (False)."""
-        return self._block_until(Deadline.after(check_timeout(timeout)), start=False)
+        deadline = Deadline.after(check_timeout(timeout))
+        # A start not read yet first: only we can act on it (a lost pidfd ends the tree).
+        if not self.started and not self._block_until(deadline, start=True):
+            return False
+        return self._block_until(deadline, start=False)
 
     def outcome(self) -> Exit | None:
         """How the program ended, once the tree has; raises ChildProcessError if the guard
@@ -438,7 +436,7 @@ class Guard:
             if self.ended:
                 return False
             try:
-                self.sock.send(_MSG.pack(kind, a, 0, 0))
+                self.sock.send(wire.MSG.pack(kind, a, 0, 0, 0))
             except (BrokenPipeError, ConnectionResetError, OSError):
                 return False
             return True
@@ -446,12 +444,12 @@ class Guard:
     def signal_tree(self, sig: int) -> None:
         """Send ``sig`` to every process of the tree (through the guard; one sent before the
         program has started reaches it once it has)."""
-        if not self._send(MSG_SIGNAL_TREE, sig):
+        if not self._send(wire.MSG_SIGNAL_TREE, sig):
             self.pump()
 
     def kill_tree(self) -> None:
         """SIGKILL the whole tree now; the guard reports the exit when it is gone."""
-        if not self._send(MSG_KILL_TREE):
+        if not self._send(wire.MSG_KILL_TREE):
             self.pump()
 
     def abandon(self) -> None:

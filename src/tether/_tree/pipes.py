@@ -133,6 +133,8 @@ class PipeSet:
                 poller.register(writer, select.POLLOUT)
             else:
                 self.close_stdin()
+        if not readers and writer < 0:
+            return True  # nothing to pump (run() without pipes): the caller waits for the tree
         # The tree may have ended already (its report read along with the start's).
         tree_done = tree.pump()
         tree_fd = -1 if tree_done else tree.fileno()

@@ -92,18 +92,20 @@ def exit_with_cause(exit_: Exit, cgroup: CgroupTree | None) -> Exit:
 
 
 def rusage_usage(user_ms: int, system_ms: int, maxrss_kib: int) -> Usage:
-    """The guard's MSG_USAGE (its RUSAGE_CHILDREN at the end) as a :class:`Usage`."""
+    """The guard's RUSAGE_CHILDREN at the end (carried by MSG_EXITED) as a :class:`Usage`."""
     return Usage(user=user_ms / 1000, system=system_ms / 1000, memory_peak=maxrss_kib << 10,
                  source="rusage")
 
 
-def tree_usage(cgroup: CgroupTree | None, rusage: Usage | None, *, ended: bool) -> Usage:
+def tree_usage(cgroup: CgroupTree | None, rusage: tuple[int, int, int] | None, *,
+               ended: bool) -> Usage:
     """The tree's :class:`Usage`: from its own cgroups (live, or final once it has ended), or
-    without them, once it has ended, the guard's report (``rusage``)."""
+    without them, once it has ended, the guard's report (``rusage``: user ms, system ms,
+    maxrss KiB)."""
     if isinstance(cgroup, LimitedTree):
         return cgroup.usage()
     if rusage is not None:
-        return rusage
+        return rusage_usage(*rusage)
     if ended:
         raise Unsupported(errno.EOPNOTSUPP, "usage(): the tether guard ended without "
                           "reporting the tree's usage (it was killed)")
