@@ -316,7 +316,8 @@ def startup_section(raw: JSONDict) -> Section:
     sec = Section(
         key="startup", title="8. Start-up (whole processes)",
         about=("One sample = one process, from the spawn to the reap; the commands alternate "
-               "in shuffled order. `tether run -- true` includes one guarded tree."),
+               "in shuffled order. `tether run -- true` includes one guarded tree. Bytecode: "
+               + raw.get("bytecode", "as the environment left it (not recorded)") + "."),
     )
     sec.header = ["command", "median", "x python -c pass", "n"]
     for key, xs in s.items():

@@ -13,7 +13,9 @@ from tether._kernel import spec
 # Each costs milliseconds at start-up, or pulls in modules that do. (typing, re, enum and
 # threading are not named: site imports them on a default install anyway; socket is what the
 # guard's control channel is made of.)
-HEAVY = ("subprocess", "secrets", "hashlib", "asyncio", "dataclasses", "inspect")
+# argparse (with gettext and locale) is for every command but a plain `tether run`.
+HEAVY = ("subprocess", "secrets", "hashlib", "asyncio", "dataclasses", "inspect", "argparse",
+         "gettext", "locale")
 
 # One whole `tether run -- true`, in group mode (every machine has it), then what it loaded.
 PROBE = """

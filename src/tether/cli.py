@@ -8,24 +8,26 @@ not be run / was not found, never an internal file of tether's (like env(1) and 
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import select
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from tether import __version__
 from tether._kernel.cgroup import ROOT_ENV
 from tether._kernel.deadline import Deadline
 from tether._kernel.errors import Unsupported
-from tether._kernel.limits import Limits
 from tether._kernel.signalfd import SignalFd
 from tether._kernel.spec import SpawnSpec
 from tether._tree.child import Child, start_child
 from tether._tree.modes import Contain, resolve_mode
 from tether._tree.run import DEFAULT_GRACE
+
+if TYPE_CHECKING:  # imported where a path needs it; so is argparse (start-up)
+    from tether._kernel.limits import Limits
 
 __all__ = ["main"]
 
@@ -40,6 +42,12 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 DEFAULT_CONTAIN = "auto"
+CONTAIN_CHOICES = ("group", "cgroup", "pidns", "auto")
+
+# `tether run`'s options, for the fast path below: value options, and flags (store_true).
+_RUN_VALUES = {"--timeout": "timeout", "--grace": "grace", "--contain": "contain",
+               "--memory": "memory", "--cpus": "cpus", "--pids": "pids"}
+_RUN_FLAGS = {"--wait-tree": "wait_tree", "--stats": "stats"}
 
 
 class _UsageError(Exception):
@@ -48,34 +56,97 @@ class _UsageError(Exception):
         self.usage = usage
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # The usage of the (sub)command that failed, not the top level's.
-        raise _UsageError(self.format_usage(), f"{self.prog}: error: {message}")
+def _number(text: str, *, zero_ok: bool) -> float | None:
+    """``text`` as a number > 0 (>= 0 if ``zero_ok``), or None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value > 0 or (zero_ok and value >= 0) else None
 
 
 def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
+    return _checked_number(text, zero_ok=False)
 
 
 def _non_negative(text: str) -> float:
+    return _checked_number(text, zero_ok=True)
+
+
+def _checked_number(text: str, *, zero_ok: bool) -> float:
+    """The full parser's check of a number (its ``type=``), with its messages."""
+    import argparse
+
+    value = _number(text, zero_ok=zero_ok)
+    if value is not None:
+        return value
     try:
-        value = float(text)
+        float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
+    raise argparse.ArgumentTypeError(f"must be {'>=' if zero_ok else '>'} 0: {text!r}")
 
 
-def _parser() -> tuple[_Parser, _Parser]:
+def _fast_run_args(tokens: Sequence[str]) -> dict[str, Any] | None:
+    """`tether run`'s arguments (after "run") as the full parser would make them, without
+    building it (argparse, its gettext and locale cost milliseconds of every start): only
+    the plain forms (exact long options, then ``--`` or the command) and valid values.
+    None for anything else (help, abbreviations, a bad or missing value, an option added to
+    the parser and not here), which the full parser handles with its messages."""
+    args: dict[str, Any] = {"timeout": None, "grace": DEFAULT_GRACE, "contain": DEFAULT_CONTAIN,
+                            "wait_tree": False, "memory": None, "cpus": None, "pids": None,
+                            "stats": False}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "--":
+            i += 1
+            break
+        if not token.startswith("-"):
+            break
+        name, eq, value = token.partition("=")
+        if name in _RUN_FLAGS and not eq:
+            args[_RUN_FLAGS[name]] = True
+            i += 1
+            continue
+        if name not in _RUN_VALUES:
+            return None
+        if not eq:
+            if i + 1 == len(tokens):
+                return None
+            value = tokens[i + 1]
+            i += 1
+        i += 1
+        if value.startswith("-"):  # argparse's own rules decide what that is
+            return None
+        args[_RUN_VALUES[name]] = value
+    cmd = list(tokens[i:])
+    if not cmd:
+        return None
+    timeout, grace = args["timeout"], args["grace"]
+    if timeout is not None:
+        timeout = args["timeout"] = _number(timeout, zero_ok=False)
+        if timeout is None:
+            return None
+    if isinstance(grace, str):
+        grace = args["grace"] = _number(grace, zero_ok=True)
+        if grace is None:
+            return None
+    if args["contain"] not in CONTAIN_CHOICES:
+        return None
+    args["cmd"] = cmd
+    return args
+
+
+def _parser() -> tuple[Any, Any]:
     """The top-level parser, and run's (for run's own usage errors)."""
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            # The usage of the (sub)command that failed, not the top level's.
+            raise _UsageError(self.format_usage(), f"{self.prog}: error: {message}")
+
     parser = _Parser(
         prog="tether",
         description="Race-free, orphan-free process management for Linux.",
@@ -102,7 +173,7 @@ def _parser() -> tuple[_Parser, _Parser]:
                      help="seconds from a SIGTERM/SIGINT/SIGHUP to the tree (forwarded, or "
                           f"on timeout) to SIGKILL (default {DEFAULT_GRACE})")
     run.add_argument("--contain", default=DEFAULT_CONTAIN,
-                     choices=["group", "cgroup", "pidns", "auto"],
+                     choices=list(CONTAIN_CHOICES),
                      help="containment mode (default: auto, the strongest this machine has: "
                           "pidns as root, then cgroup, then pidns in a user namespace, "
                           "then group)")
@@ -135,6 +206,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tether.lint import main as lint_main
 
         return lint_main(args_list[1:])
+    fast = _fast_run_args(args_list[1:]) if args_list[:1] == ["run"] else None
+    if fast is not None:
+        try:
+            limits = _limits(fast["memory"], fast["cpus"], fast["pids"], fast["stats"])
+        except (ValueError, TypeError):
+            pass  # the full parser says why, with run's usage
+        else:
+            return _run(fast["cmd"], fast["timeout"], fast["grace"], fast["contain"],
+                        fast["wait_tree"], limits, fast["stats"])
     parser, run_parser = _parser()
     try:
         args, extra = parser.parse_known_args(args_list)
@@ -157,7 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd = cmd[1:]
         if not cmd:
             run_parser.error("no command given (tether run -- CMD ...)")
-        limits = _limits(run_parser, args)
+        try:
+            limits = _limits(args.memory, args.cpus, args.pids, args.stats)
+        except (ValueError, TypeError) as exc:
+            run_parser.error(str(exc))
     except SystemExit as exit_request:  # --help, --version: argparse printed them
         return exit_request.code if isinstance(exit_request.code, int) else EXIT_TETHER_FAILED
     except _UsageError as exc:
@@ -167,15 +250,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(cmd, args.timeout, args.grace, args.contain, args.wait_tree, limits, args.stats)
 
 
-def _limits(run_parser: _Parser, args: argparse.Namespace) -> Limits | None:
-    """--memory/--cpus/--pids as Limits (a usage error if bad); --stats alone accounts."""
-    if args.memory is None and args.cpus is None and args.pids is None:
-        return Limits() if args.stats else None
-    try:
-        return Limits.parse(memory=args.memory, cpus=args.cpus, pids=args.pids)
-    except (ValueError, TypeError) as exc:
-        run_parser.error(str(exc))
-        raise  # (error() raises)
+def _limits(memory: str | None, cpus: str | None, pids: str | None,
+            stats: bool) -> Limits | None:
+    """--memory/--cpus/--pids as Limits (ValueError or TypeError if bad); --stats alone
+    accounts; None without either."""
+    if memory is None and cpus is None and pids is None and not stats:
+        return None
+    from tether._kernel.limits import Limits
+
+    if memory is None and cpus is None and pids is None:
+        return Limits()
+    return Limits.parse(memory=memory, cpus=cpus, pids=pids)
 
 
 def _report(child: Child, stats: bool) -> None:
