@@ -8,37 +8,40 @@ PYTHONDONTWRITEBYTECODE=1 (as CI and the work trees here) would compile tether's
 on every start and measure that instead. So every command runs with its bytecode in a
 temporary PYTHONPYCACHEPREFIX, written by one untimed run of each command first: the floor
 and tether alike load compiled code, as on a default install. `-S` (no site) is shown for
-information: what site's own imports (and any .pth files here) add to every command."""
+information: what site's own imports (and any .pth files here) add to every command, and
+what `tether run` costs where site imports none of the modules it needs (typing, re, enum,
+collections...). tether stays importable under -S: its directory is on PYTHONPATH."""
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
 import tempfile
 import time
 
-from _common import JSONDict, log
+from _common import JSONDict, log, worker_env
 
 COMMANDS = {
     "pass": [sys.executable, "-c", "pass"],
     "import": [sys.executable, "-c", "import tether"],
     "cli_run": [sys.executable, "-m", "tether", "run", "--", "true"],
     "pass_nosite": [sys.executable, "-S", "-c", "pass"],
+    "cli_run_nosite": [sys.executable, "-S", "-m", "tether", "run", "--", "true"],
 }
 LABELS = {
     "pass": "python3 -c pass",
     "import": "python3 -c 'import tether'",
     "cli_run": "python3 -m tether run -- true",
     "pass_nosite": "python3 -S -c pass (no site, for information)",
+    "cli_run_nosite": "python3 -S -m tether run -- true (no site, for information)",
 }
 BYTECODE = ("compiled (a temporary PYTHONPYCACHEPREFIX, written by one untimed run of each "
             "command, as `pip install .` leaves an install)")
 
 
 def _env(prefix: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = {k: v for k, v in worker_env().items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = prefix
     return env
 
