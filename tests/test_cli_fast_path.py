@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tether import cli
+from tether._cli_fast import fast_run_args
 
 # (argv after "run", whether the fast path takes it)
 CASES: list[tuple[list[str], bool]] = [
@@ -69,7 +70,7 @@ def _full(tokens: list[str]) -> dict[str, Any] | None:
                                                         for c in CASES])
 def test_fast_path_reads_argv_as_the_full_parser(tokens: list[str], fast: bool,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    got = cli._fast_run_args(tokens)
+    got = fast_run_args(tokens)
     if not fast:
         assert got is None
         return

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from tether import __version__
+from tether._cli_fast import CONTAIN_CHOICES, DEFAULT_CONTAIN, fast_run_args, number
 from tether._kernel.cgroup import ROOT_ENV
 from tether._kernel.deadline import Deadline
 from tether._kernel.errors import Unsupported
@@ -41,28 +42,10 @@ EXIT_TETHER_FAILED = 125  # usage errors included, as timeout(1) and env(1)
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
-DEFAULT_CONTAIN = "auto"
-CONTAIN_CHOICES = ("group", "cgroup", "pidns", "auto")
-
-# `tether run`'s options, for the fast path below: value options, and flags (store_true).
-_RUN_VALUES = {"--timeout": "timeout", "--grace": "grace", "--contain": "contain",
-               "--memory": "memory", "--cpus": "cpus", "--pids": "pids"}
-_RUN_FLAGS = {"--wait-tree": "wait_tree", "--stats": "stats"}
-
-
 class _UsageError(Exception):
     def __init__(self, usage: str, message: str) -> None:
         super().__init__(message)
         self.usage = usage
-
-
-def _number(text: str, *, zero_ok: bool) -> float | None:
-    """``text`` as a number > 0 (>= 0 if ``zero_ok``), or None."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if value > 0 or (zero_ok and value >= 0) else None
 
 
 def _positive(text: str) -> float:
@@ -77,7 +60,7 @@ def _checked_number(text: str, *, zero_ok: bool) -> float:
     """The full parser's check of a number (its ``type=``), with its messages."""
     import argparse
 
-    value = _number(text, zero_ok=zero_ok)
+    value = number(text, zero_ok=zero_ok)
     if value is not None:
         return value
     try:
@@ -85,57 +68,6 @@ def _checked_number(text: str, *, zero_ok: bool) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     raise argparse.ArgumentTypeError(f"must be {'>=' if zero_ok else '>'} 0: {text!r}")
-
-
-def _fast_run_args(tokens: Sequence[str]) -> dict[str, Any] | None:
-    """`tether run`'s arguments (after "run") as the full parser would make them, without
-    building it (argparse, its gettext and locale cost milliseconds of every start): only
-    the plain forms (exact long options, then ``--`` or the command) and valid values.
-    None for anything else (help, abbreviations, a bad or missing value, an option added to
-    the parser and not here), which the full parser handles with its messages."""
-    args: dict[str, Any] = {"timeout": None, "grace": DEFAULT_GRACE, "contain": DEFAULT_CONTAIN,
-                            "wait_tree": False, "memory": None, "cpus": None, "pids": None,
-                            "stats": False}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if token == "--":
-            i += 1
-            break
-        if not token.startswith("-"):
-            break
-        name, eq, value = token.partition("=")
-        if name in _RUN_FLAGS and not eq:
-            args[_RUN_FLAGS[name]] = True
-            i += 1
-            continue
-        if name not in _RUN_VALUES:
-            return None
-        if not eq:
-            if i + 1 == len(tokens):
-                return None
-            value = tokens[i + 1]
-            i += 1
-        i += 1
-        if value.startswith("-"):  # argparse's own rules decide what that is
-            return None
-        args[_RUN_VALUES[name]] = value
-    cmd = list(tokens[i:])
-    if not cmd:
-        return None
-    timeout, grace = args["timeout"], args["grace"]
-    if timeout is not None:
-        timeout = args["timeout"] = _number(timeout, zero_ok=False)
-        if timeout is None:
-            return None
-    if isinstance(grace, str):
-        grace = args["grace"] = _number(grace, zero_ok=True)
-        if grace is None:
-            return None
-    if args["contain"] not in CONTAIN_CHOICES:
-        return None
-    args["cmd"] = cmd
-    return args
 
 
 def _parser() -> tuple[Any, Any]:
@@ -226,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tether.lint import main as lint_main
 
         return lint_main(args_list[1:])
-    fast = _fast_run_args(args_list[1:]) if args_list[:1] == ["run"] else None
+    fast = fast_run_args(args_list[1:]) if args_list[:1] == ["run"] else None
     if fast is not None:
         try:
             limits = _limits(fast["memory"], fast["cpus"], fast["pids"], fast["stats"])
