@@ -330,7 +330,8 @@ def startup_section(raw: JSONDict) -> Section:
     labels: dict[str, str] = raw["labels"]
     s: dict[str, list[float]] = raw["samples_s"]
     sec = Section(
-        key="startup", title="8. Start-up (whole processes)",
+        key="startup", title="8. Start-up (whole processes" + (
+            ", bytecode compiled as installed)" if raw.get("bytecode") else ")"),
         about=("One sample = one process, from the spawn to the reap; the commands alternate "
                "in shuffled order. `tether run -- true` includes one guarded tree. Bytecode: "
                + raw.get("bytecode", "as the environment left it (not recorded)") + "."),

@@ -14,7 +14,7 @@ import select
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from tether import __version__
 from tether._cli_fast import CONTAIN_CHOICES, DEFAULT_CONTAIN, fast_run_args, number
@@ -27,7 +27,9 @@ from tether._tree.child import Child, start_child
 from tether._tree.modes import Contain, resolve_mode
 from tether._tree.run import DEFAULT_GRACE
 
-if TYPE_CHECKING:  # imported where a path needs it; so is argparse (start-up)
+if TYPE_CHECKING:  # imported where a path needs them (start-up)
+    import argparse
+
     from tether._kernel.limits import Limits
 
 __all__ = ["command", "main"]
@@ -70,7 +72,7 @@ def _checked_number(text: str, *, zero_ok: bool) -> float:
     raise argparse.ArgumentTypeError(f"must be {'>=' if zero_ok else '>'} 0: {text!r}")
 
 
-def _parser() -> tuple[Any, Any]:
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The top-level parser, and run's (for run's own usage errors)."""
     import argparse
 
