@@ -183,7 +183,8 @@ class Target:
         op = "<=" if self.kind == "le" else ">="
         target = f"{op} {fmt_num(self.limit)}{self.unit}" if self.unit == "x" else (
             f"{op} {fmt_num(self.limit)} {self.unit}")
-        measured = (f"{fmt_num(self.value)}{self.unit}" if self.unit == "x"
+        measured = ("-" if math.isnan(self.value)
+                    else f"{fmt_num(self.value)}{self.unit}" if self.unit == "x"
                     else f"{fmt_num(self.value)} {self.unit}")
         ci = "" if math.isnan(self.ci[0]) else f"{fmt_num(self.ci[0])}-{fmt_num(self.ci[1])}"
         return target, measured, ci, self.verdict

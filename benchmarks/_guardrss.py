@@ -90,7 +90,19 @@ def run(params: JSONDict) -> JSONDict:
                 detail[case].append(res["status"])
         log(f"guard RSS: round {r + 1}/{repeats}")
     return {"labels": LABELS, "samples_kib": samples, "status": detail,
-            "unavailable": unavailable, "seconds": time.monotonic() - t0}
+            "unavailable": unavailable, **_guard_binary(), "seconds": time.monotonic() - t0}
+
+
+def _guard_binary() -> JSONDict:
+    """The size of the guard executable these samples ran (issue 13: <= 64 KiB), and its
+    build (libc-free, musl, glibc)."""
+    import os
+
+    from tether._kernel.guard_build import guard_build
+    from tether._tree.modes import guard_path
+
+    path = guard_path()
+    return {"guard_bytes": os.path.getsize(path), "guard_build": guard_build(path)}
 
 
 if __name__ == "__main__":

@@ -195,12 +195,15 @@ def test_forwarded_signal_escalates_to_sigkill_after_grace(python_env: dict[str,
     assert oracle.reap_until(10.0).empty
 
 
+# SIGINT blocked and taken with sigwait: a handler and signal.pause() would lose a SIGINT
+# that lands after the loop's last check for pending handlers and before pause() sleeps.
 _ANSWERS_SIGINT = """
 import signal
-signal.signal(signal.SIGINT, lambda *_: print("got", flush=True))
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 print("up", flush=True)
 while True:
-    signal.pause()
+    signal.sigwait({signal.SIGINT})
+    print("got", flush=True)
 """
 
 

@@ -11,9 +11,12 @@ import tether
 from tether._kernel import spec
 
 # Each costs milliseconds at start-up, or pulls in modules that do. (typing, re, enum and
-# threading are not named: site imports them on a default install anyway; socket is what the
-# guard's control channel is made of.)
-HEAVY = ("subprocess", "secrets", "hashlib", "asyncio", "dataclasses", "inspect")
+# threading are not named: site imports them on a default install anyway.) argparse (with
+# gettext and locale) is for every command but a plain `tether run`; the guard's control
+# socket needs only the C module _socket, not socket.py (its enums, selectors, array); the
+# preexec_fn fork path is not this one.
+HEAVY = ("subprocess", "secrets", "hashlib", "asyncio", "dataclasses", "inspect", "argparse",
+         "gettext", "locale", "socket", "selectors", "array", "tether._kernel.preexec")
 
 # One whole `tether run -- true`, in group mode (every machine has it), then what it loaded.
 PROBE = """

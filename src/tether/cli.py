@@ -8,26 +8,31 @@ not be run / was not found, never an internal file of tether's (like env(1) and 
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import select
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from tether import __version__
+from tether._cli_fast import CONTAIN_CHOICES, DEFAULT_CONTAIN, fast_run_args, number
 from tether._kernel.cgroup import ROOT_ENV
 from tether._kernel.deadline import Deadline
 from tether._kernel.errors import Unsupported
-from tether._kernel.limits import Limits
 from tether._kernel.signalfd import SignalFd
 from tether._kernel.spec import SpawnSpec
 from tether._tree.child import Child, start_child
 from tether._tree.modes import Contain, resolve_mode
 from tether._tree.run import DEFAULT_GRACE
 
-__all__ = ["main"]
+if TYPE_CHECKING:  # imported where a path needs them (start-up)
+    import argparse
+
+    from tether._kernel.limits import Limits
+
+__all__ = ["command", "main"]
 
 # Signals that `tether run` passes on. The first three end the tree (every member gets them,
 # as `timeout` and shells do for a foreground job); the rest go to the program only.
@@ -39,43 +44,43 @@ EXIT_TETHER_FAILED = 125  # usage errors included, as timeout(1) and env(1)
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
-DEFAULT_CONTAIN = "auto"
-
-
 class _UsageError(Exception):
     def __init__(self, usage: str, message: str) -> None:
         super().__init__(message)
         self.usage = usage
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # The usage of the (sub)command that failed, not the top level's.
-        raise _UsageError(self.format_usage(), f"{self.prog}: error: {message}")
-
-
 def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
+    return _checked_number(text, zero_ok=False)
 
 
 def _non_negative(text: str) -> float:
+    return _checked_number(text, zero_ok=True)
+
+
+def _checked_number(text: str, *, zero_ok: bool) -> float:
+    """The full parser's check of a number (its ``type=``), with its messages."""
+    import argparse
+
+    value = number(text, zero_ok=zero_ok)
+    if value is not None:
+        return value
     try:
-        value = float(text)
+        float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
+    raise argparse.ArgumentTypeError(f"must be {'>=' if zero_ok else '>'} 0: {text!r}")
 
 
-def _parser() -> tuple[_Parser, _Parser]:
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The top-level parser, and run's (for run's own usage errors)."""
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            # The usage of the (sub)command that failed, not the top level's.
+            raise _UsageError(self.format_usage(), f"{self.prog}: error: {message}")
+
     parser = _Parser(
         prog="tether",
         description="Race-free, orphan-free process management for Linux.",
@@ -102,7 +107,7 @@ def _parser() -> tuple[_Parser, _Parser]:
                      help="seconds from a SIGTERM/SIGINT/SIGHUP to the tree (forwarded, or "
                           f"on timeout) to SIGKILL (default {DEFAULT_GRACE})")
     run.add_argument("--contain", default=DEFAULT_CONTAIN,
-                     choices=["group", "cgroup", "pidns", "auto"],
+                     choices=list(CONTAIN_CHOICES),
                      help="containment mode (default: auto, the strongest this machine has: "
                           "pidns as root, then cgroup, then pidns in a user namespace, "
                           "then group)")
@@ -128,6 +133,26 @@ def _parser() -> tuple[_Parser, _Parser]:
     return parser, run
 
 
+def command() -> NoReturn:
+    """The ``tether`` command as a process (the console script, ``python -m tether``):
+    :func:`main`, then the exit, without the interpreter's teardown of every module and
+    object (milliseconds; more than all of ``tether run``'s own work after its imports).
+    Nothing of tether's needs that teardown once ``main`` has returned: every tree has ended
+    and its guard is reaped, and our fds close with the process. What a normal exit does
+    that matters is done first: atexit handlers (reaper, v1_pool) run and stdio is
+    flushed; if the flush fails (a closed pipe), the interpreter's own exit reports it."""
+    status = main()
+    import atexit
+
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        sys.exit(status)
+    os._exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tether`` command; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -135,6 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tether.lint import main as lint_main
 
         return lint_main(args_list[1:])
+    fast = fast_run_args(args_list[1:]) if args_list[:1] == ["run"] else None
+    if fast is not None:
+        try:
+            limits = _limits(fast["memory"], fast["cpus"], fast["pids"], fast["stats"])
+        except (ValueError, TypeError):
+            pass  # the full parser says why, with run's usage
+        else:
+            return _run(fast["cmd"], fast["timeout"], fast["grace"], fast["contain"],
+                        fast["wait_tree"], limits, fast["stats"])
     parser, run_parser = _parser()
     try:
         args, extra = parser.parse_known_args(args_list)
@@ -157,7 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd = cmd[1:]
         if not cmd:
             run_parser.error("no command given (tether run -- CMD ...)")
-        limits = _limits(run_parser, args)
+        try:
+            limits = _limits(args.memory, args.cpus, args.pids, args.stats)
+        except (ValueError, TypeError) as exc:
+            run_parser.error(str(exc))
     except SystemExit as exit_request:  # --help, --version: argparse printed them
         return exit_request.code if isinstance(exit_request.code, int) else EXIT_TETHER_FAILED
     except _UsageError as exc:
@@ -167,15 +204,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(cmd, args.timeout, args.grace, args.contain, args.wait_tree, limits, args.stats)
 
 
-def _limits(run_parser: _Parser, args: argparse.Namespace) -> Limits | None:
-    """--memory/--cpus/--pids as Limits (a usage error if bad); --stats alone accounts."""
-    if args.memory is None and args.cpus is None and args.pids is None:
-        return Limits() if args.stats else None
-    try:
-        return Limits.parse(memory=args.memory, cpus=args.cpus, pids=args.pids)
-    except (ValueError, TypeError) as exc:
-        run_parser.error(str(exc))
-        raise  # (error() raises)
+def _limits(memory: str | None, cpus: str | None, pids: str | None,
+            stats: bool) -> Limits | None:
+    """--memory/--cpus/--pids as Limits (ValueError or TypeError if bad); --stats alone
+    accounts; None without either."""
+    if memory is None and cpus is None and pids is None and not stats:
+        return None
+    from tether._kernel.limits import Limits
+
+    if memory is None and cpus is None and pids is None:
+        return Limits()
+    return Limits.parse(memory=memory, cpus=cpus, pids=pids)
 
 
 def _report(child: Child, stats: bool) -> None:

@@ -6,9 +6,10 @@ exists (MSG_CMSG_CLOEXEC), so no program this process starts later can inherit i
 
 from __future__ import annotations
 
+# socket.py's enum set-up costs ~2 ms of every start; its C module has all we use.
+import _socket as socket
 import fcntl
 import os
-import socket
 import struct
 from typing import Final
 

@@ -8,9 +8,10 @@ opened is closed again, and a child that failed before its exec is already reape
 
 from __future__ import annotations
 
+# socket.py's enum set-up costs ~2 ms of every start; its C module has all we use.
+import _socket as socket
 import errno
 import os
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final, NamedTuple
 
@@ -18,7 +19,6 @@ from tether._kernel import core, features, reaper
 from tether._kernel.errors import Unsupported
 from tether._kernel.lifeline import LifelineWriter, new_lifeline
 from tether._kernel.pidfd import Pidfd
-from tether._kernel.preexec import STAGE_PREEXEC, fork_exec
 from tether._kernel.spec import FileSpec, SpawnSpec, StrOrBytesPath
 
 __all__ = ["Spawned", "clone_guard", "clone_spec", "clone_with_stdio", "spawn_lifelined"]
@@ -119,10 +119,12 @@ def _fork_exec(
         raise Unsupported(errno.ENOSYS, "preexec_fn runs in a fork() of this process, which "
                           "cannot start a new PID namespace or enter a cgroup on its way")
     assert spec.preexec_fn is not None
+    from tether._kernel.preexec import fork_exec  # the fork path: no cost to other starts
+
     pid, pidfd, writer, stage, err = fork_exec(spec, stdio_fds, spec.preexec_fn)
     if pidfd is not None and writer is not None:
         return Spawned(pid, pidfd, writer)
-    if stage == STAGE_PREEXEC:
+    if stage == core.STAGE_PREEXEC:
         import subprocess  # only here: the drop-in's error, not paid for by tether run's start
 
         raise subprocess.SubprocessError("Exception occurred in preexec_fn.")

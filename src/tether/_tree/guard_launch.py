@@ -8,8 +8,9 @@ before the error propagates.
 
 from __future__ import annotations
 
+# socket.py's enum set-up costs ~2 ms of every start; its C module has all we use.
+import _socket as socket
 import os
-import socket
 
 from tether._kernel.cgroup import CgroupTree
 from tether._kernel.fds import socketpair_above_stdio

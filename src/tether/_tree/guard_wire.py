@@ -6,7 +6,8 @@ extension (``core.GUARD_MSG_*``): C holds the only copy, and a mismatch fails at
 
 from __future__ import annotations
 
-import socket
+# socket.py's enum set-up costs ~2 ms of every start; its C module has all we use.
+import _socket as socket
 import struct
 from typing import Final
 

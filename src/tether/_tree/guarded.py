@@ -9,10 +9,11 @@ exports (``core.GUARD_MSG_*``): C holds the only copy.
 
 from __future__ import annotations
 
+# socket.py's enum set-up costs ~2 ms of every start; its C module has all we use.
+import _socket as socket
 import errno
 import os
 import select
-import socket
 import threading
 from typing import Final
 
