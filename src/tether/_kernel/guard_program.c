@@ -132,8 +132,22 @@ void start_program(char **path_argv)
     g.program_pidfd = pidfd;
     g.fg_given = plan.foreground;
     /* Fault injection for the test suite only: stop in the window between the program's exec
-     * and its start report, where a test then kills us (tests/test_guard_protocol.py). */
-    if (getenv("TETHER_GUARD_TEST_STOP_BEFORE_REPORT") != NULL)
+     * and its start report, where a test then kills us (tests/test_guard_protocol.py); the
+     * parent is let go first, so that it reads what came before the report. */
+    if (getenv("TETHER_GUARD_TEST_STOP_BEFORE_REPORT") != NULL) {
+        start_reported();
         (void)kill(getpid(), SIGSTOP);
+    }
     send_msg(TETHER_MSG_STARTED, pid_seen_by_parent(), method, -1);
+    start_reported();
+}
+
+/* --start-fd: wake the parent, which sleeps until the start is reported (launch.c,
+ * wait_started); MSG_PROGRAM and MSG_STARTED wait for it on the socket, read in one go. An
+ * exit (MSG_FAILED) closes it too. */
+void start_reported(void)
+{
+    if (g.start_fd >= 0)
+        close(g.start_fd);
+    g.start_fd = -1;
 }
