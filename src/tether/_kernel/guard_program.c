@@ -14,13 +14,15 @@
 
 /* The program's environment: ours, with TETHER_LIFELINE_FD naming the program's lifeline:
  * its fd there and the pipe's identity, "N:<st_dev>:<st_ino>" (what attach() checks).
- * Without a lifeline (lifeline_src < 0) ours is still removed: it names *our* lifeline. */
+ * Without a lifeline (lifeline_src < 0) ours is still removed: it names *our* lifeline.
+ * Edited in place (the array is ours, on our initial stack, and we have read our own entry
+ * already): no allocation, so nothing to unmap after the clone either, which in a process
+ * whose memory the program's clone child shared costs a TLB shootdown. */
 static char **program_env(int lifeline_dst, int lifeline_src)
 {
     extern char **environ;
     static char entry[sizeof LIFELINE_ENV + 12 + 2 * 22] = LIFELINE_ENV "=";
-    size_t n = 0, i, k = 0;
-    char **envp;
+    size_t i, k = 0;
     struct stat st;
     char *at = entry + sizeof LIFELINE_ENV;
     if (lifeline_src >= 0) {
@@ -32,19 +34,14 @@ static char **program_env(int lifeline_dst, int lifeline_src)
         *at++ = ':';
         fmt_u64(at, (unsigned long long)st.st_ino);
     }
-    while (environ[n] != NULL)
-        n++;
-    envp = malloc((n + 2) * sizeof(char *));
-    if (envp == NULL)
-        fail(TETHER_GUARD_STAGE_SETUP, ENOMEM);
-    for (i = 0; i < n; i++) {
+    for (i = 0; environ[i] != NULL; i++) {
         if (strncmp(environ[i], LIFELINE_ENV "=", sizeof LIFELINE_ENV) != 0)
-            envp[k++] = environ[i];
+            environ[k++] = environ[i];
+        else if (lifeline_src >= 0)
+            environ[k++] = entry; /* ours was there (setup_guard insists): one slot for one */
     }
-    if (lifeline_src >= 0)
-        envp[k++] = entry;
-    envp[k] = NULL;
-    return envp;
+    environ[k] = NULL;
+    return environ;
 }
 
 /* Clone the program through the one clone site; returns the method that made it. clone3
@@ -127,7 +124,6 @@ void start_program(char **path_argv)
     if ((r = guard_apply_attrs(&plan, g.control, g.lifeline, g.cgroup_fd)) != 0)
         fail(TETHER_GUARD_STAGE_SETUP, r);
     method = clone_program(&plan, &pid, &pidfd);
-    free((void *)plan.envp);
     g.program_pid = pid;
     g.program_pidfd = pidfd;
     g.fg_given = plan.foreground;
