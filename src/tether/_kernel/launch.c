@@ -337,14 +337,16 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
                                      &plan.stdio[1], &plan.stdio[2], &PyTuple_Type, &keep_obj,
                                      &plan.new_pgroup, &extra_flags, &method, &attrs, &wait))
         return NULL;
-    if (wait != Py_None && mask_from_bits(wait, &watch, 1) < 0)
-        return NULL;
-    /* Not these: ignored by default, so never a reason to cut the wait short, and an unrelated
-     * child's exit (or our own clone-method probe's) would otherwise end it every time. Like
-     * every held signal, a handler of theirs runs right after the call. */
-    sigdelset(&watch, SIGCHLD);
-    sigdelset(&watch, SIGWINCH);
-    sigdelset(&watch, SIGURG);
+    if (wait != Py_None) {
+        if (mask_from_bits(wait, &watch, 1) < 0)
+            return NULL;
+        /* Not these: ignored by default, so never a reason to cut the wait short, and an
+         * unrelated child's exit (or our own clone-method probe's) would otherwise end it
+         * every time. Like every held signal, a handler of theirs runs right after the call. */
+        sigdelset(&watch, SIGCHLD);
+        sigdelset(&watch, SIGWINCH);
+        sigdelset(&watch, SIGURG);
+    }
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
         return NULL;
