@@ -1,4 +1,4 @@
-"""Section 7: the other engineers' benchmark scripts (asyncio, lint, pytest plugin).
+"""Section 7: the other engineers' benchmark scripts (asyncio, lint, pytest plugin, exec floor).
 
 Each is optional. A script whose ``main`` takes a ``quick`` argument and returns a dict is
 called in a fresh worker and its dict is shown as a table; any other script is run as a
@@ -21,6 +21,7 @@ SCRIPTS = {
     "aio": "bench_aio.py",
     "lint": "bench_lint.py",
     "plugin": "bench_plugin.py",
+    "floor": "bench_floor.py",
 }
 
 

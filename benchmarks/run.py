@@ -10,8 +10,8 @@ Sections (each in fresh interpreters, methods interleaved round-robin, medians r
   supervise  5.   parent CPU per child exit with N children alive
   rss        6.   the guard's peak RSS
   startup    8.   python -c pass vs import tether vs tether run -- true (whole processes)
-  others     7.   bench_aio.py (and with --others aio,lint,plugin the lint and pytest-plugin
-                  scripts), when present
+  others     7.   bench_aio.py (and with --others aio,lint,plugin,floor the lint, pytest-plugin
+                  and exec-floor scripts), when present
 
 Measurements, never assertions: missed targets are reported, not raised. The exit status is
 non-zero only if a section could not run at all. ``--quick`` uses CI smoke sizes (seconds);
@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                              "0 skips it). Two processes hold it at once (one forks).")
     parser.add_argument("--children", type=int, help="N for the supervise section")
     parser.add_argument("--others", default="aio",
-                        help="which other scripts section 'others' runs: aio,lint,plugin "
-                             "(default aio; lint and plugin add about two minutes)")
+                        help="which other scripts section 'others' runs: aio,lint,plugin,floor "
+                             "(default aio; lint and plugin add about two minutes, floor about "
+                             "twenty seconds)")
     parser.add_argument("--cpus", help="pin the whole run to these CPUs, e.g. 0 or 0-1")
     args = parser.parse_args(argv)
     if args.big_mib is None:

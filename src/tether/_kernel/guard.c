@@ -3,7 +3,7 @@
  *
  *   _guard --control FD [--keep FD[,FD...]] [--contain group|cgroup|pidns]
  *          [--cgroup-fd FD --cgroup-path PATH] [--userns UID:GID] [--wait-tree] [--foreground]
- *          [--job-control]
+ *          [--job-control] [--start-fd FD]
  *          [--clone clone3|legacy] -- PATH ARGV0 [ARG...]
  *
  * The Python parent (tether/_tree/guarded.py) starts the guard through tether's one spawn
@@ -18,6 +18,9 @@
  *   SIGTERM/SIGINT/SIGHUP/... to the guard   -> forwarded to the program (its pidfd), the
  *                                               terminating ones followed by SIGCONT;
  *   MSG_SIGNAL_TREE / MSG_KILL_TREE          -> signal / end the whole tree.
+ *
+ * --start-fd: a pipe's write end, closed once the start is reported (MSG_STARTED) or at our
+ * exit: the parent sleeps on it through our start instead of waking at each step (launch.c).
  *
  * --clone: use that clone method only, as the parent does when its method is forced (tests of
  * the legacy fallback). Without it: clone3, falling back to the legacy clone where refused.
@@ -54,6 +57,7 @@
 struct guard g = {
     .control = -1,
     .lifeline = -1,
+    .start_fd = -1,
     .cgroup_fd = -1,
     .events_fd = -1,
     .cgkill_fd = -1,

@@ -66,6 +66,8 @@ struct guard {
     /* options */
     int control;       /* our end of the SEQPACKET socketpair; -1 once the parent hung up */
     int lifeline;      /* our lifeline read end; -1 once it said EOF */
+    int start_fd;      /* --start-fd: a pipe's write end the parent sleeps on until we close
+                        * it, once the program has started (start_reported); -1: none */
     enum contain contain;
     int wait_tree;
     int foreground;
@@ -136,6 +138,7 @@ __attribute__((noreturn)) void fail(int stage, int err);
 
 /* guard_program.c */
 void start_program(char **path_argv);
+void start_reported(void);
 
 /* guard_tree.c */
 int ends_program(int sig);

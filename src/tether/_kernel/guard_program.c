@@ -14,13 +14,15 @@
 
 /* The program's environment: ours, with TETHER_LIFELINE_FD naming the program's lifeline:
  * its fd there and the pipe's identity, "N:<st_dev>:<st_ino>" (what attach() checks).
- * Without a lifeline (lifeline_src < 0) ours is still removed: it names *our* lifeline. */
+ * Without a lifeline (lifeline_src < 0) ours is still removed: it names *our* lifeline.
+ * Edited in place (the array is ours, on our initial stack, and we have read our own entry
+ * already): no allocation, so nothing to unmap after the clone either, which in a process
+ * whose memory the program's clone child shared costs a TLB shootdown. */
 static char **program_env(int lifeline_dst, int lifeline_src)
 {
     extern char **environ;
     static char entry[sizeof LIFELINE_ENV + 12 + 2 * 22] = LIFELINE_ENV "=";
-    size_t n = 0, i, k = 0;
-    char **envp;
+    size_t i, k = 0;
     struct stat st;
     char *at = entry + sizeof LIFELINE_ENV;
     if (lifeline_src >= 0) {
@@ -32,19 +34,14 @@ static char **program_env(int lifeline_dst, int lifeline_src)
         *at++ = ':';
         fmt_u64(at, (unsigned long long)st.st_ino);
     }
-    while (environ[n] != NULL)
-        n++;
-    envp = malloc((n + 2) * sizeof(char *));
-    if (envp == NULL)
-        fail(TETHER_GUARD_STAGE_SETUP, ENOMEM);
-    for (i = 0; i < n; i++) {
+    for (i = 0; environ[i] != NULL; i++) {
         if (strncmp(environ[i], LIFELINE_ENV "=", sizeof LIFELINE_ENV) != 0)
-            envp[k++] = environ[i];
+            environ[k++] = environ[i];
+        else if (lifeline_src >= 0)
+            environ[k++] = entry; /* ours was there (setup_guard insists): one slot for one */
     }
-    if (lifeline_src >= 0)
-        envp[k++] = entry;
-    envp[k] = NULL;
-    return envp;
+    environ[k] = NULL;
+    return environ;
 }
 
 /* Clone the program through the one clone site; returns the method that made it. clone3
@@ -127,13 +124,26 @@ void start_program(char **path_argv)
     if ((r = guard_apply_attrs(&plan, g.control, g.lifeline, g.cgroup_fd)) != 0)
         fail(TETHER_GUARD_STAGE_SETUP, r);
     method = clone_program(&plan, &pid, &pidfd);
-    free((void *)plan.envp);
     g.program_pid = pid;
     g.program_pidfd = pidfd;
     g.fg_given = plan.foreground;
     /* Fault injection for the test suite only: stop in the window between the program's exec
-     * and its start report, where a test then kills us (tests/test_guard_protocol.py). */
-    if (getenv("TETHER_GUARD_TEST_STOP_BEFORE_REPORT") != NULL)
+     * and its start report, where a test then kills us (tests/test_guard_protocol.py); the
+     * parent is let go first, so that it reads what came before the report. */
+    if (getenv("TETHER_GUARD_TEST_STOP_BEFORE_REPORT") != NULL) {
+        start_reported();
         (void)kill(getpid(), SIGSTOP);
+    }
     send_msg(TETHER_MSG_STARTED, pid_seen_by_parent(), method, -1);
+    start_reported();
+}
+
+/* --start-fd: wake the parent, which sleeps until the start is reported (launch.c,
+ * wait_started); MSG_PROGRAM and MSG_STARTED wait for it on the socket, read in one go. An
+ * exit (MSG_FAILED) closes it too. */
+void start_reported(void)
+{
+    if (g.start_fd >= 0)
+        close(g.start_fd);
+    g.start_fd = -1;
 }

@@ -247,6 +247,10 @@ int parse_args(int argc, char **argv)
             usage("option needs a value: ", opt);
         if (strcmp(opt, "--control") == 0) {
             /* parsed above */
+        } else if (strcmp(opt, "--start-fd") == 0) {
+            g.start_fd = parse_uint(argv[i + 1], NULL);
+            if (g.start_fd < 3 || !fd_is_open(g.start_fd))
+                usage("bad --start-fd: ", argv[i + 1]);
         } else if (strcmp(opt, "--keep") == 0) {
             parse_keep(argv[i + 1]);
         } else if (strcmp(opt, "--contain") == 0) {
@@ -376,7 +380,9 @@ void setup_guard(void)
     lifeline_env = getenv(LIFELINE_ENV);
     g.lifeline = lifeline_env ? own_lifeline(lifeline_env) : -1;
     if (g.lifeline < 3 || g.lifeline == g.control || is_kept(g.lifeline) ||
-        is_kept(g.control) || (g.cgroup_fd >= 0 && (g.cgroup_fd < 3 || is_kept(g.cgroup_fd))))
+        is_kept(g.control) || (g.cgroup_fd >= 0 && (g.cgroup_fd < 3 || is_kept(g.cgroup_fd))) ||
+        (g.start_fd >= 0 && (is_kept(g.start_fd) || g.start_fd == g.control ||
+                             g.start_fd == g.lifeline)))
         fail(TETHER_GUARD_STAGE_SETUP, EBADF);
     /* Our own fds must not leak into the program (the child closes all but its plan anyway;
      * this also covers any exec we do not know of). */
@@ -384,6 +390,8 @@ void setup_guard(void)
     fcntl(g.control, F_SETFD, FD_CLOEXEC);
     if (g.cgroup_fd >= 0)
         fcntl(g.cgroup_fd, F_SETFD, FD_CLOEXEC);
+    if (g.start_fd >= 0)
+        fcntl(g.start_fd, F_SETFD, FD_CLOEXEC);
 
     setup_signals();
     /* Orphans of the tree are reparented to us, so we can reap them and see when they are

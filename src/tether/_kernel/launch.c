@@ -17,10 +17,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -36,6 +38,8 @@ struct launch_fds {
     int ours;      /* our end of the control socket */
     int guards;    /* the guard's end (--control N), closed after the clone */
     int lifeline[2];
+    int start[2];  /* --start-fd: the guard closes its end once the program has started */
+    int signals;   /* a signalfd of the caller's signals, which end the wait for the start */
 };
 
 static void launch_undo(struct launch_fds *fds)
@@ -48,6 +52,12 @@ static void launch_undo(struct launch_fds *fds)
         close(fds->lifeline[0]);
     if (fds->lifeline[1] >= 0)
         lifeline_registry_drop(fds->lifeline[1]);
+    if (fds->start[0] >= 0)
+        close(fds->start[0]);
+    if (fds->start[1] >= 0)
+        lifeline_registry_drop(fds->start[1]);
+    if (fds->signals >= 0)
+        close(fds->signals);
 }
 
 static int fd_above_stdio(int *fd)
@@ -63,9 +73,10 @@ static int fd_above_stdio(int *fd)
     return 0;
 }
 
-/* The socketpair (both ends above 2: --control must not be one of the program's stdio fds)
- * and the lifeline; 0 or -errno (nothing left open). No GIL needed. */
-static int launch_open(struct launch_fds *fds)
+/* The socketpair (both ends above 2: --control must not be one of the program's stdio fds),
+ * with watch the start pipe (its ends above 2 alike) and a signalfd of watch, and the
+ * lifeline; 0 or -errno (nothing left open). No GIL needed. */
+static int launch_open(struct launch_fds *fds, const sigset_t *watch)
 {
     int pair[2], err;
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0)
@@ -74,6 +85,19 @@ static int launch_open(struct launch_fds *fds)
     fds->guards = pair[1];
     if ((err = fd_above_stdio(&fds->ours)) < 0 || (err = fd_above_stdio(&fds->guards)) < 0)
         goto undo;
+    /* Registered like a lifeline: a fork() elsewhere in this process must not hold its write
+     * end open, or the wait for the start would last as long as that child. */
+    if (watch != NULL && (err = -lifeline_registry_pipe(fds->start)) < 0) {
+        fds->start[0] = fds->start[1] = -1;
+        goto undo;
+    }
+    if (watch != NULL) {
+        fds->signals = signalfd(-1, watch, SFD_CLOEXEC | SFD_NONBLOCK);
+        if (fds->signals < 0 || (err = fd_above_stdio(&fds->signals)) < 0) {
+            err = fds->signals < 0 ? -errno : err;
+            goto undo;
+        }
+    }
     err = -lifeline_registry_pipe(fds->lifeline);
     if (err < 0) {
         fds->lifeline[0] = fds->lifeline[1] = -1;
@@ -158,12 +182,13 @@ static char **env_array(PyObject *env, char **buffer)
     return out;
 }
 
-/* [guard, --control, N, *head, *tail]: the guard's argv, N written into ctl (16 bytes) by
- * the caller once the socket exists. */
-static char **guard_argv(PyObject *path, PyObject *head, PyObject *tail, char *ctl)
+/* [guard, --control, N, (--start-fd, M,) *head, *tail]: the guard's argv, N and M written
+ * into ctl and start (16 bytes each; start NULL: no start pipe) by the caller once the fds
+ * exist. */
+static char **guard_argv(PyObject *path, PyObject *head, PyObject *tail, char *ctl, char *start)
 {
-    Py_ssize_t nh = PyTuple_GET_SIZE(head), nt = PyTuple_GET_SIZE(tail), i;
-    char **out = PyMem_Calloc((size_t)(nh + nt) + 4, sizeof(char *));
+    Py_ssize_t nh = PyTuple_GET_SIZE(head), nt = PyTuple_GET_SIZE(tail), i, at = 3;
+    char **out = PyMem_Calloc((size_t)(nh + nt) + 6, sizeof(char *));
     if (out == NULL) {
         PyErr_NoMemory();
         return NULL;
@@ -171,6 +196,10 @@ static char **guard_argv(PyObject *path, PyObject *head, PyObject *tail, char *c
     out[0] = PyBytes_AS_STRING(path);
     out[1] = "--control";
     out[2] = ctl;
+    if (start != NULL) {
+        out[at++] = "--start-fd";
+        out[at++] = start;
+    }
     for (i = 0; i < nh + nt; i++) {
         PyObject *item = i < nh ? PyTuple_GET_ITEM(head, i) : PyTuple_GET_ITEM(tail, i - nh);
         if (!PyBytes_Check(item)) {
@@ -178,31 +207,59 @@ static char **guard_argv(PyObject *path, PyObject *head, PyObject *tail, char *c
             PyErr_SetString(PyExc_TypeError, "the guard's argv must be bytes");
             return NULL;
         }
-        out[3 + i] = PyBytes_AS_STRING(item);
+        out[at + i] = PyBytes_AS_STRING(item);
     }
     return out;
 }
 
-/* The part without the GIL: open, name, clone. 0 (the guard exec'd, or *failure says where
- * it failed) or -errno; on anything but a running guard, every fd made here is closed. */
+/* The guard's own fds kept across its exec: the control socket and, if any, the start pipe's
+ * write end (not the program's: they are not on --keep). NULL without memory. */
+static int *keep_guards(struct tether_plan *plan, const struct launch_fds *fds)
+{
+    int *keep = keep_with(plan->keep_fds, plan->n_keep, fds->guards), *both;
+    if (keep == NULL || fds->start[1] < 0)
+        return keep;
+    both = keep_with(keep, plan->n_keep + 1, fds->start[1]);
+    PyMem_RawFree(keep);
+    return both;
+}
+
+/* Sleep until the guard has started the program (it closes the start pipe then, or exits) or
+ * one of the caller's signals is pending: the parent stays off the CPU while the guard starts
+ * the program, and is woken once, rather than at MSG_PROGRAM and again at MSG_STARTED. The
+ * caller holds every signal (spawn.py), and they stay held: a signal only ends this wait,
+ * through the signalfd, and its handler runs once the caller owns the fds (a Ctrl-C is never
+ * held up by a slow start, nor raised while the fds are plain ints). Any return will do: the
+ * caller reads the start from the control socket either way. */
+static void wait_started(const struct launch_fds *fds)
+{
+    struct pollfd pfd[2] = {{fds->start[0], POLLIN, 0}, {fds->signals, POLLIN, 0}};
+    (void)poll(pfd, 2, -1);
+}
+
+/* The part without the GIL: open, name, clone (and, with watch, wait for the start). 0
+ * (the guard exec'd, or *failure says where it failed) or -errno; on anything but a running
+ * guard, every fd made here is closed. */
 static int launch_clone(struct tether_plan *plan, struct launch_fds *fds, char *ctl,
-                        char *lifeline_env, int method, uint64_t extra_flags, pid_t *pid,
-                        int *pidfd, struct tether_failure *failure)
+                        char *start, char *lifeline_env, int method, uint64_t extra_flags,
+                        const sigset_t *watch, pid_t *pid, int *pidfd,
+                        struct tether_failure *failure)
 {
     struct stat st;
-    int *keep = NULL, rc = launch_open(fds);
+    int *keep = NULL, n_keep = plan->n_keep, rc;
     char **envp = (char **)plan->envp;
     Py_ssize_t n_env = 0;
-    if (rc < 0)
+    if ((rc = launch_open(fds, watch)) < 0)
         return rc;
     snprintf(ctl, 16, "%d", fds->guards);
-    keep = keep_with(plan->keep_fds, plan->n_keep, fds->guards);
+    snprintf(start, 16, "%d", fds->start[1]);
+    keep = keep_guards(plan, fds);
     if (keep == NULL || fstat(fds->lifeline[0], &st) != 0) {
         rc = keep == NULL ? -ENOMEM : -errno;
         goto done;
     }
     plan->keep_fds = keep;
-    plan->n_keep++;
+    plan->n_keep = n_keep + 1 + (fds->start[1] >= 0);
     plan->lifeline_src = fds->lifeline[0];
     plan->lifeline_dst = lifeline_number(keep, plan->n_keep, plan->inherit_fds);
     plan->floor = plan->lifeline_dst + 1;
@@ -221,37 +278,80 @@ done:
     fds->lifeline[0] = -1;
     close(fds->guards);
     fds->guards = -1;
-    if (rc < 0 || *pidfd < 0)
+    if (fds->start[1] >= 0)
+        lifeline_registry_drop(fds->start[1]);
+    fds->start[1] = -1;
+    if (rc < 0 || *pidfd < 0) {
         launch_undo(fds);
+        return rc;
+    }
+    if (fds->start[0] >= 0) {
+        wait_started(fds);
+        close(fds->start[0]);
+        fds->start[0] = -1;
+        close(fds->signals);
+        fds->signals = -1;
+    }
     return rc;
 }
 
+/* A mask as core.hold_signals() returns it (bit n-1 for signal n) into set, or (unblocked)
+ * every signal it leaves unblocked; -1 with a Python error if it is not such a number. */
+static int mask_from_bits(PyObject *number, sigset_t *set, int unblocked)
+{
+    unsigned long long bits = PyLong_AsUnsignedLongLong(number);
+    int sig;
+    if (bits == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    sigemptyset(set);
+    for (sig = 1; sig <= 64; sig++)
+        if (((bits >> (sig - 1)) & 1) != (unsigned long long)unblocked)
+            sigaddset(set, sig);
+    return 0;
+}
+
+/* core.launch_guard(...): with wait_mask (the caller's signal mask, as hold_signals returned
+ * it: the caller holds every signal), the call returns once the program has started (or the
+ * guard ended, or a signal that mask lets in is pending); without, as soon as the guard has
+ * exec'd. */
 PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"path", "head", "tail", "env", "cwd", "stdin", "stdout", "stderr",
-                             "keep_fds", "new_pgroup", "extra_flags", "method", "attrs", NULL};
-    PyObject *path, *head, *tail, *env, *cwd, *keep_obj, *attrs = Py_None;
+                             "keep_fds", "new_pgroup", "extra_flags", "method", "attrs",
+                             "wait_mask", NULL};
+    PyObject *path, *head, *tail, *env, *cwd, *keep_obj, *attrs = Py_None, *wait = Py_None;
     struct tether_plan plan;
     struct tether_failure failure = {0, 0};
-    struct launch_fds fds = {-1, -1, {-1, -1}};
-    char ctl[16], lifeline_env[96], *env_buffer = NULL, **argv = NULL, **envp = NULL;
+    struct launch_fds fds = {-1, -1, {-1, -1}, {-1, -1}, -1};
+    sigset_t watch;
+    char ctl[16], start[16], lifeline_env[96], *env_buffer = NULL, **argv = NULL, **envp = NULL;
     gid_t *groups = NULL;
     int *keep = NULL, floor_fd = 3, method, pidfd = -1, rc = 0;
     unsigned long long extra_flags;
     pid_t pid = 0;
     (void)self;
     memset(&plan, 0, sizeof plan);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!OiiiO!pKi|O", kwlist, &PyBytes_Type,
-                                     &path, &PyTuple_Type, &head, &PyTuple_Type, &tail,
-                                     &PyDict_Type, &env, &cwd, &plan.stdio[0], &plan.stdio[1],
-                                     &plan.stdio[2], &PyTuple_Type, &keep_obj, &plan.new_pgroup,
-                                     &extra_flags, &method, &attrs))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!OiiiO!pKi|OO", kwlist,
+                                     &PyBytes_Type, &path, &PyTuple_Type, &head, &PyTuple_Type,
+                                     &tail, &PyDict_Type, &env, &cwd, &plan.stdio[0],
+                                     &plan.stdio[1], &plan.stdio[2], &PyTuple_Type, &keep_obj,
+                                     &plan.new_pgroup, &extra_flags, &method, &attrs, &wait))
         return NULL;
+    if (wait != Py_None) {
+        if (mask_from_bits(wait, &watch, 1) < 0)
+            return NULL;
+        /* Not these: ignored by default, so never a reason to cut the wait short, and an
+         * unrelated child's exit (or our own clone-method probe's) would otherwise end it
+         * every time. Like every held signal, a handler of theirs runs right after the call. */
+        sigdelset(&watch, SIGCHLD);
+        sigdelset(&watch, SIGWINCH);
+        sigdelset(&watch, SIGURG);
+    }
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
         return NULL;
     }
-    if ((argv = guard_argv(path, head, tail, ctl)) == NULL
+    if ((argv = guard_argv(path, head, tail, ctl, wait == Py_None ? NULL : start)) == NULL
         || (envp = env_array(env, &env_buffer)) == NULL
         || (keep = keep_fds_array(keep_obj, &floor_fd)) == NULL
         || (attrs != Py_None && plan_attrs(attrs, &plan, &groups) < 0))
@@ -264,8 +364,8 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
     plan.n_keep = (int)PyTuple_GET_SIZE(keep_obj);
     plan.expected_ppid = getpid();
     Py_BEGIN_ALLOW_THREADS
-    rc = launch_clone(&plan, &fds, ctl, lifeline_env, method, (uint64_t)extra_flags, &pid,
-                      &pidfd, &failure);
+    rc = launch_clone(&plan, &fds, ctl, start, lifeline_env, method, (uint64_t)extra_flags,
+                      wait == Py_None ? NULL : &watch, &pid, &pidfd, &failure);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         errno = -rc;
@@ -308,15 +408,9 @@ PyObject *core_hold_signals(PyObject *self, PyObject *unused)
 PyObject *core_release_signals(PyObject *self, PyObject *arg)
 {
     sigset_t mask;
-    unsigned long long bits = PyLong_AsUnsignedLongLong(arg);
-    int sig;
     (void)self;
-    if (bits == (unsigned long long)-1 && PyErr_Occurred())
+    if (mask_from_bits(arg, &mask, 0) < 0)
         return NULL;
-    sigemptyset(&mask);
-    for (sig = 1; sig <= 64; sig++)
-        if (bits & (1ULL << (sig - 1)))
-            sigaddset(&mask, sig);
     if (pthread_sigmask(SIG_SETMASK, &mask, NULL) != 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;

@@ -203,13 +203,17 @@ def clone_guard(
     *,
     extra_flags: int = 0,
     process_group: bool = True,
+    wait_start: bool = False,
 ) -> tuple[Spawned, socket.socket]:
     """Clone a guard (the executable ``guard``) over ``spec``'s program in one C call
     (``launch.c``): the control socketpair, the lifeline and the clone. The guard's argv is
     ``guard --control N *options *spec's-attr-options -- program *argv``; it keeps
     ``keep_fds`` (sorted) and its control fd, and takes ``spec``'s env, cwd and attributes
     for its own clone (``guard_attrs``). Returns the guard and our end of its control socket
-    (close-on-exec); the guard leads a new process group if ``process_group``.
+    (close-on-exec); the guard leads a new process group if ``process_group``. With
+    ``wait_start`` it returns once the guard has started the program (or ended, or a signal
+    came): the caller's next read of the socket finds the start reported, and this thread
+    slept through the guard's exec instead of competing with it for the CPU.
     Errors as :func:`clone_spec`'s, with every fd made here closed."""
     reaper.reap_dropped()
     method = clone_method()
@@ -232,7 +236,8 @@ def clone_guard(
             env=spec.env, cwd=spec.cwd, stdin=stdio_fds[0], stdout=stdio_fds[1],
             stderr=stdio_fds[2], keep_fds=keep_fds, new_pgroup=process_group,
             extra_flags=extra_flags, method=method,
-            attrs=None if attrs is None else attrs.core_tuple())
+            attrs=None if attrs is None else attrs.core_tuple(),
+            wait_mask=held if wait_start else None)
         if pidfd >= 0:
             spawned = Spawned(pid, Pidfd._create(pidfd, pid, reaper=True, cmd=list(spec.args)),
                               LifelineWriter._create(write_fd))

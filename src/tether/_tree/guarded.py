@@ -131,7 +131,7 @@ class Guard:
                                          ("--no-program-lifeline", not program_lifeline)) if on]
         spawned, parent_sock, cgroup = start_guard(
             spec, stdio_fds, mode, options, cgroup_root_arg,
-            process_group=not (foreground or job_control))
+            process_group=not (foreground or job_control), wait_start=await_start)
         self = cls(spec, mode, spawned, parent_sock, cgroup)
         if await_start:
             try:

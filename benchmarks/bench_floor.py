@@ -1,0 +1,119 @@
+"""The floor under a guarded spawn: two execs in a row against one (issue 13).
+
+A measurement, not a test: it prints medians and asserts nothing.
+
+``exec_floor.c`` (compiled here against the guard's own libc-free runtime where the machine
+has one, so its "guard" execs as cheaply as a static binary can) times, interleaved round by
+round: vfork+exec of /bin/true (Popen's floor); of a static no-op and of the real guard (the
+price of the guard's exec alone); two execs in a row, a tiny guard that clones and execs
+/bin/true (the floor of any guarded spawn); and the same overlapped, the program cloned by
+the guard's pre-exec child so that its exec may run beside the guard's. Beside them, from
+Python, ``tether.spawn(contain="group").wait()`` against ``subprocess.Popen().wait()``: how
+far above that floor a guarded spawn is.
+
+    PYTHONPATH=src python benchmarks/bench_floor.py [--quick]
+    PYTHONPATH=src python benchmarks/run.py --sections others --others floor
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess  # noqa: TET102  the baseline, and the C compiler
+import tempfile
+import time
+
+import tether
+from tether._tree.modes import guard_path
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KERNEL = os.path.join(HERE, os.pardir, "src", "tether", "_kernel")
+# As setup.py builds the libc-free guard (FREESTANDING_FLAGS there).
+FREESTANDING = ["-ffreestanding", "-fno-builtin", "-fno-stack-protector",
+                "-fno-tree-loop-distribute-patterns", "-fno-pie", "-no-pie", "-static",
+                "-nostdlib", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables",
+                "-Wl,--build-id=none"]
+ROWS = {
+    "true": "vfork+exec /bin/true (Popen's floor)",
+    "noop": "vfork+exec a static no-op (a guard exec's floor)",
+    "guard": "vfork+exec the guard, to its usage exit",
+    "two_exec": "tiny guard, then /bin/true (a guarded spawn's floor)",
+    "overlapped": "the same, program cloned before the guard's exec",
+}
+
+
+def build(tmpdir: str) -> tuple[str, str] | None:
+    """Compile exec_floor.c: (path, kind), or None without a C compiler."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    exe = os.path.join(tmpdir, "exec_floor")
+    src = os.path.join(HERE, "exec_floor.c")
+    attempts = []
+    if platform.machine() in ("x86_64", "aarch64"):
+        extra = ["-mno-outline-atomics"] if platform.machine() == "aarch64" else []
+        attempts.append(("libc-free", [cc, "-O2", "-I", KERNEL, src,
+                                       os.path.join(KERNEL, "nolibc", "rt.c"), *FREESTANDING,
+                                       *extra, "-lgcc", "-o", exe]))
+    attempts.append(("static libc", [cc, "-O2", "-static", src, "-o", exe]))
+    for kind, cmd in attempts:
+        if subprocess.run(cmd, capture_output=True, check=False).returncode == 0:  # noqa: TET102
+            return exe, kind
+    return None
+
+
+def c_floors(exe: str, rounds: int) -> dict[str, float]:
+    """Medians in microseconds, by variant (exec_floor.c prints nanoseconds)."""
+    out = subprocess.run(  # noqa: TET102  the floor program, exits by itself
+        [exe, "bench", str(rounds), guard_path()], capture_output=True, text=True, check=True,
+        stdin=subprocess.DEVNULL).stdout
+    return {line.split()[0]: int(line.split()[1]) / 1000 for line in out.splitlines()}
+
+
+def python_pair(rounds: int) -> dict[str, float]:
+    """tether.spawn(group).wait() and Popen().wait() of /bin/true, interleaved: medians (us)."""
+    samples: dict[str, list[float]] = {"popen": [], "spawn_group": []}
+
+    def popen() -> None:
+        subprocess.Popen(["/bin/true"]).wait()  # noqa: TET102  baseline
+
+    def spawn() -> None:
+        with tether.spawn(["/bin/true"], contain="group") as child:
+            child.wait()
+
+    for i in range(rounds + 20):
+        for name, fn in (("popen", popen), ("spawn_group", spawn))[:: 1 if i % 2 else -1]:
+            start = time.perf_counter()
+            fn()
+            if i >= 20:
+                samples[name].append((time.perf_counter() - start) * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main(quick: bool = False) -> dict[str, object]:
+    rounds = 300 if quick else 3000
+    with tempfile.TemporaryDirectory(prefix="tether-floor-") as tmp:
+        built = build(tmp)
+        if built is None:
+            return {"skipped": "no C compiler"}
+        exe, kind = built
+        floors = c_floors(exe, rounds)
+    pair = python_pair(rounds // 3)
+    result: dict[str, object] = {"build": kind, "rounds": rounds}
+    result.update({f"{ROWS[k]} (us)": round(v, 1) for k, v in floors.items()})
+    result["two-exec floor / one exec"] = round(floors["two_exec"] / floors["true"], 2)
+    result["overlap gain (us)"] = round(floors["two_exec"] - floors["overlapped"], 1)
+    result["Popen().wait() (us)"] = round(pair["popen"], 1)
+    result["tether.spawn(group).wait() (us)"] = round(pair["spawn_group"], 1)
+    result["tether.spawn / Popen"] = round(pair["spawn_group"] / pair["popen"], 2)
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="CI smoke sizes")
+    for key, value in main(parser.parse_args().quick).items():
+        print(f"{key:<58} {value}")
