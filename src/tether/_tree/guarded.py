@@ -41,6 +41,7 @@ MSG_STARTED, MSG_FAILED, MSG_EXITED, MSG_PROGRAM = (
 MSG_SIGNAL_TREE, MSG_KILL_TREE = core.GUARD_MSG_SIGNAL_TREE, core.GUARD_MSG_KILL_TREE
 MSG_STOPPED = core.GUARD_MSG_STOPPED
 MSG_USAGE = core.GUARD_MSG_USAGE
+_DONTWAIT: Final = int(socket.MSG_DONTWAIT)  # (an IntFlag member would make an enum per |)
 
 
 # -- the guard ------------------------------------------------------------------------------------
@@ -328,7 +329,7 @@ class Guard:
                 if stop_at_start and self._program is not None:
                     return False
                 try:
-                    message = self._recv(socket.MSG_DONTWAIT)
+                    message = self._recv(_DONTWAIT)
                 except BlockingIOError:
                     return False
                 if self._handle(*message):
