@@ -16,7 +16,13 @@ A measurement, not a test: it prints medians and ratios and asserts nothing.
 (c) supervising N (3,000) concurrent guarded children on one loop: all block on one pipe,
     the parent closes it, and the parent's CPU time (getrusage user+sys) over the exit phase
     is divided by N. Compared with raw epoll over the pidfds of spawn_lifelined children.
-    Target: <= 60 us per exit.
+    Target: <= 60 us per exit. And the spawn time per child of that batch against that of a
+    batch of 50 started first on the same loop (every live tree's fds are copied by each
+    later clone). Target: <= 1.5x.
+
+main(quick) returns the key numbers (aio_exit_latency_ratio, aio_run_seq_ratio,
+aio_run_inflight_ratio, aio3000_cpu_per_exit_us, aio_spawn_scaling_ratio, ...) for
+benchmarks/run.py.
 
     PYTHONPATH=src python benchmarks/bench_aio.py [--quick] [--only a,b,c]
 """
@@ -39,8 +45,11 @@ from collections.abc import Awaitable, Callable
 import tether
 import tether._tree.guarded
 import tether.aio
+from tether._tree.modes import resolve_mode
 
 CAT = shutil.which("cat") or "/bin/cat"
+# What tether.aio.spawn/run use when no contain= is given (what the issue's targets measure).
+DEFAULT_MODE = resolve_mode("auto", None)
 TRUE = shutil.which("true") or "/bin/true"
 
 # -- (a) latency ------------------------------------------------------------------------------
@@ -147,7 +156,7 @@ async def _measure(wait: Callable[[], Awaitable[object]], w: int) -> int:
     return end - start
 
 
-async def bench_latency(rounds: int) -> None:
+async def bench_latency(rounds: int) -> dict[str, float]:
     variants: dict[str, Callable[[], Awaitable[int]]] = {
         "tether.aio (group)": lambda: _latency_tether("group"),
         "tether.aio (contain=None)": lambda: _latency_tether(None),
@@ -175,12 +184,14 @@ async def bench_latency(rounds: int) -> None:
     print(f"    tether.aio / asyncio      = {t / med['asyncio subprocess']:.2f}  (target <= 0.6)")
     print(f"    tether.aio / bare pidfd   = {t / med['bare add_reader(pidfd)']:.2f}  "
           "(target <= 1.2)")
+    return {"aio_exit_latency_us": t, "asyncio_exit_latency_us": med["asyncio subprocess"],
+            "aio_exit_latency_ratio": t / med["asyncio subprocess"]}
 
 
 # -- (b) throughput ---------------------------------------------------------------------------
 
 
-async def bench_throughput(n: int, in_flight: int) -> None:
+async def bench_throughput(n: int, in_flight: int) -> dict[str, float]:
     async def tether_run() -> None:
         await tether.aio.run([TRUE])
 
@@ -192,7 +203,7 @@ async def bench_throughput(n: int, in_flight: int) -> None:
         await proc.wait()
 
     variants: dict[str, Callable[[], Awaitable[None]]] = {
-        "tether.aio.run (group)": tether_run,
+        f"tether.aio.run ({DEFAULT_MODE})": tether_run,
         "tether.aio.run (contain=None)": tether_run_bare,
         "asyncio exec+wait": asyncio_run,
     }
@@ -213,6 +224,7 @@ async def bench_throughput(n: int, in_flight: int) -> None:
           f"(median of 10 interleaved batches)")
     print(f"    {'variant':30} {'layout':>14} {'us/op':>8} {'ops/s':>8}")
     ratios: dict[int, float] = {}
+    result: dict[str, float] = {}
     for lanes in (1, in_flight):
         per_op: dict[str, list[float]] = {name: [] for name in variants}
         # Batches interleaved, so drift in the machine's load hits every variant alike.
@@ -223,11 +235,20 @@ async def bench_throughput(n: int, in_flight: int) -> None:
         layout = "sequential" if lanes == 1 else f"{lanes} in flight"
         for name in variants:
             print(f"    {name:30} {layout:>14} {med[name]:8.0f} {1e6 / med[name]:8.0f}")
-        ratios[lanes] = med["asyncio exec+wait"] / med["tether.aio.run (group)"]
+        ratios[lanes] = med["asyncio exec+wait"] / med[f"tether.aio.run ({DEFAULT_MODE})"]
+        if lanes == 1:
+            result.update(aio_run_seq_us=med[f"tether.aio.run ({DEFAULT_MODE})"],
+                          asyncio_run_seq_us=med["asyncio exec+wait"],
+                          aio_run_seq_ratio=1 / ratios[1])
+        else:
+            result["aio_run_inflight_ratio"] = 1 / ratios[lanes]
     print(f"    tether throughput / asyncio, {in_flight} in flight = {ratios[in_flight]:.2f}  "
           "(target >= 1.0)")
     print(f"    tether throughput / asyncio, sequential  = {ratios[1]:.2f}  (one at a time: "
           "this is latency, where the guard's extra process shows)")
+    print(f"    tether.aio.run / asyncio, sequential  = {1 / ratios[1]:.2f}x time  "
+          "(target <= 1.2)")
+    return result
 
 
 # -- (c) many children ------------------------------------------------------------------------
@@ -246,13 +267,21 @@ def _raise_fd_limit(need: int) -> int:
     return soft
 
 
-async def _many_tether(n: int) -> tuple[float, float, float]:
+SCALING_BASE = 50  # the spawn time per child at N is compared with that at this N
+
+
+async def _many_tether(n: int) -> tuple[float, float, float, float]:
+    """(spawn s, CPU us per exit, exit phase s, spawn s of the last SCALING_BASE children)."""
     r, w = os.pipe2(os.O_CLOEXEC)
-    t0 = time.perf_counter()
-    children = [
-        await tether.aio.spawn([CAT], stdin=r, stdout=subprocess.DEVNULL) for _ in range(n)
-    ]
-    spawn_s = time.perf_counter() - t0
+    t0 = t_last = time.perf_counter()
+    children = []
+    for i in range(n):
+        if i == n - SCALING_BASE:
+            t_last = time.perf_counter()
+        children.append(await tether.aio.spawn([CAT], stdin=r, stdout=subprocess.DEVNULL))
+    t1 = time.perf_counter()
+    spawn_s = t1 - t0
+    last_s = t1 - t_last
     os.close(r)
     tasks = [asyncio.create_task(c.wait()) for c in children]
     await asyncio.sleep(0.5)  # every waiter registered, every cat blocked in read()
@@ -265,7 +294,14 @@ async def _many_tether(n: int) -> tuple[float, float, float]:
     bad = [c for c in codes if c != 0]
     if bad:
         print(f"    !! {len(bad)} children exited non-zero: {bad[:5]}")
-    return spawn_s, (cpu1 - cpu0) / n * 1e6, t1 - t0
+    return spawn_s, (cpu1 - cpu0) / n * 1e6, t1 - t0, last_s
+
+
+async def _many_tether_scaling(n: int) -> tuple[tuple[float, float, float, float], float]:
+    """A batch of SCALING_BASE children, ended and reaped, then one of ``n``, on one loop:
+    (the big batch's numbers, the small batch's spawn s)."""
+    small = await _many_tether(SCALING_BASE)
+    return await _many_tether(n), small[0]
 
 
 def _many_raw_epoll(n: int) -> tuple[float, float, float]:
@@ -297,7 +333,7 @@ def _many_raw_epoll(n: int) -> tuple[float, float, float]:
     return spawn_s, (cpu1 - cpu0) / n * 1e6, t1 - t0
 
 
-def bench_many(n: int) -> None:
+def bench_many(n: int) -> dict[str, float]:
     limit = _raise_fd_limit(6 * n + 256)
     if limit < 6 * n + 256:
         n = max(10, (limit - 256) // 6)
@@ -305,19 +341,32 @@ def bench_many(n: int) -> None:
     print(f"\n(c) {n} concurrent children on one loop, all released at once "
           f"(ulimit -u {resource.getrlimit(resource.RLIMIT_NPROC)[0]}, "
           f"nofile {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, {os.cpu_count()} cpus)")
-    tether_res = asyncio.run(_many_tether(n))
+    tether_res, small_s = asyncio.run(_many_tether_scaling(n))
     raw_res = _many_raw_epoll(n)
     print(f"    {'variant':34} {'spawn s':>8} {'exit phase s':>13} {'CPU us/exit':>12}")
     for name, (spawn_s, cpu_us, wall) in (
-        ("tether.aio guarded (group)", tether_res),
+        (f"tether.aio guarded ({DEFAULT_MODE})", tether_res[:3]),
         ("raw epoll, spawn_lifelined pidfds", raw_res),
     ):
         print(f"    {name:34} {spawn_s:8.2f} {wall:13.3f} {cpu_us:12.1f}")
     print(f"    tether.aio CPU per exit = {tether_res[1]:.1f} us  (target <= 60); "
           f"{tether_res[1] / raw_res[1]:.1f}x raw epoll")
+    base_us = small_s / SCALING_BASE * 1e6
+    per_child_us = tether_res[0] / n * 1e6
+    last_us = tether_res[3] / min(n, SCALING_BASE) * 1e6
+    print(f"    spawn per child: {base_us:.0f} us at N={SCALING_BASE}, {per_child_us:.0f} us at "
+          f"N={n} ({per_child_us / base_us:.2f}x, target <= 1.5), the last {SCALING_BASE}: "
+          f"{last_us:.0f} us ({last_us / base_us:.2f}x)")
+    return {"aio_many_children": n, "aio3000_cpu_per_exit_us": tether_res[1],
+            "aio3000_cpu_per_exit_vs_raw_epoll": tether_res[1] / raw_res[1],
+            "aio_spawn_us_at_50": base_us, "aio_spawn_us_at_n": per_child_us,
+            "aio_spawn_scaling_ratio": per_child_us / base_us,
+            "aio_spawn_last50_ratio": last_us / base_us}
 
 
-def main() -> None:
+def main(quick: bool | None = None) -> dict[str, float]:
+    """Run the sections asked for on the command line (``quick`` overrides ``--quick``);
+    print them, and return their key numbers (the targets' ratios) for benchmarks/run.py."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="CI smoke sizes")
     parser.add_argument("--only", default="a,b,c", help="sections to run, e.g. a,c")
@@ -328,17 +377,21 @@ def main() -> None:
                         help="throughput: runs in flight on the loop (default 8)")
     args = parser.parse_args()
     only = set(args.only.split(","))
+    if quick is not None:
+        args.quick = quick
     rounds = args.rounds or (20 if args.quick else 300)
     runs = args.runs or (50 if args.quick else 1000)
     children = args.children or (100 if args.quick else 3000)
     print(f"python {sys.version.split()[0]}, {os.uname().release}, {os.cpu_count()} cpus, "
-          f"load {os.getloadavg()[0]:.2f}")
+          f"load {os.getloadavg()[0]:.2f}; tether.aio's default contain here: {DEFAULT_MODE}")
+    result: dict[str, float] = {}
     if "a" in only:
-        asyncio.run(bench_latency(rounds))
+        result.update(asyncio.run(bench_latency(rounds)))
     if "b" in only:
-        asyncio.run(bench_throughput(runs, args.in_flight))
+        result.update(asyncio.run(bench_throughput(runs, args.in_flight)))
     if "c" in only:
-        bench_many(children)
+        result.update(bench_many(children))
+    return result
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def test_a_dropped_child_leaves_no_zombie_guard_and_no_fd_after_the_next_spawn(
     _next_spawn()  # the first spawn of a mode opens what stays open (the cgroup parent)
     before = oracle.baseline_fds()
     child = tether.spawn(["sleep", "300"], contain=mode)
-    guard = child._tree.watch_fd()  # a dup of the guard's pidfd, our barrier
+    guard = child._tree.spawned.pidfd._dup()  # a dup of the guard's pidfd, our barrier
     del child  # dropped without wait(): the guard ends the tree and exits
     gc.collect()
     _until_readable(guard)

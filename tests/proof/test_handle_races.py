@@ -228,7 +228,7 @@ def test_dropped_handles_leave_no_zombie_and_no_fd_after_the_next_spawn() -> Non
             s.lifeline.close()
         else:
             child = tether.spawn(["sleep", "300"], contain=contain)
-            barriers.append(child._tree.watch_fd())
+            barriers.append(child._tree.spawned.pidfd._dup())
             del child  # guarded: the guard ends the tree; None: ended at the next spawn
         gc.collect()
     tether.run(["true"])

@@ -30,6 +30,9 @@
 #ifndef SYS_close_range
 #define SYS_close_range 436 /* since 5.9 */
 #endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2) /* since 5.11 */
+#endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434 /* since 5.3 */
 #endif
@@ -168,10 +171,17 @@ static long keep_pass_fds(const struct tether_plan *plan)
     return 0;
 }
 
+/* Marked close-on-exec, not closed: the parent waits (vfork) until our exec, and closing each
+ * of its fds costs about 100 ns (1.5 ms at 15,000: 3,000 live aio trees), while marking is a
+ * bitmap fill; the exec closes them after it has released the parent. Before 5.11: EINVAL. */
 static long close_gap(unsigned int lo, unsigned int hi)
 {
+    long r;
     if (lo > hi)
         return 0;
+    r = sys_result(syscall(SYS_close_range, lo, hi, CLOSE_RANGE_CLOEXEC));
+    if (r != -EINVAL)
+        return r;
     return sys_result(syscall(SYS_close_range, lo, hi, 0));
 }
 

@@ -104,8 +104,8 @@ class Pidfd(metaclass=NoPublicConstructor):
         self._cmd = cmd
         self._exit: Exit | None = None
         self._lock = threading.Lock()
-        # Blocking waits in progress on the fd, and what a close() during them left for the
-        # last one to release: (fd, on_reaped, ending).
+        # Blocking waits and watchers (_borrow) on the fd, and what a close() during them
+        # left for the last one to release: (fd, on_reaped, ending).
         self._borrowers = 0
         self._parked: tuple[int, Callable[[], None] | None, bool] | None = None
 
@@ -127,6 +127,28 @@ class Pidfd(metaclass=NoPublicConstructor):
         thread polls a dup of it instead."""
         with self._lock:
             return self._checked_fd()
+
+    def _borrow(self) -> int:
+        """Lend the pidfd itself to a watcher (an event loop's selector) until
+        :meth:`_end_borrow`: a close() meanwhile, on any thread, parks the number instead of
+        closing it, so it cannot be reused under the watcher; no dup, no extra fd."""
+        with self._lock:
+            fd = self._checked_fd()
+            self._borrowers += 1
+            return fd
+
+    def _end_borrow(self) -> None:
+        """The watcher is done with the number (unregistered it): if a close() was parked
+        meanwhile and this was the last borrower, the fd is released now."""
+        reaped = None
+        with self._lock:
+            self._borrowers -= 1
+            parked = self._parked if not self._borrowers else None
+            if parked is not None:
+                self._parked = None
+                reaped = self._release_locked(*parked)
+        if reaped is not None:
+            reaped()
 
     def _dup(self) -> int:
         """A private dup of the pidfd (CLOEXEC, never on fds 0-2), made under the lock: the
@@ -270,35 +292,13 @@ class Pidfd(metaclass=NoPublicConstructor):
         try:
             result = self._wait_on(fd, timeout)
         finally:
-            self._give_back()
+            self._end_borrow()
         if result is None:
             assert timeout is not None
             from tether._kernel.errors import TimeoutExpired  # (its import costs start-up)
 
             raise TimeoutExpired(self._timeout_cmd(), timeout)
         return result
-
-    def _borrow(self) -> int:
-        """The pidfd, for a blocking poll outside the lock (the guard's owner polls its
-        guard's pidfd this way): until the matching :meth:`_give_back`, a close() on another
-        thread leaves the fd open, so the poll never runs on a number that is no longer ours.
-        Raises ValueError if the handle is closed already."""
-        with self._lock:
-            fd = self._checked_fd()
-            self._borrowers += 1
-            return fd
-
-    def _give_back(self) -> None:
-        """End a borrow; the last borrower releases what a close() meanwhile left parked."""
-        reaped = None
-        with self._lock:
-            self._borrowers -= 1
-            parked = self._parked if not self._borrowers else None
-            if parked is not None:
-                self._parked = None
-                reaped = self._release_locked(*parked)
-        if reaped is not None:
-            reaped()
 
     def _wait_on(self, fd: int, timeout: float | None) -> Exit | None:
         deadline = Deadline.after(timeout)

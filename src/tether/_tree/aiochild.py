@@ -184,12 +184,13 @@ class AsyncChild(metaclass=NoPublicConstructor):
         # the loop for the start report too, and then the guard's reap would block the loop
         # until the guard has finished exiting; the watch fd (the guard's pidfd) turns
         # readable once every report is in and the reap is immediate: one wakeup per tree.
-        # A dup (watch_fd() makes one, race-free), not the tree's own fd: the Guard closes
-        # its handles the moment it reads the report, possibly from a sync call (poll, kill)
-        # on another thread while we are registered; a closed fd left in the selector's map
-        # would make a later add_reader on the recycled number a silent no-op. The dup is
-        # ours alone to unregister and close.
-        fd = self._tree.watch_fd()
+        # Borrowed, not merely looked up: the Guard closes its handles the moment it reads
+        # the report, possibly from a sync call (poll, kill) on another thread while we are
+        # registered; a closed fd left in the selector's map would make a later add_reader
+        # on the recycled number a silent no-op. A borrowed number stays open until we have
+        # unregistered it (end_watch), with no dup: no extra fd per watched tree.
+        tree = self._tree
+        fd = tree.watch_fd()
         if fd < 0:
             # Ended since the caller looked (another thread read the end): settle now.
             self._loop.call_soon(self._on_tree_readable)
@@ -197,7 +198,7 @@ class AsyncChild(metaclass=NoPublicConstructor):
         try:
             self._loop.add_reader(fd, self._on_tree_readable)
         except BaseException:
-            os.close(fd)
+            tree.end_watch()
             raise
         self._watch_fd = fd
 
@@ -205,7 +206,8 @@ class AsyncChild(metaclass=NoPublicConstructor):
         fd, self._watch_fd = self._watch_fd, -1
         if fd >= 0:
             self._loop.remove_reader(fd)
-            os.close(fd)
+            with contextlib.suppress(ForkedHandleError):  # a fork's copy: not ours to touch
+                self._tree.end_watch()
 
     def _on_tree_readable(self) -> None:
         # The guard's pidfd is readable only once the guard has reported the end of the tree

@@ -67,9 +67,12 @@ class DirectTree:
     def watch_fd(self) -> int:
         pidfd = self.spawned.pidfd
         try:
-            return -1 if pidfd.poll() is not None else pidfd._dup()
+            return -1 if pidfd.poll() is not None else pidfd._borrow()
         except ValueError:
             return -1  # closed by its user: nothing left to watch
+
+    def end_watch(self) -> None:
+        self.spawned.pidfd._end_borrow()
 
     def pump(self, *, stop_at_start: bool = False) -> bool:
         return self.spawned.pidfd.poll() is not None

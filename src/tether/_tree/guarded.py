@@ -213,15 +213,14 @@ class Guard:
                     if not self._borrowers and self.ended:
                         self.sock.close()
             else:
-                guard._give_back()
+                guard._end_borrow()
 
     def check_start(self) -> None:
         """Raise the start error, if the start is known to have failed (never blocks)."""
         if self.start_error is not None:
             raise self.start_error
         if self._program is None:
-            # The guard died before reporting anything (killed, or a broken install).
-            raise OSError(
+            raise OSError(  # killed before reporting anything, or a broken install
                 errno.EPROTO, f"the tether guard ended without reporting ({self.guard_exit})")
 
     @property
@@ -321,14 +320,17 @@ class Guard:
         return self.sock.fileno()
 
     def watch_fd(self) -> int:
-        """A dup of the guard's pidfd, the caller's to close (-1 once the tree has ended):
+        """The guard's pidfd, lent until :meth:`end_watch` (-1 once the tree has ended):
         readable once the guard has sent its last report (or died) and exited, so every
         report is in the socket and reaping the guard cannot block. What an event loop
         watches: one wakeup per tree, none for the start report."""
         with self._lock:
             if self.ended:
                 return -1
-            return self.spawned.pidfd._dup()
+            return self.spawned.pidfd._borrow()
+
+    def end_watch(self) -> None:
+        self.spawned.pidfd._end_borrow()
 
     def pump(self, *, stop_at_start: bool = False) -> bool:
         """Read whatever the guard has said, without blocking; True once the tree has ended.

@@ -64,10 +64,15 @@ class Tree(Protocol):
         ...
 
     def watch_fd(self) -> int:
-        """A new fd, the caller's to close (-1 if the tree has ended already), that turns
-        readable only once the tree has ended and :meth:`pump` can collect the end without
-        blocking (one wakeup per tree: what an event loop watches). A dup made under the
-        tree's lock, so another thread that ends the tree cannot free it under the caller."""
+        """An fd lent to the caller until :meth:`end_watch` (-1 if the tree has ended
+        already), that turns readable only once the tree has ended and :meth:`pump` can
+        collect the end without blocking (one wakeup per tree: what an event loop watches).
+        Borrowed under the tree's lock: another thread that ends the tree meanwhile leaves
+        the number open until the watcher is done, so it cannot be reused under it."""
+        ...
+
+    def end_watch(self) -> None:
+        """The caller of :meth:`watch_fd` no longer watches the fd (it has unregistered it)."""
         ...
 
     def pump(self, *, stop_at_start: bool = False) -> bool:
