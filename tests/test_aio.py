@@ -503,9 +503,16 @@ def test_a_second_cancel_during_the_reap_does_not_leave_the_tree() -> None:
         await child.stdout.readline()
         task = asyncio.create_task(child.wait())
         await blocked_in(task, aio.AsyncChild._wait_tree)
-        task.cancel()
-        await blocked_in(task, aio.AsyncChild._kill_and_reap)
-        assert task.cancel(), "the task left its kill-and-reap before the second cancel"
+        # Hold the guard still (through its pidfd), so that the kill the first cancel starts
+        # cannot finish before the second cancel lands, however loaded the machine is.
+        guard = child._tree.spawned.pidfd  # type: ignore[attr-defined]
+        guard.send_signal(signal.SIGSTOP)
+        try:
+            task.cancel()
+            await blocked_in(task, aio.AsyncChild._kill_and_reap)
+            assert task.cancel(), "the task left its kill-and-reap before the second cancel"
+        finally:
+            guard.send_signal(signal.SIGCONT)
         with pytest.raises(asyncio.CancelledError):
             await task
         assert oracle.no_descendants()
