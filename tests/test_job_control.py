@@ -150,9 +150,12 @@ def test_kill_ends_a_stopped_job_and_its_tree(term: Terminal, tmp_path: Path) ->
     os.mkfifo(fifo)
     held = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        term.send(f"{PY} -m tether run -- sh -c 'exec 3>{fifo}; sleep 300 & exec 3>&-; cat'\n")
+        term.send(f"{PY} -m tether run -- sh -c "
+                  f"'exec 3>{fifo}; sleep 300 & exec 3>&-; while read l; do echo got-$l; done'\n")
         term.send("ping4\n")
-        term.expect("ping4")  # by now the sleep holds the FIFO
+        # The program's answer, not the terminal's echo of what we typed: by now the sleep
+        # holds the FIFO and the program reads the terminal.
+        term.expect("got-ping4")
         term.send("\x1a")
         term.expect("Stopped")
         term.expect(PROMPT)
