@@ -192,11 +192,19 @@ def _fs_type(path: str) -> str | None:
 def own_cgroup_relative() -> str:
     """This process's cgroup v2 path below its hierarchy's root ("0::<path>" in its own
     /proc/self/cgroup)."""
-    with open("/proc/self/cgroup", encoding="utf-8") as f:
-        relative = next((line[3:].rstrip("\n") for line in f if line.startswith("0::")), None)
-    if relative is None:
-        raise OSError(errno.ENOENT, "this process is in no cgroup v2 hierarchy")
-    return relative
+    # os.open/os.read, not open(): a text file object costs ~15 us more, on every cgroup-mode
+    # start (the file is small: one line per hierarchy).
+    fd = os.open("/proc/self/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = b""
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    finally:
+        os.close(fd)
+    for line in data.decode("utf-8", "surrogateescape").splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    raise OSError(errno.ENOENT, "this process is in no cgroup v2 hierarchy")
 
 
 def own_cgroup() -> str:

@@ -28,15 +28,18 @@ _NO_XATTRS: Final = frozenset((errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errn
                                errno.E2BIG))
 
 
-def write_record(path: str, argv: Sequence[bytes], limits: Limits | None,
+def write_record(path: str | int, argv: Sequence[bytes], limits: Limits | None,
                  v1_dirs: Sequence[str]) -> None:
     """Record ``argv``, the start time, the limits and the tree's v1 directories on the
-    tree's v2 directory ``path``."""
+    tree's v2 directory ``path`` (or an fd open on it: no path walk per attribute).
+    Attributes with nothing to say (no limits, no v1 directories) are not written: a
+    missing one reads as empty, and each write is a syscall on every start."""
     items = {
         "argv": b"\0".join(argv),
         "started": repr(time.time()).encode(),
-        "v1": "\n".join(v1_dirs).encode(),
     }
+    if v1_dirs:
+        items["v1"] = "\n".join(v1_dirs).encode()
     if limits is not None:
         items["limits"] = " ".join(
             f"{name}={value!r}" for name in ("memory", "cpus", "pids")

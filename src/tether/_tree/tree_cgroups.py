@@ -47,7 +47,7 @@ def tree_cgroup(
     if cgroup is not None and cgroup.path:
         try:
             v1 = [p for p, _ in cgroup.v1.values()] if isinstance(cgroup, LimitedTree) else []
-            write_record(cgroup.path, spec.argv, spec.limits, v1)
+            write_record(cgroup.fd if cgroup.fd >= 0 else cgroup.path, spec.argv, spec.limits, v1)
         except BaseException:
             cgroup.discard()
             raise
