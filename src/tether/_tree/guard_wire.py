@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # socket.py's enum set-up costs ~2 ms of every start; its C module has all we use.
 import _socket as socket
+import errno
 import struct
 from typing import Final
 
@@ -16,7 +17,7 @@ from tether._kernel.fds import recv_with_fds
 
 __all__ = [
     "DONTWAIT", "MSG", "MSG_EXITED", "MSG_FAILED", "MSG_KILL_TREE", "MSG_PROGRAM",
-    "MSG_SIGNAL_TREE", "MSG_STARTED", "MSG_STOPPED", "read_message",
+    "MSG_SIGNAL_TREE", "MSG_STARTED", "MSG_STOPPED", "announcement_error", "read_message",
 ]
 
 MSG: Final = struct.Struct(core.GUARD_MSG_FORMAT)
@@ -43,3 +44,13 @@ def read_message(
             # reports ECONNRESET, once, ahead of the reports still queued. Read on.
             continue
     return b"", [], 0
+
+
+def announcement_error(msg_flags: int) -> OSError:
+    """Why a program's announcement (MSG_PROGRAM) came without its pidfd: the error that
+    ending its tree raises to the caller."""
+    if msg_flags & socket.MSG_CTRUNC:
+        return OSError(errno.EMFILE, "the program's pidfd could not be received from the "
+                       "tether guard (at the open-file limit?); its tree was ended")
+    return OSError(errno.EPROTO, "the program's announcement carried no pidfd; the tree "
+                   "was ended")

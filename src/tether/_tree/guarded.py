@@ -131,7 +131,8 @@ class Guard:
                                          ("--no-program-lifeline", not program_lifeline)) if on]
         spawned, parent_sock, cgroup = start_guard(
             spec, stdio_fds, mode, options, cgroup_root_arg,
-            process_group=not (foreground or job_control), wait_start=await_start)
+            process_group=not (foreground or job_control),  # limits: see _on_announced
+            wait_start=await_start and spec.limits is None)
         self = cls(spec, mode, spawned, parent_sock, cgroup)
         if await_start:
             try:
@@ -241,22 +242,16 @@ class Guard:
     def _on_announced(self, pid: int, fds: list[int], msg_flags: int) -> None:
         if len(fds) == 1 and self._announced is None:
             self._announced = (fds[0], pid)
-            # The guard has joined the tree's cgroups: the next limited tree's mkdirs now
-            # run while the program execs, and no longer hold up those joins (a mkdir holds
-            # the kernel's cgroup_mutex, which every join waits for).
+            # The guard has joined the tree's cgroups: the next limited tree's mkdirs now run
+            # while the program execs (a mkdir holds the kernel's cgroup_mutex, which every
+            # join waits for). So a limited launch reads this report, not the start pipe.
             prepare_next_tree(self.cgroup)
             return
         # The program's pidfd did not reach us (dropped at the open-file limit, MSG_CTRUNC).
         # Without it the tree is not ours to hold: end it.
         for fd in fds:
             os.close(fd)
-        if msg_flags & socket.MSG_CTRUNC:
-            error = OSError(errno.EMFILE, "the program's pidfd could not be received from "
-                            "the tether guard (at the open-file limit?); its tree was ended")
-        else:
-            error = OSError(errno.EPROTO, "the program's announcement carried no pidfd; "
-                            "the tree was ended")
-        self._abort_start(error)
+        self._abort_start(wire.announcement_error(msg_flags))
 
     def _on_started(self, pid: int) -> None:
         if self._announced is None:
