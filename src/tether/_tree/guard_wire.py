@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from tether._kernel import core
@@ -15,7 +16,7 @@ from tether._kernel.fds import recv_with_fds
 
 __all__ = [
     "DONTWAIT", "MSG", "MSG_EXITED", "MSG_FAILED", "MSG_KILL_TREE", "MSG_PROGRAM",
-    "MSG_SIGNAL_TREE", "MSG_STARTED", "MSG_STOPPED", "read_message",
+    "MSG_SIGNAL_TREE", "MSG_STARTED", "MSG_STOPPED", "read_message", "read_start_report",
 ]
 
 MSG: Final = struct.Struct(core.GUARD_MSG_FORMAT)
@@ -42,3 +43,25 @@ def read_message(
             # reports ECONNRESET, once, ahead of the reports still queued. Read on.
             continue
     return b"", [], 0
+
+
+def read_start_report(
+        sock: socket.socket, flags: int, handle: Callable[[bytes, list[int], int], bool]) -> bool:
+    """Read one report before the start is known and act on it (``handle``: True once the
+    tree has ended). Such a report may carry the program's pidfd, a plain int from its read
+    until ``handle`` has stored it: no signal handler runs in between (a Ctrl-C there would
+    lose it; one that comes is handled right after). The blocking wait for the report, if
+    ``flags`` block, stays interruptible: it peeks, which takes neither message nor fd."""
+    if not flags & DONTWAIT:
+        try:
+            sock.recv(1, socket.MSG_PEEK)  # (no room for ancillary data: no fd is made)
+        except ConnectionResetError:
+            pass  # (read_message reads on past it)
+    held = core.hold_signals()
+    try:
+        data, fds, msg_flags = read_message(sock, DONTWAIT, with_fds=True)
+        if fds:
+            return handle(data, fds, msg_flags)
+    finally:
+        core.release_signals(held)
+    return handle(data, fds, msg_flags)

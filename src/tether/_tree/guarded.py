@@ -171,7 +171,7 @@ class Guard:
         socket timeout is set)."""
         if self._launching and self.sock.gettimeout() is None:
             with self._lock:
-                while not self.started and not self._handle(*self._recv(0)):
+                while not self.started and not self._read(0):
                     pass
         else:
             self._block_until(Deadline(None), start=True)
@@ -339,14 +339,16 @@ class Guard:
                 if stop_at_start and self._program is not None:
                     return False
                 try:
-                    message = self._recv(wire.DONTWAIT)
+                    if self._read(wire.DONTWAIT):
+                        return True
                 except BlockingIOError:
                     return False
-                if self._handle(*message):
-                    return True
 
-    def _recv(self, flags: int) -> tuple[bytes, list[int], int]:
-        return wire.read_message(self.sock, flags, with_fds=self._program is None)
+    def _read(self, flags: int) -> bool:
+        """Read and act on one report; True once the tree has ended."""
+        if self._program is None:  # (the start's reports may carry the program's pidfd)
+            return wire.read_start_report(self.sock, flags, self._handle)
+        return self._handle(*wire.read_message(self.sock, flags, with_fds=False))
 
     def _handle(self, data: bytes, fds: list[int], msg_flags: int) -> bool:
         """Act on one message; True once the tree has ended."""
