@@ -49,6 +49,7 @@ class Guard:
         "_borrowers",
         "_exit",
         "_generation",
+        "_job_control",
         "_launching",
         "_lock",
         "_program",
@@ -101,6 +102,7 @@ class Guard:
         self._borrowers = 0  # blocking waiters polling the control socket for the start
         self._generation = core.fork_generation()
         self._launching = True  # until launch() returns: no other thread holds this Guard
+        self._job_control = False  # the guard reports the program's stops (MSG_STOPPED)
 
     @classmethod
     def launch(
@@ -132,6 +134,7 @@ class Guard:
             spec, stdio_fds, mode, options, cgroup_root_arg,
             process_group=not (foreground or job_control))
         self = cls(spec, mode, spawned, parent_sock, cgroup)
+        self._job_control = job_control
         if await_start:
             try:
                 self.await_start()
@@ -183,21 +186,19 @@ class Guard:
         and the fd polled meanwhile is borrowed (closed by a thread that reads the end, its
         number could be reused under the poll): the control socket for the start; for the
         end the guard's pidfd, readable once the guard has reported and exited, so one
-        wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md)."""
-        guard = self.spawned.pidfd
+        wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md), and the
+        socket too where the guard reports stops (the only reports that can pile up)."""
+        guard, poller = self.spawned.pidfd, select.poll()
+        on_socket = start or self._job_control  # (a socket full of stops blocks the guard)
         with self._lock:
-            if start:
-                if self.pump(stop_at_start=True) or self.started:
-                    return True
+            if (self.pump(stop_at_start=True) or self.started) if start else self.ended:
+                return True  # (for the end, no read first: the pidfd is readable at once)
+            if not start:
+                poller.register(guard._borrow(), select.POLLIN)  # (_release closes it)
+            if on_socket:
                 self._borrowers += 1
-                fd = self.sock.fileno()
-            else:  # (no read first: the pidfd is readable at once if the guard is gone)
-                if self.ended:
-                    return True
-                fd = guard._borrow()  # open while the tree runs: _release closes it
+                poller.register(self.sock.fileno(), select.POLLIN)
         try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
             while True:
                 poller.poll(deadline.poll_ms())
                 with self._lock:
@@ -206,12 +207,12 @@ class Guard:
                 if deadline.expired:
                     return False
         finally:
-            if start:
+            if on_socket:
                 with self._lock:
                     self._borrowers -= 1
                     if not self._borrowers and self.ended:
                         self.sock.close()
-            else:
+            if not start:
                 guard._give_back()
 
     def check_start(self) -> None:
