@@ -228,3 +228,35 @@ def test_ctrl_c_while_a_trees_v1_directory_is_taken_leaves_none(
             for e in es}
     assert left == kept, left - kept  # (what is left is the pool's, locked, removed at exit)
     assert len(os.listdir("/proc/self/fd")) == len(before) - len(ahead - left)
+
+
+def test_ctrl_c_just_after_a_limited_guard_is_launched_leaves_no_directory(
+        places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Ctrl-C held off during the guard's launch is raised once its handles are owned; the
+    # tree's v1 directories were then removed at once, while the guard, still ending the
+    # tree on its cut lifeline, was in them: they stayed behind, unlocked (found by a
+    # hostile review, with a random timer over limited spawns).
+    import signal
+
+    from conftest import require_mode
+    from tether._kernel import core
+
+    require_mode("pidns")
+    real = core.launch_guard
+
+    def interrupted_on_return(**kwargs: object) -> object:
+        result = real(**kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return result
+
+    for _ in range(2):  # (so that directories are made ahead)
+        tether.run(["true"], contain="pidns", limits=tether.Limits())
+    monkeypatch.setattr(core, "launch_guard", interrupted_on_return)
+    with pytest.raises(KeyboardInterrupt):
+        tether.spawn(["sleep", "300"], contain="pidns", limits=tether.Limits())
+    monkeypatch.undo()
+    wheres = {w for w in set(places.values()) - {"v2"} if os.path.isdir(f"{w}/tether")}
+    left = {p for w in wheres for p in _tree_dirs(w)}
+    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
+            for e in es}
+    assert left == kept, left - kept

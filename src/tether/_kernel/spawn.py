@@ -223,6 +223,7 @@ def clone_guard(
     # exception there would lose them with the tree running. So this thread takes no signal
     # until they are owned by objects; one that comes meanwhile is handled right after.
     held = core.hold_signals()
+    pidfd = -1
     try:
         pid, pidfd, sock_fd, write_fd, stage, err = core.launch_guard(
             path=guard, head=options, tail=(*spec.attr_options(), b"--", spec.executable,
@@ -235,8 +236,20 @@ def clone_guard(
             spawned = Spawned(pid, Pidfd._create(pidfd, pid, reaper=True, cmd=list(spec.args)),
                               LifelineWriter._create(write_fd))
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, sock_fd)
-    finally:
+    except BaseException:
         core.release_signals(held)
+        raise
+    try:
+        core.release_signals(held)
+    except BaseException:
+        if pidfd >= 0:
+            # A signal held off during the launch was raised (Ctrl-C): the caller never gets
+            # the guard. Cut its lifeline and wait until it has ended the tree and exited,
+            # so the caller's cleanup finds the tree's cgroups empty (it removes them).
+            spawned.lifeline.close()
+            sock.close()
+            spawned.pidfd.wait()
+        raise
     if pidfd < 0:
         raise child_error(stage, err, spec.args[0], spec.cwd)
     return spawned, sock
