@@ -260,3 +260,31 @@ def test_ctrl_c_just_after_a_limited_guard_is_launched_leaves_no_directory(
     kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
             for e in es}
     assert left == kept, left - kept
+
+
+def test_ctrl_c_just_after_a_limited_trees_cgroups_are_made_leaves_none(
+        places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between LimitedTree.make() and the guard's options for it, the made tree was held by
+    # nothing that would discard it (found by a hostile review, with a random timer).
+    from conftest import require_mode
+    from tether._tree import tree_cgroups
+
+    require_mode("pidns")
+
+    def interrupted(*args: object) -> object:
+        raise KeyboardInterrupt
+
+    for _ in range(2):  # (so that directories are made ahead)
+        tether.run(["true"], contain="pidns", limits=tether.Limits())
+    wheres = {w for w in set(places.values()) - {"v2"} if os.path.isdir(f"{w}/tether")}
+    before = os.listdir("/proc/self/fd")
+    ahead = {p for w in wheres for p in _tree_dirs(w)}
+    monkeypatch.setattr(tree_cgroups, "guard_cgroup_args", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tether.spawn(["true"], contain="pidns", limits=tether.Limits())
+    monkeypatch.undo()
+    left = {p for w in wheres for p in _tree_dirs(w)}
+    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
+            for e in es}
+    assert left == kept, left - kept
+    assert len(os.listdir("/proc/self/fd")) == len(before) - len(ahead - left)

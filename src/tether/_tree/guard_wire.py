@@ -26,6 +26,7 @@ MSG_STARTED, MSG_FAILED, MSG_EXITED, MSG_PROGRAM = (
 MSG_SIGNAL_TREE, MSG_KILL_TREE = core.GUARD_MSG_SIGNAL_TREE, core.GUARD_MSG_KILL_TREE
 MSG_STOPPED = core.GUARD_MSG_STOPPED
 DONTWAIT: Final = int(socket.MSG_DONTWAIT)  # (an IntFlag's | costs microseconds a spawn)
+_STARTED: Final = MSG.pack(MSG_STARTED, 0, 0, 0, 0)[:4]  # (its kind, as it comes)
 
 
 def read_message(
@@ -48,10 +49,13 @@ def read_message(
 def read_start_report(
         sock: socket.socket, flags: int, handle: Callable[[bytes, list[int], int], bool]) -> bool:
     """Read one report before the start is known and act on it (``handle``: True once the
-    tree has ended). Such a report may carry the program's pidfd, a plain int from its read
-    until ``handle`` has stored it: no signal handler runs in between (a Ctrl-C there would
-    lose it; one that comes is handled right after). The blocking wait for the report, if
-    ``flags`` block, stays interruptible: it peeks, which takes neither message nor fd."""
+    tree has ended). The program's pidfd is a plain int from the read of the report that
+    carries it (MSG_PROGRAM) until ``handle`` has stored it, and again while MSG_STARTED
+    moves it to the program's handle: no signal handler runs meanwhile (a Ctrl-C there
+    would lose it; one that comes is handled right after). The end's reports are acted on
+    with signals as usual (their handling reaps the guard). The blocking wait for the
+    report, if ``flags`` block, stays interruptible: it peeks (takes neither message nor
+    fd)."""
     if not flags & DONTWAIT:
         try:
             sock.recv(1, socket.MSG_PEEK)  # (no room for ancillary data: no fd is made)
@@ -60,7 +64,7 @@ def read_start_report(
     held = core.hold_signals()
     try:
         data, fds, msg_flags = read_message(sock, DONTWAIT, with_fds=True)
-        if fds:
+        if fds or data[:4] == _STARTED:
             return handle(data, fds, msg_flags)
     finally:
         core.release_signals(held)
