@@ -288,3 +288,36 @@ def test_ctrl_c_just_after_a_limited_trees_cgroups_are_made_leaves_none(
             for e in es}
     assert left == kept, left - kept
     assert len(os.listdir("/proc/self/fd")) == len(before) - len(ahead - left)
+
+
+def test_ctrl_c_as_a_limited_guard_is_handed_its_cgroups_leaves_none(
+        places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # From the guard's launch until the Guard object holds the tree (start_guard's
+    # hand_over, its return, the Guard's construction), a Ctrl-C lost the limited tree's
+    # cgroups: their lock fds and directories stayed (found by a hostile review, with a
+    # random timer over limited spawns).
+    import signal
+
+    from conftest import require_mode
+
+    require_mode("pidns")
+    real = LimitedTree.hand_over
+
+    def interrupted(self: LimitedTree) -> None:
+        signal.raise_signal(signal.SIGINT)
+        real(self)
+
+    for _ in range(2):  # (so that directories are made ahead)
+        tether.run(["true"], contain="pidns", limits=tether.Limits())
+    wheres = {w for w in set(places.values()) - {"v2"} if os.path.isdir(f"{w}/tether")}
+    before = os.listdir("/proc/self/fd")
+    ahead = {p for w in wheres for p in _tree_dirs(w)}
+    monkeypatch.setattr(LimitedTree, "hand_over", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tether.spawn(["sleep", "300"], contain="pidns", limits=tether.Limits())
+    monkeypatch.undo()
+    left = {p for w in wheres for p in _tree_dirs(w)}
+    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
+            for e in es}
+    assert left == kept, left - kept
+    assert len(os.listdir("/proc/self/fd")) == len(before) - len(ahead - left)

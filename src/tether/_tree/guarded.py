@@ -45,25 +45,9 @@ class Guard:
     raised by whoever waits for the tree)."""
 
     __slots__ = (
-        "_announced",
-        "_borrowers",
-        "_exit",
-        "_generation",
-        "_job_control",
-        "_launching",
-        "_lock",
-        "_program",
-        "_program_pid",
-        "_rusage",
-        "cgroup",
-        "dead",
-        "guard_exit",
-        "mode",
-        "sock",
-        "spawned",
-        "spec",
-        "start_error",
-        "stops",
+        "_announced", "_borrowers", "_exit", "_generation", "_job_control", "_launching",
+        "_lock", "_program", "_program_pid", "_rusage", "cgroup", "dead", "guard_exit", "mode",
+        "sock", "spawned", "spec", "start_error", "stops",
     )
 
     def __init__(
@@ -130,19 +114,29 @@ class Guard:
         options = [flag for flag, on in (("--wait-tree", wait_tree), ("--foreground", foreground),
                                          ("--job-control", job_control),
                                          ("--no-program-lifeline", not program_lifeline)) if on]
-        spawned, parent_sock, cgroup = start_guard(
-            spec, stdio_fds, mode, options, cgroup_root_arg,
-            process_group=not (foreground or job_control))
-        self = cls(spec, mode, spawned, parent_sock, cgroup)
-        self._job_control = job_control
-        if await_start:
-            try:
-                self.await_start()
-            except BaseException:
-                self._discard()
-                raise
-        self._launching = False
-        return self
+        # Until this Guard holds the tree no signal handler runs (a Ctrl-C would lose it; one
+        # that comes is raised right after, and _discard ends the tree). Not around a
+        # preexec_fn's fork: the user's function runs with the caller's signal mask.
+        held = core.hold_signals() if spec.preexec_fn is None else None
+        guard: Guard | None = None
+        try:
+            spawned, parent_sock, cgroup = start_guard(
+                spec, stdio_fds, mode, options, cgroup_root_arg,
+                process_group=not (foreground or job_control))
+            guard = cls(spec, mode, spawned, parent_sock, cgroup)
+            guard._job_control = job_control
+            if held is not None:
+                core.release_signals(held)
+            if await_start:
+                guard.await_start()
+        except BaseException:
+            if held is not None:
+                core.release_signals(held)  # (a no-op if given back already)
+            if guard is not None:
+                guard._discard()
+            raise
+        guard._launching = False
+        return guard
 
     def _discard(self) -> None:
         """Undo a launch whose start was not seen through (an error or an interrupt while
