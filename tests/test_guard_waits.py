@@ -178,3 +178,34 @@ def test_a_run_reads_each_report_once_and_never_in_vain(
     assert tether.run(["true"], contain=mode).returncode == 0
     assert kinds == [guard_wire.MSG_PROGRAM, guard_wire.MSG_STARTED, guard_wire.MSG_EXITED]
     assert oracle.no_descendants()
+
+
+STOPS_ITSELF = """\
+import os, signal, sys
+if os.fork() == 0:  # continues the program whenever it has stopped itself
+    parent = os.getppid()
+    while True:
+        os.kill(parent, signal.SIGCONT)
+for _ in range(20000):
+    os.kill(os.getpid(), signal.SIGSTOP)
+sys.exit(3)
+"""
+
+
+def test_a_wait_reads_a_job_control_trees_stop_reports_as_they_come() -> None:
+    # With job control the guard reports each stop of the program (MSG_STOPPED). A wait that
+    # slept on the guard's pidfd alone left them queued: once the socket was full the guard
+    # blocked in its send and never exited, and the wait never woke (found by a hostile
+    # review: a program stopped and continued some thousands of times hung wait() for good).
+    import sys
+
+    from tether._kernel.spec import SpawnSpec
+    from tether._tree.child import start_child
+    from tether._tree.modes import resolve_mode
+
+    child = start_child(SpawnSpec.build([sys.executable, "-c", STOPS_ITSELF]),
+                        resolve_mode("group"), job_control=True)
+    with child:
+        assert child.wait(timeout=60) == 3
+        assert child.stops
+    assert oracle.no_descendants()

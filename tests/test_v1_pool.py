@@ -164,3 +164,162 @@ def test_a_process_first_limited_tree_makes_nothing_ahead(places: dict[str, str]
                         capture_output=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"0\n"
+
+
+def test_a_tree_dropped_and_reaped_at_exit_leaves_no_directory(places: dict[str, str]) -> None:
+    # A dropped Child's guard is reaped at interpreter exit (reaper's atexit), and only then
+    # is its tree's cpuacct directory put back into the pool: after the pool's own atexit
+    # drain had run, so it stayed behind until another process's sweep (found by a hostile
+    # review). Once the pool has been drained at exit it takes nothing back.
+    from conftest import require_mode
+
+    require_mode("pidns")
+    script = ("import tether\n"
+              "for _ in range(3):\n"
+              "    tether.run(['true'], contain='pidns', limits=tether.Limits())\n"
+              "child = tether.spawn(['sleep', '0.2'], contain='pidns', limits=tether.Limits())\n"
+              "del child\n")
+    assert tether.run([sys.executable, "-c", script]).returncode == 0
+    left = {w: _tree_dirs(w) for w in set(places.values()) - {"v2"}
+            if os.path.isdir(os.path.join(w, "tether"))}
+    assert not any(left.values()), left
+
+
+@pytest.mark.parametrize("at", ["mkdir", "take"])
+def test_ctrl_c_while_a_trees_v1_directory_is_taken_leaves_none(
+        places: dict[str, str], monkeypatch: pytest.MonkeyPatch, at: str) -> None:
+    # A Ctrl-C whose handler runs just after a v1 directory's mkdir, or just after a
+    # directory made ahead was taken from the pool, and before the tree holds it: an
+    # unlocked directory (swept only by another process's first start) or a locked one
+    # and its fd, kept until exit (found by a hostile review, with a random timer).
+    import signal
+
+    from tether._kernel import cgroup
+
+    for _ in range(2):  # (so that directories are made ahead)
+        LimitedTree.make(tether.Limits(), "pidns", None).remove()
+        v1_dirs.replenish([places["memory"], places["pids"]])
+    wheres = {w for w in set(places.values()) - {"v2"} if os.path.isdir(f"{w}/tether")}
+    if at == "mkdir":
+        real_mkdir = os.mkdir
+
+        def interrupted_mkdir(path: str, mode: int = 0o777) -> None:
+            real_mkdir(path, mode)
+            signal.raise_signal(signal.SIGINT)
+
+        v1_pool.drain()
+        monkeypatch.setattr(cgroup.os, "mkdir", interrupted_mkdir)
+    else:
+        real_take = v1_pool.take_fresh
+
+        def interrupted_take(where: str) -> v1_pool.PooledDir | None:
+            entry = real_take(where)
+            signal.raise_signal(signal.SIGINT)
+            return entry
+
+        monkeypatch.setattr(v1_pool, "take_fresh", interrupted_take)
+    before = os.listdir("/proc/self/fd")
+    ahead = {p for w in wheres for p in _tree_dirs(w)}
+    with pytest.raises(KeyboardInterrupt):
+        LimitedTree.make(tether.Limits(), "pidns", None)
+    monkeypatch.undo()
+    left = {p for w in wheres for p in _tree_dirs(w)}
+    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
+            for e in es}
+    assert left == kept, left - kept  # (what is left is the pool's, locked, removed at exit)
+    # (fds: one per directory the pool holds; the discard may read the announcement first,
+    # which makes the next tree's directories ahead anew)
+    assert len(os.listdir("/proc/self/fd")) == len(before) - len(ahead - left) + len(left - ahead)
+
+
+def test_ctrl_c_just_after_a_limited_guard_is_launched_leaves_no_directory(
+        places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Ctrl-C held off during the guard's launch is raised once its handles are owned; the
+    # tree's v1 directories were then removed at once, while the guard, still ending the
+    # tree on its cut lifeline, was in them: they stayed behind, unlocked (found by a
+    # hostile review, with a random timer over limited spawns).
+    import signal
+
+    from conftest import require_mode
+    from tether._kernel import core
+
+    require_mode("pidns")
+    real = core.launch_guard
+
+    def interrupted_on_return(**kwargs: object) -> object:
+        result = real(**kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return result
+
+    for _ in range(2):  # (so that directories are made ahead)
+        tether.run(["true"], contain="pidns", limits=tether.Limits())
+    monkeypatch.setattr(core, "launch_guard", interrupted_on_return)
+    with pytest.raises(KeyboardInterrupt):
+        tether.spawn(["sleep", "300"], contain="pidns", limits=tether.Limits())
+    monkeypatch.undo()
+    wheres = {w for w in set(places.values()) - {"v2"} if os.path.isdir(f"{w}/tether")}
+    left = {p for w in wheres for p in _tree_dirs(w)}
+    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
+            for e in es}
+    assert left == kept, left - kept
+
+
+def test_ctrl_c_just_after_a_limited_trees_cgroups_are_made_leaves_none(
+        places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between LimitedTree.make() and the guard's options for it, the made tree was held by
+    # nothing that would discard it (found by a hostile review, with a random timer).
+    from conftest import require_mode
+    from tether._tree import tree_cgroups
+
+    require_mode("pidns")
+
+    def interrupted(*args: object) -> object:
+        raise KeyboardInterrupt
+
+    for _ in range(2):  # (so that directories are made ahead)
+        tether.run(["true"], contain="pidns", limits=tether.Limits())
+    wheres = {w for w in set(places.values()) - {"v2"} if os.path.isdir(f"{w}/tether")}
+    before = os.listdir("/proc/self/fd")
+    ahead = {p for w in wheres for p in _tree_dirs(w)}
+    monkeypatch.setattr(tree_cgroups, "guard_cgroup_args", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tether.spawn(["true"], contain="pidns", limits=tether.Limits())
+    monkeypatch.undo()
+    left = {p for w in wheres for p in _tree_dirs(w)}
+    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
+            for e in es}
+    assert left == kept, left - kept
+    assert len(os.listdir("/proc/self/fd")) == len(before) - len(ahead - left) + len(left - ahead)
+
+
+def test_ctrl_c_as_a_limited_guard_is_handed_its_cgroups_leaves_none(
+        places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # From the guard's launch until the Guard object holds the tree (start_guard's
+    # hand_over, its return, the Guard's construction), a Ctrl-C lost the limited tree's
+    # cgroups: their lock fds and directories stayed (found by a hostile review, with a
+    # random timer over limited spawns).
+    import signal
+
+    from conftest import require_mode
+
+    require_mode("pidns")
+    real = LimitedTree.hand_over
+
+    def interrupted(self: LimitedTree) -> None:
+        signal.raise_signal(signal.SIGINT)
+        real(self)
+
+    for _ in range(2):  # (so that directories are made ahead)
+        tether.run(["true"], contain="pidns", limits=tether.Limits())
+    wheres = {w for w in set(places.values()) - {"v2"} if os.path.isdir(f"{w}/tether")}
+    before = os.listdir("/proc/self/fd")
+    ahead = {p for w in wheres for p in _tree_dirs(w)}
+    monkeypatch.setattr(LimitedTree, "hand_over", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tether.spawn(["sleep", "300"], contain="pidns", limits=tether.Limits())
+    monkeypatch.undo()
+    left = {p for w in wheres for p in _tree_dirs(w)}
+    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
+            for e in es}
+    assert left == kept, left - kept
+    assert len(os.listdir("/proc/self/fd")) == len(before) - len(ahead - left) + len(left - ahead)

@@ -21,7 +21,7 @@ import os
 import threading
 from typing import Final
 
-from tether._kernel import v1_dirs, v1_pool
+from tether._kernel import core, v1_dirs, v1_pool
 from tether._kernel.cgroup import (
     CgroupTree,
     cgroup_root,
@@ -263,11 +263,20 @@ class LimitedTree(CgroupTree):
             where = self.places.get(controller) if controller in needed else None
             if where is None or where == "v2" or where in self.v1:
                 continue
-            entry, reusable = v1_dirs.take(where, v1_pool.controllers_at(self.places, where))
-            self.v1[where] = (entry.path, entry.fd)
-            if reusable:
-                self.pooled[where] = entry
-            self.join.append(entry.fd)
+            controllers = v1_pool.controllers_at(self.places, where)
+            # From its mkdir (or its taking from the pool) until this tree holds it, the
+            # directory is a path and an fd in locals: no signal handler runs in between (a
+            # Ctrl-C there would lose it; one that comes is handled right after, and make()
+            # then discards the tree with it).
+            held = core.hold_signals()
+            try:
+                entry, reusable = v1_dirs.take(where, controllers)
+                self.v1[where] = (entry.path, entry.fd)
+                if reusable:
+                    self.pooled[where] = entry
+                self.join.append(entry.fd)
+            finally:
+                core.release_signals(held)
 
     def _dir(self, controller: str) -> tuple[str, int] | None:
         """The controller's directory of this tree and its open fd (-1: none of ours)."""

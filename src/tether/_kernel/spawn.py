@@ -204,6 +204,7 @@ def clone_guard(
     extra_flags: int = 0,
     process_group: bool = True,
     wait_start: bool = False,
+    held_mask: int | None = None,
 ) -> tuple[Spawned, socket.socket]:
     """Clone a guard (the executable ``guard``) over ``spec``'s program in one C call
     (``launch.c``): the control socketpair, the lifeline and the clone. The guard's argv is
@@ -213,7 +214,9 @@ def clone_guard(
     (close-on-exec); the guard leads a new process group if ``process_group``. With
     ``wait_start`` it returns once the guard has started the program (or ended, or a signal
     came): the caller's next read of the socket finds the start reported, and this thread
-    slept through the guard's exec instead of competing with it for the CPU.
+    slept through the guard's exec instead of competing with it for the CPU. A caller that
+    holds signals already (``core.hold_signals``) passes the mask it got as ``held_mask``:
+    the signals that mask lets in still end the wait.
     Errors as :func:`clone_spec`'s, with every fd made here closed."""
     reaper.reap_dropped()
     method = clone_method()
@@ -229,6 +232,7 @@ def clone_guard(
     # exception there would lose them with the tree running. So this thread takes no signal
     # until they are owned by objects; one that comes meanwhile is handled right after.
     held = core.hold_signals()
+    pidfd = -1
     try:
         pid, pidfd, sock_fd, write_fd, stage, err = core.launch_guard(
             path=guard, head=options, tail=(*spec.attr_options(), b"--", spec.executable,
@@ -237,13 +241,25 @@ def clone_guard(
             stderr=stdio_fds[2], keep_fds=keep_fds, new_pgroup=process_group,
             extra_flags=extra_flags, method=method,
             attrs=None if attrs is None else attrs.core_tuple(),
-            wait_mask=held if wait_start else None)
+            wait_mask=(held if held_mask is None else held_mask) if wait_start else None)
         if pidfd >= 0:
             spawned = Spawned(pid, Pidfd._create(pidfd, pid, reaper=True, cmd=list(spec.args)),
                               LifelineWriter._create(write_fd))
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, sock_fd)
-    finally:
+    except BaseException:
         core.release_signals(held)
+        raise
+    try:
+        core.release_signals(held)
+    except BaseException:
+        if pidfd >= 0:
+            # A signal held off during the launch was raised (Ctrl-C): the caller never gets
+            # the guard. Cut its lifeline and wait until it has ended the tree and exited,
+            # so the caller's cleanup finds the tree's cgroups empty (it removes them).
+            spawned.lifeline.close()
+            sock.close()
+            spawned.pidfd.wait()
+        raise
     if pidfd < 0:
         raise child_error(stage, err, spec.args[0], spec.cwd)
     return spawned, sock

@@ -44,6 +44,9 @@ FRESH_SIZE: Final = 1
 _pool: dict[str, list[PooledDir]] = {}
 _fresh: dict[str, list[PooledDir]] = {}
 _lock = threading.Lock()
+#: Set by the drain at exit: a tree ended after it (a dropped one, reaped by the reaper's
+#: atexit) has its directories removed, not kept in a pool nobody drains any more.
+_closed = False
 
 
 class PooledDir:
@@ -95,10 +98,11 @@ def wants_fresh(where: str) -> bool:
 
 
 def add_fresh(where: str, entry: PooledDir) -> bool:
-    """Keep a fresh directory for the next tree; False (the caller removes it) if full."""
+    """Keep a fresh directory for the next tree; False (the caller removes it) if full, or
+    once the pool has been drained at exit."""
     with _lock:
         free = _fresh.setdefault(where, [])
-        if len(free) >= FRESH_SIZE:
+        if _closed or len(free) >= FRESH_SIZE:
             return False
         free.append(entry)
     return True
@@ -124,12 +128,13 @@ def reset(entry: PooledDir, controllers: set[str], rewritten: dict[str, str]) ->
 
 def release(where: str, entry: PooledDir) -> bool:
     """Put an ended tree's directory back once its final usage has been read; False (the
-    caller removes it) if it still has a member or the pool is full."""
+    caller removes it) if it still has a member, the pool is full or it has been drained at
+    exit."""
     if _read("cgroup.procs", entry.fd) != "":
         return False
     with _lock:
         free = _pool.setdefault(where, [])
-        if len(free) >= POOL_SIZE:
+        if _closed or len(free) >= POOL_SIZE:
             return False
         free.append(entry)
     return True
@@ -147,6 +152,13 @@ def drain() -> None:
         except OSError:
             pass  # unlocked now: the next start's sweep removes it
         os.close(entry.fd)
+
+
+def _drain_at_exit() -> None:
+    global _closed
+    with _lock:
+        _closed = True
+    drain()
 
 
 def _forget_in_child() -> None:
@@ -173,5 +185,5 @@ def _read(name: str, dir_fd: int) -> str | None:
         os.close(fd)
 
 
-atexit.register(drain)
+atexit.register(_drain_at_exit)
 os.register_at_fork(after_in_child=_forget_in_child)

@@ -31,11 +31,13 @@ def start_guard(
     *,
     process_group: bool,
     wait_start: bool = False,
+    held_mask: int | None = None,
 ) -> tuple[Spawned, socket.socket, CgroupTree | None]:
     """Clone a guard over ``spec``'s program (``stdio_fds``: the program's fds 0-2, passed
     on), with the mode's options and ``options``; the guard leads a process group of its own
     unless ``process_group`` is False (tether run's job control: it stays in our job);
-    ``wait_start``: return once the program has started (see ``clone_guard``).
+    ``wait_start``: return once the program has started (see ``clone_guard``; ``held_mask``:
+    the caller's own mask, if it holds signals already, so that they still end that wait).
     Returns the guard, our end of its control socket, and the tree's cgroup (if any)."""
     keep = spec.pass_fds
     guard = guard_path()
@@ -54,7 +56,7 @@ def start_guard(
             spawned, parent_sock = clone_guard(
                 spec, stdio_fds, os.fsencode(guard), tuple(guard_args),
                 tuple(sorted(set(keep) | cgroup_fds)), extra_flags=extra_flags,
-                process_group=process_group, wait_start=wait_start)
+                process_group=process_group, wait_start=wait_start, held_mask=held_mask)
         else:  # preexec_fn's fork of this process (_kernel/preexec.py) clones in Python
             # Both above 2: --control must not be one of the program's stdio fds.
             parent_sock, guard_sock = socketpair_above_stdio(socket.SOCK_SEQPACKET)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import _socket as socket
 import errno
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from tether._kernel import core
@@ -18,6 +19,7 @@ from tether._kernel.fds import recv_with_fds
 __all__ = [
     "DONTWAIT", "MSG", "MSG_EXITED", "MSG_FAILED", "MSG_KILL_TREE", "MSG_PROGRAM",
     "MSG_SIGNAL_TREE", "MSG_STARTED", "MSG_STOPPED", "announcement_error", "read_message",
+    "read_start_report",
 ]
 
 MSG: Final = struct.Struct(core.GUARD_MSG_FORMAT)
@@ -27,6 +29,7 @@ MSG_STARTED, MSG_FAILED, MSG_EXITED, MSG_PROGRAM = (
 MSG_SIGNAL_TREE, MSG_KILL_TREE = core.GUARD_MSG_SIGNAL_TREE, core.GUARD_MSG_KILL_TREE
 MSG_STOPPED = core.GUARD_MSG_STOPPED
 DONTWAIT: Final = int(socket.MSG_DONTWAIT)  # (an IntFlag's | costs microseconds a spawn)
+_STARTED: Final = MSG.pack(MSG_STARTED, 0, 0, 0, 0)[:4]  # (its kind, as it comes)
 
 
 def read_message(
@@ -54,3 +57,28 @@ def announcement_error(msg_flags: int) -> OSError:
                        "tether guard (at the open-file limit?); its tree was ended")
     return OSError(errno.EPROTO, "the program's announcement carried no pidfd; the tree "
                    "was ended")
+
+
+def read_start_report(
+        sock: socket.socket, flags: int, handle: Callable[[bytes, list[int], int], bool]) -> bool:
+    """Read one report before the start is known and act on it (``handle``: True once the
+    tree has ended). The program's pidfd is a plain int from the read of the report that
+    carries it (MSG_PROGRAM) until ``handle`` has stored it, and again while MSG_STARTED
+    moves it to the program's handle: no signal handler runs meanwhile (a Ctrl-C there
+    would lose it; one that comes is handled right after). The end's reports are acted on
+    with signals as usual (their handling reaps the guard). The blocking wait for the
+    report, if ``flags`` block, stays interruptible: it peeks (takes neither message nor
+    fd)."""
+    if not flags & DONTWAIT:
+        try:
+            sock.recv(1, socket.MSG_PEEK)  # (no room for ancillary data: no fd is made)
+        except ConnectionResetError:
+            pass  # (read_message reads on past it)
+    held = core.hold_signals()
+    try:
+        data, fds, msg_flags = read_message(sock, DONTWAIT, with_fds=True)
+        if fds or data[:4] == _STARTED:
+            return handle(data, fds, msg_flags)
+    finally:
+        core.release_signals(held)
+    return handle(data, fds, msg_flags)

@@ -46,24 +46,9 @@ class Guard:
     raised by whoever waits for the tree)."""
 
     __slots__ = (
-        "_announced",
-        "_borrowers",
-        "_exit",
-        "_generation",
-        "_launching",
-        "_lock",
-        "_program",
-        "_program_pid",
-        "_rusage",
-        "cgroup",
-        "dead",
-        "guard_exit",
-        "mode",
-        "sock",
-        "spawned",
-        "spec",
-        "start_error",
-        "stops",
+        "_announced", "_borrowers", "_exit", "_generation", "_job_control", "_launching",
+        "_lock", "_program", "_program_pid", "_rusage", "cgroup", "dead", "guard_exit", "mode",
+        "sock", "spawned", "spec", "start_error", "stops",
     )
 
     def __init__(
@@ -102,6 +87,7 @@ class Guard:
         self._borrowers = 0  # blocking waiters polling the control socket for the start
         self._generation = core.fork_generation()
         self._launching = True  # until launch() returns: no other thread holds this Guard
+        self._job_control = False  # the guard reports the program's stops (MSG_STOPPED)
 
     @classmethod
     def launch(
@@ -129,19 +115,30 @@ class Guard:
         options = [flag for flag, on in (("--wait-tree", wait_tree), ("--foreground", foreground),
                                          ("--job-control", job_control),
                                          ("--no-program-lifeline", not program_lifeline)) if on]
-        spawned, parent_sock, cgroup = start_guard(
-            spec, stdio_fds, mode, options, cgroup_root_arg,
-            process_group=not (foreground or job_control),  # limits: see _on_announced
-            wait_start=await_start and spec.limits is None)
-        self = cls(spec, mode, spawned, parent_sock, cgroup)
-        if await_start:
-            try:
-                self.await_start()
-            except BaseException:
-                self._discard()
-                raise
-        self._launching = False
-        return self
+        # Until this Guard holds the tree no signal handler runs (a Ctrl-C would lose it; one
+        # that comes is raised right after, and _discard ends the tree). Not around a
+        # preexec_fn's fork: the user's function runs with the caller's signal mask.
+        held = core.hold_signals() if spec.preexec_fn is None else None
+        guard: Guard | None = None
+        try:
+            spawned, parent_sock, cgroup = start_guard(
+                spec, stdio_fds, mode, options, cgroup_root_arg,
+                process_group=not (foreground or job_control),  # limits: see _on_announced
+                wait_start=await_start and spec.limits is None, held_mask=held)
+            guard = cls(spec, mode, spawned, parent_sock, cgroup)
+            guard._job_control = job_control
+            if held is not None:
+                core.release_signals(held)
+            if await_start:
+                guard.await_start()
+        except BaseException:
+            if held is not None:
+                core.release_signals(held)  # (a no-op if given back already)
+            if guard is not None:
+                guard._discard()
+            raise
+        guard._launching = False
+        return guard
 
     def _discard(self) -> None:
         """Undo a launch whose start was not seen through (an error or an interrupt while
@@ -173,7 +170,7 @@ class Guard:
         socket timeout is set)."""
         if self._launching and self.sock.gettimeout() is None:
             with self._lock:
-                while not self.started and not self._handle(*self._recv(0)):
+                while not self.started and not self._read(0):
                     pass
         else:
             self._block_until(Deadline(None), start=True)
@@ -185,21 +182,19 @@ class Guard:
         and the fd polled meanwhile is borrowed (closed by a thread that reads the end, its
         number could be reused under the poll): the control socket for the start; for the
         end the guard's pidfd, readable once the guard has reported and exited, so one
-        wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md)."""
-        guard = self.spawned.pidfd
+        wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md), and the
+        socket too where the guard reports stops (the only reports that can pile up)."""
+        guard, poller = self.spawned.pidfd, select.poll()
+        on_socket = start or self._job_control  # (a socket full of stops blocks the guard)
         with self._lock:
-            if start:
-                if self.pump(stop_at_start=True) or self.started:
-                    return True
+            if (self.pump(stop_at_start=True) or self.started) if start else self.ended:
+                return True  # (for the end, no read first: the pidfd is readable at once)
+            if not start:
+                poller.register(guard._borrow(), select.POLLIN)  # (_release closes it)
+            if on_socket:
                 self._borrowers += 1
-                fd = self.sock.fileno()
-            else:  # (no read first: the pidfd is readable at once if the guard is gone)
-                if self.ended:
-                    return True
-                fd = guard._borrow()  # open while the tree runs: _release closes it
+                poller.register(self.sock.fileno(), select.POLLIN)
         try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
             while True:
                 poller.poll(deadline.poll_ms())
                 with self._lock:
@@ -208,12 +203,12 @@ class Guard:
                 if deadline.expired:
                     return False
         finally:
-            if start:
+            if on_socket:
                 with self._lock:
                     self._borrowers -= 1
                     if not self._borrowers and self.ended:
                         self.sock.close()
-            else:
+            if not start:
                 guard._end_borrow()
 
     def check_start(self) -> None:
@@ -337,14 +332,16 @@ class Guard:
                 if stop_at_start and self._program is not None:
                     return False
                 try:
-                    message = self._recv(wire.DONTWAIT)
+                    if self._read(wire.DONTWAIT):
+                        return True
                 except BlockingIOError:
                     return False
-                if self._handle(*message):
-                    return True
 
-    def _recv(self, flags: int) -> tuple[bytes, list[int], int]:
-        return wire.read_message(self.sock, flags, with_fds=self._program is None)
+    def _read(self, flags: int) -> bool:
+        """Read and act on one report; True once the tree has ended."""
+        if self._program is None:  # (the start's reports may carry the program's pidfd)
+            return wire.read_start_report(self.sock, flags, self._handle)
+        return self._handle(*wire.read_message(self.sock, flags, with_fds=False))
 
     def _handle(self, data: bytes, fds: list[int], msg_flags: int) -> bool:
         """Act on one message; True once the tree has ended."""

@@ -44,14 +44,17 @@ def tree_cgroup(
         cgroup = LimitedTree.make(spec.limits, mode, cgroup_root_arg)
     elif mode == "cgroup":
         cgroup = CgroupTree.create(cgroup_root(cgroup_root_arg))
-    if cgroup is not None and cgroup.path:
-        try:
+    if cgroup is None:
+        return None, [], set()
+    try:  # (from the assignment on: a Ctrl-C must not lose the made tree)
+        if cgroup.path:
             v1 = [p for p, _ in cgroup.v1.values()] if isinstance(cgroup, LimitedTree) else []
-            write_record(cgroup.fd if cgroup.fd >= 0 else cgroup.path, spec.argv, spec.limits, v1)
-        except BaseException:
-            cgroup.discard()
-            raise
-    opts, fds = guard_cgroup_args(cgroup, mode)
+            write_record(cgroup.fd if cgroup.fd >= 0 else cgroup.path, spec.argv, spec.limits,
+                         v1)
+        opts, fds = guard_cgroup_args(cgroup, mode)
+    except BaseException:
+        cgroup.discard()
+        raise
     return cgroup, opts, fds
 
 
