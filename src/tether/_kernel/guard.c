@@ -207,6 +207,7 @@ static void on_lifeline(short revents)
     }
     close(g.lifeline);
     g.lifeline = -1;
+    g.lifeline_ended = !g.killing;
     kill_tree();
 }
 
@@ -287,15 +288,20 @@ static void run_until_tree_ends(void)
 int main(int argc, char **argv)
 {
     int prog = parse_args(argc, argv);
-    int removed;
+    int removed, orphaned;
 
     setup_guard();
     start_program(argv + prog);
     run_until_tree_ends();
     /* The directory goes before the report: a parent that hears MSG_EXITED may rely on it
      * being gone. The report is also attempted after lifeline EOF: a parent that cut its
-     * lifeline on purpose may still be listening; a dead one cannot be hurt by it. */
-    removed = cg_remove();
+     * lifeline on purpose may still be listening; a dead one cannot be hurt by it. A dead
+     * parent leaves us its directories: we remove them (cg_remove_joined_v1), the one of
+     * cgroup mode too, --keep-cgroup or not. */
+    orphaned = parent_gone();
+    if (orphaned)
+        cg_remove_joined_v1();
+    removed = cg_remove(orphaned);
     send_exited(g.program_status);
     return removed == 0 ? 0 : 1;
 }

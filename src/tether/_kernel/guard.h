@@ -51,6 +51,9 @@
 /* Removing the cgroup directory: see cg_remove for the policy. */
 #define CG_REMOVE_TIMEOUT_MS 5000
 #define CG_REMOVE_WAIT_MS 2
+/* After lifeline EOF ended the tree: how long the control socket may lag behind in hanging
+ * up, the dying parent's kernel closing its fds one after the other (see parent_gone). */
+#define PARENT_HUP_GRACE_MS 20
 /* Nested cgroups the program may have made below ours (only root can); deeper is ignored. */
 #define CGROUP_MAX_DEPTH 8
 
@@ -81,6 +84,7 @@ struct guard {
                          * -1: not given (the parent resolves the program's pid itself) */
     int clone_method;   /* --clone: TETHER_CLONE_*; TETHER_CLONE_UNKNOWN: clone3, then legacy */
     int join_fds[GUARD_MAX_JOIN]; /* --join-cgroup: cgroup dirs (v1 per controller) we join */
+    int join_v1[GUARD_MAX_JOIN]; /* 1: that one is a v1 directory (joined through "tasks") */
     int n_join;
     int keep_cgroup;   /* --keep-cgroup: leave the emptied directory to the parent (limits) */
     int no_program_lifeline; /* --no-program-lifeline: the program gets no lifeline fd (the
@@ -98,6 +102,7 @@ struct guard {
     int program_status; /* wait status, as waitpid reports it */
     int group_fallback; /* PIDFD_SIGNAL_PROCESS_GROUP said EINVAL: a kernel before 6.9 */
     int killing;        /* the tree has been sent SIGKILL */
+    int lifeline_ended; /* lifeline EOF started the kill (not a MSG_KILL_TREE before it) */
     int64_t settle_deadline;
     int fg_given;       /* the program's group took the terminal */
     pid_t fg_restore;   /* the group to give it back to */
@@ -155,7 +160,9 @@ __attribute__((noreturn)) void die_with_tree(void);
 void cg_read_events(void);
 void cg_signal_frozen(int sig);
 void cg_kill(void);
-int cg_remove(void);
+int cg_remove(int parent_gone);
 int cg_join(int dirfd);
+int parent_gone(void);
+void cg_remove_joined_v1(void);
 
 #endif /* TETHER_GUARD_H */

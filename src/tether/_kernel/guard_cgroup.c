@@ -253,13 +253,13 @@ static void cg_wait_events(int ms)
  * file), so waiting for the event alone could cost each such tree 10 ms; cgroup.py only runs
  * where no guard did the removal. EINTR is not a policy matter: the same try again, as
  * Python's os.rmdir does by itself (PEP 475). */
-int cg_remove(void)
+int cg_remove(int parent_gone)
 {
     int64_t deadline;
     if (g.contain != CONTAIN_CGROUP || g.cgroup_path == NULL)
         return 0;
     deadline = now_ms() + CG_REMOVE_TIMEOUT_MS;
-    if (g.keep_cgroup) {
+    if (g.keep_cgroup && !parent_gone) {
         /* Limits: the parent reads the tree's final usage there, then removes it. Still
          * "populated 0" before the report, as a removal would have waited for. */
         cg_read_events();
@@ -291,9 +291,78 @@ int cg_remove(void)
  * RCU grace period (measured here: 7.6 ms median, up to 30 ms, for a write after a 30 ms
  * pause; a tree started now and then paid it on every start). Moving only the writing
  * thread needs no such lock, and we are single-threaded: our thread is all of us. v2 has no
- * "tasks" (ENOENT there): cgroup.procs. */
+ * "tasks" (ENOENT there): cgroup.procs. Returns 1 for a v1 directory, 0 for a v2 one, or
+ * -errno. */
 int cg_join(int dirfd)
 {
     int r = write_text_at(dirfd, "tasks", "0");
+    if (r == 0)
+        return 1;
     return r == -ENOENT ? write_text_at(dirfd, "cgroup.procs", "0") : r;
+}
+
+/* Whether the parent is gone, now that the tree has ended: its lifeline said EOF *and* its
+ * control socket has hung up. A live parent cuts the lifeline too (abandon, a failed start,
+ * a dropped Child), but keeps the socket until it has reaped us, then reads the tree's final
+ * usage and removes or pools the directories itself; a dead one closed both. The kernel
+ * closes a dying process's fds one after the other, so when lifeline EOF is what ended the
+ * tree, the socket gets PARENT_HUP_GRACE_MS to follow (only a live parent's failed start
+ * ever waits that long; abandon sends MSG_KILL_TREE first). */
+int parent_gone(void)
+{
+    struct pollfd pfd;
+    if (g.lifeline >= 0)
+        return 0;
+    if (g.control < 0)
+        return 1;
+    pfd.fd = g.control;
+    pfd.events = 0; /* POLLHUP is always reported */
+    pfd.revents = 0;
+    while (poll(&pfd, 1, g.lifeline_ended ? PARENT_HUP_GRACE_MS : 0) < 0 && errno == EINTR)
+        ;
+    return (pfd.revents & POLLHUP) != 0;
+}
+
+/* Remove one v1 directory we joined: out of it first (into its parent directory, v1 has no
+ * no-internal-process rule), then the nested ones the program made (only root can), then
+ * rmdir by the path the kernel gives for our fd; EBUSY while a member is still on its way
+ * out, as in cg_remove (v1 has no "populated" notification: a plain wait). 0 once gone. */
+static int remove_joined(int dirfd)
+{
+    char link[40] = "/proc/self/fd/", path[512];
+    int64_t deadline = now_ms() + CG_REMOVE_TIMEOUT_MS;
+    ssize_t n;
+    int r;
+    (void)fmt_u64(link + 14, (unsigned long long)dirfd);
+    n = readlinkat(AT_FDCWD, link, path, sizeof path);
+    if (n <= 0 || (size_t)n >= sizeof path)
+        return n < 0 ? -errno : -ENAMETOOLONG;
+    path[n] = '\0';
+    r = write_text_at(dirfd, "../tasks", "0");
+    if (r < 0)
+        return r;
+    for (;;) {
+        struct timespec ts = {0, CG_REMOVE_WAIT_MS * 1000000L};
+        int nested = cg_each_subdir(dirfd, remove_nested, 1, 0);
+        if (rmdir(path) == 0 || errno == ENOENT)
+            return 0;
+        if (errno == EINTR || nested > 0)
+            continue;
+        if (errno != EBUSY || now_ms() >= deadline)
+            return -errno;
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* The parent is gone (parent_gone): nobody else will remove the per-tree v1 directories we
+ * joined (a later process's first limited start would sweep them, a long-running one never
+ * does), so we do, the pooled cpu/cpuacct ones too (the pool was the dead parent's). A v2
+ * one we joined (pidns mode) stays: tether's parent directory has controllers enabled, so
+ * the no-internal-process rule keeps us from moving out of it; the sweep removes it. */
+void cg_remove_joined_v1(void)
+{
+    int i;
+    for (i = 0; i < g.n_join; i++)
+        if (g.join_v1[i])
+            (void)remove_joined(g.join_fds[i]);
 }

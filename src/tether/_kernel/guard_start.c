@@ -91,7 +91,7 @@ int fmt_u64(char *out, unsigned long long v)
 /* A setup failure before the program exists: nothing is left behind, say why, exit 127. */
 __attribute__((noreturn)) void fail(int stage, int err)
 {
-    (void)cg_remove();
+    (void)cg_remove(0);
     send_msg(TETHER_MSG_FAILED, stage, err, -1);
     _exit(127);
 }
@@ -363,6 +363,7 @@ static void join_cgroups(void)
         r = cg_join(fd);
         if (r < 0)
             fail(TETHER_GUARD_STAGE_CGROUP, -r);
+        g.join_v1[i] = r;
     }
 }
 

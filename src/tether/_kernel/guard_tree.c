@@ -316,6 +316,6 @@ __attribute__((noreturn)) void die_with_tree(void)
         g.program_reaped = 1;
     }
     (void)reap_children();
-    (void)cg_remove(); /* its EBUSY retries wait for the last member to exit */
+    (void)cg_remove(0); /* its EBUSY retries wait for the last member to exit */
     _exit(1);
 }

@@ -196,6 +196,11 @@ int unlinkat(int dirfd, const char *path, int flags)
     return (int)SYS(SYS_unlinkat, dirfd, path, flags, 0, 0, 0);
 }
 
+ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t n)
+{
+    return SYS(SYS_readlinkat, dirfd, path, buf, n, 0, 0);
+}
+
 int dup2(int from, int to)
 {
     /* dup3 (the only one aarch64 has) refuses from == to; dup2 then checks from is open. */
