@@ -24,6 +24,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Iterator
 
 from tether._kernel.cgroup_probe import (
     PARENT_NAME,
@@ -59,6 +60,7 @@ __all__ = [
     "release_lock",
     "remove",
     "rmdir_quiet",
+    "stale",
     "sweep",
     "wait_empty",
     "wait_events",
@@ -367,15 +369,15 @@ def _sweep_once(parent: str) -> None:
         sweep(parent)
 
 
-def sweep(parent: str, prefix: str = TREE_PREFIX) -> list[str]:
-    """Kill and remove the ``<prefix>*`` directories of ``parent`` whose lock nobody holds
-    (their owners are all gone); returns them. Never fails over another's debris: what
-    cannot be removed now is left for a later sweep."""
-    removed: list[str] = []
+def stale(parent: str, prefix: str = TREE_PREFIX) -> Iterator[str]:
+    """The ``<prefix>*`` directories of ``parent`` whose lock nobody holds (their owners are
+    all gone), one at a time, each locked by us while the caller handles it (removes it).
+    Never fails over another's debris: a directory gone meanwhile, another user's, or still
+    locked by a live owner is passed over."""
     try:
         names = os.listdir(parent)
     except FileNotFoundError:
-        return removed
+        return
     for name in names:
         if not name.startswith(prefix):
             continue
@@ -389,13 +391,21 @@ def sweep(parent: str, prefix: str = TREE_PREFIX) -> list[str]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live owner holds it
-            try:
-                if kill_and_remove(path, 5.0):
-                    removed.append(path)
-            except OSError:
-                pass
+            yield path
         finally:
             os.close(fd)
+
+
+def sweep(parent: str, prefix: str = TREE_PREFIX) -> list[str]:
+    """Kill and remove the stale ``<prefix>*`` directories of ``parent``; returns them. What
+    cannot be removed now is left for a later sweep."""
+    removed: list[str] = []
+    for path in stale(parent, prefix):
+        try:
+            if kill_and_remove(path, 5.0):
+                removed.append(path)
+        except OSError:
+            pass
     return removed
 
 

@@ -14,14 +14,20 @@ kept in ``v1_pool`` and removed at exit (or swept once this process is gone).
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import threading
 import time
 from collections.abc import Iterable
 
 from tether._kernel import v1_pool
-from tether._kernel.cgroup import PARENT_NAME, TREE_PREFIX, create_locked, release_lock, rmdir_quiet
+from tether._kernel.cgroup import (
+    PARENT_NAME,
+    TREE_PREFIX,
+    create_locked,
+    release_lock,
+    rmdir_quiet,
+    stale,
+)
 
 __all__ = ["make", "remove", "replenish", "sweep", "take"]
 
@@ -99,28 +105,14 @@ def _sweep_once(parent: str) -> None:
 
 
 def sweep(parent: str) -> list[str]:
-    """Remove the ``t-*`` v1 directories of ``parent`` whose lock nobody holds and that are
-    empty (v1 has no cgroup.kill: the tree's v2 cgroup or PID namespace ended its members).
-    What is still busy is left for a later sweep."""
+    """Remove the stale ``t-*`` v1 directories of ``parent`` that are empty (v1 has no
+    cgroup.kill: the tree's v2 cgroup or PID namespace ended its members). What is still
+    busy is left for a later sweep."""
     removed: list[str] = []
-    try:
-        names = os.listdir(parent)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        if not name.startswith(TREE_PREFIX):
-            continue
-        path = os.path.join(parent, name)
+    for path in stale(parent, TREE_PREFIX):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rmdir(path)
             removed.append(path)
         except OSError:
             pass
-        finally:
-            os.close(fd)
     return removed
