@@ -234,8 +234,8 @@ class AsyncChild(metaclass=NoPublicConstructor):
     async def _wait_tree(self, deadline: float | None) -> bool:
         """Until the tree has ended (True) or ``deadline`` (loop time) passed (False)."""
         if self._tree_done():
-            # A watch left by a waiter that was cancelled would keep a dup of the guard's
-            # pidfd open (and registered) for as long as this object lives.
+            # A watch left by a waiter that was cancelled would keep the guard's pidfd
+            # borrowed (and registered) for as long as this object lives.
             self._unwatch()
             return True
         fut: asyncio.Future[bool] = self._loop.create_future()
