@@ -13,10 +13,24 @@ import os
 import struct
 from typing import Final
 
-__all__ = ["above_stdio", "recv_with_fds", "set_nonblocking", "socketpair_above_stdio"]
+__all__ = [
+    "above_stdio", "recv_with_fds", "send_own_pidfd", "set_nonblocking", "socketpair_above_stdio",
+]
 
 _FD_SPACE: Final = socket.CMSG_SPACE(struct.calcsize("i"))
 _CMSG_CLOEXEC: Final = int(socket.MSG_CMSG_CLOEXEC)  # (an IntFlag's | costs microseconds)
+
+
+def send_own_pidfd(sock: socket.socket) -> None:
+    """A forked child's side of :func:`recv_with_fds`: send a pidfd of this very process
+    (message ``b"P"``, SCM_RIGHTS) and close ``sock``. Its parent gets a handle that cannot
+    name another process, without ever turning our pid into one."""
+    own = os.pidfd_open(os.getpid())  # noqa: TET401  our own pid cannot be stale
+    try:
+        sock.sendmsg([b"P"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", own))])
+    finally:
+        os.close(own)
+    sock.close()
 
 
 def recv_with_fds(

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from tether._kernel.exit import Exit
-from tether._kernel.fds import recv_with_fds
+from tether._kernel.fds import recv_with_fds, send_own_pidfd
 from tether._kernel.lifeline import LIFELINE_ENV, attach, new_lifeline
 from tether._kernel.pidfd import Pidfd
 from tether._kernel.spawn import Spawned
@@ -116,12 +116,7 @@ def _child(
     try:
         try:
             os.setpgid(0, 0)
-            own = os.pidfd_open(os.getpid())  # noqa: TET401  our own pid cannot be stale
-            try:
-                socket.send_fds(sock, [b"P"], [own])
-            finally:
-                os.close(own)
-            sock.close()
+            send_own_pidfd(sock)
             # The variable we inherited names our parent's lifeline, not ours: never passed on.
             os.environ.pop(LIFELINE_ENV, None)
             attach(read_fd)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Final, NoReturn
 
 from tether._kernel import core
-from tether._kernel.fds import recv_with_fds
+from tether._kernel.fds import recv_with_fds, send_own_pidfd
 from tether._kernel.lifeline import LifelineWriter, new_lifeline
 from tether._kernel.pidfd import Pidfd
 from tether._kernel.spec import SpawnSpec
@@ -91,12 +91,7 @@ def _child(
     read_fd: int, lifeline_dst: int, envp: list[bytes], err_w: int, sock: socket.socket,
 ) -> NoReturn:
     try:
-        own = os.pidfd_open(os.getpid())  # noqa: TET401  our own pid cannot be stale
-        try:
-            socket.send_fds(sock, [b"P"], [own])
-        finally:
-            os.close(own)
-        sock.close()
+        send_own_pidfd(sock)
         try:
             preexec_fn()
         except BaseException:
