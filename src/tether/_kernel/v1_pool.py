@@ -142,16 +142,22 @@ def release(where: str, entry: PooledDir) -> bool:
 
 def drain() -> None:
     """Remove every pooled and fresh directory and release its lock (at exit; tests)."""
-    with _lock:
-        entries = [e for kept in (_pool, _fresh) for free in kept.values() for e in free]
-        _pool.clear()
-        _fresh.clear()
+    entries = _take_all()
     for entry in entries:
         try:
             os.rmdir(entry.path)
         except OSError:
             pass  # unlocked now: the next start's sweep removes it
         os.close(entry.fd)
+
+
+def _take_all() -> list[PooledDir]:
+    """Every pooled and fresh directory, out of the pools (the caller owns their locks)."""
+    with _lock:
+        entries = [e for kept in (_pool, _fresh) for free in kept.values() for e in free]
+        _pool.clear()
+        _fresh.clear()
+    return entries
 
 
 def _drain_at_exit() -> None:
@@ -163,10 +169,7 @@ def _drain_at_exit() -> None:
 
 def _forget_in_child() -> None:
     # A forked child shares the parent's directories: two trees must never get one.
-    with _lock:
-        entries = [e for kept in (_pool, _fresh) for free in kept.values() for e in free]
-        _pool.clear()
-        _fresh.clear()
+    entries = _take_all()
     for entry in entries:
         os.close(entry.fd)
 
