@@ -216,19 +216,8 @@ class LimitedTree(CgroupTree):
         writes = _checked_writes(limits, places, guard_inside=mode != "cgroup")
         needs_v2 = mode == "cgroup" or any(
             places.get(c) == "v2" for _, c, _, _ in writes)
-        tree = cls("", -1, limits, places)
-        try:
-            if needs_v2:
-                v2 = CgroupTree.create(cgroup_root(cgroup_root_arg))
-                tree.path, tree.fd = v2.path, v2.fd
-                if mode != "cgroup":
-                    tree.join.append(tree.fd)
-            tree._make_v1_dirs(ACCOUNTING | {c for _, c, _, _ in writes})
-            tree._write_limits(writes)
-        except BaseException:
-            tree.discard()
-            raise
-        return tree
+        v2_root = cgroup_root(cgroup_root_arg) if needs_v2 else None
+        return cls("", -1, limits, places)._filled(writes, v2_root, join_v2=mode != "cgroup")
 
     @classmethod
     def beside(cls, limits: Limits, v2_path: str) -> LimitedTree:
@@ -240,13 +229,25 @@ class LimitedTree(CgroupTree):
         places = controller_places()
         writes = _checked_writes(limits, places, guard_inside=True)
         tree = cls(v2_path, -1, limits, places)  # fd -1: remove() leaves v2_path alone
+        return tree._filled(writes)
+
+    def _filled(self, writes: list[tuple[str, str, _Writes, _Writes]], v2_root: str | None = None,
+                *, join_v2: bool = False) -> LimitedTree:
+        """This tree with its directories made (a v2 one under ``v2_root`` if given, which
+        the guard joins if ``join_v2``; the v1 ones made or taken) and its limits written; on
+        any error (or an interrupt) everything made so far is discarded first."""
         try:
-            tree._make_v1_dirs(ACCOUNTING | {c for _, c, _, _ in writes})
-            tree._write_limits(writes)
+            if v2_root is not None:
+                v2 = CgroupTree.create(v2_root)
+                self.path, self.fd = v2.path, v2.fd
+                if join_v2:
+                    self.join.append(self.fd)
+            self._make_v1_dirs(ACCOUNTING | {c for _, c, _, _ in writes})
+            self._write_limits(writes)
         except BaseException:
-            tree.discard()
+            self.discard()
             raise
-        return tree
+        return self
 
     def hand_over(self) -> None:
         """Keep every lock (the v2 directory's and the v1 ones) until remove(): the guard
