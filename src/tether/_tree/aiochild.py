@@ -405,17 +405,7 @@ async def start_async(
     files = [BINARY.wrap(fd, index, 0) for index, fd in enumerate(ends)]
     achild = AsyncChild._create(TreeHandle(spec.args, tree, mode), loop, files,
                                 TextMode(text, encoding, errors))
-    try:
-        await achild._pipes.connect(limit)
-        if await_start:
-            await achild._await_start()
-    except BaseException:
-        try:
-            await achild._kill_and_reap()
-        finally:
-            achild._pipes.close()
-        raise
-    return achild
+    return await _connected(achild, limit, await_start=await_start)
 
 
 async def adopt_async(
@@ -426,8 +416,16 @@ async def adopt_async(
     error the tree is killed and reaped and the pipes closed."""
     loop = running_loop("create_subprocess_exec")
     achild = AsyncChild._create(TreeHandle(args, tree, mode), loop, files, BINARY)
+    return await _connected(achild, limit)
+
+
+async def _connected(achild: AsyncChild, limit: int, *, await_start: bool = False) -> AsyncChild:
+    """``achild`` with its pipes connected to the loop (and, with ``await_start``, its start
+    awaited); on error or cancellation the tree is killed and reaped and the pipes closed."""
     try:
         await achild._pipes.connect(limit)
+        if await_start:
+            await achild._await_start()
     except BaseException:
         try:
             await achild._kill_and_reap()
