@@ -6,9 +6,7 @@ module (TETHER_CGROUP_V1_SUBDIR); the v2 ones below the run's own root (conftest
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import signal
 import sys
 from collections.abc import Iterator
@@ -19,39 +17,20 @@ import pytest
 import oracle
 import tether
 from tether._kernel import controllers, v1_pool
+from v1_parent import private_v1_parent
+from v1_parent import tree_dirs as _tree_dirs
 
 PY = sys.executable
-
-
-def _tree_dirs(places: dict[str, str]) -> set[str]:
-    """Every per-tree v1 directory below this module's private parents."""
-    found: set[str] = set()
-    for where in set(places.values()) - {"v2"}:
-        parent = os.path.join(where, "tether")
-        with contextlib.suppress(FileNotFoundError):
-            found |= {os.path.join(parent, n) for n in os.listdir(parent) if n.startswith("t-")}
-    return found
 
 
 @pytest.fixture(autouse=True)
 def places(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """A private v1 parent per test (so a second copy of the suite never shares it), and a
     check that the test left no per-tree v1 directory."""
-    monkeypatch.setenv(controllers.V1_SUBDIR_ENV, f"tether-tests-{secrets.token_hex(4)}")
-    controllers.forget_layout()
-    found = controllers.controller_places()
-    if "memory" not in found or "pids" not in found or "cpu" not in found:
-        pytest.skip(f"memory, cpu and pids controllers needed; this machine has {found}")
-    try:
+    with private_v1_parent(monkeypatch, ("memory", "pids", "cpu"), on_v1=False) as found:
         yield found
         v1_pool.drain()  # this test's reusable directories (its parent is its own)
         assert _tree_dirs(found) == set(), "a per-tree v1 cgroup was left"
-    finally:
-        for where in set(found.values()) - {"v2"}:
-            for path in (os.path.join(where, "tether"), where):
-                with contextlib.suppress(OSError):
-                    os.rmdir(path)
-        controllers.forget_layout()
 
 
 @pytest.fixture(params=["cgroup", "pidns"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import select
 import signal
 import subprocess
@@ -21,7 +20,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tether._kernel import controllers, v1_pool
+from tether._kernel import v1_pool
+from v1_parent import private_v1_parent
+from v1_parent import tree_dirs as _tree_dirs
 
 PY = sys.executable
 
@@ -36,36 +37,18 @@ sys.stdin.readline()
 """
 
 
-def _tree_dirs(places: dict[str, str]) -> set[str]:
-    found: set[str] = set()
-    for where in set(places.values()) - {"v2"}:
-        parent = os.path.join(where, "tether")
-        with contextlib.suppress(FileNotFoundError):
-            found |= {os.path.join(parent, n) for n in os.listdir(parent) if n.startswith("t-")}
-    return found
-
-
 @pytest.fixture(autouse=True)
 def places(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """A private v1 parent per test, inherited by the parent process the test starts."""
-    monkeypatch.setenv(controllers.V1_SUBDIR_ENV, f"tether-tests-{secrets.token_hex(4)}")
-    controllers.forget_layout()
-    found = controllers.controller_places()
-    if not all(found.get(c, "v2") != "v2" for c in ("memory", "pids", "cpu", "cpuacct")):
-        pytest.skip(f"memory, pids, cpu and cpuacct on v1 hierarchies needed; this machine "
-                    f"has {found}")
-    try:
-        yield found
-    finally:
-        v1_pool.drain()
-        for path in _tree_dirs(found):  # (what a failed test left: not the next one's)
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
-        for where in set(found.values()) - {"v2"}:
-            for path in (os.path.join(where, "tether"), where):
+    with private_v1_parent(monkeypatch, ("memory", "pids", "cpu", "cpuacct"),
+                           on_v1=True) as found:
+        try:
+            yield found
+        finally:
+            v1_pool.drain()
+            for path in _tree_dirs(found):  # (what a failed test left: not the next one's)
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
-        controllers.forget_layout()
 
 
 @pytest.fixture(params=["cgroup", "pidns"])

@@ -3,36 +3,23 @@ CPU time."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import sys
 from collections.abc import Iterator
 
 import pytest
 
 import tether
-from tether._kernel import controllers, v1_dirs, v1_pool
+from tether._kernel import v1_dirs, v1_pool
 from tether._kernel.controllers import LimitedTree
+from v1_parent import private_v1_parent
 
 
 @pytest.fixture(autouse=True)
 def places(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """A private v1 parent per test, so no other test's (or suite copy's) pool is used."""
-    monkeypatch.setenv(controllers.V1_SUBDIR_ENV, f"tether-tests-{secrets.token_hex(4)}")
-    controllers.forget_layout()
-    found = controllers.controller_places()
-    if not all(found.get(c, "v2") != "v2" for c in ("cpu", "cpuacct")):
-        pytest.skip(f"cpu and cpuacct on v1 hierarchies needed; this machine has {found}")
-    try:
+    with private_v1_parent(monkeypatch, ("cpu", "cpuacct"), on_v1=True) as found:
         yield found
-    finally:
-        v1_pool.drain()
-        for where in set(found.values()) - {"v2"}:
-            for path in (os.path.join(where, "tether"), where):
-                with contextlib.suppress(OSError):
-                    os.rmdir(path)
-        controllers.forget_layout()
 
 
 def _tree_dirs(where: str) -> list[str]:
