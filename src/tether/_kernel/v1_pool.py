@@ -100,12 +100,7 @@ def wants_fresh(where: str) -> bool:
 def add_fresh(where: str, entry: PooledDir) -> bool:
     """Keep a fresh directory for the next tree; False (the caller removes it) if full, or
     once the pool has been drained at exit."""
-    with _lock:
-        free = _fresh.setdefault(where, [])
-        if _closed or len(free) >= FRESH_SIZE:
-            return False
-        free.append(entry)
-    return True
+    return _keep(_fresh, where, entry, FRESH_SIZE)
 
 
 def reset(entry: PooledDir, controllers: set[str], rewritten: dict[str, str]) -> set[str]:
@@ -132,9 +127,15 @@ def release(where: str, entry: PooledDir) -> bool:
     exit."""
     if _read("cgroup.procs", entry.fd) != "":
         return False
+    return _keep(_pool, where, entry, POOL_SIZE)
+
+
+def _keep(kept: dict[str, list[PooledDir]], where: str, entry: PooledDir, size: int) -> bool:
+    """Add ``entry`` to ``kept[where]``; False if it holds ``size`` already, or once the
+    pools have been drained at exit."""
     with _lock:
-        free = _pool.setdefault(where, [])
-        if _closed or len(free) >= POOL_SIZE:
+        free = kept.setdefault(where, [])
+        if _closed or len(free) >= size:
             return False
         free.append(entry)
     return True
