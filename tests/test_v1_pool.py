@@ -175,6 +175,26 @@ def test_a_tree_dropped_and_reaped_at_exit_leaves_no_directory(places: dict[str,
     assert not any(left.values()), left
 
 
+def _wheres(places: dict[str, str]) -> set[str]:
+    """The v1 hierarchies where this test's private parent holds tree directories."""
+    return {w for w in set(places.values()) - {"v2"} if os.path.isdir(f"{w}/tether")}
+
+
+def _only_the_pools_hold_what_is_left(wheres: set[str], before: list[str] | None = None,
+                                      ahead: set[str] | None = None) -> None:
+    """After an interrupted start: every per-tree v1 directory left is one the pools hold
+    (locked, removed at exit); given the fds and directories from before it, no fd is left
+    but one per directory the pools gained (the discard may read the announcement first,
+    which makes the next tree's directories ahead anew)."""
+    left = {p for w in wheres for p in _tree_dirs(w)}
+    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
+            for e in es}
+    assert left == kept, left - kept
+    if before is not None and ahead is not None:
+        assert len(os.listdir("/proc/self/fd")) == \
+            len(before) - len(ahead - left) + len(left - ahead)
+
+
 @pytest.mark.parametrize("at", ["mkdir", "take"])
 def test_ctrl_c_while_a_trees_v1_directory_is_taken_leaves_none(
         places: dict[str, str], monkeypatch: pytest.MonkeyPatch, at: str) -> None:
@@ -189,7 +209,7 @@ def test_ctrl_c_while_a_trees_v1_directory_is_taken_leaves_none(
     for _ in range(2):  # (so that directories are made ahead)
         LimitedTree.make(tether.Limits(), "pidns", None).remove()
         v1_dirs.replenish([places["memory"], places["pids"]])
-    wheres = {w for w in set(places.values()) - {"v2"} if os.path.isdir(f"{w}/tether")}
+    wheres = _wheres(places)
     if at == "mkdir":
         real_mkdir = os.mkdir
 
@@ -213,13 +233,7 @@ def test_ctrl_c_while_a_trees_v1_directory_is_taken_leaves_none(
     with pytest.raises(KeyboardInterrupt):
         LimitedTree.make(tether.Limits(), "pidns", None)
     monkeypatch.undo()
-    left = {p for w in wheres for p in _tree_dirs(w)}
-    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
-            for e in es}
-    assert left == kept, left - kept  # (what is left is the pool's, locked, removed at exit)
-    # (fds: one per directory the pool holds; the discard may read the announcement first,
-    # which makes the next tree's directories ahead anew)
-    assert len(os.listdir("/proc/self/fd")) == len(before) - len(ahead - left) + len(left - ahead)
+    _only_the_pools_hold_what_is_left(wheres, before, ahead)
 
 
 def test_ctrl_c_just_after_a_limited_guard_is_launched_leaves_no_directory(
@@ -247,11 +261,8 @@ def test_ctrl_c_just_after_a_limited_guard_is_launched_leaves_no_directory(
     with pytest.raises(KeyboardInterrupt):
         tether.spawn(["sleep", "300"], contain="pidns", limits=tether.Limits())
     monkeypatch.undo()
-    wheres = {w for w in set(places.values()) - {"v2"} if os.path.isdir(f"{w}/tether")}
-    left = {p for w in wheres for p in _tree_dirs(w)}
-    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
-            for e in es}
-    assert left == kept, left - kept
+    wheres = _wheres(places)
+    _only_the_pools_hold_what_is_left(wheres)
 
 
 def test_ctrl_c_just_after_a_limited_trees_cgroups_are_made_leaves_none(
@@ -268,18 +279,14 @@ def test_ctrl_c_just_after_a_limited_trees_cgroups_are_made_leaves_none(
 
     for _ in range(2):  # (so that directories are made ahead)
         tether.run(["true"], contain="pidns", limits=tether.Limits())
-    wheres = {w for w in set(places.values()) - {"v2"} if os.path.isdir(f"{w}/tether")}
+    wheres = _wheres(places)
     before = os.listdir("/proc/self/fd")
     ahead = {p for w in wheres for p in _tree_dirs(w)}
     monkeypatch.setattr(tree_cgroups, "guard_cgroup_args", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tether.spawn(["true"], contain="pidns", limits=tether.Limits())
     monkeypatch.undo()
-    left = {p for w in wheres for p in _tree_dirs(w)}
-    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
-            for e in es}
-    assert left == kept, left - kept
-    assert len(os.listdir("/proc/self/fd")) == len(before) - len(ahead - left) + len(left - ahead)
+    _only_the_pools_hold_what_is_left(wheres, before, ahead)
 
 
 def test_ctrl_c_as_a_limited_guard_is_handed_its_cgroups_leaves_none(
@@ -301,15 +308,11 @@ def test_ctrl_c_as_a_limited_guard_is_handed_its_cgroups_leaves_none(
 
     for _ in range(2):  # (so that directories are made ahead)
         tether.run(["true"], contain="pidns", limits=tether.Limits())
-    wheres = {w for w in set(places.values()) - {"v2"} if os.path.isdir(f"{w}/tether")}
+    wheres = _wheres(places)
     before = os.listdir("/proc/self/fd")
     ahead = {p for w in wheres for p in _tree_dirs(w)}
     monkeypatch.setattr(LimitedTree, "hand_over", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tether.spawn(["sleep", "300"], contain="pidns", limits=tether.Limits())
     monkeypatch.undo()
-    left = {p for w in wheres for p in _tree_dirs(w)}
-    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
-            for e in es}
-    assert left == kept, left - kept
-    assert len(os.listdir("/proc/self/fd")) == len(before) - len(ahead - left) + len(left - ahead)
+    _only_the_pools_hold_what_is_left(wheres, before, ahead)
