@@ -298,7 +298,9 @@ int main(int argc, char **argv)
      * lifeline on purpose may still be listening; a dead one cannot be hurt by it. A dead
      * parent leaves us its directories: we remove them (cg_remove_joined_v1), the one of
      * cgroup mode too, --keep-cgroup or not. */
-    orphaned = parent_gone();
+    /* Only a tree with directories a dead parent would leave (limits) asks: parent_gone()
+     * may wait PARENT_HUP_GRACE_MS for the socket, which no other tree need pay. */
+    orphaned = (g.n_join > 0 || g.keep_cgroup) && parent_gone();
     if (orphaned)
         cg_remove_joined_v1();
     removed = cg_remove(orphaned);
