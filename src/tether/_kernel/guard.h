@@ -153,7 +153,7 @@ pid_t pid_seen_by_parent(void);
 void program_check(void);
 void job_check(void);
 int reap_children(void);
-int tree_done(int64_t now);
+int tree_done(void);
 __attribute__((noreturn)) void die_with_tree(void);
 
 /* guard_cgroup.c */

@@ -143,8 +143,9 @@ void kill_tree(void)
      * cgroup.kill's reach, but not out of the group unless it also called setsid(). */
     if (g.contain == CONTAIN_CGROUP)
         (void)group_signal(SIGKILL);
-    /* The program itself, also when it left its group (setsid) or the cgroup. */
-    if (!g.program_reaped)
+    /* The program itself, also when it left its group (setsid) or the cgroup; not once it
+     * has exited (a zombie takes no signal: the program's exit is the common way here). */
+    if (!g.program_exited)
         (void)sys_pidfd_send_signal(g.program_pidfd, SIGKILL, 0);
 }
 
@@ -272,8 +273,9 @@ int reap_children(void)
     }
 }
 
-/* Has the tree ended, per the policy and the mode? */
-int tree_done(int64_t now)
+/* Has the tree ended, per the policy and the mode? The cheapest sign first: ECHILD from the
+ * last reap pass costs no syscall, the group test one, the clock one (no vDSO here). */
+int tree_done(void)
 {
     if (!g.program_reaped)
         return 0;
@@ -286,14 +288,14 @@ int tree_done(int64_t now)
          * when the group is empty — or we have no child at all (what is left is not ours to
          * reap), or, after SETTLE_MS, when dead members are held unreaped by a parent
          * outside the group. */
-        return group_empty() || g.children == REAP_NONE_LEFT || now >= g.settle_deadline;
+        return g.children == REAP_NONE_LEFT || group_empty() || now_ms() >= g.settle_deadline;
     case CONTAIN_CGROUP:
         /* "populated 0" comes when the last member has *exited*; its children may still be on
          * their way to us (exit_notify runs after cgroup_exit), so also reap until ECHILD.
          * The deadline only matters for a child moved out of the cgroup. */
         if (g.populated != 0)
             return 0;
-        return g.children == REAP_NONE_LEFT || now >= g.settle_deadline;
+        return g.children == REAP_NONE_LEFT || now_ms() >= g.settle_deadline;
     case CONTAIN_PIDNS:
         /* Nothing escapes a PID namespace: every orphan comes to PID 1. */
         return g.children == REAP_NONE_LEFT;
