@@ -144,12 +144,12 @@ def test_an_interrupt_while_a_failed_start_is_cleaned_up_leaks_nothing(
     real = _guard.reap_quietly
     calls = 0
 
-    def interrupted_once(pidfd: object) -> object:
+    def interrupted_once(pidfd: object, **kwargs: bool) -> object:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise KeyboardInterrupt
-        return real(pidfd)  # type: ignore[arg-type]
+        return real(pidfd, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_guard, "reap_quietly", interrupted_once)
     with pytest.raises(KeyboardInterrupt) as info:

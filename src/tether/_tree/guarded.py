@@ -26,6 +26,7 @@ from tether._kernel.pidfd import Pidfd, pid_in_our_namespace
 from tether._kernel.spawn import Spawned, child_error
 from tether._kernel.spec import SpawnSpec
 from tether._tree import guard_wire as wire
+from tether._tree.early_wake import lend_program, spin_for_end
 from tether._tree.ending import kill_group, reap_quietly
 from tether._tree.guard_launch import start_guard
 from tether._tree.modes import Mode
@@ -47,8 +48,8 @@ class Guard:
 
     __slots__ = (
         "_announced", "_borrowers", "_exit", "_generation", "_job_control", "_launching",
-        "_lock", "_program", "_program_pid", "_rusage", "cgroup", "dead", "guard_exit", "mode",
-        "sock", "spawned", "spec", "start_error", "stops",
+        "_lock", "_program", "_program_pid", "_rusage", "_woke_early", "cgroup", "dead",
+        "guard_exit", "mode", "sock", "spawned", "spec", "start_error", "stops",
     )
 
     def __init__(
@@ -84,10 +85,11 @@ class Guard:
         # One reader of the guard's reports at a time: any thread may pump, wait or signal
         # (Child is thread-safe like Popen); blocking waits poll a dup outside the lock.
         self._lock = threading.RLock()
-        self._borrowers = 0  # blocking waiters polling the control socket for the start
+        self._borrowers = 0  # blocking waiters that may poll the control socket
         self._generation = core.fork_generation()
         self._launching = True  # until launch() returns: no other thread holds this Guard
         self._job_control = False  # the guard reports the program's stops (MSG_STOPPED)
+        self._woke_early = False  # a blocking end wait has used its early wake (early_wake)
 
     @classmethod
     def launch(
@@ -179,35 +181,42 @@ class Guard:
     def _block_until(self, deadline: Deadline, *, start: bool) -> bool:
         """Until the start is known (``start``) or the tree has ended: True, or False once
         ``deadline`` has passed. Safe from any thread: the reports are read under the lock,
-        and the fd polled meanwhile is borrowed (closed by a thread that reads the end, its
+        and the fds polled meanwhile are borrowed (closed by a thread that reads the end, a
         number could be reused under the poll): the control socket for the start; for the
         end the guard's pidfd, readable once the guard has reported and exited, so one
-        wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md), and the
-        socket too where the guard reports stops (the only reports that can pile up)."""
-        guard, poller = self.spawned.pidfd, select.poll()
+        wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md), the
+        program's, which wakes us at its exit, in parallel with the guard (early_wake), and
+        the socket too where the guard reports stops (the only reports that can pile up)."""
+        guard, poller, lent, early = self.spawned.pidfd, select.poll(), None, -1
         on_socket = start or self._job_control  # (a socket full of stops blocks the guard)
         with self._lock:
             if (self.pump(stop_at_start=True) or self.started) if start else self.ended:
                 return True  # (for the end, no read first: the pidfd is readable at once)
             if not start:
                 poller.register(guard._borrow(), select.POLLIN)  # (_release closes it)
+                lent = None if self._woke_early else self._program
+                early = lend_program(poller, lent)
+            self._borrowers += 1  # (the socket: polled for the start, and by an early wake)
             if on_socket:
-                self._borrowers += 1
                 poller.register(self.sock.fileno(), select.POLLIN)
         try:
             while True:
-                poller.poll(deadline.poll_ms())
-                with self._lock:
-                    if self.pump(stop_at_start=start) or (start and self.started):
+                ready = poller.poll(deadline.poll_ms())
+                if early >= 0 and len(ready) == 1 and ready[0][0] == early:
+                    self._woke_early = True  # (once per tree: a wait_tree guard waits on)
+                    ready = spin_for_end(poller, early, self.sock.fileno(), deadline)
+                with self._lock:  # (nothing ready: a spin that found nothing, or a timeout)
+                    if (ready and self.pump(stop_at_start=start)) or (start and self.started):
                         return True
                 if deadline.expired:
                     return False
         finally:
-            if on_socket:
-                with self._lock:
-                    self._borrowers -= 1
-                    if not self._borrowers and self.ended:
-                        self.sock.close()
+            with self._lock:
+                self._borrowers -= 1
+                if not self._borrowers and self.ended:
+                    self.sock.close()
+            if early >= 0 and lent is not None:
+                lent._end_borrow()
             if not start:
                 guard._end_borrow()
 
@@ -288,13 +297,14 @@ class Guard:
         self._end_announced()
         self.start_error = error
 
-    def _release(self) -> Exit | None:
+    def _release(self, *, exiting: bool = False) -> Exit | None:
         """Drop our side of the tree once the guard is done or must be: cut the lifeline
         (a guard still running ends the tree on it), reap the guard, close the control
         socket, and remove the cgroup directory (the guard removed it already unless it was
-        killed; remove() then only drops our lock). Returns how the guard ended."""
+        killed; remove() then only drops our lock). Returns how the guard ended (``exiting``:
+        it has sent its last report, so a short spin beats a sleep, ``reap_quietly``)."""
         self.spawned.lifeline.close()
-        guard_exit = reap_quietly(self.spawned.pidfd)
+        guard_exit = reap_quietly(self.spawned.pidfd, exiting=exiting)
         if not self._borrowers:  # else the last waiter closes it
             self.sock.close()
         if self.cgroup is not None:
@@ -385,11 +395,9 @@ class Guard:
         """How the program ended, once the tree has; raises ChildProcessError if the guard
         died before it could report (the tree was ended parent-side)."""
         if self.dead:
-            raise ChildProcessError(
-                errno.ECHILD,
-                f"the tether guard of {self.spec.args!r} died ({self.guard_exit}) before "
-                "reporting the program's status; tether killed the rest of the tree",
-            )
+            raise ChildProcessError(errno.ECHILD, f"the tether guard of {self.spec.args!r} died "
+                                    f"({self.guard_exit}) before reporting the program's "
+                                    "status; tether killed the rest of the tree")
         return self._exit
 
     def _finish(self, exit_: Exit) -> None:
@@ -397,7 +405,7 @@ class Guard:
         if self._program is not None:  # (always: the start is reported before the end)
             self._program._set_exit(exit_)
         # The guard exits right after its report: reap it (no zombie), drop our handles.
-        self.guard_exit = self._release()
+        self.guard_exit = self._release(exiting=True)
 
     def _guard_died(self) -> None:
         """The guard is gone without a report (someone killed it): end the tree ourselves."""
