@@ -67,6 +67,30 @@ def test_the_early_wake_spins_once_per_tree_and_gives_up_on_a_tree_that_lives_on
     assert oracle.no_descendants()
 
 
+def test_a_ctrl_c_during_the_spin_leaves_the_wait_to_be_done_again(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The borrowed pidfds and the socket's borrow are given back: a later wait finds the
+    # end, and nothing is left open once the tree is released.
+    tether.run(["true"], contain=mode, wait_tree=True)
+    before = oracle.baseline_fds()
+
+    def interrupted(*args: object) -> list[tuple[int, int]]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(guarded, "spin_for_end", interrupted)
+    # wait_tree and a sleeper: the guard cannot have ended before the waiter is woken by
+    # the program's exit, so the wait does reach the spin.
+    with tether.spawn(EXITS_LEAVING_A_SLEEPER, contain=mode, wait_tree=True) as child:
+        _until_exited(child)
+        with pytest.raises(KeyboardInterrupt):
+            child.wait()
+        child.kill()
+        assert child.wait() == 3
+        child.pidfd.close()
+    assert oracle.open_fds() == before
+    assert oracle.no_descendants()
+
+
 def test_a_wait_with_the_programs_pidfd_closed_by_its_user_waits_on_the_guard_alone(
         mode: str) -> None:
     with tether.spawn(["sh", "-c", "exit 5"], contain=mode) as child:
