@@ -271,10 +271,6 @@ int parse_args(int argc, char **argv)
                 usage("bad --join-cgroup fd: ", argv[i + 1]);
         } else if (strcmp(opt, "--userns") == 0) {
             g.userns = argv[i + 1];
-        } else if (strcmp(opt, "--pid-level") == 0) {
-            g.pid_level = parse_uint(argv[i + 1], NULL);
-            if (g.pid_level < 0)
-                usage("bad --pid-level: ", argv[i + 1]);
         } else if ((r = guard_parse_attr(opt, argv[i + 1])) < 0) {
             usage("bad value for ", opt);
         } else if (r == 0) {
