@@ -120,15 +120,18 @@ class Guard:
         # preexec_fn's fork: the user's function runs with the caller's signal mask.
         held = core.hold_signals() if spec.preexec_fn is None else None
         guard: Guard | None = None
+        waited = await_start and spec.limits is None  # limits: see _on_announced
         try:
             spawned, parent_sock, cgroup = start_guard(
                 spec, stdio_fds, mode, options, cgroup_root_arg,
-                process_group=not (foreground or job_control),  # limits: see _on_announced
-                wait_start=await_start and spec.limits is None, held_mask=held)
+                process_group=not (foreground or job_control), wait_start=waited,
+                held_mask=held)
             guard = cls(spec, mode, spawned, parent_sock, cgroup)
             guard._job_control = job_control
             if held is not None:
                 core.release_signals(held)
+            if waited:  # reported already (unless a signal ended the wait): no blocking peek
+                guard.pump(stop_at_start=True)
             if await_start:
                 guard.await_start()
         except BaseException:
