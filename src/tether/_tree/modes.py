@@ -72,16 +72,15 @@ def guard_mode_options(mode: Mode) -> tuple[int, list[str]]:
 
 
 #: guard_mode_options' answers once they have worked, encoded: the checks behind them are
-#: cached probes (or the clone method and, for pidns, our ids, which are part of the key), so
-#: every start in a mode would build and encode the same list again.
+#: cached probes (or the clone method and our ids, which are part of the key), so every
+#: start in a mode would build and encode the same list again.
 _mode_args: dict[tuple[str, int, int, int], tuple[int, tuple[bytes, ...]]] = {}
 
 
 def guard_mode_args(mode: Mode) -> tuple[int, tuple[bytes, ...]]:
     """:func:`guard_mode_options` with the options as bytes, remembered per mode (an
     unavailable mode raises each time, as there)."""
-    ids = (os.geteuid(), os.getegid()) if mode == "pidns" else (-1, -1)
-    key = (mode, features.clone_method(), *ids)
+    key = (mode, features.clone_method(), os.geteuid(), os.getegid())
     known = _mode_args.get(key)
     if known is None:
         extra_flags, options = guard_mode_options(mode)
