@@ -16,7 +16,7 @@ from tether._kernel.cgroup import CgroupTree
 from tether._kernel.fds import socketpair_above_stdio
 from tether._kernel.spawn import Spawned, clone_guard, clone_spec
 from tether._kernel.spec import SpawnSpec
-from tether._tree.modes import Mode, guard_mode_args, guard_path, raise_namespace_limit
+from tether._tree.modes import Mode, guard_mode_options, guard_path, raise_namespace_limit
 from tether._tree.tree_cgroups import tree_cgroup
 
 __all__ = ["start_guard"]
@@ -41,21 +41,21 @@ def start_guard(
     Returns the guard, our end of its control socket, and the tree's cgroup (if any)."""
     keep = spec.pass_fds
     guard = guard_path()
-    extra_flags, mode_args = guard_mode_args(mode)
+    extra_flags, guard_opts = guard_mode_options(mode)
+    guard_opts += options
 
     cgroup: CgroupTree | None = None
     parent_sock: socket.socket | None = None
     guard_sock: socket.socket | None = None
     try:
         cgroup, cgroup_opts, cgroup_fds = tree_cgroup(spec, mode, cgroup_root_arg)
-        guard_args = (*mode_args, *[o.encode() for o in options + cgroup_opts])
+        guard_args = [o.encode() for o in guard_opts + cgroup_opts]
         if keep:
-            guard_args += (b"--keep", ",".join(map(str, keep)).encode())
+            guard_args += [b"--keep", ",".join(map(str, keep)).encode()]
         if spec.preexec_fn is None:  # one C call (launch.c): socketpair, lifeline, clone
             spawned, parent_sock = clone_guard(
-                spec, stdio_fds, os.fsencode(guard), guard_args,
-                tuple(sorted(set(keep) | cgroup_fds)) if cgroup_fds else keep,
-                extra_flags=extra_flags,
+                spec, stdio_fds, os.fsencode(guard), tuple(guard_args),
+                tuple(sorted(set(keep) | cgroup_fds)), extra_flags=extra_flags,
                 process_group=process_group, wait_start=wait_start, held_mask=held_mask)
         else:  # preexec_fn's fork of this process (_kernel/preexec.py) clones in Python
             # Both above 2: --control must not be one of the program's stdio fds.

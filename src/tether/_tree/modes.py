@@ -20,8 +20,7 @@ from tether._kernel.spawn import clone_spec
 from tether._kernel.spec import SpawnSpec
 
 __all__ = [
-    "GUARD_PATH", "MODES", "Contain", "Mode", "devnull", "forget_probes", "guard_mode_args",
-    "guard_mode_options",
+    "GUARD_PATH", "MODES", "Contain", "Mode", "devnull", "forget_probes", "guard_mode_options",
     "guard_path",
     "pidns_unavailable_reason", "raise_namespace_limit", "resolve_mode",
 ]
@@ -69,23 +68,6 @@ def guard_mode_options(mode: Mode) -> tuple[int, list[str]]:
         # tests, features.force_clone_method), so a forced run tests the guard's path too.
         options += ["--clone", "legacy"]
     return extra_flags, options
-
-
-#: guard_mode_options' answers once they have worked, encoded: the checks behind them are
-#: cached probes (or the clone method and our ids, which are part of the key), so every
-#: start in a mode would build and encode the same list again.
-_mode_args: dict[tuple[str, int, int, int], tuple[int, tuple[bytes, ...]]] = {}
-
-
-def guard_mode_args(mode: Mode) -> tuple[int, tuple[bytes, ...]]:
-    """:func:`guard_mode_options` with the options as bytes, remembered per mode (an
-    unavailable mode raises each time, as there)."""
-    key = (mode, features.clone_method(), os.geteuid(), os.getegid())
-    known = _mode_args.get(key)
-    if known is None:
-        extra_flags, options = guard_mode_options(mode)
-        known = _mode_args[key] = (extra_flags, tuple(o.encode() for o in options))
-    return known
 
 
 # -- containment modes ----------------------------------------------------------------------------
@@ -158,7 +140,6 @@ def raise_namespace_limit(exc: BaseException) -> None:
 def forget_probes() -> None:
     """Drop the cached probe answers: for a process whose privileges changed (setuid)."""
     _pidns_probe.clear()
-    _mode_args.clear()
     forget_roots()
 
 
