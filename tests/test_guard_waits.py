@@ -168,12 +168,24 @@ def test_a_zero_timeout_wait_reads_an_end_already_reported(mode: str) -> None:
 
 def test_a_run_reads_each_report_once_and_never_in_vain(
         mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # run(["true"]): the start (MSG_PROGRAM, MSG_STARTED) read blocking at launch, the end
+    # run(["true"]): the start (MSG_PROGRAM, MSG_STARTED) read at launch, the end
     # (MSG_EXITED) read once the guard has exited; no read that finds nothing (EAGAIN).
+    from tether._kernel import core
     from tether._tree import guard_wire
 
     kinds: list[object] = []
     real = guard_wire.read_message
+    real_start = core.read_start_reports
+
+    def counted_start(*args: int) -> tuple[tuple[bytes, int, int, int], ...]:
+        try:
+            reports = real_start(*args)
+        except BlockingIOError:
+            kinds.append("EAGAIN")
+            raise
+        kinds.extend(guard_wire.MSG.unpack(data)[0] if data else "EOF"
+                     for data, _, _, _ in reports)
+        return reports
 
     def counted(*args: Any, **kwargs: Any) -> tuple[bytes, list[int], int]:
         try:
@@ -185,6 +197,7 @@ def test_a_run_reads_each_report_once_and_never_in_vain(
         return data, fds, flags
 
     monkeypatch.setattr(guard_wire, "read_message", counted)
+    monkeypatch.setattr(core, "read_start_reports", counted_start)
     assert tether.run(["true"], contain=mode).returncode == 0
     assert kinds == [guard_wire.MSG_PROGRAM, guard_wire.MSG_STARTED, guard_wire.MSG_EXITED]
     assert oracle.no_descendants()

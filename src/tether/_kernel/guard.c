@@ -63,7 +63,6 @@ struct guard g = {
     .cgkill_fd = -1,
     .sigfd = -1,
     .program_pidfd = -1,
-    .pid_level = -1,
     .populated = 1,
     .children = REAP_SOME_ALIVE,
 };

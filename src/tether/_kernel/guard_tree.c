@@ -13,57 +13,6 @@
 /* The tree.                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-/* The program's pid as the parent sees it. In pidns mode our own view (getpid inside the
- * namespace) means nothing to the parent, and once the program is reaped the parent can no
- * longer ask its pidfd; so read it now, while the program cannot have been reaped, from the
- * pidfd's fdinfo: its NSpid line lists the pid in every namespace from the one of the /proc
- * mount (which we share with the parent) down, and --pid-level says which of them is the
- * parent's (the parent counts its own NSpid line). 0 if that fails (no /proc): the parent
- * then asks the pidfd itself. */
-pid_t pid_seen_by_parent(void)
-{
-    char path[48] = "/proc/self/fdinfo/", buf[512];
-    const char *at;
-    ssize_t n;
-    pid_t pid = 0;
-    int fd, k = 18, d = g.program_pidfd, div = 1;
-
-    if (g.contain != CONTAIN_PIDNS)
-        return g.program_pid;
-    if (g.pid_level < 0)
-        return 0;
-    while (d / div >= 10)
-        div *= 10;
-    for (; div > 0; div /= 10)
-        path[k++] = (char)('0' + (d / div) % 10);
-    path[k] = '\0';
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    do
-        n = read(fd, buf, sizeof buf - 1);
-    while (n < 0 && errno == EINTR);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    for (at = buf; strncmp(at, "NSpid:", 6) != 0; at++) {
-        at = strchr(at, '\n');
-        if (at == NULL)
-            return 0;
-    }
-    at += 6;
-    for (k = 0; k <= g.pid_level; k++) {
-        for (; *at == ' ' || *at == '\t'; at++)
-            ;
-        if (*at < '0' || *at > '9')
-            return 0; /* fewer levels than the parent said */
-        for (pid = 0; *at >= '0' && *at <= '9'; at++)
-            pid = pid * 10 + (*at - '0');
-    }
-    return pid;
-}
-
 /* Signal the program's process group; 0 if someone got it, else -errno (ESRCH: empty). */
 static int group_signal(int sig)
 {

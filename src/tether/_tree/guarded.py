@@ -122,15 +122,18 @@ class Guard:
         # preexec_fn's fork: the user's function runs with the caller's signal mask.
         held = core.hold_signals() if spec.preexec_fn is None else None
         guard: Guard | None = None
+        waited = await_start and spec.limits is None  # limits: see _on_announced
         try:
             spawned, parent_sock, cgroup = start_guard(
                 spec, stdio_fds, mode, options, cgroup_root_arg,
-                process_group=not (foreground or job_control),  # limits: see _on_announced
-                wait_start=await_start and spec.limits is None, held_mask=held)
+                process_group=not (foreground or job_control), wait_start=waited,
+                held_mask=held)
             guard = cls(spec, mode, spawned, parent_sock, cgroup)
             guard._job_control = job_control
             if held is not None:
                 core.release_signals(held)
+            if waited:  # reported already (unless a signal ended the wait): no blocking peek
+                guard.pump(stop_at_start=True)
             if await_start:
                 guard.await_start()
         except BaseException:
@@ -257,14 +260,14 @@ class Guard:
             os.close(fd)
         self._abort_start(wire.announcement_error(msg_flags))
 
-    def _on_started(self, pid: int) -> None:
+    def _on_started(self) -> None:
         if self._announced is None:
             self._abort_start(OSError(errno.EPROTO, "the tether guard reported a start that "
                                       "the program did not announce; the tree was ended"))
             return
-        fd = self._announced[0]
+        fd, pid = self._announced
         self._announced = None
-        if pid <= 0:  # pidns, and the guard could not read it: ask the pidfd (still alive?)
+        if pid <= 0:  # pidns, and the announcement came without credentials: ask the pidfd
             pid = pid_in_our_namespace(fd, -1)
         self._program_pid = pid
         self._program = Pidfd._create(fd, pid, reaper=False, cmd=None)
@@ -351,21 +354,24 @@ class Guard:
         """Read and act on one report; True once the tree has ended."""
         if self._program is None:  # (the start's reports may carry the program's pidfd)
             return wire.read_start_report(self.sock, flags, self._handle)
-        return self._handle(*wire.read_message(self.sock, flags, with_fds=False))
+        return self._handle(*wire.read_message(self.sock, flags))
 
-    def _handle(self, data: bytes, fds: list[int], msg_flags: int) -> bool:
-        """Act on one message; True once the tree has ended."""
+    def _handle(self, data: bytes, fds: list[int], msg_flags: int, sender: int = 0) -> bool:
+        """Act on one message (``sender``: its sender's pid as we see it, where the socket
+        passes credentials: pidns mode); True once the tree has ended."""
         if len(data) == 0:
             self._guard_died()
             return True
         kind, a, b, c, d = wire.MSG.unpack(data) if len(data) == wire.MSG.size else (0,) * 5
         if kind == wire.MSG_PROGRAM and self._program is None:
-            self._on_announced(a, fds, msg_flags)
+            # The program's pid as we see it: in pidns mode only the kernel's translation
+            # (SCM_CREDENTIALS) knows it; elsewhere the guard's view is ours.
+            self._on_announced(sender if self.mode == "pidns" else a, fds, msg_flags)
             return self.start_error is not None
         for fd in fds:
             os.close(fd)
         if kind == wire.MSG_STARTED and self._program is None:
-            self._on_started(a)
+            self._on_started()
             return self.start_error is not None
         if kind == wire.MSG_FAILED and self._program is None:
             self._on_failed(a, b)
