@@ -198,6 +198,16 @@ thaw:
 void cg_kill(void)
 {
     ssize_t n = -1;
+    /* Nothing left to kill: the program was the tree's last live member, the usual end
+     * (cgroup.events says "populated 0" as soon as it has exited, before we reap it). No
+     * member can come meanwhile: only a live member's fork adds one. */
+    cg_read_events();
+    if (g.populated == 0)
+        return;
+    /* Opened here, not at setup: most trees end empty, and never need it. ENOENT: before
+     * 5.14, freeze instead. */
+    if (g.cgkill_fd < 0)
+        g.cgkill_fd = openat(g.cgroup_fd, "cgroup.kill", O_WRONLY | O_CLOEXEC);
     if (g.cgkill_fd >= 0) {
         /* cgroup.kill (5.14) SIGKILLs the whole subtree and keeps killing what forks
          * meanwhile, setsid'd daemons included. */
