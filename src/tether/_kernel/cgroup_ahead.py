@@ -39,7 +39,7 @@ from tether._kernel.cgroup import (
     tree_parent,
 )
 
-__all__ = ["drain", "make_next", "take"]
+__all__ = ["drain", "kept", "make_next", "take"]
 
 #: cgroup root -> (path, lock fd, ``cgroup.moves()`` when it was made).
 _ahead: dict[str, tuple[str, int, int]] = {}
@@ -93,6 +93,13 @@ def make_next(root: str) -> None:
             _remove(path, fd)
     finally:
         core.release_signals(held)
+
+
+def kept() -> set[str]:
+    """The directories made ahead and kept now (for leak checks: they are this process's,
+    bounded, and removed at exit)."""
+    with _lock:
+        return {path for path, _, _ in _ahead.values()}
 
 
 def drain() -> None:
