@@ -241,7 +241,9 @@ static void run_until_tree_ends(void)
             pfd[n].fd = g.control;
             pfd[n++].events = POLLIN;
         }
-        if (g.events_fd >= 0) {
+        /* Only while the tree ends: before, "populated" decides nothing, and its change to 1
+         * at the program's start would wake us for nothing. */
+        if (g.events_fd >= 0 && g.killing) {
             at_events = n;
             pfd[n].fd = g.events_fd;
             pfd[n++].events = POLLPRI;
@@ -282,7 +284,7 @@ static void run_until_tree_ends(void)
         /* program_check() may just have started the kill (g.killing): the members it killed
          * may already be gone, and the POLLPRI for that is rate-limited, so look now rather
          * than sleep up to 10 ms on a file that already says "populated 0". */
-        if (at_events >= 0 && g.killing)
+        if (g.events_fd >= 0 && g.killing)
             cg_read_events();
         if (tree_done())
             return;

@@ -404,12 +404,10 @@ void setup_guard(void)
     join_cgroups();
 
     if (g.contain == CONTAIN_CGROUP) {
+        /* cgroup.kill is opened when there is something to kill (cg_kill); the events are
+         * read when they matter (cg_kill, and while the tree ends). */
         g.events_fd = openat(g.cgroup_fd, "cgroup.events", O_RDONLY | O_CLOEXEC);
         if (g.events_fd < 0)
             fail(TETHER_GUARD_STAGE_CGROUP, errno);
-        g.cgkill_fd = openat(g.cgroup_fd, "cgroup.kill", O_WRONLY | O_CLOEXEC);
-        if (g.cgkill_fd < 0 && errno != ENOENT) /* ENOENT: before 5.14, freeze instead */
-            fail(TETHER_GUARD_STAGE_CGROUP, errno);
-        cg_read_events();
     }
 }
