@@ -127,3 +127,12 @@ def test_a_spin_is_bounded_by_its_budget_and_by_the_deadline() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_far_deadline_does_not_break_the_spin(mode: str) -> None:
+    # timeout=1e308 is a valid, finite timeout: its deadline has no integer nanoseconds, and
+    # the spin that bounds itself by it must still find the end (it raised OverflowError).
+    with tether.spawn(["true"], contain=mode) as child:
+        _until_exited(child)
+        assert child.wait(timeout=1e308) == 0
+    assert oracle.no_descendants()

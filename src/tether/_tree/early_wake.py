@@ -64,11 +64,12 @@ def spin_until_readable(fd: int, deadline: Deadline, budget_ns: int = SPIN_NS) -
 
 def _spin(poller: select.poll, deadline: Deadline, budget_ns: int) -> list[tuple[int, int]]:
     # sched_yield between two polls: the guard may be queued on our CPU.
-    end = time.monotonic_ns() + budget_ns
+    # Compared in seconds, as floats: a far deadline (timeout=1e308) has no int ns.
+    end = time.monotonic() + budget_ns / 1e9
     if deadline.at is not None:
-        end = min(end, int(deadline.at * 1e9))
+        end = min(end, deadline.at)
     while not (ready := poller.poll(0)):
-        if time.monotonic_ns() >= end:
+        if time.monotonic() >= end:
             break
         os.sched_yield()
     return ready
