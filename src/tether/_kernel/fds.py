@@ -1,7 +1,9 @@
 """File descriptors passed between processes and switched between modes.
 
 The one rule this module owns: an fd that tether receives is close-on-exec from the moment it
-exists (MSG_CMSG_CLOEXEC), so no program this process starts later can inherit it.
+exists (MSG_CMSG_CLOEXEC), so no program this process starts later can inherit it, and it is
+kept above the numbers later spawns hand their children (``core.keep_above_spawns``: their
+clones then copy only those, see ``fd_table.c``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import fcntl
 import os
 import struct
 from typing import Final
+
+from tether._kernel import core as _core
 
 __all__ = [
     "above_stdio", "recv_with_fds", "send_own_pidfd", "set_nonblocking", "socketpair_above_stdio",
@@ -36,8 +40,9 @@ def send_own_pidfd(sock: socket.socket) -> None:
 def recv_with_fds(
     sock: socket.socket, size: int, flags: int = 0
 ) -> tuple[bytes, list[int], int]:
-    """One message, the fds passed with it (SCM_RIGHTS), received close-on-exec, and the
-    message flags (MSG_CTRUNC: an fd was dropped, e.g. at the open-file limit).
+    """One message, the fds passed with it (SCM_RIGHTS), received close-on-exec (and moved
+    above the spawns' fds: each is a pidfd kept as long as its process), and the message
+    flags (MSG_CTRUNC: an fd was dropped, e.g. at the open-file limit).
 
     ``socket.recv_fds`` does not ask for MSG_CMSG_CLOEXEC, so the fds it returns would be
     inherited by anything the caller later forks and execs; these never are. Room is made
@@ -52,7 +57,7 @@ def recv_with_fds(
     moved: list[int] = []
     try:
         for fd in fds:
-            moved.append(above_stdio(fd))
+            moved.append(_core.keep_above_spawns(above_stdio(fd)))
     except BaseException:
         for fd in moved + fds[len(moved) + 1:]:
             os.close(fd)
