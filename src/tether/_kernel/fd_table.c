@@ -103,6 +103,8 @@ int tether_fd_sharing(int method)
     int answer = __atomic_load_n(&sharing, __ATOMIC_ACQUIRE);
     if (answer >= 0)
         return answer;
+    if (method != TETHER_CLONE_CLONE3 && method != TETHER_CLONE_LEGACY)
+        return 0; /* no clone to probe with (preexec_fn's fork execs in place): ask later */
     pthread_mutex_lock(&sharing_lock);
     answer = sharing;
     if (answer < 0) {
