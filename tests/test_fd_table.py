@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -138,3 +139,15 @@ def test_a_thread_churning_fds_leaks_nothing_into_children(fd_table: str,
     finally:
         for fd in (null, passed, high, cloexec):
             os.close(fd)
+
+
+def test_a_pipes_parent_end_lives_above_the_spawns_fds() -> None:
+    """The parent's end of a PIPE lives as long as the tree may: it is moved up too, or every
+    live tree with a pipe would push the next spawn's fds (and its copy) up with it."""
+    with tether.spawn(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                      contain=None) as child:
+        assert child.stdin is not None and child.stdout is not None
+        assert child.stdin.fileno() >= core.TREE_FD_BASE
+        assert child.stdout.fileno() >= core.TREE_FD_BASE
+        child.stdin.close()
+        assert child.stdout.read() == b""

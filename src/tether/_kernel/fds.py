@@ -18,7 +18,8 @@ from typing import Final
 from tether._kernel import core as _core
 
 __all__ = [
-    "above_stdio", "recv_with_fds", "send_own_pidfd", "set_nonblocking", "socketpair_above_stdio",
+    "above_spawns", "above_stdio", "recv_with_fds", "send_own_pidfd", "set_nonblocking",
+    "socketpair_above_stdio",
 ]
 
 _FD_SPACE: Final = socket.CMSG_SPACE(struct.calcsize("i"))
@@ -57,7 +58,7 @@ def recv_with_fds(
     moved: list[int] = []
     try:
         for fd in fds:
-            moved.append(_core.keep_above_spawns(above_stdio(fd)))
+            moved.append(above_spawns(fd))
     except BaseException:
         for fd in moved + fds[len(moved) + 1:]:
             os.close(fd)
@@ -76,6 +77,14 @@ def above_stdio(fd: int) -> int:
         return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
     finally:
         os.close(fd)
+
+
+def above_spawns(fd: int) -> int:
+    """Consume ``fd``, one this process keeps for as long as a tree lives (a pidfd, a PIPE's
+    end): :func:`above_stdio`, and moved up to ``core.TREE_FD_BASE`` where there is room, out
+    of the low numbers a spawn hands its child (``fd_table.c``: a clone then copies only
+    those). Close-on-exec, as every fd tether makes."""
+    return _core.keep_above_spawns(above_stdio(fd))
 
 
 def socketpair_above_stdio(kind: int) -> tuple[socket.socket, socket.socket]:
