@@ -151,3 +151,14 @@ def test_a_pipes_parent_end_lives_above_the_spawns_fds() -> None:
         assert child.stdout.fileno() >= core.TREE_FD_BASE
         child.stdin.close()
         assert child.stdout.read() == b""
+
+
+def test_the_drop_in_popens_pipe_ends_live_above_the_spawns_fds() -> None:
+    """The stdlib makes the drop-in's pipes; their parent's ends are moved up all the same."""
+    import tether.subprocess
+
+    with tether.subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE) as proc:
+        ends = [proc.stdin.fileno(), proc.stdout.fileno(), proc.stderr.fileno()]
+        assert min(ends) >= core.TREE_FD_BASE, ends
+        assert proc.communicate(b"through") == (b"through", b"")
