@@ -153,11 +153,12 @@ if __name__ == "__main__":
             Extension(
                 "tether._kernel.core",
                 sources=[f"src/tether/_kernel/{name}"
-                         for name in ("core.c", "launch.c", "start_report.c", "lifeline_registry.c",
+                         for name in ("core.c", "launch.c", "start_report.c",
+                                      "lifeline_registry.c", "fd_table.c",
                                       *CLONE_SOURCES)],
                 depends=[f"src/tether/_kernel/{name}"
                          for name in ("clone.h", "core_convert.h", "guard_proto.h",
-                                      "lifeline_registry.h")],
+                                      "lifeline_registry.h", "fd_table.h")],
                 extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter",
                                     "-Wno-missing-field-initializers", "-fno-strict-aliasing"],
             )

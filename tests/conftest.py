@@ -155,7 +155,8 @@ def _no_leaked_descendants(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail(f"{request.node.nodeid} left cgroup directories: {sorted(left)}")
 
 
-CLONE_METHODS = {"clone3": _core.CLONE_CLONE3, "legacy": _core.CLONE_LEGACY}
+CLONE_METHODS = {"clone3": _core.CLONE_CLONE3, "legacy": _core.CLONE_LEGACY,
+                 "clone3, fd table copied": _core.CLONE_CLONE3}
 
 
 @pytest.fixture
@@ -175,15 +176,20 @@ def no_leak() -> Iterator[None]:
 @pytest.fixture(params=sorted(CLONE_METHODS))
 def each_clone_method(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run the test once with clone3 and once with the legacy clone(CLONE_PIDFD) fallback
-    forced, as trio re-runs its suite with the pidfd fast path off."""
+    forced, as trio re-runs its suite with the pidfd fast path off; and once more with clone3
+    copying the fd table, the fallback of a kernel without CLOSE_RANGE_UNSHARE (fd_table.c:
+    the other two share it and the child unshares its low fds)."""
     name: str = request.param
-    if _features.clone_method() == _core.CLONE_LEGACY and name == "clone3":
+    if _features.clone_method() == _core.CLONE_LEGACY and name.startswith("clone3"):
         pytest.skip("clone3 is blocked here (the fallback is what this machine uses)")
     _features.force_clone_method(CLONE_METHODS[name])
+    if name.endswith("copied"):
+        _features.force_fd_table_copy(True)
     try:
         yield name
     finally:
         _features.force_clone_method(None)
+        _features.force_fd_table_copy(False)
 
 
 def require_mode(mode: str) -> None:

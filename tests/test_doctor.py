@@ -72,3 +72,15 @@ def test_guard_build_row_says_libc_free(monkeypatch: pytest.MonkeyPatch, tmp_pat
     row = doctor.guard_build_row()
     assert row.here
     assert row.detail == "guard: libc-free (x86_64)"
+
+
+def test_the_fd_table_row_says_which_path_spawns_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the probe's child could not unshare (a kernel before 5.9, a filter), spawns copy
+    the table: the row says so and why; where it could, that they share it."""
+    here = {row.name: row for row in doctor.probe_all()[0]}["CLOSE_RANGE_UNSHARE"]
+    if core.close_range_supported():
+        assert here.here and "share the fd table" in here.detail
+    monkeypatch.setattr(core, "fd_table_sharing", lambda method: (False, errno.ENOSYS))
+    row = {row.name: row for row in doctor.probe_all()[0]}["CLOSE_RANGE_UNSHARE"]
+    assert not row.here
+    assert "copy the whole fd table" in row.detail and "ENOSYS" in row.detail

@@ -40,6 +40,7 @@ from typing import Any, Final
 from tether._kernel.attrs import ProcessAttrs
 from tether._kernel.cgroup import cgroup_unavailable_reason
 from tether._kernel.errors import Unsupported
+from tether._kernel.fds import above_spawns
 from tether._kernel.spec import SpawnSpec
 from tether._tree.handle import start_tree
 from tether._tree.modes import Contain, Mode, resolve_mode
@@ -159,6 +160,16 @@ class Popen(_StdlibPopen):  # type: ignore[misc]
             encoding=encoding, errors=errors, text=text, umask=umask, pipesize=pipesize,
             process_group=process_group,
         )
+
+    def _get_handles(self, stdin: Any, stdout: Any, stderr: Any) -> tuple[int, ...]:
+        # The parent's ends of the pipes the stdlib makes live as long as the tree: moved
+        # above the numbers spawns hand their children (fds.above_spawns), or thousands of
+        # live Popens with pipes would push every later spawn's fds (and its copy) up.
+        p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite = super()._get_handles(
+            stdin, stdout, stderr)
+        p2cwrite, c2pread, errread = (
+            fd if fd < 0 else above_spawns(fd) for fd in (p2cwrite, c2pread, errread))
+        return p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite
 
     def _execute_child(
         self, args: Any, executable: Any, preexec_fn: Any, close_fds: bool,

@@ -33,6 +33,9 @@
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2) /* since 5.11 */
 #endif
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1) /* since 5.9 */
+#endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434 /* since 5.3 */
 #endif
@@ -67,6 +70,15 @@ static long set_default_handler(int sig)
     memset(&dfl, 0, sizeof dfl);
     dfl.handler = (void *)SIG_DFL;
     return sys_result(syscall(SYS_rt_sigaction, sig, &dfl, NULL, 8));
+}
+
+/* CLONE_FILES: until this returns, the table is the parent's, which its other threads go on
+ * using (vfork stops only the caller), so no step before it may open, close or dup an fd.
+ * Closing [unshare_from, ~0] with CLOSE_RANGE_UNSHARE makes the kernel copy only the fds
+ * below unshare_from (every fd the plan names is), at this moment, into a table of our own. */
+static long unshare_low_fds(const struct tether_plan *plan)
+{
+    return sys_result(syscall(SYS_close_range, plan->unshare_from, ~0U, CLOSE_RANGE_UNSHARE));
 }
 
 /* Write one short text to a /proc file (the user namespace maps). */
@@ -376,6 +388,9 @@ int tether_child_exec(void *arg)
     int stage;
     long err;
 
+    /* First of all: every later step may touch the fd table (map_own_ids opens files). */
+    if (plan->unshare_from > 0)
+        CHILD_STEP(TETHER_STAGE_CLOSE, unshare_low_fds(plan));
     /* In a new user namespace, before anything else: the ids every later step runs as. */
     if (plan->map_ids)
         CHILD_STEP(TETHER_STAGE_USERNS, map_own_ids(plan));

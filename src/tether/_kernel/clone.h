@@ -87,6 +87,10 @@ struct tether_plan {
     int new_session;        /* setsid() instead of setpgid(0, 0): the same group number */
     int inherit_fds;        /* close_fds=False: inheritable fds pass (O_CLOEXEC ones close) */
     int keep_ignored;       /* restore_signals=False: SIGPIPE/SIGXFSZ keep their disposition */
+    int share_files;        /* clone with CLONE_FILES; the child's first step unshares the table,
+                             * keeping only the fds below the plan's highest (fd_table.c). Only
+                             * where tether_fd_sharing() said the kernel can; ignored with
+                             * inherit_fds (every inheritable fd must pass) */
     int set_groups;         /* setgroups(n_groups, groups) */
     const gid_t *groups;
     int n_groups;
@@ -97,6 +101,7 @@ struct tether_plan {
     /* Filled in by tether_clone_exec itself (callers leave them zeroed). */
     int errpipe;            /* write end of the failure pipe (O_CLOEXEC) */
     int reset_handlers;     /* legacy clone: CLONE_CLEAR_SIGHAND was not available */
+    unsigned int unshare_from; /* > 0: the table is shared; keep only the fds below this */
     /* With CLONE_NEWUSER the child maps its own euid/egid to themselves ("ID ID 1\n") before
      * anything else. It must be the child, before execve: after an execve in a namespace
      * where it has no uid mapping, a process holds no capabilities there, and can then no
@@ -110,7 +115,8 @@ struct tether_plan {
  * (TETHER_CLONE_LEGACY), always CLONE_PIDFD|CLONE_VM|CLONE_VFORK, with every signal blocked
  * around it. The child runs fn(arg) and exits with its return value; the parent resumes once
  * the child has exec'd or exited. extra_flags (namespaces) and cgroup_fd >= 0
- * (CLONE_INTO_CGROUP) ride on clone3 only: -ENOSYS with the legacy clone. Returns the child's
+ * (CLONE_INTO_CGROUP) ride on clone3 only: -ENOSYS with the legacy clone, which takes
+ * CLONE_FILES alone. Returns the child's
  * pid with *pidfd_out set (O_CLOEXEC), or -errno and nothing was created. */
 TETHER_HIDDEN long tether_clone_raw(int method, uint64_t extra_flags, int cgroup_fd,
                                     int (*fn)(void *), void *arg, int *pidfd_out);

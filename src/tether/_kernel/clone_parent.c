@@ -71,6 +71,19 @@ static int read_failure(int readfd, struct tether_failure *failure)
     return 1;
 }
 
+/* One above every fd the child will use (never below 3: its stdio may be inherited). */
+static unsigned int fds_in_use_below(const struct tether_plan *plan)
+{
+    int top = plan->errpipe > 2 ? plan->errpipe : 2, i;
+    for (i = 0; i < 3; i++)
+        top = plan->stdio[i] > top ? plan->stdio[i] : top;
+    top = plan->lifeline_src > top ? plan->lifeline_src : top;
+    top = plan->announce_fd > top ? plan->announce_fd : top;
+    if (plan->n_keep > 0 && plan->keep_fds[plan->n_keep - 1] > top)
+        top = plan->keep_fds[plan->n_keep - 1];
+    return (unsigned int)top + 1;
+}
+
 /* preexec_fn's slow path: a fork()ed child of Python, after preexec_fn, becomes the child
  * here. It has Python's handlers (a fork keeps them) and no CLONE_CLEAR_SIGHAND: block every
  * signal and reset handled ones, as the legacy clone does. Returns only if it cannot start. */
@@ -81,6 +94,7 @@ static int exec_in_place(struct tether_plan *plan, int errpipe)
     if (sigprocmask(SIG_SETMASK, &all, NULL) != 0)
         return -errno;
     plan->errpipe = errpipe;
+    plan->unshare_from = 0; /* a fork has a table of its own */
     plan->reset_handlers = 1;
     plan->map_ids = 0;
     return tether_child_exec(plan);
@@ -117,6 +131,11 @@ int tether_clone_exec(struct tether_plan *plan, int method, uint64_t extra_flags
     if (pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) != 0)
         return -errno;
     plan->errpipe = pipefd[1];
+    plan->unshare_from = 0;
+    if (plan->share_files && !plan->inherit_fds) {
+        plan->unshare_from = fds_in_use_below(plan);
+        extra_flags |= CLONE_FILES;
+    }
     pid = tether_clone_raw(method, extra_flags, cgroup_fd, tether_child_exec, plan, &pidfd);
     close(pipefd[1]);
     if (pid < 0) {

@@ -124,7 +124,8 @@ long tether_clone_raw(int method, uint64_t extra_flags, int cgroup_fd, int (*fn)
         }
         pid = tether_clone3_raw(&args, sizeof args, fn, arg);
 #endif
-    } else if (method == TETHER_CLONE_LEGACY && extra_flags == 0 && cgroup_fd < 0) {
+    } else if (method == TETHER_CLONE_LEGACY && (extra_flags & ~(uint64_t)CLONE_FILES) == 0
+               && cgroup_fd < 0) {
         /* The legacy clone needs a stack of its own: glibc's wrapper switches to it before
          * calling fn, so the child cannot borrow the parent's as the clone3 trampoline does. */
         void *stack = mmap(NULL, LEGACY_STACK_SIZE, PROT_READ | PROT_WRITE,
@@ -133,7 +134,8 @@ long tether_clone_raw(int method, uint64_t extra_flags, int cgroup_fd, int (*fn)
             pid = -errno;
         } else {
             pid = clone(fn, (char *)stack + LEGACY_STACK_SIZE,
-                        CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, arg, pidfd_out);
+                        CLONE_VM | CLONE_VFORK | CLONE_PIDFD | (int)extra_flags | SIGCHLD, arg,
+                        pidfd_out);
             if (pid < 0)
                 pid = -errno;
             munmap(stack, LEGACY_STACK_SIZE);

@@ -27,12 +27,9 @@
 
 #include "clone.h"
 #include "core_convert.h"
+#include "fd_table.h"
 #include "guard_proto.h"
 #include "lifeline_registry.h"
-
-#ifndef SYS_close_range
-#define SYS_close_range 436 /* since 5.9 */
-#endif
 
 /* ------------------------------------------------------------------------------------------ */
 /* Clone method probe (cached; a forced method is for tests of the fallback).                   */
@@ -122,18 +119,6 @@ static PyObject *core_force_clone_method(PyObject *self, PyObject *arg)
     __atomic_store_n(&probed_method, (int)m, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&probe_lock);
     Py_RETURN_NONE;
-}
-
-static PyObject *core_close_range_supported(PyObject *self, PyObject *noargs)
-{
-    long r;
-    (void)self;
-    (void)noargs;
-    /* Closing a range that holds no open fd is a no-op where the syscall exists. */
-    r = syscall(SYS_close_range, ~0U - 1, ~0U, 0);
-    if (r == 0)
-        Py_RETURN_TRUE;
-    Py_RETURN_FALSE;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -249,7 +234,7 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     int lifeline_src, lifeline_dst, new_pgroup, pdeathsig, cgroup_fd, method;
     unsigned long long extra_flags;
     struct tether_plan plan;
-    struct tether_failure failure;
+    struct tether_failure failure = {0, 0};
     char **argv = NULL, **envp = NULL;
     int *keep = NULL;
     int floor_fd = 3;
@@ -316,26 +301,23 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     if (attrs != NULL && attrs != Py_None && plan_attrs(attrs, &plan, &groups) < 0)
         goto error;
     Py_BEGIN_ALLOW_THREADS
+    plan.share_files = tether_fd_sharing(method);
     rc = tether_clone_exec(&plan, method, (uint64_t)extra_flags, cgroup_fd, &pid, &pidfd,
                            &failure);
+    pidfd = tether_fd_above_spawns(pidfd); /* kept as long as the child: out of their way */
     Py_END_ALLOW_THREADS
-
-    PyMem_Free(argv);
-    PyMem_Free(envp);
-    PyMem_Free(keep);
-    PyMem_Free(groups);
     if (rc < 0) {
         errno = -rc;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        PyErr_SetFromErrno(PyExc_OSError);
     }
-    return Py_BuildValue("iiiii", (int)pid, pidfd, failure.stage, failure.error, method);
-
 error:
     PyMem_Free(argv);
     PyMem_Free(envp);
     PyMem_Free(keep);
     PyMem_Free(groups);
-    return NULL;
+    if (PyErr_Occurred())
+        return NULL;
+    return Py_BuildValue("iiiii", (int)pid, pidfd, failure.stage, failure.error, method);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -391,6 +373,12 @@ static PyMethodDef core_methods[] = {
     {"force_clone_method", core_force_clone_method, METH_O,
      "Override the probed method (tests of the fallback); 0 forgets the cache."},
     {"close_range_supported", core_close_range_supported, METH_NOARGS, "close_range(2) exists."},
+    {"fd_table_sharing", core_fd_table_sharing, METH_O,
+     "Whether clones share the fd table and unshare their low fds: (shared, errno)."},
+    {"force_fd_table_sharing", core_force_fd_table_sharing, METH_O,
+     "False: clones copy the fd table (tests of the fallback); None: probe again."},
+    {"keep_above_spawns", core_keep_above_spawns, METH_O,
+     "A long-lived fd moved above the numbers spawns hand their children (fd_table.c)."},
     {"lifeline_pipe", core_lifeline_pipe, METH_NOARGS,
      "pipe2(O_CLOEXEC) with the write end registered for closing in fork()ed children."},
     {"lifeline_release", core_lifeline_release, METH_O, "Unregister and close a write end."},
@@ -445,6 +433,7 @@ static int add_constants(PyObject *m)
         {"CLONE_IN_PLACE", TETHER_CLONE_IN_PLACE},
         {"CLONE_NEWPID", CLONE_NEWPID},
         {"CLONE_NEWUSER", CLONE_NEWUSER},
+        {"TREE_FD_BASE", TETHER_TREE_FD_BASE},
         {"SFD_CLOEXEC", SFD_CLOEXEC},
         {"SFD_NONBLOCK", SFD_NONBLOCK},
         {"STAGE_CHDIR", TETHER_STAGE_CHDIR},

@@ -1,7 +1,9 @@
 """File descriptors passed between processes and switched between modes.
 
 The one rule this module owns: an fd that tether receives is close-on-exec from the moment it
-exists (MSG_CMSG_CLOEXEC), so no program this process starts later can inherit it.
+exists (MSG_CMSG_CLOEXEC), so no program this process starts later can inherit it, and it is
+kept above the numbers later spawns hand their children (``core.keep_above_spawns``: their
+clones then copy only those, see ``fd_table.c``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import os
 import struct
 from typing import Final
 
+from tether._kernel import core as _core
+
 __all__ = [
-    "above_stdio", "recv_with_fds", "send_own_pidfd", "set_nonblocking", "socketpair_above_stdio",
+    "above_spawns", "above_stdio", "recv_with_fds", "send_own_pidfd", "set_nonblocking",
+    "socketpair_above_stdio",
 ]
 
 _FD_SPACE: Final = socket.CMSG_SPACE(struct.calcsize("i"))
@@ -36,8 +41,9 @@ def send_own_pidfd(sock: socket.socket) -> None:
 def recv_with_fds(
     sock: socket.socket, size: int, flags: int = 0
 ) -> tuple[bytes, list[int], int]:
-    """One message, the fds passed with it (SCM_RIGHTS), received close-on-exec, and the
-    message flags (MSG_CTRUNC: an fd was dropped, e.g. at the open-file limit).
+    """One message, the fds passed with it (SCM_RIGHTS), received close-on-exec (and moved
+    above the spawns' fds: each is a pidfd kept as long as its process), and the message
+    flags (MSG_CTRUNC: an fd was dropped, e.g. at the open-file limit).
 
     ``socket.recv_fds`` does not ask for MSG_CMSG_CLOEXEC, so the fds it returns would be
     inherited by anything the caller later forks and execs; these never are. Room is made
@@ -52,7 +58,7 @@ def recv_with_fds(
     moved: list[int] = []
     try:
         for fd in fds:
-            moved.append(above_stdio(fd))
+            moved.append(above_spawns(fd))
     except BaseException:
         for fd in moved + fds[len(moved) + 1:]:
             os.close(fd)
@@ -71,6 +77,14 @@ def above_stdio(fd: int) -> int:
         return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
     finally:
         os.close(fd)
+
+
+def above_spawns(fd: int) -> int:
+    """Consume ``fd``, one this process keeps for as long as a tree lives (a pidfd, a PIPE's
+    end): :func:`above_stdio`, and moved up to ``core.TREE_FD_BASE`` where there is room, out
+    of the low numbers a spawn hands its child (``fd_table.c``: a clone then copies only
+    those). Close-on-exec, as every fd tether makes."""
+    return _core.keep_above_spawns(above_stdio(fd))
 
 
 def socketpair_above_stdio(kind: int) -> tuple[socket.socket, socket.socket]:

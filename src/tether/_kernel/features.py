@@ -12,7 +12,10 @@ from typing import Final
 
 from tether._kernel import core as _core
 
-__all__ = ["clone_method", "clone_unsupported_reason", "force_clone_method"]
+__all__ = [
+    "clone_method", "clone_unsupported_reason", "fd_table_shared", "force_clone_method",
+    "force_fd_table_copy",
+]
 
 CLONE_METHOD_NAMES: Final = {
     _core.CLONE_CLONE3: "clone3",
@@ -46,3 +49,16 @@ def force_clone_method(method: int | None) -> None:
     """Test hook: force a clone method (e.g. the legacy fallback), or None to re-probe. The
     guard follows a forced legacy method too (Guard.launch passes it ``--clone legacy``)."""
     _core.force_clone_method(0 if method is None else method)
+
+
+def fd_table_shared() -> tuple[bool, int]:
+    """Whether clones share the fd table and their children unshare only their low fds
+    (CLONE_FILES + CLOSE_RANGE_UNSHARE, Linux 5.9; ``fd_table.c``), or copy it whole: (shared,
+    the errno that said no). Probed once, by a child, with the clone method spawns use; the
+    extension holds the one cache (``tether_fd_sharing``)."""
+    return _core.fd_table_sharing(clone_method())
+
+
+def force_fd_table_copy(copy: bool) -> None:
+    """Test hook: make every clone copy the fd table (the fallback), or (False) probe again."""
+    _core.force_fd_table_sharing(False if copy else None)

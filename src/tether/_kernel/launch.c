@@ -29,6 +29,7 @@
 
 #include "clone.h"
 #include "core_convert.h"
+#include "fd_table.h"
 #include "lifeline_registry.h"
 
 #define LIFELINE_KEY "TETHER_LIFELINE_FD"
@@ -88,13 +89,14 @@ static int launch_open(struct launch_fds *fds, const sigset_t *watch, int pass_c
     fds->guards = pair[1];
     if ((err = fd_above_stdio(&fds->ours)) < 0 || (err = fd_above_stdio(&fds->guards)) < 0)
         goto undo;
+    fds->ours = tether_fd_above_spawns(fds->ours); /* ours lives as long as the tree */
     if (pass_creds && setsockopt(fds->ours, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0) {
         err = -errno;
         goto undo;
     }
     /* Registered like a lifeline: a fork() elsewhere in this process must not hold its write
      * end open, or the wait for the start would last as long as that child. */
-    if (watch != NULL && (err = -lifeline_registry_pipe(fds->start)) < 0) {
+    if (watch != NULL && (err = -lifeline_registry_pipe(fds->start, 0)) < 0) {
         fds->start[0] = fds->start[1] = -1;
         goto undo;
     }
@@ -105,7 +107,7 @@ static int launch_open(struct launch_fds *fds, const sigset_t *watch, int pass_c
             goto undo;
         }
     }
-    err = -lifeline_registry_pipe(fds->lifeline);
+    err = -lifeline_registry_pipe(fds->lifeline, 1);
     if (err < 0) {
         fds->lifeline[0] = fds->lifeline[1] = -1;
         goto undo;
@@ -277,7 +279,9 @@ static int launch_clone(struct tether_plan *plan, struct launch_fds *fds, char *
     snprintf(lifeline_env, 96, LIFELINE_KEY "=%d:%llu:%llu", plan->lifeline_dst,
              (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
     envp[n_env] = lifeline_env;
+    plan->share_files = tether_fd_sharing(method);
     rc = tether_clone_exec(plan, method, extra_flags, -1, pid, pidfd, failure);
+    *pidfd = tether_fd_above_spawns(*pidfd);
     envp[n_env] = NULL;
 done:
     PyMem_RawFree(keep);

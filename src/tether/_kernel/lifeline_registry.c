@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "fd_table.h"
 #include "lifeline_registry.h"
 
 /* Every open lifeline write end of this process. Guarded by registry_lock, which the atfork
@@ -60,7 +61,7 @@ static void atfork_child(void)
     pthread_mutex_unlock(&registry_lock);
 }
 
-int lifeline_registry_pipe(int fds[2])
+int lifeline_registry_pipe(int fds[2], int write_end_above_spawns)
 {
     int err = 0;
     pthread_mutex_lock(&registry_lock);
@@ -83,8 +84,11 @@ int lifeline_registry_pipe(int fds[2])
         } else if ((fds[1] = above_stdio(fds[1])) < 0) {
             err = errno;
             close(fds[0]);
-        } else
+        } else {
+            if (write_end_above_spawns)
+                fds[1] = tether_fd_above_spawns(fds[1]);
             registry[registry_len++] = fds[1];
+        }
     }
     pthread_mutex_unlock(&registry_lock);
     return err;
@@ -97,7 +101,7 @@ PyObject *core_lifeline_pipe(PyObject *self, PyObject *noargs)
     (void)self;
     (void)noargs;
     Py_BEGIN_ALLOW_THREADS
-    err = lifeline_registry_pipe(fds);
+    err = lifeline_registry_pipe(fds, 1);
     Py_END_ALLOW_THREADS
     if (err) {
         errno = err;

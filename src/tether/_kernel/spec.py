@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, Final, TypeAlias
 
 from tether._kernel.attrs import ProcessAttrs
-from tether._kernel.fds import above_stdio
+from tether._kernel.fds import above_spawns, above_stdio
 from tether._kernel.lifeline import LIFELINE_ENV, announcement
 from tether._kernel.limits import Limits
 from tether._kernel.record import frozen_record, replace
@@ -199,7 +199,7 @@ class StdioPlan:
             r, w = os.pipe2(os.O_CLOEXEC)
             child_end, parent_end = (r, w) if index == 0 else (w, r)
             try:
-                self.parent_ends[index] = above_stdio(parent_end)
+                self.parent_ends[index] = above_spawns(parent_end)
             except BaseException:
                 os.close(child_end)
                 raise

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "core_convert.h"
+#include "fd_table.h"
 #include "guard_proto.h"
 
 /* Room for what a start report can carry: one fd (tether's senders pass one; a second
@@ -34,8 +35,8 @@ union report_control {
 };
 
 /* One report from fd: its bytes into *msg (0: end of file), the fd it carried (-1: none;
- * above stdio and close-on-exec), the message flags and the sender's pid as we see it (0 if
- * the socket does not pass credentials). 0 or -errno; ECONNRESET is read past, as
+ * above stdio and, where there is room, above the spawns' fds; close-on-exec), the message
+ * flags and the sender's pid as we see it (0 if the socket does not pass credentials). 0 or -errno; ECONNRESET is read past, as
  * guard_wire.read_message does (a command of ours the guard left unread). */
 static long report_read(int fd, int flags, struct tether_guard_msg *msg, int *passed,
                         int *msg_flags, pid_t *sender)
@@ -72,6 +73,7 @@ static long report_read(int fd, int flags, struct tether_guard_msg *msg, int *pa
         *passed = -1;
         return err;
     }
+    *passed = tether_fd_above_spawns(*passed); /* the program's pidfd: as long as the tree */
     return n;
 }
 

@@ -146,6 +146,14 @@ def controller_rows() -> list[Row]:
     return rows
 
 
+def fd_table_row(shared: bool, err: int) -> Row:
+    """How a spawn's clone gets its fd table (fd_table.c), as the probe's child found it."""
+    why = errno.errorcode.get(err, str(err))
+    return Row("CLOSE_RANGE_UNSHARE", "5.9", shared,
+               "spawns share the fd table and the child keeps only its low fds"
+               if shared else f"spawns copy the whole fd table (the unshare failed: {why})")
+
+
 def probe_all() -> tuple[list[Row], dict[str, str | None]]:
     method = _features.clone_method()
     _, clone3_errno, legacy_errno = _core.clone_method()
@@ -162,6 +170,8 @@ def probe_all() -> tuple[list[Row], dict[str, str | None]]:
     rows.append(Row("pidfs ids", "6.9", *pidfs_row))
     cr = _core.close_range_supported()
     rows.append(Row("close_range", "5.9", cr, "works" if cr else "ENOSYS", core=True))
+    rows.append(fd_table_row(*_features.fd_table_shared()) if pidfd_ok else
+                Row("CLOSE_RANGE_UNSHARE", "5.9", False, "no clone to probe with"))
     reason = cgroup_unavailable_reason()
     rows.append(Row("cgroup v2 writable", "4.5", reason is None,
                     f"at {cgroup_root()}" if reason is None else reason))
