@@ -336,6 +336,25 @@ class LimitedTree(CgroupTree):
         return Usage(user=user, system=system, memory_peak=peak, oom_kills=oom,
                      pids_peak=pids_peak)
 
+    def usage_fds(self) -> list[tuple[str, int]]:
+        """(kind, directory fd) for the guard's --usage-cpu/-memory/-pids: the directories
+        :meth:`usage` reads, where this tree holds an fd on each (else none: the parent
+        reads them all itself)."""
+        dirs = [("cpu", self._dir("cpuacct")), ("memory", self._dir("memory")),
+                ("pids", self._dir("pids"))]
+        if any(place is not None and place[1] < 0 for _, place in dirs):
+            return []
+        return [(kind, place[1]) for kind, place in dirs if place is not None]
+
+    def keep_final(self, user_ns: int, system_ns: int, memory_peak: int, oom_kills: int,
+                   pids_peak: int) -> None:
+        """Keep the final usage the guard read from :meth:`usage_fds` (-1: not counted
+        there), as :meth:`usage` would have read it: ``remove`` then reads nothing."""
+        self.final = Usage(user=max(user_ns, 0) / 1e9, system=max(system_ns, 0) / 1e9,
+                           memory_peak=memory_peak if memory_peak >= 0 else None,
+                           oom_kills=oom_kills if oom_kills >= 0 else None,
+                           pids_peak=pids_peak if pids_peak >= 0 else None)
+
     def oom_kills(self) -> int | None:
         """How many processes the OOM killer has killed inside the tree (None: not counted
         here). v2 ``memory.events``, v1 ``memory.oom_control`` (4.13+)."""

@@ -209,6 +209,16 @@ static void check_modes(const char *contain, const char *clone)
         usage("cgroup mode needs --cgroup-fd", NULL);
 }
 
+/* --usage-KIND: where g keeps that directory fd (NULL: no such kind). */
+static int *usage_fd(const char *kind)
+{
+    if (strcmp(kind, "cpu") == 0)
+        return &g.usage_cpu_fd;
+    if (strcmp(kind, "memory") == 0)
+        return &g.usage_memory_fd;
+    return strcmp(kind, "pids") == 0 ? &g.usage_pids_fd : NULL;
+}
+
 /* Read the command line into g; returns the index of PATH (after "--"). */
 int parse_args(int argc, char **argv)
 {
@@ -269,6 +279,10 @@ int parse_args(int argc, char **argv)
             g.join_fds[g.n_join] = parse_uint(argv[i + 1], NULL);
             if (g.join_fds[g.n_join++] < 0)
                 usage("bad --join-cgroup fd: ", argv[i + 1]);
+        } else if (strncmp(opt, "--usage-", 8) == 0 && usage_fd(opt + 8) != NULL) {
+            *usage_fd(opt + 8) = parse_uint(argv[i + 1], NULL);
+            if (*usage_fd(opt + 8) < 3)
+                usage("bad fd for ", opt);
         } else if (strcmp(opt, "--userns") == 0) {
             g.userns = argv[i + 1];
         } else if (strcmp(opt, "--pid-level") == 0) {
@@ -367,6 +381,21 @@ static void join_cgroups(void)
     }
 }
 
+/* --usage-*: ours like the --join-cgroup fds (never 0-2, never the program's), read at the
+ * end (guard_usage.c). */
+static void check_usage_fds(void)
+{
+    const int fds[] = {g.usage_cpu_fd, g.usage_memory_fd, g.usage_pids_fd};
+    size_t i;
+    for (i = 0; i < sizeof fds / sizeof fds[0]; i++) {
+        if (fds[i] < 0)
+            continue;
+        if (is_kept(fds[i]) || !fd_is_open(fds[i]))
+            fail(TETHER_GUARD_STAGE_SETUP, EBADF);
+        fcntl(fds[i], F_SETFD, FD_CLOEXEC);
+    }
+}
+
 /* Everything the guard needs before the program exists: its ids, its lifeline, its own fds
  * kept from the program, signals, the subreaper bit, the cgroup's files. */
 void setup_guard(void)
@@ -401,6 +430,7 @@ void setup_guard(void)
         fail(TETHER_GUARD_STAGE_SETUP, errno);
 
     join_cgroups();
+    check_usage_fds();
 
     if (g.contain == CONTAIN_CGROUP) {
         g.events_fd = openat(g.cgroup_fd, "cgroup.events", O_RDONLY | O_CLOEXEC);
