@@ -196,14 +196,15 @@ class LimitedTree(CgroupTree):
     cgroup mode the containment one, else one the guard joins, or none: fd -1) and one locked
     directory per v1 hierarchy. ``join`` are the fds the guard moves itself into."""
 
-    __slots__ = ("final", "join", "limits", "places", "pooled", "v1")
+    __slots__ = ("entries", "final", "join", "limits", "places", "v1", "v1_writes")
 
     def __init__(self, path: str, fd: int, limits: Limits, places: dict[str, str]) -> None:
         super().__init__(path, fd)
         self.limits = limits
         self.places = places
         self.v1: dict[str, tuple[str, int]] = {}  # v1 directory -> (path, lock fd)
-        self.pooled: dict[str, v1_pool.PooledDir] = {}  # the reusable ones of v1
+        self.entries: dict[str, v1_pool.PooledDir] = {}  # every v1 one
+        self.v1_writes: dict[str, dict[str, str]] = {}  # v1 directory -> file -> value
         self.join: list[int] = []
         self.final: Usage | None = None
 
@@ -255,29 +256,29 @@ class LimitedTree(CgroupTree):
         unlocked, emptied directory is any sweep's to remove before that read."""
 
     def prepare_next(self) -> None:
-        """Make the next limited tree's fresh v1 directories (``v1_dirs.replenish``), once
-        this tree's guard has been started: the mkdirs run while it starts."""
-        v1_dirs.replenish([where for where in self.v1 if where not in self.pooled])
+        """Make the next limited tree's v1 directories ready, with this tree's limits
+        (``v1_dirs.prepare``), once this tree's guard has been started: the mkdirs, resets and
+        writes run while its program starts."""
+        v1_dirs.prepare({where: (v1_pool.controllers_at(self.places, where),
+                                 self.v1_writes.get(where, {})) for where in self.v1})
 
     def _make_v1_dirs(self, needed: frozenset[str]) -> None:
-        for controller in CONTROLLERS:
-            where = self.places.get(controller) if controller in needed else None
-            if where is None or where == "v2" or where in self.v1:
-                continue
-            controllers = v1_pool.controllers_at(self.places, where)
-            # From its mkdir (or its taking from the pool) until this tree holds it, the
-            # directory is a path and an fd in locals: no signal handler runs in between (a
-            # Ctrl-C there would lose it; one that comes is handled right after, and make()
-            # then discards the tree with it).
-            held = core.hold_signals()
-            try:
-                entry, reusable = v1_dirs.take(where, controllers)
+        # From its mkdir (or its taking from the pool) until this tree holds it, a directory
+        # is a path and an fd in locals: no signal handler runs in between (a Ctrl-C there
+        # would lose it; one that comes is handled right after, and make() then discards the
+        # tree with it).
+        held = core.hold_signals()
+        try:
+            for controller in CONTROLLERS:
+                where = self.places.get(controller) if controller in needed else None
+                if where is None or where == "v2" or where in self.v1:
+                    continue
+                entry = v1_dirs.take(where)
                 self.v1[where] = (entry.path, entry.fd)
-                if reusable:
-                    self.pooled[where] = entry
+                self.entries[where] = entry
                 self.join.append(entry.fd)
-            finally:
-                core.release_signals(held)
+        finally:
+            core.release_signals(held)
 
     def _dir(self, controller: str) -> tuple[str, int] | None:
         """The controller's directory of this tree and its open fd (-1: none of ours)."""
@@ -291,10 +292,12 @@ class LimitedTree(CgroupTree):
         if v2_controllers:
             _enable_controllers(self.path, v2_controllers)
         held: set[tuple[str, str]] = set()  # (a write that would not change the file)
-        for where, entry in self.pooled.items():
+        for where, entry in self.entries.items():
+            self.v1_writes[where] = rewritten = {
+                n: v for _, c, _, v1 in writes if self.places[c] == where for n, v in v1}
             held |= {(entry.path, name) for name in v1_pool.reset(
-                entry, v1_pool.controllers_at(self.places, where),
-                {n: v for _, c, _, v1 in writes if self.places[c] == where for n, v in v1})}
+                entry, v1_pool.controllers_at(self.places, where), rewritten)}
+            entry.ready = False  # (this tree is about to enter it)
         for field, controller, v2_files, v1_files in writes:
             place = self._dir(controller)
             assert place is not None
@@ -375,7 +378,7 @@ class LimitedTree(CgroupTree):
             rmdir_quiet(path)
             release_lock(fd)
         self.v1.clear()
-        self.pooled.clear()
+        self.entries.clear()
 
     def remove(self, timeout: float = 5.0) -> None:
         """Keep the final :class:`Usage`, then remove every directory (the v2 one after
@@ -388,10 +391,12 @@ class LimitedTree(CgroupTree):
         try:
             super().remove(timeout)
         finally:
+            peak = self.final.pids_peak if self.final is not None else None
             while self.v1:
                 where, (path, fd) = self.v1.popitem()
-                if where in self.pooled and v1_pool.release(
-                        where, self.pooled.pop(where)):
+                entry = self.entries.pop(where)
+                if v1_pool.reusable_after(v1_pool.controllers_at(self.places, where),
+                                          peak) and v1_pool.release(where, entry):
                     continue
                 try:
                     if not v1_dirs.remove(path, timeout):
