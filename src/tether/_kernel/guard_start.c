@@ -381,18 +381,19 @@ static void join_cgroups(void)
     }
 }
 
-/* --usage-*: ours like the --join-cgroup fds (never 0-2, never the program's), read at the
- * end (guard_usage.c). */
+/* --usage-*: directories we hold already (a --join-cgroup fd, or the --cgroup-fd of cgroup
+ * mode), checked and kept from the program there; read at the end (guard_usage.c). */
 static void check_usage_fds(void)
 {
     const int fds[] = {g.usage_cpu_fd, g.usage_memory_fd, g.usage_pids_fd};
     size_t i;
+    int j, held;
     for (i = 0; i < sizeof fds / sizeof fds[0]; i++) {
-        if (fds[i] < 0)
-            continue;
-        if (is_kept(fds[i]) || !fd_is_open(fds[i]))
+        held = fds[i] < 0 || (fds[i] == g.cgroup_fd && g.contain == CONTAIN_CGROUP);
+        for (j = 0; j < g.n_join && !held; j++)
+            held = fds[i] == g.join_fds[j];
+        if (!held)
             fail(TETHER_GUARD_STAGE_SETUP, EBADF);
-        fcntl(fds[i], F_SETFD, FD_CLOEXEC);
     }
 }
 
