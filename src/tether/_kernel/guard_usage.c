@@ -18,25 +18,22 @@
 #include <fcntl.h>
 #include <string.h>
 
-/* Read the file `name` of directory dirfd into buf (NUL-terminated); its length, or -1. */
+/* Read the file `name` of directory dirfd into buf (NUL-terminated); its length, or -1. One
+ * read: these files are a line or a few (cgroupfs hands a short file over whole). */
 static ssize_t read_at(int dirfd, const char *name, char *buf, size_t size)
 {
-    ssize_t n, total = 0;
+    ssize_t n;
     int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    for (;;) {
-        do
-            n = read(fd, buf + total, size - 1 - (size_t)total);
-        while (n < 0 && errno == EINTR);
-        if (n <= 0 || (size_t)(total += n) >= size - 1)
-            break;
-    }
+    do
+        n = read(fd, buf, size - 1);
+    while (n < 0 && errno == EINTR);
     close(fd);
     if (n < 0)
         return -1;
-    buf[total] = '\0';
-    return total;
+    buf[n] = '\0';
+    return n;
 }
 
 /* The decimal number at p (-1 if there is none). */
