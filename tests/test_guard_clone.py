@@ -190,3 +190,8 @@ def test_guard_reads_usage_only_from_the_cgroups_it_holds() -> None:
     kind, stage, err, stderr = _guard_first_report(["--usage-memory", "1"])
     assert (kind, stage, err) == (core.GUARD_MSG_FAILED, 100, errno.EINVAL)
     assert "bad fd for --usage-memory" in stderr
+
+
+def test_guard_refuses_a_join_cgroup_fd_that_is_not_open() -> None:
+    kind, stage, err, _ = _guard_first_report(["--join-cgroup", "999"])
+    assert (kind, stage, err) == (core.GUARD_MSG_FAILED, 100, errno.EBADF)

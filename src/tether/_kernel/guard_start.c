@@ -371,9 +371,9 @@ static void join_cgroups(void)
     int i, r;
     for (i = 0; i < g.n_join; i++) {
         int fd = g.join_fds[i];
-        if (fd < 3 || is_kept(fd) || !fd_is_open(fd))
+        /* (F_SETFD fails on an fd that is not open: the one check that it is) */
+        if (fd < 3 || is_kept(fd) || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
             fail(TETHER_GUARD_STAGE_SETUP, EBADF);
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
         r = cg_join(fd);
         if (r < 0)
             fail(TETHER_GUARD_STAGE_CGROUP, -r);
