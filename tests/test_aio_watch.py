@@ -13,6 +13,7 @@ import oracle
 import tether.aio as aio
 from test_aio import arun, blocked_in
 from test_fd_budget import _kinds
+from tether._kernel import cgroup_ahead
 
 N = 3  # trees awaited at once: a per-tree cost, not a one-off
 
@@ -56,10 +57,12 @@ def test_a_tree_ended_while_watched_keeps_the_watched_number_until_unregistered(
         kept = _names_a_pidfd(watched)
         return kept, await task
 
+    cgroup_ahead.drain()  # (process-wide, not the watch's: drained around the count)
     before = oracle.baseline_fds()
     kept, code = arun(main())
     assert kept, "the watched number was closed under the loop's selector"
     assert code == -signal.SIGKILL
+    cgroup_ahead.drain()
     assert oracle.open_fds() == before, "the borrowed number was never released"
 
 

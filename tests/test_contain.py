@@ -103,6 +103,34 @@ def test_cgroup_directory_is_removed_after_parent_sigkill(python_env: dict[str, 
     assert set(os.listdir(parent_dir)) - before == set()
 
 
+def test_nested_cgroups_the_program_made_are_removed_with_its_tree() -> None:
+    from conftest import require_mode
+
+    require_mode("cgroup")
+    from tether._kernel.cgroup import PARENT_NAME, cgroup_root
+
+    parent_dir = os.path.join(cgroup_root(), PARENT_NAME)
+    before = set(os.listdir(parent_dir))
+    # The program makes a cgroup inside its tree's, moves a sleep there and exits: the guard
+    # must kill the sleep, and remove the nested cgroup before its own directory.
+    prog = ('read d; mkdir "$d/nested" || exit 1; sleep 300 & '
+            'echo $! > "$d/nested/cgroup.procs" || exit 1; echo moved')
+    child = tether.spawn(["sh", "-c", prog], contain="cgroup", stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE)
+    with child:
+        from tether._kernel import cgroup_ahead
+
+        cgroup_ahead.drain()  # (the next tree's directory, made ahead, is not this one)
+        (tree,) = set(os.listdir(parent_dir)) - before
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(os.path.join(parent_dir, tree).encode() + b"\n")
+        child.stdin.close()
+        assert child.stdout.readline() == b"moved\n"
+        assert child.wait() == 0
+        assert set(os.listdir(parent_dir)) - before == set()
+    assert oracle.reap_until(10.0).empty
+
+
 def test_stale_cgroup_directory_is_swept_by_the_next_start() -> None:
     from conftest import require_mode
 

@@ -16,7 +16,7 @@ import pytest
 
 import oracle
 import tether
-from tether._kernel import cgroup, v1_pool
+from tether._kernel import cgroup, cgroup_ahead, v1_pool
 
 N = 3  # trees at once: a per-tree cost, not a one-off cache
 
@@ -38,19 +38,25 @@ def _kinds(fds: set[int]) -> list[str]:
     return sorted(kinds)
 
 
+def _drain() -> None:
+    v1_pool.drain()
+    cgroup_ahead.drain()
+
+
 def _held_per_tree(contain: str | None, **kwargs: object) -> list[str]:
-    """The kinds of the fds that each of N live trees holds in the parent (not the v1 pool's:
-    process-wide, bounded, drained around the count)."""
+    """The kinds of the fds that each of N live trees holds in the parent (not the v1 pool's
+    or the directory made ahead for the next cgroup tree: process-wide, bounded, drained
+    around the count)."""
     with tether.spawn(["true"], contain=contain, **kwargs) as warm:  # (process-wide caches)
         warm.wait()
-    v1_pool.drain()
+    _drain()
     before = oracle.baseline_fds()
     with contextlib.ExitStack() as stack:
         for _ in range(N):
             stack.enter_context(tether.spawn(["sleep", "300"], contain=contain, **kwargs))
-        v1_pool.drain()  # (the directories each limited start made ahead for the next)
+        _drain()  # (the directories each limited or cgroup start made ahead for the next)
         kinds = _kinds(oracle.open_fds() - before)
-    v1_pool.drain()
+    _drain()
     assert oracle.open_fds() == before  # and `with` closes them all
     per_tree = kinds[::N]
     assert kinds == sorted(per_tree * N)
@@ -75,6 +81,7 @@ def test_a_cgroup_trees_directory_is_locked_by_its_guard_not_by_the_parent() -> 
                          stdout=subprocess.PIPE)
     with child:
         assert child.stdout is not None and child.stdout.readline() == b"up\n"
+        cgroup_ahead.drain()  # (the next tree's directory, made ahead, is not this one)
         (name,) = set(os.listdir(parent_dir)) - before
         path = os.path.join(parent_dir, name)
         ours = {(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in oracle.open_fds()}

@@ -68,15 +68,18 @@ def start_reports(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]
     """Every guard start report Guard reads, as (kind, a, b): a spy on its receive call."""
     reports: list[tuple[int, int, int]] = []
 
-    def spy(sock: socket.socket, size: int, flags: int) -> tuple[bytes, list[int], int]:
-        data, fds, msg_flags = recv_with_fds(sock, size, flags)
-        if len(data) == core.GUARD_MSG_SIZE:
-            kind, a, b, *_ = guard_wire.MSG.unpack(data)
-            if kind != core.GUARD_MSG_PROGRAM:  # the program's own announcement
-                reports.append((kind, a, b))
-        return data, fds, msg_flags
+    real = core.read_start_reports
 
-    monkeypatch.setattr(guard_wire, "recv_with_fds", spy)
+    def spy(fd: int, flags: int) -> tuple[tuple[bytes, int, int, int], ...]:
+        read = real(fd, flags)
+        for data, _, _, _ in read:
+            if len(data) == core.GUARD_MSG_SIZE:
+                kind, a, b, *_ = guard_wire.MSG.unpack(data)
+                if kind != core.GUARD_MSG_PROGRAM:  # the program's own announcement
+                    reports.append((kind, a, b))
+        return read
+
+    monkeypatch.setattr(core, "read_start_reports", spy)
     return reports
 
 

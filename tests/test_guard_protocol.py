@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,12 +145,12 @@ def test_an_interrupt_while_a_failed_start_is_cleaned_up_leaks_nothing(
     real = _guard.reap_quietly
     calls = 0
 
-    def interrupted_once(pidfd: object) -> object:
+    def interrupted_once(pidfd: object, **kwargs: bool) -> object:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise KeyboardInterrupt
-        return real(pidfd)  # type: ignore[arg-type]
+        return real(pidfd, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(_guard, "reap_quietly", interrupted_once)
     with pytest.raises(KeyboardInterrupt) as info:
@@ -329,6 +330,36 @@ def test_pidns_a_start_read_after_the_program_was_reaped_still_knows_its_pid() -
         guard.await_start()
         assert child.pid > 1
         assert child.wait() == 0
+
+
+def test_pidns_without_proc_a_start_read_after_the_reap_still_knows_the_pid() -> None:
+    # The program's pid as we see it comes with its announcement (SCM_CREDENTIALS, translated
+    # by the kernel at our read), not from /proc: with /proc gone (a mount namespace without
+    # it), a start read only after the guard has reaped the program still has the pid. (The
+    # guard used to read it from the pidfd's fdinfo under /proc: here it got none, and the
+    # parent's fallback, asking the reaped program's pidfd, could not say either: -1.)
+    require_mode("pidns")
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) to hide /proc in a mount namespace")
+    script = (
+        "import os, select, sys\n"
+        "assert not os.path.exists('/proc/self'), 'the /proc mount is still there'\n"
+        "from tether._kernel.spec import SpawnSpec\n"
+        "from tether._tree.child import start_child\n"
+        "child = start_child(SpawnSpec.build(['true'], popen_style=True), 'pidns',\n"
+        "                    await_start=False)\n"
+        "guard = child._tree\n"
+        "select.select([guard.spawned.pidfd.fileno()], [], [])  # the guard has exited\n"
+        "print(child.pid, child.wait())\n")
+    result = subprocess.run(
+        [unshare, "--mount", "--propagation", "private", "sh", "-c",
+         'umount -l /proc && exec "$0" -c "$1"', PY, script],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    pid, status = map(int, result.stdout.split())
+    assert pid > 1 and status == 0
+    assert oracle.reap_until(10.0).empty
 
 
 def test_pidns_inside_a_pid_namespace_the_reported_pid_is_the_parents_view() -> None:

@@ -95,20 +95,20 @@ def test_ctrl_c_as_the_programs_announcement_is_read_leaves_nothing(
     # carried is then a plain int in the ancillary data (found by a hostile review: about one
     # launch in 15 interrupted by a random timer lost a pidfd). Held off until the Guard
     # holds the pidfd, it leaves nothing; the wait for the report stays interruptible.
+    from tether._kernel import core
     from tether._kernel import reaper as _reaper
-    from tether._tree import guard_wire
 
-    real = guard_wire.recv_with_fds  # (the socket is _socket's: its methods cannot be patched)
+    real = core.read_start_reports  # (the socket is _socket's: its methods cannot be patched)
 
-    def interrupted_on_return(*args: object) -> tuple[bytes, list[int], int]:
-        result = real(*args)  # type: ignore[arg-type]
-        if result[1]:  # (the program's pidfd, from the ancillary data)
+    def interrupted_on_return(*args: int) -> tuple[tuple[bytes, int, int, int], ...]:
+        result = real(*args)
+        if any(fd >= 0 for _, fd, _, _ in result):  # (the program's pidfd, received)
             signal.raise_signal(signal.SIGINT)
         return result
 
     tether.run(["true"], contain=mode)  # type: ignore[arg-type]  (per-process caches filled)
     before = oracle.baseline_fds()
-    monkeypatch.setattr(guard_wire, "recv_with_fds", interrupted_on_return)
+    monkeypatch.setattr(core, "read_start_reports", interrupted_on_return)
     with pytest.raises(KeyboardInterrupt):
         tether.spawn(["sleep", "300"], contain=mode)  # type: ignore[arg-type]
     assert oracle.reap_until(10.0).empty  # the tree ended with its lifeline

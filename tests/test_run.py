@@ -14,6 +14,7 @@ import pytest
 
 import oracle
 import tether
+from tether._kernel import cgroup_ahead
 
 PY = sys.executable
 
@@ -138,9 +139,11 @@ def test_exec_failure_raises_what_subprocess_raises_and_leaves_nothing(
     with pytest.raises(FileNotFoundError) as expected:
         subprocess.run([junk_program])
     tether.run(["true"], contain=mode)  # lazy state (cgroup root, probes) before the count
+    cgroup_ahead.drain()  # (and the next tree's directory, made ahead: process-wide)
     before = oracle.baseline_fds()
     with pytest.raises(FileNotFoundError) as info:
         tether.run([junk_program], input=b"x" * 200000, capture_output=True, contain=mode)
     assert info.value.errno == expected.value.errno
+    cgroup_ahead.drain()
     assert oracle.open_fds() == before
     assert oracle.no_descendants()

@@ -300,6 +300,20 @@ def test_wait_timeout_raises_the_stdlibs_timeout_expired() -> None:
     assert p.returncode == -signal.SIGKILL
 
 
+def test_a_negative_wait_timeout_is_the_stdlibs_already_expired() -> None:
+    # The stdlib's communicate(timeout) hands wait() what is left, which can be below zero:
+    # a negative timeout is one look (TimeoutExpired naming it) as in the stdlib, never a
+    # ValueError; a tree whose end is reported is returned.
+    with subprocess.Popen(["sleep", "60"]) as p:
+        with pytest.raises(stdlib_subprocess.TimeoutExpired) as raised:
+            p.wait(timeout=-0.5)
+        assert raised.value.timeout == -0.5
+        p.kill()
+    with subprocess.Popen(["true"]) as p:
+        select.select([p._tether_tree.fileno()], [], [], 60)  # the guard's exit report
+        assert p.wait(timeout=-1) == 0
+
+
 def test_send_signal_goes_through_the_pidfd_and_is_a_no_op_after_the_end() -> None:
     p = subprocess.Popen(["sleep", "60"])
     p.send_signal(signal.SIGTERM)

@@ -246,7 +246,9 @@ class Popen(_StdlibPopen):  # type: ignore[misc]
             return self.returncode
         tree = self._tether_tree
         assert tree is not None
-        if not tree.wait(timeout):
+        # Below zero is the stdlib's "already expired" (communicate() hands us what is left
+        # of its timeout): one look, not the ValueError tether's own waits give.
+        if not tree.wait(None if timeout is None else max(0.0, timeout)):
             raise TimeoutExpired(self.args, timeout or 0.0)
         rc = self._settle(None)
         if rc is None:

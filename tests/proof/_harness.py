@@ -34,6 +34,7 @@ import tether
 from conftest import require_mode, rmdir_cgroup_tree
 from oracle import Reaped, cgroup_populated, reap_until
 from tether._kernel import cgroup as _cgroup
+from tether._kernel import cgroup_ahead
 from tether._kernel.spawn import clone_with_stdio
 from tether._kernel.spec import SpawnSpec
 
@@ -167,9 +168,11 @@ class Pen:
 
     def tree_dirs(self) -> set[str]:
         try:
-            return {n for n in os.listdir(self.trees) if n.startswith("t-")}
+            names = {n for n in os.listdir(self.trees) if n.startswith("t-")}
         except FileNotFoundError:
             return set()
+        # (not the next tree's directory, made ahead by this process: kept until its exit)
+        return names - {os.path.basename(p) for p in cgroup_ahead.kept()}
 
     def populated(self) -> bool:
         return cgroup_populated(self.path)

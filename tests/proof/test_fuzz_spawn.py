@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 import tether
 from oracle import open_fds, reap_until
+from tether._kernel import cgroup_ahead
 
 from ._harness import Pen, record, size
 
@@ -330,6 +331,9 @@ def judge(spawners: Spawners, s: Spec, tmp: Path, report: FuzzReport) -> None:
     if not seen.empty:
         report.violations.append(Violation(f"{s.api}: a process was left behind", example))
         spawners.pen.clean()
+    # A cgroup-mode start that ran makes the next tree's directory ahead: process-wide, kept
+    # until exit, not this example's.
+    cgroup_ahead.drain()
     fds_after = open_fds()
     if fds_after != fds_before:
         report.violations.append(Violation(

@@ -28,6 +28,7 @@ import tether
 import tether.aio
 from test_aio import blocked_in
 from test_fork_safety import USES
+from tether._kernel import cgroup_ahead
 from tether._kernel import reaper as _reaper
 
 from ._harness import guarded_modes, record, size
@@ -215,6 +216,7 @@ def test_dropped_handles_leave_no_zombie_and_no_fd_after_the_next_spawn() -> Non
     modes = _modes()
     for mode in modes:  # the first spawn of a mode opens what stays open (its cgroup parent)
         tether.run(["true"], contain=mode)
+    cgroup_ahead.drain()  # (process-wide, not a handle's: drained around the count)
     before = oracle.baseline_fds()
     dropped = size(50, 500)
     barriers = []  # dups of what each dropped handle named: to know when it has exited
@@ -236,6 +238,7 @@ def test_dropped_handles_leave_no_zombie_and_no_fd_after_the_next_spawn() -> Non
         _until_exited(fd)
     tether.run(["true"])  # the next spawn once all have exited: it reaps what is left
     assert not oracle.zombie_pending(), f"seed {SEED}: a dropped child was left a zombie"
+    cgroup_ahead.drain()
     assert oracle.open_fds() == before, f"seed {SEED}: a dropped handle left an fd"
     assert _reaper.adopted() == 0
     record("dropped handles (item 11)", f"{dropped} dropped, 0 zombies, 0 fds",

@@ -55,6 +55,7 @@ __all__ = [
     "kill_and_remove",
     "members",
     "move_self",
+    "moves",
     "own_cgroup",
     "populated",
     "release_lock",
@@ -62,6 +63,7 @@ __all__ = [
     "rmdir_quiet",
     "stale",
     "sweep",
+    "tree_parent",
     "wait_empty",
     "wait_events",
     "write_file",
@@ -77,11 +79,14 @@ _swept: set[str] = set()
 class CgroupTree:
     """One tree's cgroup directory: created locked, handed to the guard, removed at the end."""
 
-    __slots__ = ("fd", "handed_over", "path")
+    __slots__ = ("fd", "handed_over", "path", "root")
 
-    def __init__(self, path: str, fd: int) -> None:
+    def __init__(self, path: str, fd: int, root: str = "") -> None:
         self.path = path
         self.fd = fd
+        #: The cgroup root it was made under, for a cgroup-mode tree ("" otherwise): where
+        #: the next such tree's directory is made ahead (``cgroup_ahead``).
+        self.root = root
         #: Our lock fd was closed at hand_over(); the directory is still ours to remove.
         self.handed_over = False
 
@@ -91,7 +96,7 @@ class CgroupTree:
         process first sweeps that parent's stale tree directories. A tree started inside a
         tether tree's cgroup goes inside that cgroup instead (``<own>/tether/t-<random>``),
         so the enclosing tree's cgroup.kill reaches it too."""
-        parent = os.path.join(_enclosing_tree(root) or root, PARENT_NAME)
+        parent = os.path.join(tree_parent(root), PARENT_NAME)
         _sweep_once(parent)
         return cls(*create_locked(parent, TREE_PREFIX))
 
@@ -102,13 +107,13 @@ class CgroupTree:
         If the guard dies first, the lock goes with it: remove() (and any sweep) then kills
         and removes what is left by path, which is what the guard's death calls for."""
         if self.fd >= 0:
-            os.close(self.fd)
+            release_lock(self.fd)
             self.fd = -1
             self.handed_over = True
 
     def _release(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            release_lock(self.fd)
         self.fd = -1
         self.handed_over = False
 
@@ -134,19 +139,21 @@ class CgroupTree:
             self._release()
 
 
-def _enclosing_tree(root: str) -> str | None:
-    """This process's own cgroup if it lies inside a tether tree under ``root``, else None.
-    Nesting is what makes an outer cgroup.kill end an inner tree: a sibling directory would
-    outlive the inner tree's parent and guard, which that kill takes first."""
+def tree_parent(root: str) -> str:
+    """Where a new tree's ``tether/`` directory goes: this process's own cgroup if it lies
+    inside a tether tree under ``root``, else ``root``. Nesting is what makes an outer
+    cgroup.kill end an inner tree: a sibling directory would outlive the inner tree's parent
+    and guard, which that kill takes first."""
     try:
         # The mount table is read only when the path can lie in a tether tree at all: this
-        # runs on every cgroup-mode start, which is almost never nested.
+        # runs on every cgroup-mode start that has no directory made ahead (cgroup_ahead),
+        # which is almost never nested.
         if f"/{PARENT_NAME}/" not in own_cgroup_relative():
-            return None
+            return root
         own = own_cgroup()
     except OSError:
-        return None
-    return own if own.startswith(os.path.join(root, PARENT_NAME) + os.sep) else None
+        return root
+    return own if own.startswith(os.path.join(root, PARENT_NAME) + os.sep) else root
 
 
 def create_locked(parent: str, prefix: str, *, private: bool = False) -> tuple[str, int]:
@@ -228,7 +235,18 @@ def create(path: str) -> None:
 def move_self(directory: str) -> None:
     """Move this process into the cgroup ``directory``: every thread at once, and every
     process it forks from now on starts there."""
+    global _moves
+    _moves += 1  # (before: a directory made ahead meanwhile is never taken)
     write_file(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
+
+
+_moves = 0
+
+
+def moves() -> int:
+    """How many times this process has moved itself (:func:`move_self`): what a directory
+    made ahead for its next tree was placed by (``cgroup_ahead``) is stale once it changed."""
+    return _moves
 
 
 def move_process(pid: int, directory: str) -> None:

@@ -60,11 +60,8 @@ static int read_failure(int readfd, struct tether_failure *failure)
     struct tether_failure rec;
     ssize_t n;
     /* CLONE_VFORK: the child has exec'd or exited by now, so the record (if any) is already in
-     * the pipe. Read without blocking, so a sibling forked elsewhere in this process that
-     * inherited the write end cannot stall us. */
-    int fl = fcntl(readfd, F_GETFL);
-    if (fl >= 0)
-        fcntl(readfd, F_SETFL, fl | O_NONBLOCK);
+     * the pipe. The pipe is non-blocking (made so), so a sibling forked elsewhere in this
+     * process that inherited the write end cannot stall us. */
     do {
         n = read(readfd, &rec, sizeof rec);
     } while (n < 0 && errno == EINTR);
@@ -115,7 +112,9 @@ int tether_clone_exec(struct tether_plan *plan, int method, uint64_t extra_flags
     }
     plan->reset_handlers = method == TETHER_CLONE_LEGACY;
 
-    if (pipe2(pipefd, O_CLOEXEC) != 0)
+    /* Non-blocking from the start (read_failure), rather than an F_GETFL and F_SETFL after
+     * every clone; the child's one small write into the empty pipe cannot block anyway. */
+    if (pipe2(pipefd, O_CLOEXEC | O_NONBLOCK) != 0)
         return -errno;
     plan->errpipe = pipefd[1];
     pid = tether_clone_raw(method, extra_flags, cgroup_fd, tether_child_exec, plan, &pidfd);

@@ -382,6 +382,8 @@ static PyMethodDef core_methods[] = {
      "Clone one child from a fully converted plan; returns (pid, pidfd, stage, errno, method)."},
     {"launch_guard", (PyCFunction)(void (*)(void))core_launch_guard, METH_VARARGS | METH_KEYWORDS,
      "Start a guard in one call (launch.c): (pid, pidfd, control fd, lifeline fd, stage, errno)."},
+    {"read_start_reports", core_read_start_reports, METH_VARARGS,
+     "read_start_reports(fd, flags) -> ((data, fd, msg flags, sender pid), ...): a guard's start."},
     {"hold_signals", core_hold_signals, METH_NOARGS, "Block every signal; the old mask."},
     {"release_signals", core_release_signals, METH_O, "Restore a mask hold_signals gave."},
     {"clone_method", core_clone_method, METH_NOARGS,

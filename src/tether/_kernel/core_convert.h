@@ -19,6 +19,10 @@ TETHER_HIDDEN int *keep_fds_array(PyObject *keep_obj, int *floor_fd);
 TETHER_HIDDEN int plan_attrs(PyObject *attrs, struct tether_plan *plan, gid_t **groups);
 /* launch.c: core.launch_guard. */
 TETHER_HIDDEN PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs);
+/* launch.c: an fd of ours moved above stdio (the number is never one of 0-2). */
+TETHER_HIDDEN int fd_above_stdio(int *fd);
+/* start_report.c: core.read_start_reports. */
+TETHER_HIDDEN PyObject *core_read_start_reports(PyObject *self, PyObject *args);
 TETHER_HIDDEN PyObject *core_hold_signals(PyObject *self, PyObject *unused);
 TETHER_HIDDEN PyObject *core_release_signals(PyObject *self, PyObject *arg);
 

@@ -37,7 +37,8 @@ def poll_ms(remaining: float | None) -> int | None:
     would only cost a loop; returning late is what we avoid."""
     if remaining is None:
         return None
-    return min(POLL_MAX_MS, max(0, int(remaining * 1000.0 + 0.999)))
+    # min() in floats first: a far deadline's milliseconds (1e308 s) are inf, with no int.
+    return max(0, int(min(float(POLL_MAX_MS), remaining * 1000.0 + 0.999)))
 
 
 @final

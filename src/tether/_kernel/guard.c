@@ -67,7 +67,6 @@ struct guard g = {
     .usage_pids_fd = -1,
     .sigfd = -1,
     .program_pidfd = -1,
-    .pid_level = -1,
     .populated = 1,
     .children = REAP_SOME_ALIVE,
 };
@@ -153,25 +152,30 @@ static void send_exited(int status, int with_usage)
 /* Event handlers.                                                                              */
 /* ------------------------------------------------------------------------------------------ */
 
+static void on_signal(uint32_t sig)
+{
+    /* SIGCHLD needs nothing here: every loop turn reaps. SIGCONT under --job-control is
+     * the parent's to pass on, once it has given the program the terminal. */
+    if (sig == SIGCHLD || (sig == SIGCONT && g.job_control) || g.program_reaped)
+        return;
+    (void)sys_pidfd_send_signal(g.program_pidfd, (int)sig, 0);
+    if (ends_program((int)sig)) /* a stopped program must still end */
+        (void)sys_pidfd_send_signal(g.program_pidfd, SIGCONT, 0);
+}
+
+/* Several records a read: a short read means none was left (no EAGAIN round, whose read
+ * would cost the exit path a syscall); one queued meanwhile makes the fd readable again. */
 static void on_signals(void)
 {
-    struct signalfd_siginfo ssi;
-    for (;;) {
-        ssize_t n = read(g.sigfd, &ssi, sizeof ssi);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n != (ssize_t)sizeof ssi)
-            return;
-        /* SIGCHLD needs nothing here: every loop turn reaps. SIGCONT under --job-control is
-         * the parent's to pass on, once it has given the program the terminal. */
-        if (ssi.ssi_signo == SIGCONT && g.job_control)
-            continue;
-        if (ssi.ssi_signo != SIGCHLD && !g.program_reaped) {
-            (void)sys_pidfd_send_signal(g.program_pidfd, (int)ssi.ssi_signo, 0);
-            if (ends_program((int)ssi.ssi_signo)) /* a stopped program must still end */
-                (void)sys_pidfd_send_signal(g.program_pidfd, SIGCONT, 0);
-        }
-    }
+    struct signalfd_siginfo ssi[4];
+    ssize_t n, i;
+    do {
+        do
+            n = read(g.sigfd, ssi, sizeof ssi);
+        while (n < 0 && errno == EINTR);
+        for (i = 0; n > 0 && i < n / (ssize_t)sizeof ssi[0]; i++)
+            on_signal(ssi[i].ssi_signo);
+    } while (n == (ssize_t)sizeof ssi);
 }
 
 static void on_control(void)
@@ -243,7 +247,9 @@ static void run_until_tree_ends(void)
             pfd[n].fd = g.control;
             pfd[n++].events = POLLIN;
         }
-        if (g.events_fd >= 0) {
+        /* Only while the tree ends: before, "populated" decides nothing, and its change to 1
+         * at the program's start would wake us for nothing. */
+        if (g.events_fd >= 0 && g.killing) {
             at_events = n;
             pfd[n].fd = g.events_fd;
             pfd[n++].events = POLLPRI;
@@ -284,9 +290,9 @@ static void run_until_tree_ends(void)
         /* program_check() may just have started the kill (g.killing): the members it killed
          * may already be gone, and the POLLPRI for that is rate-limited, so look now rather
          * than sleep up to 10 ms on a file that already says "populated 0". */
-        if (at_events >= 0 && g.killing)
+        if (g.events_fd >= 0 && g.killing)
             cg_read_events();
-        if (tree_done(now_ms()))
+        if (tree_done())
             return;
     }
 }

@@ -81,8 +81,6 @@ struct guard {
     int *keep;         /* the user's pass_fds, sorted, unique */
     int n_keep;
     const char *userns; /* --userns UID:GID, or NULL */
-    int pid_level;      /* --pid-level: the parent's PID namespace, counted from /proc's;
-                         * -1: not given (the parent resolves the program's pid itself) */
     int clone_method;   /* --clone: TETHER_CLONE_*; TETHER_CLONE_UNKNOWN: clone3, then legacy */
     int join_fds[GUARD_MAX_JOIN]; /* --join-cgroup: cgroup dirs (v1 per controller) we join */
     int join_v1[GUARD_MAX_JOIN]; /* 1: that one is a v1 directory (joined through "tasks") */
@@ -153,11 +151,10 @@ void start_reported(void);
 int ends_program(int sig);
 void signal_tree(int sig);
 void kill_tree(void);
-pid_t pid_seen_by_parent(void);
 void program_check(void);
 void job_check(void);
 int reap_children(void);
-int tree_done(int64_t now);
+int tree_done(void);
 __attribute__((noreturn)) void die_with_tree(void);
 
 /* guard_cgroup.c */

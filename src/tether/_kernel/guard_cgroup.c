@@ -198,6 +198,16 @@ thaw:
 void cg_kill(void)
 {
     ssize_t n = -1;
+    /* Nothing left to kill: the program was the tree's last live member, the usual end
+     * (cgroup.events says "populated 0" as soon as it has exited, before we reap it). No
+     * member can come meanwhile: only a live member's fork adds one. */
+    cg_read_events();
+    if (g.populated == 0)
+        return;
+    /* Opened here, not at setup: most trees end empty, and never need it. ENOENT: before
+     * 5.14, freeze instead. */
+    if (g.cgkill_fd < 0)
+        g.cgkill_fd = openat(g.cgroup_fd, "cgroup.kill", O_WRONLY | O_CLOEXEC);
     if (g.cgkill_fd >= 0) {
         /* cgroup.kill (5.14) SIGKILLs the whole subtree and keeps killing what forks
          * meanwhile, setsid'd daemons included. */
@@ -246,8 +256,10 @@ static void cg_wait_events(int ms)
  *     every member has exited, zombies included): try again after a wait for cgroup.events
  *     to change (its "populated 0"), until CG_REMOVE_TIMEOUT_MS have passed (5 s, as in
  *     cgroup.py).
- * Each try first removes, depth first, the nested cgroups the program made (only root can);
- * a try that removed some goes again at once. The one deliberate difference: the guard waits
+ * A try that finds the directory busy removes, depth first, the nested cgroups the program
+ * made (only root can), and goes again at once if it removed some. The rmdir comes first:
+ * almost no tree has nested cgroups, and listing the directory (an open and three getdents)
+ * cost every tree's exit ~15 us before the one rmdir it needed. The one deliberate difference: the guard waits
  * at most CG_REMOVE_WAIT_MS (2 ms) per try where cgroup.py waits 10 ms. The guard is on every
  * cgroup tree's exit path, and the populated notification is rate-limited (one per 10 ms per
  * file), so waiting for the event alone could cost each such tree 10 ms; cgroup.py only runs
@@ -268,17 +280,20 @@ int cg_remove(int parent_gone)
         return g.populated == 0 ? 0 : -EBUSY;
     }
     for (;;) {
-        int nested = g.cgroup_fd >= 0 ? cg_each_subdir(g.cgroup_fd, remove_nested, 1, 0) : 0;
+        int nested;
         if (rmdir(g.cgroup_path) == 0 || errno == ENOENT)
             return 0;
         if (errno == EINTR)
             continue;
         if (errno != EBUSY)
             return -errno;
+        /* Busy: nested cgroups (rmdir says EBUSY for those too), or members still exiting. */
+        nested = g.cgroup_fd >= 0 ? cg_each_subdir(g.cgroup_fd, remove_nested, 1, 0) : 0;
+        if (nested > 0)
+            continue;
         if (now_ms() >= deadline)
             return -EBUSY;
-        if (nested == 0)
-            cg_wait_events(CG_REMOVE_WAIT_MS);
+        cg_wait_events(CG_REMOVE_WAIT_MS);
     }
 }
 

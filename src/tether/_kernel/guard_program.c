@@ -134,7 +134,7 @@ void start_program(char **path_argv)
         start_reported();
         (void)kill(getpid(), SIGSTOP);
     }
-    send_msg(TETHER_MSG_STARTED, pid_seen_by_parent(), method, -1);
+    send_msg(TETHER_MSG_STARTED, pid, method, -1);
     start_reported();
 }
 

@@ -13,11 +13,14 @@
  *                process group and before it can exec: a = its pid in the guard's PID
  *                namespace, with its own pidfd attached. From then on the parent can end the
  *                program's group even if the guard dies before it reports. Absent only if the
- *                program failed before that step (then MSG_FAILED follows).
- *   MSG_STARTED  the program has exec'd: a = its pid as the parent sees it (pidns mode: read
- *                by the guard from the pidfd's fdinfo through the shared /proc, before the
- *                program can be reaped; 0 if that could not be read), b = the clone method
- *                that made the program (TETHER_CLONE_CLONE3 or TETHER_CLONE_LEGACY, clone.h)
+ *                program failed before that step (then MSG_FAILED follows). In pidns mode
+ *                the parent's end has SO_PASSCRED (launch.c), so the message also carries
+ *                the program's pid as the parent sees it (SCM_CREDENTIALS: the kernel
+ *                translates the sender's pid into the reader's namespace at the read, also
+ *                once the program has been reaped; start_report.c).
+ *   MSG_STARTED  the program has exec'd: a = its pid in the guard's namespace (the parent
+ *                takes its own view from MSG_PROGRAM), b = the clone method that made the
+ *                program (TETHER_CLONE_CLONE3 or TETHER_CLONE_LEGACY, clone.h)
  *     or
  *   MSG_FAILED   a = stage (enum tether_stage, or TETHER_GUARD_STAGE_*), b = errno; the
  *                guard then exits 127 without starting anything (nothing is left behind)

@@ -109,6 +109,13 @@ int fd_is_open(int fd)
     return fd >= 0 && fcntl(fd, F_GETFD) >= 0;
 }
 
+/* An fd given to us for our own use (--control, --start-fd): open, and close-on-exec from
+ * now on, so it never reaches the program; one fcntl both checks and marks it. */
+static int own_fd(int fd)
+{
+    return fd >= 3 && fcntl(fd, F_SETFD, FD_CLOEXEC) == 0;
+}
+
 int is_kept(int fd)
 {
     int i;
@@ -167,7 +174,7 @@ static void parse_control(int argc, char **argv)
         if (strcmp(argv[i], "--control") == 0) {
             g.control = parse_uint(argv[i + 1], NULL);
             /* Never one of 0-2: those are the program's stdio, not ours. */
-            if (g.control < 3 || !fd_is_open(g.control)) {
+            if (!own_fd(g.control)) {
                 g.control = -1;
                 usage("bad --control fd: ", argv[i + 1]);
             }
@@ -259,7 +266,7 @@ int parse_args(int argc, char **argv)
             /* parsed above */
         } else if (strcmp(opt, "--start-fd") == 0) {
             g.start_fd = parse_uint(argv[i + 1], NULL);
-            if (g.start_fd < 3 || !fd_is_open(g.start_fd))
+            if (!own_fd(g.start_fd))
                 usage("bad --start-fd: ", argv[i + 1]);
         } else if (strcmp(opt, "--keep") == 0) {
             parse_keep(argv[i + 1]);
@@ -285,10 +292,6 @@ int parse_args(int argc, char **argv)
                 usage("bad fd for ", opt);
         } else if (strcmp(opt, "--userns") == 0) {
             g.userns = argv[i + 1];
-        } else if (strcmp(opt, "--pid-level") == 0) {
-            g.pid_level = parse_uint(argv[i + 1], NULL);
-            if (g.pid_level < 0)
-                usage("bad --pid-level: ", argv[i + 1]);
         } else if ((r = guard_parse_attr(opt, argv[i + 1])) < 0) {
             usage("bad value for ", opt);
         } else if (r == 0) {
@@ -416,13 +419,11 @@ void setup_guard(void)
                              g.start_fd == g.lifeline)))
         fail(TETHER_GUARD_STAGE_SETUP, EBADF);
     /* Our own fds must not leak into the program (the child closes all but its plan anyway;
-     * this also covers any exec we do not know of). */
+     * this also covers any exec we do not know of). --control and --start-fd are marked
+     * already (own_fd). */
     fcntl(g.lifeline, F_SETFD, FD_CLOEXEC);
-    fcntl(g.control, F_SETFD, FD_CLOEXEC);
     if (g.cgroup_fd >= 0)
         fcntl(g.cgroup_fd, F_SETFD, FD_CLOEXEC);
-    if (g.start_fd >= 0)
-        fcntl(g.start_fd, F_SETFD, FD_CLOEXEC);
 
     setup_signals();
     /* Orphans of the tree are reparented to us, so we can reap them and see when they are
@@ -434,12 +435,10 @@ void setup_guard(void)
     check_usage_fds();
 
     if (g.contain == CONTAIN_CGROUP) {
+        /* cgroup.kill is opened when there is something to kill (cg_kill); the events are
+         * read when they matter (cg_kill, and while the tree ends). */
         g.events_fd = openat(g.cgroup_fd, "cgroup.events", O_RDONLY | O_CLOEXEC);
         if (g.events_fd < 0)
             fail(TETHER_GUARD_STAGE_CGROUP, errno);
-        g.cgkill_fd = openat(g.cgroup_fd, "cgroup.kill", O_WRONLY | O_CLOEXEC);
-        if (g.cgkill_fd < 0 && errno != ENOENT) /* ENOENT: before 5.14, freeze instead */
-            fail(TETHER_GUARD_STAGE_CGROUP, errno);
-        cg_read_events();
     }
 }

@@ -13,57 +13,6 @@
 /* The tree.                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-/* The program's pid as the parent sees it. In pidns mode our own view (getpid inside the
- * namespace) means nothing to the parent, and once the program is reaped the parent can no
- * longer ask its pidfd; so read it now, while the program cannot have been reaped, from the
- * pidfd's fdinfo: its NSpid line lists the pid in every namespace from the one of the /proc
- * mount (which we share with the parent) down, and --pid-level says which of them is the
- * parent's (the parent counts its own NSpid line). 0 if that fails (no /proc): the parent
- * then asks the pidfd itself. */
-pid_t pid_seen_by_parent(void)
-{
-    char path[48] = "/proc/self/fdinfo/", buf[512];
-    const char *at;
-    ssize_t n;
-    pid_t pid = 0;
-    int fd, k = 18, d = g.program_pidfd, div = 1;
-
-    if (g.contain != CONTAIN_PIDNS)
-        return g.program_pid;
-    if (g.pid_level < 0)
-        return 0;
-    while (d / div >= 10)
-        div *= 10;
-    for (; div > 0; div /= 10)
-        path[k++] = (char)('0' + (d / div) % 10);
-    path[k] = '\0';
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    do
-        n = read(fd, buf, sizeof buf - 1);
-    while (n < 0 && errno == EINTR);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    for (at = buf; strncmp(at, "NSpid:", 6) != 0; at++) {
-        at = strchr(at, '\n');
-        if (at == NULL)
-            return 0;
-    }
-    at += 6;
-    for (k = 0; k <= g.pid_level; k++) {
-        for (; *at == ' ' || *at == '\t'; at++)
-            ;
-        if (*at < '0' || *at > '9')
-            return 0; /* fewer levels than the parent said */
-        for (pid = 0; *at >= '0' && *at <= '9'; at++)
-            pid = pid * 10 + (*at - '0');
-    }
-    return pid;
-}
-
 /* Signal the program's process group; 0 if someone got it, else -errno (ESRCH: empty). */
 static int group_signal(int sig)
 {
@@ -143,8 +92,9 @@ void kill_tree(void)
      * cgroup.kill's reach, but not out of the group unless it also called setsid(). */
     if (g.contain == CONTAIN_CGROUP)
         (void)group_signal(SIGKILL);
-    /* The program itself, also when it left its group (setsid) or the cgroup. */
-    if (!g.program_reaped)
+    /* The program itself, also when it left its group (setsid) or the cgroup; not once it
+     * has exited (a zombie takes no signal: the program's exit is the common way here). */
+    if (!g.program_exited)
         (void)sys_pidfd_send_signal(g.program_pidfd, SIGKILL, 0);
 }
 
@@ -272,8 +222,9 @@ int reap_children(void)
     }
 }
 
-/* Has the tree ended, per the policy and the mode? */
-int tree_done(int64_t now)
+/* Has the tree ended, per the policy and the mode? The cheapest sign first: ECHILD from the
+ * last reap pass costs no syscall, the group test one, the clock one (no vDSO here). */
+int tree_done(void)
 {
     if (!g.program_reaped)
         return 0;
@@ -286,14 +237,14 @@ int tree_done(int64_t now)
          * when the group is empty — or we have no child at all (what is left is not ours to
          * reap), or, after SETTLE_MS, when dead members are held unreaped by a parent
          * outside the group. */
-        return group_empty() || g.children == REAP_NONE_LEFT || now >= g.settle_deadline;
+        return g.children == REAP_NONE_LEFT || group_empty() || now_ms() >= g.settle_deadline;
     case CONTAIN_CGROUP:
         /* "populated 0" comes when the last member has *exited*; its children may still be on
          * their way to us (exit_notify runs after cgroup_exit), so also reap until ECHILD.
          * The deadline only matters for a child moved out of the cgroup. */
         if (g.populated != 0)
             return 0;
-        return g.children == REAP_NONE_LEFT || now >= g.settle_deadline;
+        return g.children == REAP_NONE_LEFT || now_ms() >= g.settle_deadline;
     case CONTAIN_PIDNS:
         /* Nothing escapes a PID namespace: every orphan comes to PID 1. */
         return g.children == REAP_NONE_LEFT;

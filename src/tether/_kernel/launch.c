@@ -60,7 +60,8 @@ static void launch_undo(struct launch_fds *fds)
         close(fds->signals);
 }
 
-static int fd_above_stdio(int *fd)
+/* *fd moved above 2 (close-on-exec) if it is not already: 0, or -errno (*fd left open). */
+int fd_above_stdio(int *fd)
 {
     int moved;
     if (*fd > 2)
@@ -75,16 +76,22 @@ static int fd_above_stdio(int *fd)
 
 /* The socketpair (both ends above 2: --control must not be one of the program's stdio fds),
  * with watch the start pipe (its ends above 2 alike) and a signalfd of watch, and the
- * lifeline; 0 or -errno (nothing left open). No GIL needed. */
-static int launch_open(struct launch_fds *fds, const sigset_t *watch)
+ * lifeline; 0 or -errno (nothing left open). No GIL needed. With pass_creds (a new PID
+ * namespace) our end has SO_PASSCRED before anyone can send: the program's announcement then
+ * carries its pid as we see it (start_report.c). */
+static int launch_open(struct launch_fds *fds, const sigset_t *watch, int pass_creds)
 {
-    int pair[2], err;
+    int pair[2], err, on = 1;
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0)
         return -errno;
     fds->ours = pair[0];
     fds->guards = pair[1];
     if ((err = fd_above_stdio(&fds->ours)) < 0 || (err = fd_above_stdio(&fds->guards)) < 0)
         goto undo;
+    if (pass_creds && setsockopt(fds->ours, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0) {
+        err = -errno;
+        goto undo;
+    }
     /* Registered like a lifeline: a fork() elsewhere in this process must not hold its write
      * end open, or the wait for the start would last as long as that child. */
     if (watch != NULL && (err = -lifeline_registry_pipe(fds->start)) < 0) {
@@ -249,7 +256,7 @@ static int launch_clone(struct tether_plan *plan, struct launch_fds *fds, char *
     int *keep = NULL, n_keep = plan->n_keep, rc;
     char **envp = (char **)plan->envp;
     Py_ssize_t n_env = 0;
-    if ((rc = launch_open(fds, watch)) < 0)
+    if ((rc = launch_open(fds, watch, (extra_flags & CLONE_NEWPID) != 0)) < 0)
         return rc;
     snprintf(ctl, 16, "%d", fds->guards);
     snprintf(start, 16, "%d", fds->start[1]);

@@ -430,27 +430,6 @@ def _reaped_by_its_parent(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
-_level: list[int] = []
-
-
-def namespace_level() -> int:
-    """How deep this process's PID namespace lies below the one of the /proc mount (0: the
-    same): the number of entries of our own NSpid line, less one; -1 if /proc cannot say.
-    What a guard in a new PID namespace needs to pick this process's view of a pid out of a
-    pidfd's fdinfo. Cached: a process never changes its PID namespace."""
-    if not _level:
-        level = -1
-        try:  # bytes: a text file's decoder costs start-up (tether run asks this once)
-            with open("/proc/self/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"NSpid:"):
-                        level = len(line.split()) - 2
-        except OSError:
-            pass
-        _level.append(level)
-    return _level[0]
-
-
 def pid_in_our_namespace(pidfd_fd: int, fallback: int) -> int:
     """The PID of ``pidfd_fd``'s process as this process sees it (a guard that is PID 1 of
     its own namespace reports the program's PID from inside it).

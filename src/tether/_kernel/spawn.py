@@ -216,7 +216,8 @@ def clone_guard(
     came): the caller's next read of the socket finds the start reported, and this thread
     slept through the guard's exec instead of competing with it for the CPU. A caller that
     holds signals already (``core.hold_signals``) passes the mask it got as ``held_mask``:
-    the signals that mask lets in still end the wait.
+    the signals that mask lets in still end the wait, and all stay held until the caller
+    releases them (it must own what this returns first).
     Errors as :func:`clone_spec`'s, with every fd made here closed."""
     reaper.reap_dropped()
     method = clone_method()
@@ -230,8 +231,9 @@ def clone_guard(
     # A Python signal handler (Ctrl-C's KeyboardInterrupt) runs between bytecodes: just after
     # the C call returns, the guard's pidfd, lifeline and socket are plain ints, and an
     # exception there would lose them with the tree running. So this thread takes no signal
-    # until they are owned by objects; one that comes meanwhile is handled right after.
-    held = core.hold_signals()
+    # until they are owned by objects; one that comes meanwhile is handled right after. A
+    # caller that holds them already (held_mask) keeps holding them past our return.
+    held = core.hold_signals() if held_mask is None else None
     pidfd = -1
     try:
         pid, pidfd, sock_fd, write_fd, stage, err = core.launch_guard(
@@ -247,10 +249,12 @@ def clone_guard(
                               LifelineWriter._create(write_fd))
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, sock_fd)
     except BaseException:
-        core.release_signals(held)
+        if held is not None:
+            core.release_signals(held)
         raise
     try:
-        core.release_signals(held)
+        if held is not None:
+            core.release_signals(held)
     except BaseException:
         if pidfd >= 0:
             # A signal held off during the launch was raised (Ctrl-C): the caller never gets

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import signal
 
+from tether._kernel.deadline import Deadline
 from tether._kernel.errors import Unsupported
 from tether._kernel.exit import Exit
 from tether._kernel.pidfd import Pidfd
+from tether._tree.early_wake import spin_until_readable
 
 __all__ = ["kill_group", "reap_quietly"]
 
@@ -35,13 +37,18 @@ def kill_group(program: Pidfd, pgid: int) -> None:
             pass
 
 
-def reap_quietly(pidfd: Pidfd) -> Exit | None:
+def reap_quietly(pidfd: Pidfd, *, exiting: bool = False) -> Exit | None:
+    """Reap our child ``pidfd`` (blocking until it exits); ``exiting``: it is on its way
+    out (a guard that has sent its last report), so a short spin beats a sleep."""
     if pidfd.closed:
         return None
     try:
         # The guard exits right after its report: usually it is reapable already, and a
         # non-blocking reap saves setting up a poll.
-        exit_ = pidfd.poll() or pidfd.wait()
+        exit_ = pidfd.poll()
+        if exit_ is None and exiting and spin_until_readable(pidfd.fileno(), Deadline(None)):
+            exit_ = pidfd.poll()
+        exit_ = exit_ or pidfd.wait()
     except (ChildProcessError, ValueError):
         exit_ = None
     pidfd.close()

@@ -9,12 +9,12 @@ from __future__ import annotations
 # socket.py's enum set-up costs ~2 ms of every start; its C module has all we use.
 import _socket as socket
 import errno
+import os
 import struct
 from collections.abc import Callable
 from typing import Final
 
 from tether._kernel import core
-from tether._kernel.fds import recv_with_fds
 
 __all__ = [
     "DONTWAIT", "MSG", "MSG_EXITED", "MSG_FAILED", "MSG_KILL_TREE", "MSG_PROGRAM",
@@ -37,14 +37,12 @@ DONTWAIT: Final = int(socket.MSG_DONTWAIT)  # (an IntFlag's | costs microseconds
 _STARTED: Final = MSG.pack(MSG_STARTED, 0, 0, 0, 0)[:4]  # (its kind, as it comes)
 
 
-def read_message(
-        sock: socket.socket, flags: int, *, with_fds: bool) -> tuple[bytes, list[int], int]:
-    """One message: (data, fds passed with it, message flags); b"" once the guard is gone.
-    ``with_fds`` until the start is read: the program's announcement carries its pidfd."""
+def read_message(sock: socket.socket, flags: int) -> tuple[bytes, list[int], int]:
+    """One message after the start: (data, no fds, message flags); b"" once the guard is
+    gone. (The start's reports, which may carry the program's pidfd, are read by
+    :func:`read_start_report`.)"""
     for _ in range(3):
         try:
-            if with_fds:
-                return recv_with_fds(sock, _MAX_SIZE, flags)
             return sock.recv(_MAX_SIZE, flags), [], 0
         except ConnectionResetError:
             # The guard exited with a command of ours still unread (a terminate() racing with
@@ -75,25 +73,38 @@ def announcement_error(msg_flags: int) -> OSError:
 
 
 def read_start_report(
-        sock: socket.socket, flags: int, handle: Callable[[bytes, list[int], int], bool]) -> bool:
-    """Read one report before the start is known and act on it (``handle``: True once the
-    tree has ended). The program's pidfd is a plain int from the read of the report that
-    carries it (MSG_PROGRAM) until ``handle`` has stored it, and again while MSG_STARTED
-    moves it to the program's handle: no signal handler runs meanwhile (a Ctrl-C there
-    would lose it; one that comes is handled right after). The end's reports are acted on
-    with signals as usual (their handling reaps the guard). The blocking wait for the
+        sock: socket.socket, flags: int,
+        handle: Callable[[bytes, list[int], int, int], bool]) -> bool:
+    """Read the next report before the start is known, and the one after it if it was the
+    program's announcement and the next is queued already (one C call,
+    ``core.read_start_reports``: both are there together after an awaited launch), and act
+    on each (``handle(data, fds, message flags, the sender's pid as we see it or 0)``: True
+    once the tree has ended). The program's pidfd is a plain int from the read of the report
+    that carries it (MSG_PROGRAM) until ``handle`` has stored it, and again while
+    MSG_STARTED moves it to the program's handle: no signal handler runs meanwhile (a Ctrl-C
+    there would lose it; one that comes is handled right after). The end's reports are acted
+    on with signals as usual (their handling reaps the guard). The blocking wait for the
     report, if ``flags`` block, stays interruptible: it peeks (takes neither message nor
     fd)."""
     if not flags & DONTWAIT:
         try:
             sock.recv(1, socket.MSG_PEEK)  # (no room for ancillary data: no fd is made)
         except ConnectionResetError:
-            pass  # (read_message reads on past it)
+            pass  # (the read reads on past it)
     held = core.hold_signals()
     try:
-        data, fds, msg_flags = read_message(sock, DONTWAIT, with_fds=True)
-        if fds or data[:4] == _STARTED:
-            return handle(data, fds, msg_flags)
+        reports = core.read_start_reports(sock.fileno(), DONTWAIT)
+        for at, (data, fd, msg_flags, sender) in enumerate(reports):
+            if fd < 0 and data[:4] != _STARTED:
+                break  # (handled below, with signals as usual)
+            if handle(data, [fd] if fd >= 0 else [], msg_flags, sender):
+                for _, later, _, _ in reports[at + 1:]:
+                    if later >= 0:
+                        os.close(later)
+                return True
+        else:
+            return False
     finally:
         core.release_signals(held)
-    return handle(data, fds, msg_flags)
+    data, _, msg_flags, sender = reports[at]
+    return handle(data, [], msg_flags, sender)

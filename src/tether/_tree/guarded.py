@@ -26,6 +26,7 @@ from tether._kernel.pidfd import Pidfd, pid_in_our_namespace
 from tether._kernel.spawn import Spawned, child_error
 from tether._kernel.spec import SpawnSpec
 from tether._tree import guard_wire as wire
+from tether._tree.early_wake import lend_program, spin_for_end
 from tether._tree.ending import kill_group, reap_quietly
 from tether._tree.guard_launch import start_guard
 from tether._tree.modes import Mode
@@ -47,8 +48,8 @@ class Guard:
 
     __slots__ = (
         "_announced", "_borrowers", "_exit", "_generation", "_job_control", "_launching",
-        "_lock", "_program", "_program_pid", "_rusage", "cgroup", "dead", "guard_exit", "mode",
-        "sock", "spawned", "spec", "start_error", "stops",
+        "_lock", "_program", "_program_pid", "_rusage", "_woke_early", "cgroup", "dead",
+        "guard_exit", "mode", "sock", "spawned", "spec", "start_error", "stops",
     )
 
     def __init__(
@@ -84,10 +85,11 @@ class Guard:
         # One reader of the guard's reports at a time: any thread may pump, wait or signal
         # (Child is thread-safe like Popen); blocking waits poll a dup outside the lock.
         self._lock = threading.RLock()
-        self._borrowers = 0  # blocking waiters polling the control socket for the start
+        self._borrowers = 0  # blocking waiters that may poll the control socket
         self._generation = core.fork_generation()
         self._launching = True  # until launch() returns: no other thread holds this Guard
         self._job_control = False  # the guard reports the program's stops (MSG_STOPPED)
+        self._woke_early = False  # a blocking end wait has used its early wake (early_wake)
 
     @classmethod
     def launch(
@@ -120,15 +122,18 @@ class Guard:
         # preexec_fn's fork: the user's function runs with the caller's signal mask.
         held = core.hold_signals() if spec.preexec_fn is None else None
         guard: Guard | None = None
+        waited = await_start and spec.limits is None  # limits: see _on_announced
         try:
             spawned, parent_sock, cgroup = start_guard(
                 spec, stdio_fds, mode, options, cgroup_root_arg,
-                process_group=not (foreground or job_control),  # limits: see _on_announced
-                wait_start=await_start and spec.limits is None, held_mask=held)
+                process_group=not (foreground or job_control), wait_start=waited,
+                held_mask=held)
             guard = cls(spec, mode, spawned, parent_sock, cgroup)
             guard._job_control = job_control
             if held is not None:
                 core.release_signals(held)
+            if waited:  # reported already (unless a signal ended the wait): no blocking peek
+                guard.pump(stop_at_start=True)
             if await_start:
                 guard.await_start()
         except BaseException:
@@ -179,35 +184,42 @@ class Guard:
     def _block_until(self, deadline: Deadline, *, start: bool) -> bool:
         """Until the start is known (``start``) or the tree has ended: True, or False once
         ``deadline`` has passed. Safe from any thread: the reports are read under the lock,
-        and the fd polled meanwhile is borrowed (closed by a thread that reads the end, its
+        and the fds polled meanwhile are borrowed (closed by a thread that reads the end, a
         number could be reused under the poll): the control socket for the start; for the
         end the guard's pidfd, readable once the guard has reported and exited, so one
-        wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md), and the
-        socket too where the guard reports stops (the only reports that can pile up)."""
-        guard, poller = self.spawned.pidfd, select.poll()
+        wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md), the
+        program's, which wakes us at its exit, in parallel with the guard (early_wake), and
+        the socket too where the guard reports stops (the only reports that can pile up)."""
+        guard, poller, lent, early = self.spawned.pidfd, select.poll(), None, -1
         on_socket = start or self._job_control  # (a socket full of stops blocks the guard)
         with self._lock:
             if (self.pump(stop_at_start=True) or self.started) if start else self.ended:
                 return True  # (for the end, no read first: the pidfd is readable at once)
             if not start:
                 poller.register(guard._borrow(), select.POLLIN)  # (_release closes it)
+                lent = None if self._woke_early else self._program
+                early = lend_program(poller, lent)
+            self._borrowers += 1  # (the socket: polled for the start, and by an early wake)
             if on_socket:
-                self._borrowers += 1
                 poller.register(self.sock.fileno(), select.POLLIN)
         try:
             while True:
-                poller.poll(deadline.poll_ms())
-                with self._lock:
-                    if self.pump(stop_at_start=start) or (start and self.started):
+                ready = poller.poll(deadline.poll_ms())
+                if early >= 0 and len(ready) == 1 and ready[0][0] == early:
+                    self._woke_early = True  # (once per tree: a wait_tree guard waits on)
+                    ready = spin_for_end(poller, early, self.sock.fileno(), deadline)
+                with self._lock:  # (nothing ready: a spin that found nothing, or a timeout)
+                    if (ready and self.pump(stop_at_start=start)) or (start and self.started):
                         return True
                 if deadline.expired:
                     return False
         finally:
-            if on_socket:
-                with self._lock:
-                    self._borrowers -= 1
-                    if not self._borrowers and self.ended:
-                        self.sock.close()
+            with self._lock:
+                self._borrowers -= 1
+                if not self._borrowers and self.ended:
+                    self.sock.close()
+            if early >= 0 and lent is not None:
+                lent._end_borrow()
             if not start:
                 guard._end_borrow()
 
@@ -248,14 +260,14 @@ class Guard:
             os.close(fd)
         self._abort_start(wire.announcement_error(msg_flags))
 
-    def _on_started(self, pid: int) -> None:
+    def _on_started(self) -> None:
         if self._announced is None:
             self._abort_start(OSError(errno.EPROTO, "the tether guard reported a start that "
                                       "the program did not announce; the tree was ended"))
             return
-        fd = self._announced[0]
+        fd, pid = self._announced
         self._announced = None
-        if pid <= 0:  # pidns, and the guard could not read it: ask the pidfd (still alive?)
+        if pid <= 0:  # pidns, and the announcement came without credentials: ask the pidfd
             pid = pid_in_our_namespace(fd, -1)
         self._program_pid = pid
         self._program = Pidfd._create(fd, pid, reaper=False, cmd=None)
@@ -288,13 +300,14 @@ class Guard:
         self._end_announced()
         self.start_error = error
 
-    def _release(self) -> Exit | None:
+    def _release(self, *, exiting: bool = False) -> Exit | None:
         """Drop our side of the tree once the guard is done or must be: cut the lifeline
         (a guard still running ends the tree on it), reap the guard, close the control
         socket, and remove the cgroup directory (the guard removed it already unless it was
-        killed; remove() then only drops our lock). Returns how the guard ended."""
+        killed; remove() then only drops our lock). Returns how the guard ended (``exiting``:
+        it has sent its last report, so a short spin beats a sleep, ``reap_quietly``)."""
         self.spawned.lifeline.close()
-        guard_exit = reap_quietly(self.spawned.pidfd)
+        guard_exit = reap_quietly(self.spawned.pidfd, exiting=exiting)
         if not self._borrowers:  # else the last waiter closes it
             self.sock.close()
         if self.cgroup is not None:
@@ -341,21 +354,24 @@ class Guard:
         """Read and act on one report; True once the tree has ended."""
         if self._program is None:  # (the start's reports may carry the program's pidfd)
             return wire.read_start_report(self.sock, flags, self._handle)
-        return self._handle(*wire.read_message(self.sock, flags, with_fds=False))
+        return self._handle(*wire.read_message(self.sock, flags))
 
-    def _handle(self, data: bytes, fds: list[int], msg_flags: int) -> bool:
-        """Act on one message; True once the tree has ended."""
+    def _handle(self, data: bytes, fds: list[int], msg_flags: int, sender: int = 0) -> bool:
+        """Act on one message (``sender``: its sender's pid as we see it, where the socket
+        passes credentials: pidns mode); True once the tree has ended."""
         if len(data) == 0:
             self._guard_died()
             return True
         (kind, a, b, c, d), tail = wire.unpack(data)
         if kind == wire.MSG_PROGRAM and self._program is None:
-            self._on_announced(a, fds, msg_flags)
+            # The program's pid as we see it: in pidns mode only the kernel's translation
+            # (SCM_CREDENTIALS) knows it; elsewhere the guard's view is ours.
+            self._on_announced(sender if self.mode == "pidns" else a, fds, msg_flags)
             return self.start_error is not None
         for fd in fds:
             os.close(fd)
         if kind == wire.MSG_STARTED and self._program is None:
-            self._on_started(a)
+            self._on_started()
             return self.start_error is not None
         if kind == wire.MSG_FAILED and self._program is None:
             self._on_failed(a, b)
@@ -385,11 +401,9 @@ class Guard:
         """How the program ended, once the tree has; raises ChildProcessError if the guard
         died before it could report (the tree was ended parent-side)."""
         if self.dead:
-            raise ChildProcessError(
-                errno.ECHILD,
-                f"the tether guard of {self.spec.args!r} died ({self.guard_exit}) before "
-                "reporting the program's status; tether killed the rest of the tree",
-            )
+            raise ChildProcessError(errno.ECHILD, f"the tether guard of {self.spec.args!r} died "
+                                    f"({self.guard_exit}) before reporting the program's "
+                                    "status; tether killed the rest of the tree")
         return self._exit
 
     def _finish(self, exit_: Exit, usage_tail: tuple[int, ...] | None) -> None:
@@ -397,7 +411,7 @@ class Guard:
         if self._program is not None:  # (always: the start is reported before the end)
             self._program._set_exit(exit_)
         # The guard exits right after its report: reap it (no zombie), drop our handles.
-        self.guard_exit = self._release()
+        self.guard_exit = self._release(exiting=True)
 
     def _guard_died(self) -> None:
         """The guard is gone without a report (someone killed it): end the tree ourselves."""

@@ -16,7 +16,6 @@ from tether._kernel import core, features
 from tether._kernel.cgroup import cgroup_unavailable_reason, forget_roots
 from tether._kernel.errors import Unsupported
 from tether._kernel.fds import above_stdio
-from tether._kernel.pidfd import namespace_level
 from tether._kernel.spawn import clone_spec
 from tether._kernel.spec import SpawnSpec
 
@@ -56,9 +55,6 @@ def guard_mode_options(mode: Mode) -> tuple[int, list[str]]:
         if reason is not None:
             raise Unsupported(errno.EPERM, f"contain='pidns' is unavailable: {reason}")
         extra_flags = core.CLONE_NEWPID
-        level = namespace_level()
-        if level >= 0:  # so the guard can report the program's pid as we see it
-            options += ["--pid-level", str(level)]
         if os.geteuid() != 0:
             extra_flags |= core.CLONE_NEWUSER
             options += ["--userns", f"{os.geteuid()}:{os.getegid()}"]

@@ -134,9 +134,14 @@ def run(
         pass_fds=pass_fds, text=text, encoding=encoding, errors=errors,
         wait_tree=wait_tree, cgroup_root=cgroup_root, limits=limits,
     )
+    piped = child.stdin is not None or child.stdout is not None or child.stderr is not None
     with child:
         try:
-            out, err = child.communicate(input, timeout)
+            if piped:
+                out, err = child.communicate(input, timeout)
+            else:  # nothing to pump: a wait, without communicate's set-up
+                out = err = None
+                child.wait(timeout)
         except TimeoutExpired:
             child._end_by("timeout")
             end_tree(child, grace_s)

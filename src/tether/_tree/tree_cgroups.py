@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 
+from tether._kernel import cgroup_ahead
 from tether._kernel.cgroup import CgroupTree, cgroup_root
 from tether._kernel.controllers import LimitedTree
 from tether._kernel.errors import Unsupported
@@ -43,7 +44,10 @@ def tree_cgroup(
     if spec.limits is not None:
         cgroup = LimitedTree.make(spec.limits, mode, cgroup_root_arg)
     elif mode == "cgroup":
-        cgroup = CgroupTree.create(cgroup_root(cgroup_root_arg))
+        root = cgroup_root(cgroup_root_arg)
+        ahead = cgroup_ahead.take(root)  # (under Guard.launch's held signals)
+        cgroup = CgroupTree(*ahead) if ahead is not None else CgroupTree.create(root)
+        cgroup.root = root
     if cgroup is None:
         return None, [], set()
     try:  # (from the assignment on: a Ctrl-C must not lose the made tree)
@@ -82,10 +86,14 @@ def guard_cgroup_args(cgroup: CgroupTree | None, mode: str) -> tuple[list[str], 
 
 
 def prepare_next_tree(cgroup: CgroupTree | None) -> None:
-    """Once a limited tree's guard has been started: make the next limited tree's fresh v1
-    directories while this guard starts on another CPU (``LimitedTree.prepare_next``)."""
+    """Once a tree's program has been announced (its guard has joined the tree's cgroups),
+    make the next tree's fresh directories while this program starts on another CPU: a
+    limited tree's v1 ones (``LimitedTree.prepare_next``), a cgroup-mode tree's v2 one
+    (``cgroup_ahead.make_next``)."""
     if isinstance(cgroup, LimitedTree):
         cgroup.prepare_next()
+    elif cgroup is not None and cgroup.root:
+        cgroup_ahead.make_next(cgroup.root)
 
 
 def reported_exit(exit_: Exit, cgroup: CgroupTree | None,

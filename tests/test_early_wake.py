@@ -1,0 +1,138 @@
+"""The blocking end wait's early wake (tether._tree.early_wake): woken by the program's exit in
+parallel with the guard, a waiter polls for the guard's report and exit without sleeping, for
+a bounded while, once per tree, and never while the program runs. The end it returns is still
+the tree's (the guard's report, after the guard has ended the tree and exited).
+Oracle: this process is a child subreaper (tests/oracle.py); the program's exit is seen on
+its pidfd (readable at its exit) before a wait starts where the test needs it."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+
+import pytest
+
+import oracle
+import tether
+from tether._kernel.deadline import Deadline
+from tether._tree import early_wake, guarded
+
+EXITS_LEAVING_A_SLEEPER = ["sh", "-c", "sleep 60 & exit 3"]
+
+
+def _spins(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record each early-wake spin of guarded's end wait (True: it found the end)."""
+    spins: list[bool] = []
+    real = early_wake.spin_for_end
+
+    def counted(*args: object) -> list[tuple[int, int]]:
+        ready = real(*args)  # type: ignore[arg-type]
+        spins.append(bool(ready))
+        return ready
+
+    monkeypatch.setattr(guarded, "spin_for_end", counted)
+    return spins
+
+
+def _until_exited(child: tether.Child) -> None:
+    """Block until the program has exited (its pidfd is readable at its exit)."""
+    select.select([child.pidfd.fileno()], [], [], 60)
+
+
+def test_a_wait_never_spins_while_the_program_runs(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    spins = _spins(monkeypatch)
+    with tether.spawn(["sleep", "60"], contain=mode) as child:
+        with pytest.raises(tether.TimeoutExpired):
+            child.wait(timeout=0.2)
+        assert spins == []
+    assert oracle.no_descendants()
+
+
+def test_the_early_wake_spins_once_per_tree_and_gives_up_on_a_tree_that_lives_on(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # wait_tree: the program has exited, the guard waits for its sleeper: the waiter woken by
+    # the program's exit spins for a bounded while, finds no end, and sleeps again; a later
+    # wait does not spin again.
+    spins = _spins(monkeypatch)
+    with tether.spawn(EXITS_LEAVING_A_SLEEPER, contain=mode, wait_tree=True) as child:
+        _until_exited(child)
+        for _ in range(2):
+            with pytest.raises(tether.TimeoutExpired):
+                child.wait(timeout=0.1)
+        assert spins == [False]
+        child.kill()
+        assert child.wait() == 3
+    assert oracle.no_descendants()
+
+
+def test_a_ctrl_c_during_the_spin_leaves_the_wait_to_be_done_again(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The borrowed pidfds and the socket's borrow are given back: a later wait finds the
+    # end, and nothing is left open once the tree is released.
+    tether.run(["true"], contain=mode, wait_tree=True)
+    before = oracle.baseline_fds()
+
+    def interrupted(*args: object) -> list[tuple[int, int]]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(guarded, "spin_for_end", interrupted)
+    # wait_tree and a sleeper: the guard cannot have ended before the waiter is woken by
+    # the program's exit, so the wait does reach the spin.
+    with tether.spawn(EXITS_LEAVING_A_SLEEPER, contain=mode, wait_tree=True) as child:
+        _until_exited(child)
+        with pytest.raises(KeyboardInterrupt):
+            child.wait()
+        child.kill()
+        assert child.wait() == 3
+        child.pidfd.close()
+    assert oracle.open_fds() == before
+    assert oracle.no_descendants()
+
+
+def test_a_wait_with_the_programs_pidfd_closed_by_its_user_waits_on_the_guard_alone(
+        mode: str) -> None:
+    with tether.spawn(["sh", "-c", "exit 5"], contain=mode) as child:
+        child.pidfd.close()
+        assert child.wait() == 5
+    assert oracle.no_descendants()
+
+
+def test_threads_sharing_a_child_all_see_its_end(mode: str) -> None:
+    gate_r, gate_w = os.pipe()
+    try:
+        child = tether.spawn(["sh", "-c", "read x; exit 4"], stdin=gate_r, contain=mode)
+    finally:
+        os.close(gate_r)
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda: codes.append(child.wait())) for _ in range(3)]
+    for t in threads:
+        t.start()
+    os.close(gate_w)
+    for t in threads:
+        t.join()
+    assert codes == [4, 4, 4]
+    child.__exit__(None, None, None)
+    assert oracle.no_descendants()
+
+
+def test_a_spin_is_bounded_by_its_budget_and_by_the_deadline() -> None:
+    r, w = os.pipe()
+    try:
+        assert not early_wake.spin_until_readable(r, Deadline(None), budget_ns=2_000_000)
+        assert not early_wake.spin_until_readable(r, Deadline.after(0.0), budget_ns=10**12)
+        os.write(w, b"x")
+        assert early_wake.spin_until_readable(r, Deadline(None), budget_ns=0)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_far_deadline_does_not_break_the_spin(mode: str) -> None:
+    # timeout=1e308 is a valid, finite timeout: its deadline has no integer nanoseconds, and
+    # the spin that bounds itself by it must still find the end (it raised OverflowError).
+    with tether.spawn(["true"], contain=mode) as child:
+        _until_exited(child)
+        assert child.wait(timeout=1e308) == 0
+    assert oracle.no_descendants()
