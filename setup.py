@@ -29,7 +29,7 @@ CLONE_SOURCES = ["clone.c", "clone_parent.c", "clone_raw.c"]
 GUARD_SOURCES = [GUARD_SRC] + [
     os.path.join(KERNEL_SRC, name)
     for name in ("guard_start.c", "guard_program.c", "guard_tree.c", "guard_cgroup.c",
-                 "guard_attrs.c",
+                 "guard_usage.c", "guard_attrs.c",
                  *CLONE_SOURCES)
 ]
 GUARD_NAME = "_guard"

@@ -183,3 +183,18 @@ def test_stage_table_holds_the_child_and_the_guard_stages() -> None:
     assert core.STAGES[core.STAGE_CHDIR] == "chdir"
     assert {100, 101, 102, 103} <= core.STAGES.keys()
     assert guard_wire.MSG.size == core.GUARD_MSG_SIZE
+
+
+def test_guard_reads_usage_only_from_the_cgroups_it_holds() -> None:
+    # --usage-* names a directory the guard joined (--join-cgroup) or its cgroup mode one:
+    # any other fd, or one of 0-2, is refused before the program exists.
+    kind, stage, err, _ = _guard_first_report(["--usage-pids", "999"])
+    assert (kind, stage, err) == (core.GUARD_MSG_FAILED, 100, errno.EBADF)
+    kind, stage, err, stderr = _guard_first_report(["--usage-memory", "1"])
+    assert (kind, stage, err) == (core.GUARD_MSG_FAILED, 100, errno.EINVAL)
+    assert "bad fd for --usage-memory" in stderr
+
+
+def test_guard_refuses_a_join_cgroup_fd_that_is_not_open() -> None:
+    kind, stage, err, _ = _guard_first_report(["--join-cgroup", "999"])
+    assert (kind, stage, err) == (core.GUARD_MSG_FAILED, 100, errno.EBADF)

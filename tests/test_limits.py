@@ -271,3 +271,31 @@ def test_the_guard_joins_a_v2_directory_too(monkeypatch: pytest.MonkeyPatch) -> 
     inside = result.stdout.decode().strip()
     assert inside.count("/") > 1 and made[0].endswith(inside)
     assert not os.path.exists(made[0])
+
+
+def test_the_final_usage_is_the_guards_report_of_what_the_directories_hold(
+        limit_mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guard reads the tree's counters once the tree has ended and reports them with its
+    # exit (MSG_EXITED's tail), so the parent reads no file after the guard's exit. What it
+    # reports is what the directories hold then: read here again before their removal.
+    seen: list[tuple[tether.Usage | None, tether.Usage]] = []
+    remove = controllers.LimitedTree.remove
+
+    def remove_after_reading(self: controllers.LimitedTree, timeout: float = 5.0) -> None:
+        reported, self.final = self.final, None
+        seen.append((reported, self.usage()))
+        self.final = reported
+        remove(self, timeout)
+
+    monkeypatch.setattr(controllers.LimitedTree, "remove", remove_after_reading)
+    burn = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; (true &); true"
+    result = tether.run(["sh", "-c", burn], contain=limit_mode, limits=tether.Limits())
+    assert result.returncode == 0
+    [(reported, in_files)] = seen
+    assert reported is not None, "the guard reported no usage"
+    assert result.usage == reported
+    assert reported.cpu > 0 and reported.pids_peak is not None and reported.pids_peak >= 3
+    # The guard's own last microseconds, after its read, are in the files' CPU time only.
+    assert reported.cpu == pytest.approx(in_files.cpu, abs=0.005)
+    assert (reported.memory_peak, reported.oom_kills, reported.pids_peak) == (
+        in_files.memory_peak, in_files.oom_kills, in_files.pids_peak)

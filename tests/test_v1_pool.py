@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import tether
+from tether._kernel import controllers as controllers_module
 from tether._kernel import v1_dirs, v1_pool
 from tether._kernel.controllers import LimitedTree
 from v1_parent import private_v1_parent
@@ -74,7 +75,9 @@ def test_a_limited_start_makes_the_next_trees_memory_and_pids_directories_ahead(
         with tether.spawn(["true"], contain="pidns", limits=tether.Limits()) as first:
             first.wait()
     v1_pool.drain()  # (so that what is made ahead below is all there is)
-    with tether.spawn(["true"], contain="pidns", limits=tether.Limits()) as first:
+    # (Three processes at once: its pids directory is not reused, but removed.)
+    with tether.spawn(["sh", "-c", "true & wait"], contain="pidns",
+                      limits=tether.Limits()) as first:
         first.wait()
     ahead = {c: _tree_dirs(places[c]) for c in ("memory", "pids")}
     assert all(len(dirs) == 1 for dirs in ahead.values()), ahead
@@ -92,8 +95,9 @@ def test_directories_made_ahead_are_swept_once_their_process_is_gone(
 
     require_mode("pidns")
     script = ("import sys, tether\n"
-              "for _ in range(2):\n"
-              "    tether.spawn(['true'], contain='pidns', limits=tether.Limits()).wait()\n"
+              "for _ in range(2):  # (three processes: the pids directories are not reused)\n"
+              "    tether.spawn(['sh', '-c', 'true & wait'], contain='pidns',\n"
+              "                 limits=tether.Limits()).wait()\n"
               "print('ready', flush=True)\nsys.stdin.read()\n")
     with tether.spawn([sys.executable, "-c", script], stdin=tether.PIPE,
                       stdout=tether.PIPE) as child:
@@ -146,8 +150,10 @@ def test_a_process_first_limited_tree_makes_nothing_ahead(places: dict[str, str]
     from conftest import require_mode
 
     require_mode("pidns")
+    # (Three processes: its pids directory is removed, not kept for reuse.)
     script = ("import os, sys, tether\n"
-              "tether.spawn(['true'], contain='pidns', limits=tether.Limits()).wait()\n"
+              "tether.spawn(['sh', '-c', 'true & wait'], contain='pidns',\n"
+              "             limits=tether.Limits()).wait()\n"
               "print(sum(n.startswith('t-') for w in sys.argv[1:]\n"
               "          for n in os.listdir(os.path.join(w, 'tether'))))\n")
     result = tether.run([sys.executable, "-c", script, places["memory"], places["pids"]],
@@ -208,7 +214,7 @@ def test_ctrl_c_while_a_trees_v1_directory_is_taken_leaves_none(
 
     for _ in range(2):  # (so that directories are made ahead)
         LimitedTree.make(tether.Limits(), "pidns", None).remove()
-        v1_dirs.replenish([places["memory"], places["pids"]])
+        v1_dirs.prepare({places[c]: ({c}, {}) for c in ("memory", "pids")})
     wheres = _wheres(places)
     if at == "mkdir":
         real_mkdir = os.mkdir
@@ -316,3 +322,89 @@ def test_ctrl_c_as_a_limited_guard_is_handed_its_cgroups_leaves_none(
         tether.spawn(["sleep", "300"], contain="pidns", limits=tether.Limits())
     monkeypatch.undo()
     _only_the_pools_hold_what_is_left(wheres, before, ahead)
+
+
+def _writes_of_next_make(monkeypatch: pytest.MonkeyPatch, limits: tether.Limits) -> list[str]:
+    """The cgroup files written while the next limited tree's directories are made."""
+    from tether._kernel import cgroup
+
+    written: list[str] = []
+    real = cgroup.write_file
+
+    def recording(path: str, text: str, *, dir_fd: int | None = None) -> None:
+        written.append(path)
+        real(path, text, dir_fd=dir_fd)
+
+    monkeypatch.setattr(controllers_module, "write_file", recording)
+    monkeypatch.setattr(v1_pool, "write_file", recording)
+    tree = LimitedTree.make(limits, "pidns", None)
+    monkeypatch.undo()
+    tree.remove()
+    return written
+
+
+def test_a_tree_with_the_previous_trees_limits_finds_its_directories_ready(
+        places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The directories a limited start prepares for the next tree (while its own program
+    # starts) carry its limits and a reset CPU time: the next tree with the same limits
+    # writes no file before its guard starts.
+    from conftest import require_mode
+
+    require_mode("pidns")
+    limits = tether.Limits(memory=256 << 20, cpus=0.5, pids=50)
+    for _ in range(3):  # (a process's first limited tree prepares nothing)
+        tether.run(["true"], contain="pidns", limits=limits)
+    assert _writes_of_next_make(monkeypatch, limits) == []
+
+
+def test_a_tree_without_the_limit_a_ready_directory_holds_gets_the_default(
+        places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import require_mode
+
+    require_mode("pidns")
+    for _ in range(3):
+        tether.run(["true"], contain="pidns",
+                   limits=tether.Limits(memory=256 << 20, cpus=0.5, pids=50))
+    tree = LimitedTree.make(tether.Limits(), "pidns", None)
+    try:
+        for controller, name, default in (("memory", "memory.limit_in_bytes", None),
+                                          ("pids", "pids.max", "max"),
+                                          ("cpu", "cpu.cfs_quota_us", "-1")):
+            if controller not in tree.places or tree.places[controller] not in tree.v1:
+                continue
+            value = _read(os.path.join(tree.v1[tree.places[controller]][0], name))
+            if default is None:  # (memory: as large as the kernel counts, not 256 MiB)
+                assert int(value) > 1 << 40, value
+            else:
+                assert value == default
+    finally:
+        tree.remove()
+
+
+def test_a_pids_directory_is_reused_only_after_a_tree_that_stayed_at_the_floor(
+        places: dict[str, str]) -> None:
+    # pids.peak cannot be reset, but every tree reaches 2 (its guard and its program): a
+    # directory whose peak stayed there reads true for the next tree; one that went higher
+    # would not, and is removed.
+    from conftest import require_mode
+
+    require_mode("pidns")
+    if places.get("pids", "v2") == "v2":
+        pytest.skip("pids is not on a v1 hierarchy here")
+    pids = places["pids"]
+    for _ in range(2):  # (a process's first limited tree prepares nothing ahead)
+        tether.run(["true"], contain="pidns", limits=tether.Limits())
+    with tether.spawn(["true"], contain="pidns", limits=tether.Limits()) as floor:
+        floor_dir = floor._tree.cgroup.v1[pids][0]
+        floor.wait()
+    assert floor.usage().pids_peak == 2
+    assert floor_dir in _tree_dirs(pids), "the floor tree's pids directory was removed"
+    with tether.spawn(["true"], contain="pidns", limits=tether.Limits()) as ready:
+        ready.wait()  # (takes the one made ahead; the floor tree's is made ready meanwhile)
+    with tether.spawn(["sh", "-c", "true & wait"], contain="pidns",
+                      limits=tether.Limits()) as busier:
+        busier_dir = busier._tree.cgroup.v1[pids][0]
+        busier.wait()
+    assert busier_dir == floor_dir, "the floor tree's pids directory was not reused"
+    assert busier.usage().pids_peak == 3
+    assert busier_dir not in _tree_dirs(pids), "a pids directory that went past 2 was kept"

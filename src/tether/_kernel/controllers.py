@@ -31,6 +31,7 @@ from tether._kernel.cgroup import (
     write_file,
 )
 from tether._kernel.errors import Unsupported
+from tether._kernel.limit_files import Writes, checked_writes
 from tether._kernel.limits import Limits, Usage
 
 __all__ = [
@@ -49,7 +50,6 @@ CONTROLLERS: Final = ("memory", "cpu", "cpuacct", "pids", "io")
 #: others get a directory only for a limit of theirs (each v1 one costs a mkdir and an rmdir).
 ACCOUNTING: Final = frozenset(("memory", "cpuacct", "pids"))
 _V1_NAME: Final = {"io": "blkio"}
-_CFS_PERIOD_US: Final = 100_000
 _layout: dict[str, dict[str, str]] = {}
 _layout_lock = threading.Lock()
 
@@ -139,55 +139,6 @@ def forget_layout() -> None:
         _layout.clear()
 
 
-# -- what each limit writes ----------------------------------------------------------------------
-
-# field -> (controller, [(v2 file, value)], [(v1 file, value)]); an empty list: not there.
-_Writes = list[tuple[str, str]]
-
-
-def _writes(limits: Limits, guard_inside: bool) -> list[tuple[str, str, _Writes, _Writes]]:
-    out: list[tuple[str, str, _Writes, _Writes]] = []
-    if limits.memory is not None:
-        out.append(("memory", "memory", [("memory.max", str(limits.memory))],
-                    [("memory.limit_in_bytes", str(limits.memory))]))
-    if limits.memory_high is not None:
-        out.append(("memory_high", "memory", [("memory.high", str(limits.memory_high))], []))
-    if limits.swap is not None and limits.memory is not None:
-        out.append(("swap", "memory", [("memory.swap.max", str(limits.swap))],
-                    [("memory.memsw.limit_in_bytes", str(limits.memory + limits.swap))]))
-    if limits.cpus is not None:
-        quota = max(1000, round(limits.cpus * _CFS_PERIOD_US))
-        out.append(("cpus", "cpu", [("cpu.max", f"{quota} {_CFS_PERIOD_US}")],
-                    [("cpu.cfs_period_us", str(_CFS_PERIOD_US)),
-                     ("cpu.cfs_quota_us", str(quota))]))
-    if limits.pids is not None:
-        # The guard is a member where it joined the cgroup itself: not counted.
-        out.append(("pids", "pids", [("pids.max", str(limits.pids + guard_inside))],
-                    [("pids.max", str(limits.pids + 1))]))
-    if limits.cpu_weight is not None:
-        shares = max(2, limits.cpu_weight * 1024 // 100)
-        out.append(("cpu_weight", "cpu", [("cpu.weight", str(limits.cpu_weight))],
-                    [("cpu.shares", str(shares))]))
-    if limits.io_weight is not None:
-        out.append(("io_weight", "io", [("io.weight", f"default {limits.io_weight}")],
-                    [("blkio.weight", str(min(1000, max(10, limits.io_weight // 10))))]))
-    return out
-
-
-def _checked_writes(limits: Limits, places: dict[str, str],
-                    guard_inside: bool) -> list[tuple[str, str, _Writes, _Writes]]:
-    writes = _writes(limits, guard_inside)
-    for field, controller, v2_files, v1_files in writes:
-        where = places.get(controller)
-        if where is None or (where == "v2" and not v2_files) or (
-                where != "v2" and not v1_files):
-            kind = "v2" if where == "v2" else "v1" if where else "any"
-            raise Unsupported(errno.EOPNOTSUPP, f"Limits.{field} needs the {controller} "
-                              f"controller, which this machine has on no {kind} cgroup "
-                              "hierarchy tether can use here (see `tether doctor`)")
-    return writes
-
-
 # -- a tree's cgroups ----------------------------------------------------------------------------
 
 
@@ -196,14 +147,17 @@ class LimitedTree(CgroupTree):
     cgroup mode the containment one, else one the guard joins, or none: fd -1) and one locked
     directory per v1 hierarchy. ``join`` are the fds the guard moves itself into."""
 
-    __slots__ = ("final", "join", "limits", "places", "pooled", "v1")
+    __slots__ = ("entries", "final", "join", "limits", "places", "v1", "v1_controllers",
+                 "v1_writes")
 
     def __init__(self, path: str, fd: int, limits: Limits, places: dict[str, str]) -> None:
         super().__init__(path, fd)
         self.limits = limits
         self.places = places
         self.v1: dict[str, tuple[str, int]] = {}  # v1 directory -> (path, lock fd)
-        self.pooled: dict[str, v1_pool.PooledDir] = {}  # the reusable ones of v1
+        self.entries: dict[str, v1_pool.PooledDir] = {}  # every v1 one
+        self.v1_writes: dict[str, dict[str, str]] = {}  # v1 directory -> file -> value
+        self.v1_controllers: dict[str, set[str]] = {}  # v1 directory -> its controllers
         self.join: list[int] = []
         self.final: Usage | None = None
 
@@ -213,7 +167,7 @@ class LimitedTree(CgroupTree):
         """Check that every limit has its controller here, then make and write the tree's
         directories. ``Unsupported`` (naming what is missing) before anything exists."""
         places = controller_places(cgroup_root_arg)
-        writes = _checked_writes(limits, places, guard_inside=mode != "cgroup")
+        writes = checked_writes(limits, places, guard_inside=mode != "cgroup")
         needs_v2 = mode == "cgroup" or any(
             places.get(c) == "v2" for _, c, _, _ in writes)
         v2_root = cgroup_root(cgroup_root_arg) if needs_v2 else None
@@ -227,11 +181,11 @@ class LimitedTree(CgroupTree):
         locked directories (``v1``) the caller moves its process into. ``Unsupported``,
         naming what is missing, before anything exists."""
         places = controller_places()
-        writes = _checked_writes(limits, places, guard_inside=True)
+        writes = checked_writes(limits, places, guard_inside=True)
         tree = cls(v2_path, -1, limits, places)  # fd -1: remove() leaves v2_path alone
         return tree._filled(writes)
 
-    def _filled(self, writes: list[tuple[str, str, _Writes, _Writes]], v2_root: str | None = None,
+    def _filled(self, writes: list[tuple[str, str, Writes, Writes]], v2_root: str | None = None,
                 *, join_v2: bool = False) -> LimitedTree:
         """This tree with its directories made (a v2 one under ``v2_root`` if given, which
         the guard joins if ``join_v2``; the v1 ones made or taken) and its limits written; on
@@ -255,29 +209,30 @@ class LimitedTree(CgroupTree):
         unlocked, emptied directory is any sweep's to remove before that read."""
 
     def prepare_next(self) -> None:
-        """Make the next limited tree's fresh v1 directories (``v1_dirs.replenish``), once
-        this tree's guard has been started: the mkdirs run while it starts."""
-        v1_dirs.replenish([where for where in self.v1 if where not in self.pooled])
+        """Make the next limited tree's v1 directories ready, with this tree's limits
+        (``v1_dirs.prepare``), once this tree's guard has been started: the mkdirs, resets and
+        writes run while its program starts."""
+        v1_dirs.prepare({where: (self.v1_controllers[where], self.v1_writes.get(where, {}))
+                         for where in self.v1})
 
     def _make_v1_dirs(self, needed: frozenset[str]) -> None:
-        for controller in CONTROLLERS:
-            where = self.places.get(controller) if controller in needed else None
-            if where is None or where == "v2" or where in self.v1:
-                continue
-            controllers = v1_pool.controllers_at(self.places, where)
-            # From its mkdir (or its taking from the pool) until this tree holds it, the
-            # directory is a path and an fd in locals: no signal handler runs in between (a
-            # Ctrl-C there would lose it; one that comes is handled right after, and make()
-            # then discards the tree with it).
-            held = core.hold_signals()
-            try:
-                entry, reusable = v1_dirs.take(where, controllers)
+        # From its mkdir (or its taking from the pool) until this tree holds it, a directory
+        # is a path and an fd in locals: no signal handler runs in between (a Ctrl-C there
+        # would lose it; one that comes is handled right after, and make() then discards the
+        # tree with it).
+        held = core.hold_signals()
+        try:
+            for controller in CONTROLLERS:
+                where = self.places.get(controller) if controller in needed else None
+                if where is None or where == "v2" or where in self.v1:
+                    continue
+                entry = v1_dirs.take(where)
                 self.v1[where] = (entry.path, entry.fd)
-                if reusable:
-                    self.pooled[where] = entry
+                self.entries[where] = entry
+                self.v1_controllers[where] = v1_pool.controllers_at(self.places, where)
                 self.join.append(entry.fd)
-            finally:
-                core.release_signals(held)
+        finally:
+            core.release_signals(held)
 
     def _dir(self, controller: str) -> tuple[str, int] | None:
         """The controller's directory of this tree and its open fd (-1: none of ours)."""
@@ -286,15 +241,17 @@ class LimitedTree(CgroupTree):
             return (self.path, self.fd) if self.path else None
         return self.v1.get(where) if where is not None else None
 
-    def _write_limits(self, writes: list[tuple[str, str, _Writes, _Writes]]) -> None:
+    def _write_limits(self, writes: list[tuple[str, str, Writes, Writes]]) -> None:
         v2_controllers = {c for _, c, _, _ in writes if self.places.get(c) == "v2"}
         if v2_controllers:
             _enable_controllers(self.path, v2_controllers)
         held: set[tuple[str, str]] = set()  # (a write that would not change the file)
-        for where, entry in self.pooled.items():
+        for where, entry in self.entries.items():
+            self.v1_writes[where] = rewritten = {
+                n: v for _, c, _, v1 in writes if self.places[c] == where for n, v in v1}
             held |= {(entry.path, name) for name in v1_pool.reset(
-                entry, v1_pool.controllers_at(self.places, where),
-                {n: v for _, c, _, v1 in writes if self.places[c] == where for n, v in v1})}
+                entry, self.v1_controllers[where], rewritten)}
+            entry.ready = False  # (this tree is about to enter it)
         for field, controller, v2_files, v1_files in writes:
             place = self._dir(controller)
             assert place is not None
@@ -336,6 +293,25 @@ class LimitedTree(CgroupTree):
         return Usage(user=user, system=system, memory_peak=peak, oom_kills=oom,
                      pids_peak=pids_peak)
 
+    def usage_fds(self) -> list[tuple[str, int]]:
+        """(kind, directory fd) for the guard's --usage-cpu/-memory/-pids: the directories
+        :meth:`usage` reads, where this tree holds an fd on each (else none: the parent
+        reads them all itself)."""
+        dirs = [("cpu", self._dir("cpuacct")), ("memory", self._dir("memory")),
+                ("pids", self._dir("pids"))]
+        if any(place is not None and place[1] < 0 for _, place in dirs):
+            return []
+        return [(kind, place[1]) for kind, place in dirs if place is not None]
+
+    def keep_final(self, user_ns: int, system_ns: int, memory_peak: int, oom_kills: int,
+                   pids_peak: int) -> None:
+        """Keep the final usage the guard read from :meth:`usage_fds` (-1: not counted
+        there), as :meth:`usage` would have read it: ``remove`` then reads nothing."""
+        self.final = Usage(user=max(user_ns, 0) / 1e9, system=max(system_ns, 0) / 1e9,
+                           memory_peak=memory_peak if memory_peak >= 0 else None,
+                           oom_kills=oom_kills if oom_kills >= 0 else None,
+                           pids_peak=pids_peak if pids_peak >= 0 else None)
+
     def oom_kills(self) -> int | None:
         """How many processes the OOM killer has killed inside the tree (None: not counted
         here). v2 ``memory.events``, v1 ``memory.oom_control`` (4.13+)."""
@@ -356,7 +332,7 @@ class LimitedTree(CgroupTree):
             rmdir_quiet(path)
             release_lock(fd)
         self.v1.clear()
-        self.pooled.clear()
+        self.entries.clear()
 
     def remove(self, timeout: float = 5.0) -> None:
         """Keep the final :class:`Usage`, then remove every directory (the v2 one after
@@ -369,10 +345,12 @@ class LimitedTree(CgroupTree):
         try:
             super().remove(timeout)
         finally:
+            peak = self.final.pids_peak if self.final is not None else None
             while self.v1:
                 where, (path, fd) = self.v1.popitem()
-                if where in self.pooled and v1_pool.release(
-                        where, self.pooled.pop(where)):
+                entry = self.entries.pop(where)
+                if v1_pool.reusable_after(self.v1_controllers[where], peak) and \
+                        v1_pool.release(where, entry):
                     continue
                 try:
                     if not v1_dirs.remove(path, timeout):

@@ -440,6 +440,7 @@ static int add_constants(PyObject *m)
         {"STAGE_EXEC", TETHER_STAGE_EXEC},
         {"STAGE_PREEXEC", TETHER_STAGE_PREEXEC},
         {"GUARD_MSG_SIZE", (long)sizeof(struct tether_guard_msg)},
+        {"GUARD_USAGE_SIZE", (long)sizeof(struct tether_guard_usage)},
         {"GUARD_MSG_STARTED", TETHER_MSG_STARTED},
         {"GUARD_MSG_FAILED", TETHER_MSG_FAILED},
         {"GUARD_MSG_EXITED", TETHER_MSG_EXITED},
@@ -454,6 +455,8 @@ static int add_constants(PyObject *m)
             return -1;
     }
     if (PyModule_AddStringConstant(m, "GUARD_MSG_FORMAT", TETHER_GUARD_MSG_FORMAT) < 0)
+        return -1;
+    if (PyModule_AddStringConstant(m, "GUARD_USAGE_FORMAT", TETHER_GUARD_USAGE_FORMAT) < 0)
         return -1;
     return add_stage_table(m);
 }

@@ -3,7 +3,8 @@
  *
  *   _guard --control FD [--keep FD[,FD...]] [--contain group|cgroup|pidns]
  *          [--cgroup-fd FD --cgroup-path PATH] [--userns UID:GID] [--wait-tree] [--foreground]
- *          [--job-control] [--start-fd FD]
+ *          [--job-control] [--start-fd FD] [--join-cgroup FD]... [--keep-cgroup]
+ *          [--usage-cpu FD] [--usage-memory FD] [--usage-pids FD]
  *          [--clone clone3|legacy] -- PATH ARGV0 [ARG...]
  *
  * The Python parent (tether/_tree/guarded.py) starts the guard through tether's one spawn
@@ -61,6 +62,9 @@ struct guard g = {
     .cgroup_fd = -1,
     .events_fd = -1,
     .cgkill_fd = -1,
+    .usage_cpu_fd = -1,
+    .usage_memory_fd = -1,
+    .usage_pids_fd = -1,
     .sigfd = -1,
     .program_pidfd = -1,
     .populated = 1,
@@ -115,13 +119,15 @@ static int32_t clamp32(long long v)
 }
 
 /* MSG_EXITED: the program's status, and what every descendant we (or their parents) reaped
- * used, exactly as the kernel summed it at each reap (guard_proto.h). Sent once the tree is
- * reaped, as our last word. */
-static void send_exited(int status)
+ * used, exactly as the kernel summed it at each reap (guard_proto.h); with `with_usage` (the
+ * tree's cgroups are emptied, not removed: limits), the tree's final usage from them as the
+ * packet's tail. Sent once the tree is reaped, as our last word. */
+static void send_exited(int status, int with_usage)
 {
     struct rusage ru;
     struct tether_guard_msg msg;
-    struct iovec iov = {&msg, sizeof msg};
+    struct tether_guard_usage usage;
+    struct iovec iov[2] = {{&msg, sizeof msg}, {&usage, sizeof usage}};
     struct msghdr mh;
     if (g.control < 0)
         return;
@@ -136,8 +142,8 @@ static void send_exited(int status)
         msg.b = msg.c = msg.d = -1;
     }
     memset(&mh, 0, sizeof mh);
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
+    mh.msg_iov = iov;
+    mh.msg_iovlen = with_usage && read_tree_usage(&usage) ? 2 : 1;
     while (sendmsg(g.control, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR)
         ;
 }
@@ -310,6 +316,8 @@ int main(int argc, char **argv)
     if (orphaned)
         cg_remove_joined_v1();
     removed = cg_remove(orphaned);
-    send_exited(g.program_status);
+    /* The usage only from directories still there (not an orphan's, removed above) and
+     * emptied (cgroup mode: "populated 0"; else the parent reads them once it can). */
+    send_exited(g.program_status, !orphaned && removed == 0);
     return removed == 0 ? 0 : 1;
 }

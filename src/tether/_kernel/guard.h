@@ -5,7 +5,8 @@
  *   guard_start.c   before the loop: parse the command line, set up;
  *   guard_program.c start the program (its environment, the clone, MSG_STARTED);
  *   guard_tree.c    the tree: signal it, kill it, see the program exit, reap, decide the end;
- *   guard_cgroup.c  the cgroup files (cgroup mode), and the directory's removal.
+ *   guard_cgroup.c  the cgroup files (cgroup mode), and the directory's removal;
+ *   guard_usage.c   the tree's final usage from its own cgroups (limits), for MSG_EXITED.
  */
 #ifndef TETHER_GUARD_H
 #define TETHER_GUARD_H
@@ -85,6 +86,9 @@ struct guard {
     int join_v1[GUARD_MAX_JOIN]; /* 1: that one is a v1 directory (joined through "tasks") */
     int n_join;
     int keep_cgroup;   /* --keep-cgroup: leave the emptied directory to the parent (limits) */
+    int usage_cpu_fd;  /* --usage-cpu/-memory/-pids: the tree's cgroup directories (among the */
+    int usage_memory_fd; /* ones above) whose final counters MSG_EXITED carries; -1: none */
+    int usage_pids_fd;
     int no_program_lifeline; /* --no-program-lifeline: the program gets no lifeline fd (the
                               * drop-in's Popen: the tree is held by us, not by a lifeline) */
     /* runtime */
@@ -161,5 +165,8 @@ int cg_remove(int parent_gone);
 int cg_join(int dirfd);
 int parent_gone(void);
 void cg_remove_joined_v1(void);
+
+/* guard_usage.c */
+int read_tree_usage(struct tether_guard_usage *u);
 
 #endif /* TETHER_GUARD_H */

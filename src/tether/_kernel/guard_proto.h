@@ -38,6 +38,12 @@
  *                parent reads the end in one go. The guard exits 0 right after: once its
  *                pidfd is readable, this report is in the socket (the parent's blocking
  *                wait polls that pidfd: one wakeup, and the reap cannot block).
+ *                With --usage-cpu/--usage-memory/--usage-pids (limits: the tree's own
+ *                cgroups), a struct tether_guard_usage follows in the same packet: the
+ *                tree's final usage, read from those directories once the tree has ended
+ *                (guard_usage.c), so the parent need not read them after our exit. Absent
+ *                (a 20-byte packet) where the cgroup could not be emptied: the parent then
+ *                reads the files itself.
  *
  * parent -> guard:
  *   MSG_SIGNAL_TREE  a = signal number: signal every process of the tree (group: the program's
@@ -70,6 +76,21 @@ _Static_assert(sizeof(struct tether_guard_msg) == 20 &&
                    offsetof(struct tether_guard_msg, c) == 12 &&
                    offsetof(struct tether_guard_msg, d) == 16,
                "struct tether_guard_msg must match TETHER_GUARD_MSG_FORMAT");
+
+/* MSG_EXITED's tail (see above): the tree's final usage; -1 where that figure is not
+ * counted there (no such directory, or this kernel lacks the file). CPU time in ns, memory in
+ * bytes, whatever the directory's cgroup version. */
+struct tether_guard_usage {
+    int64_t user_ns;
+    int64_t system_ns;
+    int64_t memory_peak; /* v1 memory.max_usage_in_bytes, v2 memory.peak */
+    int64_t oom_kills;   /* v1 memory.oom_control, v2 memory.events: oom_kill */
+    int64_t pids_peak;   /* pids.peak */
+};
+
+#define TETHER_GUARD_USAGE_FORMAT "=qqqqq"
+_Static_assert(sizeof(struct tether_guard_usage) == 40,
+               "struct tether_guard_usage must match TETHER_GUARD_USAGE_FORMAT");
 
 enum tether_guard_msg_type {
     TETHER_MSG_STARTED = 1,

@@ -216,6 +216,16 @@ static void check_modes(const char *contain, const char *clone)
         usage("cgroup mode needs --cgroup-fd", NULL);
 }
 
+/* --usage-KIND: where g keeps that directory fd (NULL: no such kind). */
+static int *usage_fd(const char *kind)
+{
+    if (strcmp(kind, "cpu") == 0)
+        return &g.usage_cpu_fd;
+    if (strcmp(kind, "memory") == 0)
+        return &g.usage_memory_fd;
+    return strcmp(kind, "pids") == 0 ? &g.usage_pids_fd : NULL;
+}
+
 /* Read the command line into g; returns the index of PATH (after "--"). */
 int parse_args(int argc, char **argv)
 {
@@ -276,6 +286,10 @@ int parse_args(int argc, char **argv)
             g.join_fds[g.n_join] = parse_uint(argv[i + 1], NULL);
             if (g.join_fds[g.n_join++] < 0)
                 usage("bad --join-cgroup fd: ", argv[i + 1]);
+        } else if (strncmp(opt, "--usage-", 8) == 0 && usage_fd(opt + 8) != NULL) {
+            *usage_fd(opt + 8) = parse_uint(argv[i + 1], NULL);
+            if (*usage_fd(opt + 8) < 3)
+                usage("bad fd for ", opt);
         } else if (strcmp(opt, "--userns") == 0) {
             g.userns = argv[i + 1];
         } else if ((r = guard_parse_attr(opt, argv[i + 1])) < 0) {
@@ -360,13 +374,29 @@ static void join_cgroups(void)
     int i, r;
     for (i = 0; i < g.n_join; i++) {
         int fd = g.join_fds[i];
-        if (fd < 3 || is_kept(fd) || !fd_is_open(fd))
+        /* (F_SETFD fails on an fd that is not open: the one check that it is) */
+        if (fd < 3 || is_kept(fd) || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
             fail(TETHER_GUARD_STAGE_SETUP, EBADF);
-        fcntl(fd, F_SETFD, FD_CLOEXEC);
         r = cg_join(fd);
         if (r < 0)
             fail(TETHER_GUARD_STAGE_CGROUP, -r);
         g.join_v1[i] = r;
+    }
+}
+
+/* --usage-*: directories we hold already (a --join-cgroup fd, or the --cgroup-fd of cgroup
+ * mode), checked and kept from the program there; read at the end (guard_usage.c). */
+static void check_usage_fds(void)
+{
+    const int fds[] = {g.usage_cpu_fd, g.usage_memory_fd, g.usage_pids_fd};
+    size_t i;
+    int j, held;
+    for (i = 0; i < sizeof fds / sizeof fds[0]; i++) {
+        held = fds[i] < 0 || (fds[i] == g.cgroup_fd && g.contain == CONTAIN_CGROUP);
+        for (j = 0; j < g.n_join && !held; j++)
+            held = fds[i] == g.join_fds[j];
+        if (!held)
+            fail(TETHER_GUARD_STAGE_SETUP, EBADF);
     }
 }
 
@@ -402,6 +432,7 @@ void setup_guard(void)
         fail(TETHER_GUARD_STAGE_SETUP, errno);
 
     join_cgroups();
+    check_usage_fds();
 
     if (g.contain == CONTAIN_CGROUP) {
         /* cgroup.kill is opened when there is something to kill (cg_kill); the events are

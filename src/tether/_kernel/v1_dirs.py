@@ -4,11 +4,12 @@ The one rule this module owns: a per-tree v1 directory is locked (``cgroup.creat
 from its mkdir until it is removed, whoever made it and whenever, so a sweep only ever takes
 one whose owners are all gone. The mkdir is the costly part of a limited tree's start
 (measured here: about 37 us in the memory hierarchy, 15 us in pids, plus Python's share), so
-a limited tree takes a directory made *ahead* where it can: a reused one of the hierarchies
-``v1_pool`` may reuse (cpu, cpuacct), else a fresh one that the previous limited tree's start
-made (:func:`replenish`) while that tree's guard was starting on another CPU, so no caller
-waits for it. A ready-made fresh directory was never entered, is locked by this process,
-kept in ``v1_pool`` and removed at exit (or swept once this process is gone).
+a limited tree takes a directory made *ahead* where it can: a reused one (``v1_pool`` says
+which may be), else a fresh one, each made ready by the previous limited tree's start
+(:func:`prepare`: made or reset, with that tree's limits written) while that tree's program
+was starting, so no caller waits for it. A ready-made fresh directory was never entered, is
+locked by this process, kept in ``v1_pool`` and removed at exit (or swept once this process
+is gone).
 """
 
 from __future__ import annotations
@@ -17,19 +18,18 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 from tether._kernel import v1_pool
 from tether._kernel.cgroup import (
     PARENT_NAME,
     TREE_PREFIX,
     create_locked,
-    release_lock,
-    rmdir_quiet,
     stale,
+    write_file,
 )
 
-__all__ = ["make", "remove", "replenish", "sweep", "take"]
+__all__ = ["make", "prepare", "remove", "sweep", "take"]
 
 _swept: set[str] = set()
 _swept_lock = threading.Lock()
@@ -38,13 +38,12 @@ _swept_lock = threading.Lock()
 _started_one = False
 
 
-def take(where: str, controllers: set[str]) -> tuple[v1_pool.PooledDir, bool]:
-    """A locked directory for a new tree in v1 hierarchy ``where`` (which has
-    ``controllers``), and whether it is a reusable one (``v1_pool.release`` it at the end,
-    after ``v1_pool.reset`` at the start)."""
-    reusable = v1_pool.poolable(controllers)
-    entry = v1_pool.acquire(where) if reusable else v1_pool.take_fresh(where)
-    return entry if entry is not None else make(where), reusable
+def take(where: str) -> v1_pool.PooledDir:
+    """A locked directory for a new tree in v1 hierarchy ``where``: a pooled one (ready
+    first), a fresh one made ahead, or one made now. ``v1_pool.reset`` it before its limits
+    are written; at the end, ``v1_pool.release`` it if ``v1_pool.reusable_after`` says so."""
+    return (v1_pool.acquire(where, ready=True) or v1_pool.take_fresh(where)
+            or v1_pool.acquire(where) or make(where))
 
 
 def make(where: str) -> v1_pool.PooledDir:
@@ -55,26 +54,43 @@ def make(where: str) -> v1_pool.PooledDir:
     return v1_pool.PooledDir(*create_locked(parent, TREE_PREFIX))
 
 
-def replenish(wheres: Iterable[str]) -> None:
-    """Make the next limited tree's fresh directory in each hierarchy of ``wheres`` (not
-    reusable ones) whose ready-made one has been taken. For a tree whose guard has just been
-    started: the mkdirs run while the guard starts. An optimisation only: a failure (EMFILE,
-    a removed parent) leaves the pool short, and the next tree makes its directory itself,
-    raising the error where it belongs."""
+def prepare(hierarchies: Mapping[str, tuple[set[str], dict[str, str]]]) -> None:
+    """Make the next limited tree's directory ready in each hierarchy ``where`` of
+    ``hierarchies`` (-> its controllers, and the limit writes of the tree being started
+    there), with those limits written (``v1_pool.ahead``), so that a next tree with the same
+    limits writes nothing: a reusable hierarchy's directory put back by an ended tree is
+    checked empty and reset, or else one is made; another hierarchy gets a fresh one where
+    its made-ahead one has been taken. For a tree whose guard has just been started: this
+    runs while its program starts. An optimisation only: a failure (EMFILE, a removed
+    parent) leaves the pool short, and the next tree makes its directory itself, raising the
+    error where it belongs."""
     global _started_one
     if not _started_one:
         _started_one = True
         return
-    for where in wheres:
-        if not v1_pool.wants_fresh(where):
+    for where, (controllers, writes) in hierarchies.items():
+        if v1_pool.has_ready(where):
             continue
+        entry = v1_pool.take_unready(where)
         try:
-            entry = make(where)
+            if entry is not None and not v1_pool.empty(entry):
+                v1_pool.discard(entry)
+                entry = None
+            if entry is None:
+                entry = make(where)
+            limits = v1_pool.ahead(writes)
+            held = v1_pool.reset(entry, controllers, limits)
+            for name, value in limits.items():
+                if name not in held:
+                    write_file(name, value, dir_fd=entry.fd)
         except OSError:
+            if entry is not None:
+                v1_pool.discard(entry)
             continue
-        if not v1_pool.add_fresh(where, entry):
-            rmdir_quiet(entry.path)
-            release_lock(entry.fd)
+        reused = entry.reused or v1_pool.poolable(controllers)
+        kept = v1_pool.add_ready(where, entry) if reused else v1_pool.add_fresh(where, entry)
+        if not kept:
+            v1_pool.discard(entry)
 
 
 def remove(path: str, timeout: float) -> bool:

@@ -3,19 +3,29 @@
 The one rule this module owns: a v1 directory is reused only when nothing of the previous
 tree can show in the next one. So only the hierarchies whose every counter can be reset are
 pooled: cpu (limits only) and cpuacct (``cpuacct.usage`` is reset by writing 0, which resets
-``usage_user``/``usage_sys`` too). Not pids: ``pids.peak`` cannot be reset. Not memory:
+``usage_user``/``usage_sys`` too). pids only after a tree whose ``pids.peak`` stayed at
+``PIDS_FLOOR`` (it cannot be reset, but every tree reaches that peak: the guard joins the
+directory before it clones the program, so the next tree's peak reads true). Not memory:
 ``memory.usage_in_bytes`` of an emptied directory keeps the dead tree's kernel memory charged
 (measured: 70-250 KiB after ``/bin/true``; ``force_empty`` does not free it and costs more
 than the rmdir it would save), which would count in the next tree's peak and limit. Not
-blkio. A directory goes back only once it has no member, and every limit file the previous
-tree wrote is written again or reset to its default (``dirty``). A mkdir plus an rmdir per
+blkio. A directory is taken again only once it has no member, and every limit file the
+previous tree wrote is written again or reset to its default (``dirty``). A mkdir plus an rmdir per
 hierarchy is most of what limits add to a spawn (benchmarks: spawn, ``pidns with limits``).
 The pool stays locked by this process (the sweep skips it) and is removed at exit; if the
 process dies, the lock goes with it and the next start's sweep removes the directories.
 
 The hierarchies that cannot be reused get *fresh* directories made ahead instead (at most
-``FRESH_SIZE`` per hierarchy, never entered by any tree: ``v1_dirs.replenish``), kept and
+``FRESH_SIZE`` per hierarchy, never entered by any tree: ``v1_dirs.prepare``), kept and
 removed here alike.
+
+Made ahead, or put back, a directory is *ready* once it has been made or checked empty and
+reset, and the limits of the tree whose start prepared it written (``dirty``), all while
+that tree's program started (``v1_dirs.prepare``): the next tree with the same limits then
+takes it and writes nothing. Only files with a known default (``_DEFAULTS``) are written
+ahead, so that a next tree without that limit can put it back. A directory put back by an
+ended tree is not ready: the check that it has no member left and its reset wait for the
+next start's preparation (or for the tree that takes it first).
 """
 
 from __future__ import annotations
@@ -28,19 +38,24 @@ from typing import Final
 from tether._kernel.cgroup import write_file
 
 __all__ = [
-    "PooledDir", "acquire", "add_fresh", "controllers_at", "drain", "poolable", "release",
-    "reset", "take_fresh", "wants_fresh",
+    "PIDS_FLOOR", "PooledDir", "acquire", "add_fresh", "add_ready", "ahead", "controllers_at",
+    "discard", "drain", "empty", "has_ready", "poolable", "release", "reset",
+    "reusable_after", "take_fresh", "take_unready",
 ]
 
 #: Directories kept per hierarchy (a process with this many limited trees ending together).
 POOL_SIZE: Final = 4
 #: v1 controllers whose every counter :class:`~tether.Usage` reads can be reset.
 _RESETTABLE: Final = frozenset(("cpu", "cpuacct"))
-#: What a limit file of theirs holds in a fresh directory.
+#: What a limit file holds in a fresh directory (written back where a later tree has no such
+#: limit; the only files written ahead). memory.limit_in_bytes reads as a large number, but
+#: -1 sets it back to that.
 _DEFAULTS: Final = {"cpu.cfs_quota_us": "-1", "cpu.cfs_period_us": "100000",
-                    "cpu.shares": "1024"}
+                    "cpu.shares": "1024", "memory.limit_in_bytes": "-1", "pids.max": "max"}
 #: Fresh directories kept made ahead per hierarchy that cannot be reused.
 FRESH_SIZE: Final = 1
+#: The ``pids.peak`` every tree reaches: its guard and its program.
+PIDS_FLOOR: Final = 2
 _pool: dict[str, list[PooledDir]] = {}
 _fresh: dict[str, list[PooledDir]] = {}
 _lock = threading.Lock()
@@ -51,15 +66,17 @@ _closed = False
 
 class PooledDir:
     """One tree's directory in a v1 hierarchy: its lock fd and the limit files written into
-    it (file -> value); ``reused``: it served an earlier tree. (No dataclass: ``tether run``
-    must not import dataclasses.)"""
+    it (file -> value); ``reused``: it served an earlier tree; ``ready``: no tree has entered
+    it since it was made or reset, and ``dirty`` is what its limit files hold. (No dataclass:
+    ``tether run`` must not import dataclasses.)"""
 
-    __slots__ = ("dirty", "fd", "path", "reused")
+    __slots__ = ("dirty", "fd", "path", "ready", "reused")
 
     def __init__(self, path: str, fd: int) -> None:
         self.path, self.fd = path, fd
         self.dirty: dict[str, str] = {}
         self.reused = False
+        self.ready = True
 
 
 def controllers_at(places: dict[str, str], where: str) -> set[str]:
@@ -72,15 +89,66 @@ def poolable(controllers: set[str]) -> bool:
     return bool(controllers) and controllers <= _RESETTABLE
 
 
-def acquire(where: str) -> PooledDir | None:
-    """A pooled directory of hierarchy ``where`` (not reset yet: see :func:`reset`), or
-    None."""
+def reusable_after(controllers: set[str], pids_peak: int | None) -> bool:
+    """Whether an ended tree's directory in a v1 hierarchy with these controllers may be
+    reused, the tree's final ``pids_peak`` given."""
+    return poolable(controllers) or (
+        controllers == {"pids"} and pids_peak is not None and pids_peak <= PIDS_FLOOR)
+
+
+def acquire(where: str, *, ready: bool = False) -> PooledDir | None:
+    """A pooled directory of hierarchy ``where`` with no member, ready ones first (else
+    :func:`reset` resets it), or None; with ``ready``, a ready one only. One that still has
+    a member (someone moved a process into it after its tree ended) is removed or, busy,
+    left to the sweep."""
+    while True:
+        with _lock:
+            free = _pool.get(where, [])
+            ready_ones = [e for e in free if e.ready]
+            entry = ready_ones[-1] if ready_ones else None if ready or not free else free[-1]
+            if entry is not None:
+                free.remove(entry)
+        if entry is None or entry.ready or empty(entry):
+            return entry
+        discard(entry)
+
+
+def take_unready(where: str) -> PooledDir | None:
+    """A pooled directory of ``where`` put back by an ended tree and not made ready yet (by
+    :func:`v1_dirs.prepare`), or None if none is, or one is ready already."""
     with _lock:
-        free = _pool.get(where)
-        entry = free.pop() if free else None
-    if entry is not None:
-        entry.reused = True
-    return entry
+        free = _pool.get(where, [])
+        if not free or any(e.ready for e in free):
+            return None
+        return free.pop()
+
+
+def has_ready(where: str) -> bool:
+    """Whether hierarchy ``where`` has a ready directory (pooled, or fresh made ahead)."""
+    with _lock:
+        return any(e.ready for e in _pool.get(where, ())) or bool(_fresh.get(where))
+
+
+def add_ready(where: str, entry: PooledDir) -> bool:
+    """Keep a ready directory of a reusable hierarchy (made ahead, or reset ahead); False (the
+    caller removes it) if the pool is full or drained."""
+    entry.ready = True
+    return _keep(_pool, where, entry, POOL_SIZE)
+
+
+def empty(entry: PooledDir) -> bool:
+    """Whether the directory has no member (its tree ended; no one moved a process in)."""
+    return _read("cgroup.procs", entry.fd) == ""
+
+
+def discard(entry: PooledDir) -> None:
+    """Remove a directory the pools will not keep (or leave it, busy, to the sweep) and
+    release its lock."""
+    try:
+        os.rmdir(entry.path)
+    except OSError:
+        pass  # unlocked now: the next start's sweep removes it
+    os.close(entry.fd)
 
 
 def take_fresh(where: str) -> PooledDir | None:
@@ -91,12 +159,6 @@ def take_fresh(where: str) -> PooledDir | None:
         return free.pop() if free else None
 
 
-def wants_fresh(where: str) -> bool:
-    """Whether hierarchy ``where`` has fewer fresh directories made ahead than it keeps."""
-    with _lock:
-        return len(_fresh.get(where, ())) < FRESH_SIZE
-
-
 def add_fresh(where: str, entry: PooledDir) -> bool:
     """Keep a fresh directory for the next tree; False (the caller removes it) if full, or
     once the pool has been drained at exit."""
@@ -104,29 +166,34 @@ def add_fresh(where: str, entry: PooledDir) -> bool:
 
 
 def reset(entry: PooledDir, controllers: set[str], rewritten: dict[str, str]) -> set[str]:
-    """Make a reused directory read as a fresh one before the next tree's limits are
-    written (``rewritten``: file -> value, what those write): the previous tree's other
-    limit files back to their defaults, the CPU time counter to 0. Returns the files of
-    ``rewritten`` that hold their value already (a default, or the previous tree's same
-    limit), which need no write."""
+    """Make a reused or prepared directory read as a fresh one with the next tree's limits
+    (``rewritten``: file -> value, what those write): the limit files written before and not
+    now back to their defaults, the CPU time counter of a reused one not ready yet to 0.
+    Returns the files of ``rewritten`` that hold their value already (a default, or the same
+    limit written before), which need no write."""
     held = {name for name, value in rewritten.items()
             if entry.dirty.get(name, _DEFAULTS.get(name)) == value}
-    if entry.reused:
-        for name, default in _DEFAULTS.items():
-            if name not in rewritten and entry.dirty.get(name, default) != default:
-                write_file(name, default, dir_fd=entry.fd)
-        if "cpuacct" in controllers:
-            write_file("cpuacct.usage", "0", dir_fd=entry.fd)
+    for name, value in entry.dirty.items():
+        if name not in rewritten and value != _DEFAULTS.get(name, value):
+            write_file(name, _DEFAULTS[name], dir_fd=entry.fd)
+    if entry.reused and not entry.ready and "cpuacct" in controllers:
+        write_file("cpuacct.usage", "0", dir_fd=entry.fd)
     entry.dirty = dict(rewritten)
     return held
 
 
+def ahead(writes: dict[str, str]) -> dict[str, str]:
+    """Of a tree's limit writes in one hierarchy, the ones a directory made ready for the next
+    tree may hold already (those with a default to go back to)."""
+    return {name: value for name, value in writes.items() if name in _DEFAULTS}
+
+
 def release(where: str, entry: PooledDir) -> bool:
-    """Put an ended tree's directory back once its final usage has been read; False (the
-    caller removes it) if it still has a member, the pool is full or it has been drained at
-    exit."""
-    if _read("cgroup.procs", entry.fd) != "":
-        return False
+    """Put an ended tree's directory back once its final usage has been read, not ready (see
+    :func:`acquire` and ``v1_dirs.prepare``); False (the caller removes it) if the pool is
+    full or it has been drained at exit."""
+    entry.ready = False
+    entry.reused = True
     return _keep(_pool, where, entry, POOL_SIZE)
 
 
@@ -143,13 +210,8 @@ def _keep(kept: dict[str, list[PooledDir]], where: str, entry: PooledDir, size: 
 
 def drain() -> None:
     """Remove every pooled and fresh directory and release its lock (at exit; tests)."""
-    entries = _take_all()
-    for entry in entries:
-        try:
-            os.rmdir(entry.path)
-        except OSError:
-            pass  # unlocked now: the next start's sweep removes it
-        os.close(entry.fd)
+    for entry in _take_all():
+        discard(entry)
 
 
 def _take_all() -> list[PooledDir]:

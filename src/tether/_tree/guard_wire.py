@@ -18,12 +18,17 @@ from tether._kernel import core
 
 __all__ = [
     "DONTWAIT", "MSG", "MSG_EXITED", "MSG_FAILED", "MSG_KILL_TREE", "MSG_PROGRAM",
-    "MSG_SIGNAL_TREE", "MSG_STARTED", "MSG_STOPPED", "announcement_error", "read_message",
-    "read_start_report",
+    "MSG_SIGNAL_TREE", "MSG_STARTED", "MSG_STOPPED", "USAGE", "announcement_error",
+    "read_message", "read_start_report", "unpack",
 ]
 
 MSG: Final = struct.Struct(core.GUARD_MSG_FORMAT)
 assert MSG.size == core.GUARD_MSG_SIZE, "guard_proto.h: the format does not match the struct"
+#: MSG_EXITED's tail where the guard was given the tree's cgroups (--usage-*): the tree's
+#: final usage (user ns, system ns, memory peak, OOM kills, pids peak; -1: not counted).
+USAGE: Final = struct.Struct(core.GUARD_USAGE_FORMAT)
+assert USAGE.size == core.GUARD_USAGE_SIZE, "guard_proto.h: the usage format does not match"
+_MAX_SIZE: Final = MSG.size + USAGE.size
 MSG_STARTED, MSG_FAILED, MSG_EXITED, MSG_PROGRAM = (
     core.GUARD_MSG_STARTED, core.GUARD_MSG_FAILED, core.GUARD_MSG_EXITED, core.GUARD_MSG_PROGRAM)
 MSG_SIGNAL_TREE, MSG_KILL_TREE = core.GUARD_MSG_SIGNAL_TREE, core.GUARD_MSG_KILL_TREE
@@ -38,13 +43,23 @@ def read_message(sock: socket.socket, flags: int) -> tuple[bytes, list[int], int
     :func:`read_start_report`.)"""
     for _ in range(3):
         try:
-            return sock.recv(MSG.size, flags), [], 0
+            return sock.recv(_MAX_SIZE, flags), [], 0
         except ConnectionResetError:
             # The guard exited with a command of ours still unread (a terminate() racing with
             # the end, or any command to a program that could not start): the kernel then
             # reports ECONNRESET, once, ahead of the reports still queued. Read on.
             continue
     return b"", [], 0
+
+
+def unpack(data: bytes) -> tuple[tuple[int, int, int, int, int], tuple[int, ...] | None]:
+    """A report's five fields (all 0 if it is malformed) and MSG_EXITED's usage tail (None:
+    the report has none)."""
+    if len(data) == MSG.size:
+        return MSG.unpack(data), None
+    if len(data) == _MAX_SIZE:
+        return MSG.unpack_from(data), USAGE.unpack_from(data, MSG.size)
+    return (0, 0, 0, 0, 0), None
 
 
 def announcement_error(msg_flags: int) -> OSError:

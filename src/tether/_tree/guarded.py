@@ -30,7 +30,7 @@ from tether._tree.early_wake import lend_program, spin_for_end
 from tether._tree.ending import kill_group, reap_quietly
 from tether._tree.guard_launch import start_guard
 from tether._tree.modes import Mode
-from tether._tree.tree_cgroups import exit_with_cause, prepare_next_tree, tree_usage
+from tether._tree.tree_cgroups import prepare_next_tree, reported_exit, tree_usage
 
 __all__ = ["Guard"]
 
@@ -362,7 +362,7 @@ class Guard:
         if len(data) == 0:
             self._guard_died()
             return True
-        kind, a, b, c, d = wire.MSG.unpack(data) if len(data) == wire.MSG.size else (0,) * 5
+        (kind, a, b, c, d), tail = wire.unpack(data)
         if kind == wire.MSG_PROGRAM and self._program is None:
             # The program's pid as we see it: in pidns mode only the kernel's translation
             # (SCM_CREDENTIALS) knows it; elsewhere the guard's view is ours.
@@ -382,7 +382,7 @@ class Guard:
         if kind == wire.MSG_EXITED:
             if b >= 0:  # (-1: the guard's getrusage failed)
                 self._rusage = (b, c, d)
-            self._finish(Exit._from_wait_status(a))
+            self._finish(Exit._from_wait_status(a), tail)
             return True
         return False
 
@@ -406,8 +406,8 @@ class Guard:
                                     "status; tether killed the rest of the tree")
         return self._exit
 
-    def _finish(self, exit_: Exit) -> None:
-        self._exit = exit_ = exit_with_cause(exit_, self.cgroup)
+    def _finish(self, exit_: Exit, usage_tail: tuple[int, ...] | None) -> None:
+        self._exit = exit_ = reported_exit(exit_, self.cgroup, usage_tail)
         if self._program is not None:  # (always: the start is reported before the end)
             self._program._set_exit(exit_)
         # The guard exits right after its report: reap it (no zombie), drop our handles.

@@ -22,8 +22,8 @@ from tether._kernel.spec import SpawnSpec
 from tether._kernel.tree_record import write_record
 
 __all__ = [
-    "exit_with_cause", "guard_cgroup_args", "prepare_next_tree", "require_tree_cgroup",
-    "rusage_usage", "tree_cgroup", "tree_usage",
+    "exit_with_cause", "guard_cgroup_args", "prepare_next_tree", "reported_exit",
+    "require_tree_cgroup", "rusage_usage", "tree_cgroup", "tree_usage",
 ]
 
 
@@ -75,6 +75,10 @@ def guard_cgroup_args(cgroup: CgroupTree | None, mode: str) -> tuple[list[str], 
         for fd in cgroup.join:
             opts += ["--join-cgroup", str(fd)]
             fds.add(fd)
+        # The guard reads the final usage there and reports it (MSG_EXITED's tail).
+        for kind, fd in cgroup.usage_fds():
+            opts += [f"--usage-{kind}", str(fd)]
+            fds.add(fd)
         if mode == "cgroup":
             # The final Usage is read from the directory once the guard is done with it.
             opts.append("--keep-cgroup")
@@ -90,6 +94,17 @@ def prepare_next_tree(cgroup: CgroupTree | None) -> None:
         cgroup.prepare_next()
     elif cgroup is not None and cgroup.root:
         cgroup_ahead.make_next(cgroup.root)
+
+
+def reported_exit(exit_: Exit, cgroup: CgroupTree | None,
+                  usage_tail: tuple[int, ...] | None) -> Exit:
+    """The end the guard reported (MSG_EXITED): the tree's final usage it read (the
+    report's tail, if any) kept as the tree's final :class:`Usage`, so that its directories
+    need no read after the guard's exit; then ``exit_`` with its cause
+    (:func:`exit_with_cause`)."""
+    if usage_tail is not None and isinstance(cgroup, LimitedTree):
+        cgroup.keep_final(*usage_tail)
+    return exit_with_cause(exit_, cgroup)
 
 
 def exit_with_cause(exit_: Exit, cgroup: CgroupTree | None) -> Exit:
