@@ -153,7 +153,8 @@ if __name__ == "__main__":
             Extension(
                 "tether._kernel.core",
                 sources=[f"src/tether/_kernel/{name}"
-                         for name in ("core.c", "launch.c", "lifeline_registry.c", *CLONE_SOURCES)],
+                         for name in ("core.c", "end.c", "launch.c", "lifeline_registry.c",
+                                      *CLONE_SOURCES)],
                 depends=[f"src/tether/_kernel/{name}"
                          for name in ("clone.h", "core_convert.h", "guard_proto.h",
                                       "lifeline_registry.h")],

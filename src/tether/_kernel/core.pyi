@@ -76,3 +76,14 @@ def signalfd(fd: int, signals: list[int] | tuple[int, ...], flags: int, /) -> in
 
 def hold_signals() -> int: ...
 def release_signals(mask: int, /) -> None: ...
+
+# end.c: the parent's end of a guarded tree.
+END_READY: int
+END_EARLY: int
+
+def await_end(
+    guard_fd: int, program_fd: int, sock_fd: int, timeout_ms: int, spin_ns: int, /
+) -> int: ...
+def read_end(
+    sock_fd: int, guard_fd: int, spin_ns: int, /
+) -> bytes | tuple[int, int, int, int, int, int, int] | None: ...

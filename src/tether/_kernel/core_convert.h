@@ -21,5 +21,7 @@ TETHER_HIDDEN int plan_attrs(PyObject *attrs, struct tether_plan *plan, gid_t **
 TETHER_HIDDEN PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs);
 TETHER_HIDDEN PyObject *core_hold_signals(PyObject *self, PyObject *unused);
 TETHER_HIDDEN PyObject *core_release_signals(PyObject *self, PyObject *arg);
+/* end.c: core.await_end, core.read_end and their constants, added to the module. */
+TETHER_HIDDEN int tether_add_end(PyObject *module);
 
 #endif /* TETHER_CORE_CONVERT_H */

@@ -68,5 +68,16 @@ class Deadline:
     def poll_ms(self) -> int | None:
         return poll_ms(self.remaining())
 
+    def c_poll_ms(self) -> int:
+        """:meth:`poll_ms` for C's poll(2): -1 for ever."""
+        ms = poll_ms(self.remaining())
+        return -1 if ms is None else ms
+
+    def spin_ns(self, budget_ns: int) -> int:
+        """``budget_ns``, or less where the deadline comes sooner: a spin never overruns it."""
+        if self.at is None:
+            return budget_ns
+        return min(budget_ns, int((self.at - time.monotonic()) * 1e9))
+
     def __repr__(self) -> str:
         return "Deadline(never)" if self.at is None else f"Deadline(in {self.remaining():.3f}s)"
