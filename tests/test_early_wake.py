@@ -137,3 +137,13 @@ def test_a_spin_is_bounded_by_its_budget_and_by_the_deadline() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_the_c_spins_budget_is_bounded_by_the_deadline_and_survives_a_huge_timeout() -> None:
+    # core.await_end is handed Deadline.spin_ns(SPIN_NS): never past the deadline, never
+    # negative, and a timeout of 1e300 s (accepted by wait()) is not an OverflowError.
+    assert Deadline(None).spin_ns(early_wake.SPIN_NS) == early_wake.SPIN_NS
+    assert Deadline.after(1e300).spin_ns(early_wake.SPIN_NS) == early_wake.SPIN_NS
+    assert Deadline.after(0.0).spin_ns(early_wake.SPIN_NS) == 0
+    assert 0 < Deadline.after(0.0002).spin_ns(early_wake.SPIN_NS) <= 200_000
+    assert Deadline.after(1e300).c_poll_ms() > 0 and Deadline(None).c_poll_ms() == -1

@@ -65,11 +65,12 @@ def _watch_end_sleeps(monkeypatch: pytest.MonkeyPatch,
     (``core.await_end`` with a timeout other than 0), before it may sleep."""
     real = core.await_end
 
-    def await_end(guard_fd: int, program_fd: int, sock_fd: int, timeout_ms: int,
-                  spin_ns: int) -> int:
+    def await_end(guard_fd: int, program_fd: int, sock_fd: int, on_sock: bool,
+                  timeout_ms: int, spin_ns: int) -> int:
         if timeout_ms != 0:
-            on_sleep([fd for fd in (guard_fd, program_fd, sock_fd) if fd >= 0])
-        return real(guard_fd, program_fd, sock_fd, timeout_ms, spin_ns)
+            on_sleep([fd for fd in (guard_fd, program_fd, sock_fd if on_sock else -1)
+                      if fd >= 0])
+        return real(guard_fd, program_fd, sock_fd, on_sock, timeout_ms, spin_ns)
 
     monkeypatch.setattr(core, "await_end", await_end)
 

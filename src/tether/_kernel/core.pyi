@@ -82,8 +82,10 @@ END_READY: int
 END_EARLY: int
 
 def await_end(
-    guard_fd: int, program_fd: int, sock_fd: int, timeout_ms: int, spin_ns: int, /
+    guard_fd: int, program_fd: int, sock_fd: int, on_sock: bool, timeout_ms: int,
+    spin_ns: int, /,
 ) -> int: ...
 def read_end(
-    sock_fd: int, guard_fd: int, spin_ns: int, /
+    sock_fd: int, guard_fd: int, /
 ) -> bytes | tuple[int, int, int, int, int, int, int] | None: ...
+def reap_exiting(guard_fd: int, spin_ns: int, /) -> tuple[int, int]: ...

@@ -77,7 +77,8 @@ class Deadline:
         """``budget_ns``, or less where the deadline comes sooner: a spin never overruns it."""
         if self.at is None:
             return budget_ns
-        return min(budget_ns, int((self.at - time.monotonic()) * 1e9))
+        left = (self.at - time.monotonic()) * 1e9  # (a float: a huge timeout stays finite here)
+        return budget_ns if left >= budget_ns else max(0, int(left))
 
     def __repr__(self) -> str:
         return "Deadline(never)" if self.at is None else f"Deadline(in {self.remaining():.3f}s)"

@@ -47,27 +47,28 @@ static int spin_ready(struct pollfd *fds, nfds_t count, long long spin_ns)
     }
 }
 
-/* core.await_end(guard_fd, program_fd, sock_fd, timeout_ms, spin_ns) -> int: sleep until the
- * guard's pidfd (or sock_fd, if >= 0) is readable, or timeout_ms (-1: no limit) has passed.
- * With program_fd >= 0, the program's exit wakes us too (the early wake, early_wake.py): then
- * the socket and the guard's pidfd are polled without sleeping for at most spin_ns. Bits:
- * END_READY (1) the end (or a report) is there to read, END_EARLY (2) the early wake was used
- * (program_fd is not to be polled again). 0: nothing yet (the timeout, the spin, or a signal
- * whose handler returned: the caller loops). A handler's exception is raised. */
+/* core.await_end(guard_fd, program_fd, sock_fd, on_sock, timeout_ms, spin_ns) -> int: sleep
+ * until the guard's pidfd (or, with on_sock, the socket) is readable, or timeout_ms (-1: no
+ * limit) has passed. With program_fd >= 0, the program's exit wakes us too (the early wake,
+ * early_wake.py): then the socket and the guard's pidfd are polled without sleeping for at
+ * most spin_ns. Bits: END_READY (1) the end (or a report) is there to read, END_EARLY (2)
+ * the early wake was used (program_fd is not to be polled again). 0: nothing yet (the
+ * timeout, the spin, or a signal whose handler returned: the caller loops). A handler's
+ * exception is raised. */
 static PyObject *core_await_end(PyObject *self, PyObject *args)
 {
-    int guard_fd, program_fd, sock_fd, timeout_ms, ready, err, result = 0;
+    int guard_fd, program_fd, sock_fd, on_sock, timeout_ms, ready, err, result = 0;
     long long spin_ns;
     struct pollfd fds[3];
     nfds_t count = 1;
     (void)self;
-    if (!PyArg_ParseTuple(args, "iiiiL", &guard_fd, &program_fd, &sock_fd, &timeout_ms,
-                          &spin_ns))
+    if (!PyArg_ParseTuple(args, "iiipiL", &guard_fd, &program_fd, &sock_fd, &on_sock,
+                          &timeout_ms, &spin_ns))
         return NULL;
     fds[0] = (struct pollfd){.fd = guard_fd, .events = POLLIN};
     fds[1] = (struct pollfd){.fd = sock_fd, .events = POLLIN};
     fds[2] = (struct pollfd){.fd = program_fd, .events = POLLIN};
-    if (sock_fd >= 0)
+    if (on_sock)
         count = 2;
     if (program_fd >= 0)
         fds[count++] = fds[2]; /* (last: a lone readiness of it is the early wake) */
@@ -77,8 +78,8 @@ static PyObject *core_await_end(PyObject *self, PyObject *args)
     if (ready > 0 && program_fd >= 0 && fds[count - 1].revents && ready == 1) {
         /* The program has exited, the guard not yet: its report and exit are a few hundred
          * microseconds away. The socket joins the spin (the report comes first). */
-        fds[1] = (struct pollfd){.fd = sock_fd >= 0 ? sock_fd : -1, .events = POLLIN};
-        result = 2 | spin_ready(fds, sock_fd >= 0 ? 2 : 1, spin_ns);
+        fds[1] = (struct pollfd){.fd = sock_fd, .events = POLLIN};
+        result = 2 | spin_ready(fds, 2, spin_ns);
     } else if (ready > 0) {
         result = 1;
     }
@@ -124,23 +125,23 @@ static ssize_t recv_report(int sock_fd, struct tether_guard_msg *msg)
     return 0;
 }
 
-/* core.read_end(sock_fd, guard_fd, spin_ns): read one report without blocking (the Guard's
- * lock held). None: nothing there. bytes: any other report, b"" at the guard's hang-up, for
- * the caller's generic handling. MSG_EXITED: the guard is reaped (reap_guard) and a tuple
- * comes back: (status, user_ms, system_ms, maxrss_kib, guard_code, guard_status, held),
- * guard_code the reap's si_code (0: not reapable yet, -1: not ours to reap any more). The
- * report is consumed, and maybe the guard reaped, with every signal blocked (core.hold_signals):
- * a Ctrl-C before the caller has recorded them would lose the end. The tuple returns them
- * still blocked: held is the mask for core.release_signals once recorded. */
+/* core.read_end(sock_fd, guard_fd): read one report without blocking (the Guard's lock
+ * held). None: nothing there. bytes: any other report, b"" at the guard's hang-up, for the
+ * caller's generic handling. MSG_EXITED: a tuple, (status, user_ms, system_ms, maxrss_kib,
+ * guard_code, guard_status, held), with the guard reaped if its pidfd says it can be already
+ * (guard_code the reap's si_code; 0: not yet, core.reap_exiting then spins for it once the
+ * caller has recorded the report, so that its Python overlaps the guard's exit teardown; -1:
+ * not ours to reap any more). The report is consumed, and maybe the guard reaped, with every
+ * signal blocked (core.hold_signals): a Ctrl-C before the caller has recorded them would lose
+ * the end. The tuple returns them still blocked: held is the mask for core.release_signals. */
 static PyObject *core_read_end(PyObject *self, PyObject *args)
 {
     int sock_fd, guard_fd, reaped, err;
-    long long spin_ns;
     ssize_t got;
     struct tether_guard_msg msg;
     siginfo_t info = {0};
     PyObject *held, *released;
-    if (!PyArg_ParseTuple(args, "iiL", &sock_fd, &guard_fd, &spin_ns))
+    if (!PyArg_ParseTuple(args, "ii", &sock_fd, &guard_fd))
         return NULL;
     held = core_hold_signals(self, NULL);
     if (held == NULL)
@@ -148,7 +149,7 @@ static PyObject *core_read_end(PyObject *self, PyObject *args)
     got = recv_report(sock_fd, &msg);
     err = errno;
     if (got == (ssize_t)sizeof msg && msg.type == TETHER_MSG_EXITED) {
-        reaped = reap_guard(guard_fd, spin_ns, &info);
+        reaped = reap_guard(guard_fd, 0, &info); /* (one look: see core.reap_exiting) */
         return Py_BuildValue("(iiiiiiN)", msg.a, msg.b, msg.c, msg.d,
                              reaped < 0 ? -1 : reaped ? info.si_code : 0,
                              reaped > 0 ? info.si_status : 0, held);
@@ -166,11 +167,28 @@ static PyObject *core_read_end(PyObject *self, PyObject *args)
     return PyErr_SetFromErrno(PyExc_OSError);
 }
 
+/* core.reap_exiting(guard_fd, spin_ns) -> (si_code, si_status): reap_guard for the caller;
+ * si_code 0: not reapable within spin_ns, -1: an error (ECHILD: not ours to reap any more). */
+static PyObject *core_reap_exiting(PyObject *self, PyObject *args)
+{
+    int guard_fd, reaped;
+    long long spin_ns;
+    siginfo_t info = {0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iL", &guard_fd, &spin_ns))
+        return NULL;
+    reaped = reap_guard(guard_fd, spin_ns, &info);
+    return Py_BuildValue("(ii)", reaped < 0 ? -1 : reaped ? info.si_code : 0,
+                         reaped > 0 ? info.si_status : 0);
+}
+
 static PyMethodDef end_methods[] = {
     {"await_end", core_await_end, METH_VARARGS,
      "Sleep until a guarded tree's end is there to read (end.c); END_READY | END_EARLY bits."},
     {"read_end", core_read_end, METH_VARARGS,
-     "Read one report; at MSG_EXITED reap the guard too (end.c)."},
+     "Read one report; at MSG_EXITED reap the guard too if it can be already (end.c)."},
+    {"reap_exiting", core_reap_exiting, METH_VARARGS,
+     "Reap a guard that has sent its last report, spinning for at most spin_ns (end.c)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -9,7 +9,8 @@ parallel with the guard. The guard has then ended, reaped and reported within a 
 microseconds: polling for its report and its exit for that while, without sleeping, saves
 our second wakeup (a halted vCPU's, and a cold CPU's). Bounded: :data:`SPIN_NS` once per
 tree, then back to sleep (a ``wait_tree`` guard waits for descendants that may run on for
-hours), and a deadline is never overrun.
+hours), and a deadline is never overrun. The sleep and the spin themselves are C
+(``core.await_end``, ``_kernel/end.c``): this module holds their budget and the borrows.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ END_EARLY: Final = core.END_EARLY
 class GuardEnd:
     """The end wait of a :class:`~tether._tree.guarded.Guard`, which sets every attribute
     below (the slots: those the end wait records too) and implements :attr:`ended`,
-    :meth:`_handle` and :meth:`_on_exited`."""
+    :meth:`_handle` and :meth:`_release`."""
 
     __slots__ = ("_borrowers", "_exit", "_rusage", "_woke_early", "guard_exit")
     spawned: Spawned
@@ -57,7 +57,7 @@ class GuardEnd:
     def _handle(self, data: bytes, fds: list[int], msg_flags: int) -> bool:
         raise NotImplementedError
 
-    def _on_exited(self, status: int, user_ms: int, system_ms: int, maxrss_kib: int) -> None:
+    def _release(self, *, exiting: bool = False) -> Exit | None:
         raise NotImplementedError
 
     def _await_end(self, deadline: Deadline) -> bool:
@@ -65,8 +65,9 @@ class GuardEnd:
         one wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md), on the
         program's, which wakes us at its exit, in parallel with the guard (early_wake), and
         on the socket where the guard reports stops (the only reports that can pile up: a
-        full socket blocks the guard). After the wakeup one C call reads the end and reaps
-        the guard (``core.read_end``), and the borrows are given back under one lock."""
+        full socket blocks the guard). After the wakeup one C call reads the end and, if it
+        can already, reaps the guard (``core.read_end``), and the end is recorded and the
+        borrows given back under one lock."""
         guard: Pidfd | None = self.spawned.pidfd
         with self._lock:
             if self.ended:  # (no read first: the pidfd is readable at once)
@@ -78,9 +79,9 @@ class GuardEnd:
             sock_fd = self.sock.fileno()
         try:
             while True:
-                polled = sock_fd if self._job_control or self._woke_early else -1
-                woke = core.await_end(guard_fd, program_fd, polled, deadline.c_poll_ms(),
-                                      deadline.spin_ns(SPIN_NS))
+                on_sock = self._job_control or self._woke_early
+                woke = core.await_end(guard_fd, program_fd, sock_fd, on_sock,
+                                      deadline.c_poll_ms(), deadline.spin_ns(SPIN_NS))
                 if woke & END_EARLY:
                     self._woke_early = True  # (once per tree: a wait_tree guard waits on)
                     program_fd = -1
@@ -89,10 +90,13 @@ class GuardEnd:
                         got = self._read_end(sock_fd, guard_fd)
                         if type(got) is tuple:
                             try:  # (the signals held by read_end, until recorded)
-                                self._end_reaped(*got[:6])  # (gives back both borrows)
-                                guard = None
+                                reaped = self._end_read(guard_fd, *got[:6])
                             finally:
                                 core.release_signals(got[6])
+                            if reaped:
+                                guard = None  # (both borrows given back)
+                            else:  # (the Python way, which may block: not with signals held)
+                                self.guard_exit = self._release(exiting=True)
                         if got:
                             return True
                 if deadline.expired:
@@ -105,40 +109,45 @@ class GuardEnd:
                 lent._end_borrow()
 
     def _read_end(self, sock_fd: int, guard_fd: int) -> tuple[int, ...] | bool:
-        """Read what the guard has said, in C (the lock held): the end as ``core.read_end``
-        gave it if it reaped the guard too (signals held: the caller releases them once it
-        has recorded it), True if the tree has ended otherwise."""
+        """Read what the guard has said, in C (the lock held): MSG_EXITED as
+        ``core.read_end`` gave it (signals held: the caller releases them once it has
+        recorded it), else True if the tree has ended."""
         while not self.ended:
-            got = core.read_end(sock_fd, guard_fd, SPIN_NS)
+            got = core.read_end(sock_fd, guard_fd)
             if got is None:
                 return False
-            if isinstance(got, bytes):
-                self._handle(got, [], 0)
-            elif got[4] > 0:
+            if not isinstance(got, bytes):
                 return got
-            else:  # (the guard not reapable yet, or not by us: the Python way, which
-                core.release_signals(got[6])  # may block in the reap: not with signals held)
-                self._on_exited(*got[:4])
+            self._handle(got, [], 0)
         return True
 
-    def _end_reaped(self, status: int, user_ms: int, system_ms: int, maxrss_kib: int,
-                    guard_code: int, guard_status: int) -> None:
-        """The end read and the guard reaped by ``core.read_end`` (the lock held): record
-        both, and give back the waiter's borrows of the guard's pidfd (now closed) and the
-        socket with what ``_release`` would drop."""
+    def _end_read(self, guard_fd: int, status: int, user_ms: int, system_ms: int,
+                  maxrss_kib: int, guard_code: int, guard_status: int) -> bool:
+        """Record the end ``core.read_end`` read (the lock held) and the guard's reap, once
+        made: there, or here in C (``core.reap_exiting``) after the recording, which then
+        overlaps the guard's exit teardown. True once the guard is reaped and the waiter's
+        borrows of its pidfd (now closed) and of the socket are given back with what
+        ``_release`` would drop; False: it is to be reaped the Python way."""
         if user_ms >= 0:  # (-1: the guard's getrusage failed)
             self._rusage = (user_ms, system_ms, maxrss_kib)
-        self._exit = exit_ = exit_with_cause(Exit._from_wait_status(status), self.cgroup)
+        exit_ = Exit._from_wait_status(status)
+        self._exit = exit_ = exit_ if self.cgroup is None else exit_with_cause(exit_, self.cgroup)
         if self._program is not None:  # (always: the start is reported before the end)
             self._program._set_exit(exit_)
-        self.spawned.lifeline.close()
-        self.guard_exit = self.spawned.pidfd._end_borrow_reaped(
+        spawned = self.spawned
+        spawned.lifeline.close()
+        if guard_code == 0:  # (still exiting)
+            guard_code, guard_status = core.reap_exiting(guard_fd, SPIN_NS)
+        if guard_code <= 0:
+            return False
+        self.guard_exit = spawned.pidfd._end_borrow_reaped(
             Exit._from_waitid(guard_code, guard_status))
         self._borrowers -= 1
         if not self._borrowers:
             self.sock.close()
         if self.cgroup is not None:
             self.cgroup.remove()
+        return True
 
     def _end_socket_borrow(self) -> None:
         with self._lock:
