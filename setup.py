@@ -153,7 +153,7 @@ if __name__ == "__main__":
             Extension(
                 "tether._kernel.core",
                 sources=[f"src/tether/_kernel/{name}"
-                         for name in ("core.c", "launch.c", "start_report.c",
+                         for name in ("core.c", "end.c", "launch.c", "start_report.c",
                                       "lifeline_registry.c", "fd_table.c",
                                       *CLONE_SOURCES)],
                 depends=[f"src/tether/_kernel/{name}"

@@ -15,23 +15,26 @@ import pytest
 
 import oracle
 import tether
+from tether._kernel import core
 from tether._kernel.deadline import Deadline
-from tether._tree import early_wake, guarded
+from tether._tree import early_wake
 
 EXITS_LEAVING_A_SLEEPER = ["sh", "-c", "sleep 60 & exit 3"]
 
 
 def _spins(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Record each early-wake spin of guarded's end wait (True: it found the end)."""
+    """Record each early-wake spin of the end wait (``core.await_end`` reporting END_EARLY;
+    True: the spin found the end)."""
     spins: list[bool] = []
-    real = early_wake.spin_for_end
+    real = core.await_end
 
-    def counted(*args: object) -> list[tuple[int, int]]:
-        ready = real(*args)  # type: ignore[arg-type]
-        spins.append(bool(ready))
-        return ready
+    def counted(*args: int) -> int:
+        woke = real(*args)
+        if woke & core.END_EARLY:
+            spins.append(bool(woke & core.END_READY))
+        return woke
 
-    monkeypatch.setattr(guarded, "spin_for_end", counted)
+    monkeypatch.setattr(core, "await_end", counted)
     return spins
 
 
@@ -74,16 +77,23 @@ def test_a_ctrl_c_during_the_spin_leaves_the_wait_to_be_done_again(
     tether.run(["true"], contain=mode, wait_tree=True)
     before = oracle.baseline_fds()
 
-    def interrupted(*args: object) -> list[tuple[int, int]]:
-        raise KeyboardInterrupt
+    real, interrupts = core.await_end, []
 
-    monkeypatch.setattr(guarded, "spin_for_end", interrupted)
+    def interrupted(*args: int) -> int:
+        woke = real(*args)
+        if woke & core.END_EARLY and not interrupts:
+            interrupts.append(woke)
+            raise KeyboardInterrupt  # (as a handler's would be, right after the spin)
+        return woke
+
+    monkeypatch.setattr(core, "await_end", interrupted)
     # wait_tree and a sleeper: the guard cannot have ended before the waiter is woken by
     # the program's exit, so the wait does reach the spin.
     with tether.spawn(EXITS_LEAVING_A_SLEEPER, contain=mode, wait_tree=True) as child:
         _until_exited(child)
         with pytest.raises(KeyboardInterrupt):
             child.wait()
+        assert interrupts
         child.kill()
         assert child.wait() == 3
         child.pidfd.close()
@@ -136,3 +146,13 @@ def test_a_far_deadline_does_not_break_the_spin(mode: str) -> None:
         _until_exited(child)
         assert child.wait(timeout=1e308) == 0
     assert oracle.no_descendants()
+
+
+def test_the_c_spins_budget_is_bounded_by_the_deadline_and_survives_a_huge_timeout() -> None:
+    # core.await_end is handed Deadline.spin_ns(SPIN_NS): never past the deadline, never
+    # negative, and a timeout of 1e300 s (accepted by wait()) is not an OverflowError.
+    assert Deadline(None).spin_ns(early_wake.SPIN_NS) == early_wake.SPIN_NS
+    assert Deadline.after(1e300).spin_ns(early_wake.SPIN_NS) == early_wake.SPIN_NS
+    assert Deadline.after(0.0).spin_ns(early_wake.SPIN_NS) == 0
+    assert 0 < Deadline.after(0.0002).spin_ns(early_wake.SPIN_NS) <= 200_000
+    assert Deadline.after(1e300).c_poll_ms() > 0 and Deadline(None).c_poll_ms() == -1

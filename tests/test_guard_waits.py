@@ -1,7 +1,7 @@
 """How the parent waits for a guard's reports. The start report, read by launch() before any
 other thread can hold the Guard, is read by blocking in the read itself (no poll). The
-blocking wait for a guarded tree's end (tether._tree.guarded.Guard.wait) sleeps on the
-guard's pidfd: it turns readable only once the guard has sent its last report and exited, so
+blocking wait for a guarded tree's end (tether._tree.guard_end, in C: core.await_end) sleeps
+on the guard's pidfd: it turns readable only once the guard has sent its last report and exited, so
 the waiter wakes once, finds MSG_EXITED (status and usage in one message) queued and reaps
 the guard without blocking. The pidfd is borrowed like the control socket: another thread
 that reads the end meanwhile (and so closes the handle) leaves the fd open to the waiter.
@@ -21,6 +21,7 @@ import pytest
 
 import oracle
 import tether
+from tether._kernel import core
 from tether._tree import guarded
 from tether._tree.guarded import Guard
 
@@ -38,8 +39,8 @@ def _gated_child(mode: str) -> tuple[tether.Child, Guard, int]:
 
 
 def _poll_module(on_poll: Callable[[list[int]], None]) -> types.SimpleNamespace:
-    """A stand-in for guarded's ``select``: every poller calls ``on_poll(its fds)`` before it
-    may sleep (a poll with a timeout other than 0)."""
+    """A stand-in for guarded's ``select`` (the start's wait): every poller calls
+    ``on_poll(its fds)`` before it may sleep (a poll with a timeout other than 0)."""
 
     class Poller:
         def __init__(self) -> None:
@@ -50,16 +51,28 @@ def _poll_module(on_poll: Callable[[list[int]], None]) -> types.SimpleNamespace:
             self._fds.append(fd)
             self._real.register(fd, events)
 
-        def unregister(self, fd: int) -> None:
-            self._fds.remove(fd)
-            self._real.unregister(fd)
-
         def poll(self, timeout: int | None = None) -> list[tuple[int, int]]:
-            if timeout != 0:  # (a spin's polls do not sleep)
+            if timeout != 0:
                 on_poll(self._fds)
             return self._real.poll(timeout)
 
     return types.SimpleNamespace(poll=Poller, POLLIN=select.POLLIN)
+
+
+def _watch_end_sleeps(monkeypatch: pytest.MonkeyPatch,
+                      on_sleep: Callable[[list[int]], None]) -> None:
+    """Call ``on_sleep(the fds it sleeps on)`` before every end wait's sleep in C
+    (``core.await_end`` with a timeout other than 0), before it may sleep."""
+    real = core.await_end
+
+    def await_end(guard_fd: int, program_fd: int, sock_fd: int, on_sock: bool,
+                  timeout_ms: int, spin_ns: int) -> int:
+        if timeout_ms != 0:
+            on_sleep([fd for fd in (guard_fd, program_fd, sock_fd if on_sock else -1)
+                      if fd >= 0])
+        return real(guard_fd, program_fd, sock_fd, on_sock, timeout_ms, spin_ns)
+
+    monkeypatch.setattr(core, "await_end", await_end)
 
 
 def _fd_target(fd: int) -> str | None:
@@ -84,7 +97,7 @@ def test_the_wait_for_the_end_sleeps_on_the_guards_and_the_programs_pidfds_once(
         if len(polled) == 1:
             os.close(gate_w)  # the program exits only once the waiter sleeps
 
-    monkeypatch.setattr(guarded, "select", _poll_module(on_poll))
+    _watch_end_sleeps(monkeypatch, on_poll)
     assert child.wait() == 7
     assert polled in ([[guard_pidfd, program_pidfd]],
                       [[guard_pidfd, program_pidfd], [guard_pidfd, sock]])
@@ -106,7 +119,7 @@ def test_a_wait_keeps_its_borrowed_guard_pidfd_while_another_thread_reads_the_en
         sleeping.set()
         go.wait()
 
-    monkeypatch.setattr(guarded, "select", _poll_module(on_poll))
+    _watch_end_sleeps(monkeypatch, on_poll)
     results: list[object] = []
     waiter = threading.Thread(target=lambda: results.append(child.wait()))
     waiter.start()
@@ -135,6 +148,7 @@ def test_launch_reads_the_start_report_without_polling(
         mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     polled: list[list[int]] = []
     monkeypatch.setattr(guarded, "select", _poll_module(polled.append))
+    _watch_end_sleeps(monkeypatch, polled.append)
     with tether.spawn(["true"], contain=mode) as child:
         assert polled == []  # started: the program's pidfd is ours
         assert child.pidfd.wait().code == 0
@@ -169,13 +183,15 @@ def test_a_zero_timeout_wait_reads_an_end_already_reported(mode: str) -> None:
 def test_a_run_reads_each_report_once_and_never_in_vain(
         mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # run(["true"]): the start (MSG_PROGRAM, MSG_STARTED) read at launch, the end
-    # (MSG_EXITED) read once the guard has exited; no read that finds nothing (EAGAIN).
+    # (MSG_EXITED, in C: core.read_end) read once the guard has exited; no read that finds
+    # nothing (EAGAIN).
     from tether._kernel import core
     from tether._tree import guard_wire
 
     kinds: list[object] = []
     real = guard_wire.read_message
     real_start = core.read_start_reports
+    real_end = core.read_end
 
     def counted_start(*args: int) -> tuple[tuple[bytes, int, int, int], ...]:
         try:
@@ -196,8 +212,19 @@ def test_a_run_reads_each_report_once_and_never_in_vain(
         kinds.append(guard_wire.MSG.unpack(data)[0] if data else "EOF")
         return data, fds, flags
 
+    def counted_end(*args: int) -> object:
+        got = real_end(*args)
+        if got is None:
+            kinds.append("EAGAIN")
+        elif isinstance(got, bytes):
+            kinds.append(guard_wire.MSG.unpack(got)[0] if got else "EOF")
+        else:
+            kinds.append(guard_wire.MSG_EXITED)
+        return got
+
     monkeypatch.setattr(guard_wire, "read_message", counted)
     monkeypatch.setattr(core, "read_start_reports", counted_start)
+    monkeypatch.setattr(core, "read_end", counted_end)
     assert tether.run(["true"], contain=mode).returncode == 0
     assert kinds == [guard_wire.MSG_PROGRAM, guard_wire.MSG_STARTED, guard_wire.MSG_EXITED]
     assert oracle.no_descendants()
@@ -231,4 +258,53 @@ def test_a_wait_reads_a_job_control_trees_stop_reports_as_they_come() -> None:
     with child:
         assert child.wait(timeout=60) == 3
         assert child.stops
+    assert oracle.no_descendants()
+
+
+def test_a_ctrl_c_as_the_end_is_read_is_raised_once_the_end_is_recorded(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # core.read_end consumes MSG_EXITED and reaps the guard in one call; a signal handler
+    # that ran before the caller has recorded them would lose the report and the guard's
+    # reap (the guard's usage then, and below Linux 6.15 the program's status). So it
+    # returns with every signal held, and the Ctrl-C comes once the end is recorded.
+    import signal
+
+    child, guard, gate_w = _gated_child(mode)
+    real = core.read_end
+
+    def interrupted_after(*args: int) -> object:
+        got = real(*args)
+        if isinstance(got, tuple):
+            signal.raise_signal(signal.SIGINT)
+        return got
+
+    monkeypatch.setattr(core, "read_end", interrupted_after)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        os.close(gate_w)
+        with pytest.raises(KeyboardInterrupt):
+            child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert guard.ended and guard.spawned.pidfd.closed
+    assert child.wait() == 7
+    assert child.usage().source in ("rusage", "cgroup")
+    assert guard.guard_exit is not None and guard.guard_exit.code == 0
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == set()
+    assert oracle.no_descendants()
+
+
+def test_a_wait_that_reaps_the_guard_leaves_its_pidfd_to_a_watcher_still_borrowing_it(
+        mode: str) -> None:
+    # core.read_end reaps the guard through the waiter's borrowed pidfd, and the handle is
+    # closed then: an event loop's watch on the same fd (watch_fd, no dup) keeps the number
+    # until it is done with it, as with any other close.
+    child, guard, gate_w = _gated_child(mode)
+    watched = guard.watch_fd()
+    os.close(gate_w)
+    assert child.wait() == 7
+    assert guard.spawned.pidfd.closed and guard.guard_exit == tether.Exit(code=0, signal=None)
+    assert _fd_target(watched) == "anon_inode:[pidfd]"
+    guard.end_watch()
+    assert _fd_target(watched) != "anon_inode:[pidfd]"
     assert oracle.no_descendants()

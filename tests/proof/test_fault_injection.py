@@ -105,6 +105,7 @@ around(_fork, "new_lifeline", None, "lifeline")
 around(_cgroup, "_sweep_once", "sweep", "swept")
 around(_guard.Guard, "await_start", "guard-spawned", "guard-started")
 around(_guard, "reap_quietly", "guard-reap")
+around(_core, "read_end", "guard-reap")  # a blocking wait reads the end and reaps the guard in C
 around(_cgroup.CgroupTree, "remove", "cg-remove")
 
 

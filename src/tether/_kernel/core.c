@@ -6,6 +6,8 @@
  *     or the legacy clone fallback, probed once and cached here (the only cache of it);
  *   - the tables the Python side must not copy: the child's and the guard's failure stages
  *     (clone.h, guard_proto.h) and the guard's wire protocol (guard_proto.h);
+ *   - the parent's end of a guarded tree (end.c): the sleep, the early wake's spin, the read
+ *     of MSG_EXITED and the guard's reap, after the wakeup without Python in between;
  *   - the lifeline registry (lifeline_registry.c): every lifeline write end is created and
  *     registered under one mutex, and a pthread_atfork child handler closes all of them in
  *     every fork()ed child, so one child's writer can never keep another child's lifeline open.
@@ -476,7 +478,7 @@ PyMODINIT_FUNC PyInit_core(void)
     m = PyModule_Create(&core_module);
     if (m == NULL)
         return NULL;
-    if (add_constants(m) < 0) {
+    if (add_constants(m) < 0 || tether_add_end(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

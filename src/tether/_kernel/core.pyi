@@ -83,3 +83,16 @@ def signalfd(fd: int, signals: list[int] | tuple[int, ...], flags: int, /) -> in
 
 def hold_signals() -> int: ...
 def release_signals(mask: int, /) -> None: ...
+
+# end.c: the parent's end of a guarded tree.
+END_READY: int
+END_EARLY: int
+
+def await_end(
+    guard_fd: int, program_fd: int, sock_fd: int, on_sock: bool, timeout_ms: int,
+    spin_ns: int, /,
+) -> int: ...
+def read_end(
+    sock_fd: int, guard_fd: int, /
+) -> bytes | tuple[int, int, int, int, int, int, int, tuple[int, ...] | None] | None: ...
+def reap_exiting(guard_fd: int, spin_ns: int, /) -> tuple[int, int]: ...

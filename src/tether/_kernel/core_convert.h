@@ -25,5 +25,7 @@ TETHER_HIDDEN int fd_above_stdio(int *fd);
 TETHER_HIDDEN PyObject *core_read_start_reports(PyObject *self, PyObject *args);
 TETHER_HIDDEN PyObject *core_hold_signals(PyObject *self, PyObject *unused);
 TETHER_HIDDEN PyObject *core_release_signals(PyObject *self, PyObject *arg);
+/* end.c: core.await_end, core.read_end and their constants, added to the module. */
+TETHER_HIDDEN int tether_add_end(PyObject *module);
 
 #endif /* TETHER_CORE_CONVERT_H */

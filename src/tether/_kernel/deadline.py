@@ -69,5 +69,17 @@ class Deadline:
     def poll_ms(self) -> int | None:
         return poll_ms(self.remaining())
 
+    def c_poll_ms(self) -> int:
+        """:meth:`poll_ms` for C's poll(2): -1 for ever."""
+        ms = poll_ms(self.remaining())
+        return -1 if ms is None else ms
+
+    def spin_ns(self, budget_ns: int) -> int:
+        """``budget_ns``, or less where the deadline comes sooner: a spin never overruns it."""
+        if self.at is None:
+            return budget_ns
+        left = (self.at - time.monotonic()) * 1e9  # (a float: a huge timeout stays finite here)
+        return budget_ns if left >= budget_ns else max(0, int(left))
+
     def __repr__(self) -> str:
         return "Deadline(never)" if self.at is None else f"Deadline(in {self.remaining():.3f}s)"

@@ -150,6 +150,27 @@ class Pidfd(metaclass=NoPublicConstructor):
         if reaped is not None:
             reaped()
 
+    def _end_borrow_reaped(self, exit_: Exit) -> Exit:
+        """The borrower has reaped this child through the borrowed fd (``core.read_end``
+        reaps a guard in the same C call that reads its last report): record ``exit_``,
+        close the handle and give the borrow back, in one go; the fd is closed now, or by
+        the last other borrower. Returns the recorded exit."""
+        reaped = None
+        with self._lock:
+            if self._exit is None:
+                self._exit = exit_
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                self._parked = (fd, None, False)
+            self._borrowers -= 1
+            parked = self._parked if not self._borrowers else None
+            if parked is not None:
+                self._parked = None
+                reaped = self._release_locked(*parked)
+        if reaped is not None:
+            reaped()
+        return self._exit
+
     def _dup(self) -> int:
         """A private dup of the pidfd (CLOEXEC, never on fds 0-2), made under the lock: the
         caller owns it, and a concurrent close() of this handle cannot touch it."""

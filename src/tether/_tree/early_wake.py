@@ -9,7 +9,8 @@ parallel with the guard. The guard has then ended, reaped and reported within a 
 microseconds: polling for its report and its exit for that while, without sleeping, saves
 our second wakeup (a halted vCPU's, and a cold CPU's). Bounded: :data:`SPIN_NS` once per
 tree, then back to sleep (a ``wait_tree`` guard waits for descendants that may run on for
-hours), and a deadline is never overrun.
+hours), and a deadline is never overrun. The sleep and the spin themselves are C
+(``core.await_end``, ``_kernel/end.c``): this module holds their budget and the borrows.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Final
 from tether._kernel.deadline import Deadline
 from tether._kernel.pidfd import Pidfd
 
-__all__ = ["SPIN_NS", "lend_program", "spin_for_end", "spin_until_readable"]
+__all__ = ["SPIN_NS", "lend_program", "spin_until_readable"]
 
 #: How long a waiter woken by the program's exit polls for the guard's report and exit
 #: without sleeping. The guard's hop (wake, kill, reap, report, exit) took 100-250 µs on
@@ -31,28 +32,16 @@ __all__ = ["SPIN_NS", "lend_program", "spin_for_end", "spin_until_readable"]
 SPIN_NS: Final = 400_000
 
 
-def lend_program(poller: select.poll, program: Pidfd | None) -> int:
-    """Borrow the program's pidfd and poll it (for its exit) beside the guard's: its fd,
-    or -1 if there is none (closed by its user, or not to be watched)."""
+def lend_program(program: Pidfd | None) -> int:
+    """Borrow the program's pidfd, to poll it (for its exit) beside the guard's
+    (``core.await_end``, which does the spin): its fd, or -1 if there is none (closed by its
+    user, or not to be watched)."""
     if program is None:
         return -1
     try:
-        fd = program._borrow()
+        return program._borrow()
     except ValueError:
         return -1  # closed by its user: wait on the guard's pidfd alone
-    poller.register(fd, select.POLLIN)
-    return fd
-
-
-def spin_for_end(poller: select.poll, program_fd: int, sock_fd: int,
-                 deadline: Deadline) -> list[tuple[int, int]]:
-    """The program has exited (its pidfd, and only it, woke us): stop watching it, and
-    watch the guard's reports too (its last one comes a little before its exit), without
-    sleeping, for at most :data:`SPIN_NS`. Returns what poll found ready (empty: nothing
-    yet, sleep again)."""
-    poller.unregister(program_fd)
-    poller.register(sock_fd, select.POLLIN)
-    return _spin(poller, deadline, SPIN_NS)
 
 
 def spin_until_readable(fd: int, deadline: Deadline, budget_ns: int = SPIN_NS) -> bool:

@@ -26,8 +26,8 @@ from tether._kernel.pidfd import Pidfd, pid_in_our_namespace
 from tether._kernel.spawn import Spawned, child_error
 from tether._kernel.spec import SpawnSpec
 from tether._tree import guard_wire as wire
-from tether._tree.early_wake import lend_program, spin_for_end
 from tether._tree.ending import kill_group, reap_quietly
+from tether._tree.guard_end import GuardEnd
 from tether._tree.guard_launch import start_guard
 from tether._tree.modes import Mode
 from tether._tree.tree_cgroups import prepare_next_tree, reported_exit, tree_usage
@@ -37,7 +37,7 @@ __all__ = ["Guard"]
 # -- the guard ------------------------------------------------------------------------------------
 
 
-class Guard:
+class Guard(GuardEnd):
     """One running guard and the tree under it, as the parent sees them.
 
     The guard's first report (MSG_STARTED with the program's pidfd, or MSG_FAILED) is read
@@ -46,10 +46,10 @@ class Guard:
     loop's selector, or in aio.run not at all; a start failure surfaces as ``start_error``,
     raised by whoever waits for the tree)."""
 
-    __slots__ = (
-        "_announced", "_borrowers", "_exit", "_generation", "_job_control", "_launching",
-        "_lock", "_program", "_program_pid", "_rusage", "_woke_early", "cgroup", "dead",
-        "guard_exit", "mode", "sock", "spawned", "spec", "start_error", "stops",
+    __slots__ = (  # (and GuardEnd's)
+        "_announced", "_generation", "_job_control", "_launching", "_lock", "_program",
+        "_program_pid", "cgroup", "dead", "mode", "sock", "spawned", "spec", "start_error",
+        "stops",
     )
 
     def __init__(
@@ -185,43 +185,26 @@ class Guard:
         """Until the start is known (``start``) or the tree has ended: True, or False once
         ``deadline`` has passed. Safe from any thread: the reports are read under the lock,
         and the fds polled meanwhile are borrowed (closed by a thread that reads the end, a
-        number could be reused under the poll): the control socket for the start; for the
-        end the guard's pidfd, readable once the guard has reported and exited, so one
-        wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md), the
-        program's, which wakes us at its exit, in parallel with the guard (early_wake), and
-        the socket too where the guard reports stops (the only reports that can pile up)."""
-        guard, poller, lent, early = self.spawned.pidfd, select.poll(), None, -1
-        on_socket = start or self._job_control  # (a socket full of stops blocks the guard)
+        number could be reused under the poll). The start is awaited on the control socket;
+        the end in C (:meth:`_await_end`)."""
+        if not start:
+            return self._await_end(deadline)
+        poller = select.poll()
         with self._lock:
-            if (self.pump(stop_at_start=True) or self.started) if start else self.ended:
-                return True  # (for the end, no read first: the pidfd is readable at once)
-            if not start:
-                poller.register(guard._borrow(), select.POLLIN)  # (_release closes it)
-                lent = None if self._woke_early else self._program
-                early = lend_program(poller, lent)
-            self._borrowers += 1  # (the socket: polled for the start, and by an early wake)
-            if on_socket:
-                poller.register(self.sock.fileno(), select.POLLIN)
+            if self.pump(stop_at_start=True) or self.started:
+                return True
+            self._borrowers += 1
+            poller.register(self.sock.fileno(), select.POLLIN)
         try:
             while True:
                 ready = poller.poll(deadline.poll_ms())
-                if early >= 0 and len(ready) == 1 and ready[0][0] == early:
-                    self._woke_early = True  # (once per tree: a wait_tree guard waits on)
-                    ready = spin_for_end(poller, early, self.sock.fileno(), deadline)
-                with self._lock:  # (nothing ready: a spin that found nothing, or a timeout)
-                    if (ready and self.pump(stop_at_start=start)) or (start and self.started):
+                with self._lock:  # (nothing ready: a timeout)
+                    if (ready and self.pump(stop_at_start=True)) or self.started:
                         return True
                 if deadline.expired:
                     return False
         finally:
-            with self._lock:
-                self._borrowers -= 1
-                if not self._borrowers and self.ended:
-                    self.sock.close()
-            if early >= 0 and lent is not None:
-                lent._end_borrow()
-            if not start:
-                guard._end_borrow()
+            self._end_socket_borrow()
 
     def check_start(self) -> None:
         """Raise the start error, if the start is known to have failed (never blocks)."""
@@ -380,11 +363,15 @@ class Guard:
             self.stops.append(a)
             return False
         if kind == wire.MSG_EXITED:
-            if b >= 0:  # (-1: the guard's getrusage failed)
-                self._rusage = (b, c, d)
-            self._finish(Exit._from_wait_status(a), tail)
+            self._on_exited(a, b, c, d, tail)
             return True
         return False
+
+    def _on_exited(self, status: int, user_ms: int, system_ms: int, maxrss_kib: int,
+                   usage_tail: tuple[int, ...] | None) -> None:
+        if user_ms >= 0:  # (-1: the guard's getrusage failed)
+            self._rusage = (user_ms, system_ms, maxrss_kib)
+        self._finish(Exit._from_wait_status(status), usage_tail)
 
     def usage(self) -> Usage:
         return tree_usage(self.cgroup, self._rusage, ended=self.ended)
@@ -395,7 +382,7 @@ class Guard:
         # A start not read yet first: only we can act on it (a lost pidfd ends the tree).
         if not self.started and not self._block_until(deadline, start=True):
             return False
-        return self._block_until(deadline, start=False)
+        return self._await_end(deadline)
 
     def outcome(self) -> Exit | None:
         """How the program ended, once the tree has; raises ChildProcessError if the guard

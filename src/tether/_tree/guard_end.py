@@ -1,0 +1,163 @@
+"""The blocking wait for a guarded tree's end, after the wakeup in C.
+
+The one rule this module owns: once the end is there, the parent runs as little Python as it
+can before ``wait()`` returns. The exit notice is paid for after the parent's wakeup, and on a
+cold CPU each Python step of it (a lock, a method, a close) cost 5-15 µs (ARCHITECTURE.md,
+"The exit notice"): the sleep, the early wake's spin, the read of MSG_EXITED and the guard's
+reap are one C call each (``core.await_end``, ``core.read_end``: ``_kernel/end.c``), and what
+they found is recorded, and the waiter's borrows given back, under one lock. A mixin of
+:class:`tether._tree.guarded.Guard`, whose state it reads and records (the protocol's other
+reports, and every other way a tree ends, stay there).
+"""
+
+from __future__ import annotations
+
+# socket.py's enum set-up costs ~2 ms of every start; its C module has all we use.
+import _socket as socket
+import threading
+from typing import Final
+
+from tether._kernel import core
+from tether._kernel.cgroup import CgroupTree
+from tether._kernel.deadline import Deadline
+from tether._kernel.exit import Exit
+from tether._kernel.pidfd import Pidfd
+from tether._kernel.spawn import Spawned
+from tether._tree.early_wake import SPIN_NS, lend_program
+from tether._tree.tree_cgroups import reported_exit
+
+__all__ = ["GuardEnd"]
+
+#: What ``core.read_end`` gives for MSG_EXITED: status, user ms, system ms, maxrss KiB, the
+#: guard's reap (si_code, si_status), the held signal mask, the usage tail (or None).
+_EndRead = tuple[int, int, int, int, int, int, int, "tuple[int, ...] | None"]
+
+END_READY: Final = core.END_READY
+END_EARLY: Final = core.END_EARLY
+
+
+class GuardEnd:
+    """The end wait of a :class:`~tether._tree.guarded.Guard`, which sets every attribute
+    below (the slots: those the end wait records too) and implements :attr:`ended`,
+    :meth:`_handle` and :meth:`_release`."""
+
+    __slots__ = ("_borrowers", "_exit", "_rusage", "_woke_early", "guard_exit")
+    spawned: Spawned
+    sock: socket.socket
+    cgroup: CgroupTree | None
+    guard_exit: Exit | None
+    _lock: threading.RLock
+    _borrowers: int
+    _program: Pidfd | None
+    _exit: Exit | None
+    _rusage: tuple[int, int, int] | None
+    _job_control: bool
+    _woke_early: bool
+
+    @property
+    def ended(self) -> bool:
+        raise NotImplementedError
+
+    def _handle(self, data: bytes, fds: list[int], msg_flags: int) -> bool:
+        raise NotImplementedError
+
+    def _release(self, *, exiting: bool = False) -> Exit | None:
+        raise NotImplementedError
+
+    def _await_end(self, deadline: Deadline) -> bool:
+        """Sleep on the guard's pidfd, readable once the guard has reported and exited, so
+        one wakeup finds MSG_EXITED and a reap that cannot block (ARCHITECTURE.md), on the
+        program's, which wakes us at its exit, in parallel with the guard (early_wake), and
+        on the socket where the guard reports stops (the only reports that can pile up: a
+        full socket blocks the guard). After the wakeup one C call reads the end and, if it
+        can already, reaps the guard (``core.read_end``), and the end is recorded and the
+        borrows given back under one lock."""
+        guard: Pidfd | None = self.spawned.pidfd
+        with self._lock:
+            if self.ended:  # (no read first: the pidfd is readable at once)
+                return True
+            guard_fd = self.spawned.pidfd._borrow()  # (_release closes it)
+            lent = None if self._woke_early else self._program
+            program_fd = lend_program(lent)
+            self._borrowers += 1  # (the socket: read here, polled with stops or after a spin)
+            sock_fd = self.sock.fileno()
+        try:
+            while True:
+                on_sock = self._job_control or self._woke_early
+                woke = core.await_end(guard_fd, program_fd, sock_fd, on_sock,
+                                      deadline.c_poll_ms(), deadline.spin_ns(SPIN_NS))
+                if woke & END_EARLY:
+                    self._woke_early = True  # (once per tree: a wait_tree guard waits on)
+                    program_fd = -1
+                if woke & END_READY:
+                    with self._lock:
+                        got = self._read_end(sock_fd, guard_fd)
+                        if type(got) is tuple:
+                            try:  # (the signals held by read_end, until recorded)
+                                reaped = self._end_read(guard_fd, *got[:6], usage_tail=got[7])
+                            finally:
+                                core.release_signals(got[6])
+                            if reaped:
+                                guard = None  # (both borrows given back)
+                            else:  # (the Python way, which may block: not with signals held)
+                                self.guard_exit = self._release(exiting=True)
+                        if got:
+                            return True
+                if deadline.expired:
+                    return False
+        finally:
+            if guard is not None:
+                self._end_socket_borrow()
+                guard._end_borrow()
+            if lent is not None:
+                lent._end_borrow()
+
+    def _read_end(self, sock_fd: int, guard_fd: int) -> _EndRead | bool:
+        """Read what the guard has said, in C (the lock held): MSG_EXITED as
+        ``core.read_end`` gave it (signals held: the caller releases them once it has
+        recorded it), else True if the tree has ended."""
+        while not self.ended:
+            got = core.read_end(sock_fd, guard_fd)
+            if got is None:
+                return False
+            if not isinstance(got, bytes):
+                return got
+            self._handle(got, [], 0)
+        return True
+
+    def _end_read(self, guard_fd: int, status: int, user_ms: int, system_ms: int,
+                  maxrss_kib: int, guard_code: int, guard_status: int, *,
+                  usage_tail: tuple[int, ...] | None) -> bool:
+        """Record the end ``core.read_end`` read (the lock held) and the guard's reap, once
+        made: there, or here in C (``core.reap_exiting``) after the recording, which then
+        overlaps the guard's exit teardown. True once the guard is reaped and the waiter's
+        borrows of its pidfd (now closed) and of the socket are given back with what
+        ``_release`` would drop; False: it is to be reaped the Python way."""
+        if user_ms >= 0:  # (-1: the guard's getrusage failed)
+            self._rusage = (user_ms, system_ms, maxrss_kib)
+        exit_ = Exit._from_wait_status(status)
+        if self.cgroup is not None:  # (a limited tree's final usage: the report's tail)
+            exit_ = reported_exit(exit_, self.cgroup, usage_tail)
+        self._exit = exit_
+        if self._program is not None:  # (always: the start is reported before the end)
+            self._program._set_exit(exit_)
+        spawned = self.spawned
+        spawned.lifeline.close()
+        if guard_code == 0:  # (still exiting)
+            guard_code, guard_status = core.reap_exiting(guard_fd, SPIN_NS)
+        if guard_code <= 0:
+            return False
+        self.guard_exit = spawned.pidfd._end_borrow_reaped(
+            Exit._from_waitid(guard_code, guard_status))
+        self._borrowers -= 1
+        if not self._borrowers:
+            self.sock.close()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        return True
+
+    def _end_socket_borrow(self) -> None:
+        with self._lock:
+            self._borrowers -= 1
+            if not self._borrowers and self.ended:
+                self.sock.close()
