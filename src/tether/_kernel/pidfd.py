@@ -140,33 +140,33 @@ class Pidfd(metaclass=NoPublicConstructor):
     def _end_borrow(self) -> None:
         """The watcher is done with the number (unregistered it): if a close() was parked
         meanwhile and this was the last borrower, the fd is released now."""
-        reaped = None
         with self._lock:
-            self._borrowers -= 1
-            parked = self._parked if not self._borrowers else None
-            if parked is not None:
-                self._parked = None
-                reaped = self._release_locked(*parked)
+            reaped = self._give_back_locked()
         if reaped is not None:
             reaped()
+
+    def _give_back_locked(self) -> Callable[[], None] | None:
+        # One borrow given back (the lock held): the last one releases a parked close, and
+        # returns what to run once the lock is dropped (an event loop's reap callback).
+        self._borrowers -= 1
+        parked = self._parked if not self._borrowers else None
+        if parked is None:
+            return None
+        self._parked = None
+        return self._release_locked(*parked)
 
     def _end_borrow_reaped(self, exit_: Exit) -> Exit:
         """The borrower has reaped this child through the borrowed fd (``core.read_end``
         reaps a guard in the same C call that reads its last report): record ``exit_``,
         close the handle and give the borrow back, in one go; the fd is closed now, or by
         the last other borrower. Returns the recorded exit."""
-        reaped = None
         with self._lock:
             if self._exit is None:
                 self._exit = exit_
             fd, self._fd = self._fd, -1
             if fd >= 0:
                 self._parked = (fd, None, False)
-            self._borrowers -= 1
-            parked = self._parked if not self._borrowers else None
-            if parked is not None:
-                self._parked = None
-                reaped = self._release_locked(*parked)
+            reaped = self._give_back_locked()
         if reaped is not None:
             reaped()
         return self._exit
