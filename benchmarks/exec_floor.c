@@ -274,15 +274,16 @@ static void hand_over(const struct ahead *a)
     close(fds[3]);
 }
 
-/* The guard's report; exits if /bin/true did not run as asked. */
+/* The guard's report; exits if there is none or /bin/true did not run as asked. */
 static void read_report(const struct ahead *a)
 {
     char report[REPORT_SIZE];
     int status;
-    while (read(a->ctl, report, sizeof report) < 0 && errno == EINTR)
+    ssize_t n;
+    while ((n = read(a->ctl, report, sizeof report)) < 0 && errno == EINTR)
         ;
     memcpy(&status, report + 4, sizeof status);
-    if (status != 0)
+    if (n != (ssize_t)sizeof report || status != 0)
         _exit(4);
 }
 
