@@ -393,7 +393,34 @@ def others_section(raw: JSONDict) -> Section:
     aio = raw.get("aio", {}).get("result")
     if isinstance(aio, Mapping):
         sec.targets = aio_targets(aio)
+    floor = raw.get("floor", {}).get("result")
+    if isinstance(floor, Mapping) and floor_note(floor):
+        sec.notes.append(floor_note(floor))
     return sec
+
+
+def floor_note(result: Mapping[str, Any]) -> str:
+    """bench_floor.py's floors as ratios to one exec, in one note of section 7: what bounds
+    issue 13's guarded spawn <= 1.3x Popen from below; empty for a run without them. A run
+    made before the launched-ahead rows existed shows the two-exec floor alone."""
+    parts = []
+    if isinstance(result.get("two-exec floor / one exec"), int | float):
+        parts.append(f"two execs in a row {result['two-exec floor / one exec']:.2f}x one exec")
+    ahead = result.get("launched-ahead floor / one exec")
+    if isinstance(ahead, int | float):
+        more = [f"{value:.2f}x {what}" for key, what in (
+            ("launched-ahead floor to the report / one exec", "to its report"),
+            ("launched-ahead steady state / one exec", "with the next one launched meanwhile"))
+            if isinstance(value := result.get(key), int | float)]
+        parts.append(f"a guard launched ahead {ahead:.2f}x"
+                     + (f" ({', '.join(more)})" if more else ""))
+    if not parts:
+        return ""
+    spawn = result.get("tether.spawn / Popen")
+    measured = (f"; tether.spawn(group) {spawn:.2f}x Popen in the same script"
+                if isinstance(spawn, int | float) else "")
+    return ("The exec floor under a guarded spawn (bench_floor.py, in C): "
+            + ", ".join(parts) + measured + ".")
 
 
 #: issue 13's asyncio targets: (label, bench_aio.py's key, limit). Each is one number of

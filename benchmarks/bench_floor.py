@@ -7,9 +7,15 @@ has one, so its "guard" execs as cheaply as a static binary can) times, interlea
 round: vfork+exec of /bin/true (Popen's floor); of a static no-op and of the real guard (the
 price of the guard's exec alone); two execs in a row, a tiny guard that clones and execs
 /bin/true (the floor of any guarded spawn); and the same overlapped, the program cloned by
-the guard's pre-exec child so that its exec may run beside the guard's. Beside them, from
-Python, ``tether.spawn(contain="group").wait()`` against ``subprocess.Popen().wait()``: how
-far above that floor a guarded spawn is.
+the guard's pre-exec child so that its exec may run beside the guard's; and a guard launched
+ahead (not timed: it sleeps on its control socket and lifeline), to which the timed part hands
+a fixed-size request with the program's stdio and cwd as fds, and which vfork+execs /bin/true,
+reaps it, reports and exits: the floor of a spawn with the guard's own clone and exec off its
+path (ARCHITECTURE.md, "A guard launched ahead"); the same in the steady state, each sample
+launching the next sample's guard while its program runs; what such a launch costs, and what
+one that no spawn takes costs. Beside them, from Python,
+``tether.spawn(contain="group").wait()`` against ``subprocess.Popen().wait()``: how far above
+that floor a guarded spawn is.
 
     PYTHONPATH=src python benchmarks/bench_floor.py [--quick]
     PYTHONPATH=src python benchmarks/run.py --sections others --others floor
@@ -42,6 +48,11 @@ ROWS = {
     "guard": "vfork+exec the guard, to its usage exit",
     "two_exec": "tiny guard, then /bin/true (a guarded spawn's floor)",
     "overlapped": "the same, program cloned before the guard's exec",
+    "ahead": "guard launched ahead: hand-over to report, reaped",
+    "ahead_report": "the same, until its report is read",
+    "ahead_launch": "launching a guard ahead, until ready (untimed above)",
+    "ahead_unused": "a guard launched ahead, never used, reaped",
+    "ahead_chain": "the same, next guard launched meanwhile (steady)",
 }
 
 
@@ -106,9 +117,20 @@ def main(quick: bool = False) -> dict[str, object]:
     result.update({f"{ROWS[k]} (us)": round(v, 1) for k, v in floors.items()})
     result["two-exec floor / one exec"] = round(floors["two_exec"] / floors["true"], 2)
     result["overlap gain (us)"] = round(floors["two_exec"] - floors["overlapped"], 1)
+    gain = floors["two_exec"] - floors["ahead_chain"]
+    result["launched-ahead floor / one exec"] = round(floors["ahead"] / floors["true"], 2)
+    result["launched-ahead floor to the report / one exec"] = round(
+        floors["ahead_report"] / floors["true"], 2)
+    result["launched-ahead steady state / one exec"] = round(
+        floors["ahead_chain"] / floors["true"], 2)
+    result["steady-state gain over two execs (us)"] = round(gain, 1)
     result["Popen().wait() (us)"] = round(pair["popen"], 1)
     result["tether.spawn(group).wait() (us)"] = round(pair["spawn_group"], 1)
     result["tether.spawn / Popen"] = round(pair["spawn_group"] / pair["popen"], 2)
+    # What a guard launched ahead of each tree would leave if its gain in C carried over one
+    # for one (an upper bound: see ARCHITECTURE.md for what a real hand-over adds).
+    result["tether.spawn less that gain / Popen (estimate)"] = round(
+        (pair["spawn_group"] - gain) / pair["popen"], 2)
     return result
 
 
