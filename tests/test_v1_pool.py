@@ -411,3 +411,53 @@ def test_a_pids_directory_is_reused_only_after_a_tree_that_stayed_at_the_floor(
     assert busier_dir == floor_dir, "the floor tree's pids directory was not reused"
     assert busier.usage().pids_peak == 3
     assert busier_dir not in _tree_dirs(pids), "a pids directory that went past 2 was kept"
+
+
+def test_a_pids_directory_is_not_reused_after_a_tree_that_forked_after_the_parents_read(
+        places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A guard killed before its report leaves the final usage to the parent, which reads it
+    # while the rest of the tree still runs (cgroup mode: killed only after the read). A
+    # member that forks between that read and the kill takes pids.peak past 2 unseen: the
+    # pool must not hand that directory to a next tree, whose peak would then read 3.
+    from conftest import require_mode
+
+    require_mode("cgroup")
+    if places.get("pids", "v2") == "v2":
+        pytest.skip("pids is not on a v1 hierarchy here")
+    pids = places["pids"]
+    code = ("import ctypes, os, time\n"
+            "ctypes.CDLL(None).prctl(1, 0)\n"  # PR_SET_PDEATHSIG 0: outlive the guard
+            "os.write(1, b'r')\n"
+            "os.read(0, 1)\n"
+            "for _ in range(2):\n"
+            "    if os.fork() == 0:\n"
+            "        time.sleep(60)\n"
+            "        os._exit(0)\n"
+            "os.write(1, b'f')\n"
+            "time.sleep(60)\n")
+    child = tether.spawn([sys.executable, "-c", code], contain="cgroup",
+                         limits=tether.Limits(), stdin=tether.PIPE, stdout=tether.PIPE)
+    with child:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.read(1) == b"r"
+        tree = child._tree.cgroup
+        assert isinstance(tree, LimitedTree)
+        live_read = LimitedTree.usage
+
+        def read_then_fork(self: LimitedTree) -> tether.Usage:
+            usage = live_read(self)
+            if self is tree and child.stdin is not None and not child.stdin.closed:
+                child.stdin.write(b"g")  # the barrier: two forks after our read
+                child.stdin.close()
+                assert child.stdout is not None and child.stdout.read(1) == b"f"
+            return usage
+
+        monkeypatch.setattr(LimitedTree, "usage", read_then_fork)
+        child._tree.spawned.pidfd.send_signal(9)  # the guard dies unreported
+        with pytest.raises(ChildProcessError):
+            child.wait()
+    handed: dict[str, str] = {}
+    while (entry := v1_pool.acquire(pids)) is not None:
+        handed[entry.path] = _read(os.path.join(entry.path, "pids.peak"))
+        v1_pool.discard(entry)
+    assert all(int(peak) <= v1_pool.PIDS_FLOOR for peak in handed.values()), handed
