@@ -413,49 +413,36 @@ def test_a_pids_directory_is_reused_only_after_a_tree_that_stayed_at_the_floor(
     assert busier_dir not in _tree_dirs(pids), "a pids directory that went past 2 was kept"
 
 
-def test_a_pids_directory_is_not_reused_after_a_tree_that_forked_after_the_parents_read(
-        places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    # A guard killed before its report leaves the final usage to the parent, which reads it
-    # while the rest of the tree still runs (cgroup mode: killed only after the read). A
-    # member that forks between that read and the kill takes pids.peak past 2 unseen: the
-    # pool must not hand that directory to a next tree, whose peak would then read 3.
-    from conftest import require_mode
-
-    require_mode("cgroup")
+def test_a_pids_directory_whose_peak_passed_the_floor_after_it_was_put_back_is_not_reused(
+        places: dict[str, str]) -> None:
+    # The peak a tree's pids directory is put back on can be older than the tree's end (the
+    # guard's read, before a member that had left the tree's v2 directory forked; the
+    # parent's, when it could only read a live tree). Here the tree reports a peak of 2, then
+    # three processes pass through its directory: the pool must not hand it to a next tree,
+    # whose pids_peak would read 3.
     if places.get("pids", "v2") == "v2":
         pytest.skip("pids is not on a v1 hierarchy here")
     pids = places["pids"]
-    code = ("import ctypes, os, time\n"
-            "ctypes.CDLL(None).prctl(1, 0)\n"  # PR_SET_PDEATHSIG 0: outlive the guard
-            "os.write(1, b'r')\n"
-            "os.read(0, 1)\n"
-            "for _ in range(2):\n"
-            "    if os.fork() == 0:\n"
-            "        time.sleep(60)\n"
-            "        os._exit(0)\n"
-            "os.write(1, b'f')\n"
-            "time.sleep(60)\n")
-    child = tether.spawn([sys.executable, "-c", code], contain="cgroup",
-                         limits=tether.Limits(), stdin=tether.PIPE, stdout=tether.PIPE)
-    with child:
-        assert child.stdout is not None and child.stdin is not None
-        assert child.stdout.read(1) == b"r"
-        tree = child._tree.cgroup
-        assert isinstance(tree, LimitedTree)
-        live_read = LimitedTree.usage
-
-        def read_then_fork(self: LimitedTree) -> tether.Usage:
-            usage = live_read(self)
-            if self is tree and child.stdin is not None and not child.stdin.closed:
-                child.stdin.write(b"g")  # the barrier: two forks after our read
-                child.stdin.close()
-                assert child.stdout is not None and child.stdout.read(1) == b"f"
-            return usage
-
-        monkeypatch.setattr(LimitedTree, "usage", read_then_fork)
-        child._tree.spawned.pidfd.send_signal(9)  # the guard dies unreported
-        with pytest.raises(ChildProcessError):
-            child.wait()
+    tree = LimitedTree.make(tether.Limits(pids=10), "pidns", None)
+    pids_dir = tree.v1[pids][0]
+    join = f"echo $$ > {pids_dir}/cgroup.procs && echo joined && exec sleep 60"
+    members = []
+    try:
+        for _ in range(3):
+            r, w = os.pipe()
+            try:
+                members.append(tether.spawn_lifelined(["sh", "-c", join], stdout=w))
+            finally:
+                os.close(w)
+            with os.fdopen(r, "rb") as out:  # (the barrier: it is in the directory)
+                assert out.readline() == b"joined\n"
+    finally:
+        for member in members:
+            member.pidfd.send_signal(9)
+            member.pidfd.wait()
+    assert _read(os.path.join(pids_dir, "pids.peak")) == "3"
+    tree.keep_final(0, 0, -1, -1, v1_pool.PIDS_FLOOR)  # what an earlier read said
+    tree.remove()
     handed: dict[str, str] = {}
     while (entry := v1_pool.acquire(pids)) is not None:
         handed[entry.path] = _read(os.path.join(entry.path, "pids.peak"))

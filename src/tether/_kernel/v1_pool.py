@@ -140,10 +140,9 @@ def add_ready(where: str, entry: PooledDir) -> bool:
 def reusable_now(entry: PooledDir) -> bool:
     """Whether a directory put back by an ended tree may serve the next one: it has no member
     (no one moved a process in), and in a pids hierarchy its peak is still the floor. The
-    peak the tree was put back on can be older than its end: the parent's own read, made
-    while the rest of a tree whose guard was killed still ran, or the guard's, before a
-    member that had left the tree's v2 directory forked. Checked here, when no member is
-    left, it is final."""
+    peak the tree was put back on can be older than its end: a member that had left the
+    tree's v2 directory (so cgroup.kill did not end it) stays in this one and may fork after
+    the final read. Checked here, when no member is left, it is final."""
     if _read("cgroup.procs", entry.fd) != "":
         return False
     peak = _read("pids.peak", entry.fd)  # (None: not a pids hierarchy)
