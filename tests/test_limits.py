@@ -299,3 +299,54 @@ def test_the_final_usage_is_the_guards_report_of_what_the_directories_hold(
     assert reported.cpu == pytest.approx(in_files.cpu, abs=0.005)
     assert (reported.memory_peak, reported.oom_kills, reported.pids_peak) == (
         in_files.memory_peak, in_files.oom_kills, in_files.pids_peak)
+
+
+def test_a_final_usage_read_without_the_guard_counts_the_tree_until_its_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A guard killed before its report leaves the final usage to the parent. In cgroup mode
+    # the rest of the tree runs until the parent ends it: read before that, the "final"
+    # usage missed what the tree did after the read (here: two forks, a peak of 3 read as 2).
+    from conftest import require_mode
+
+    LimitedTree = controllers.LimitedTree  # (the class whose read is patched below)
+    require_mode("cgroup")
+    code = ("import ctypes, os, time\n"
+            "ctypes.CDLL(None).prctl(1, 0)\n"  # PR_SET_PDEATHSIG 0: outlive the guard
+            "os.write(1, b'r')\n"
+            "os.read(0, 1)\n"
+            "for _ in range(2):\n"
+            "    if os.fork() == 0:\n"
+            "        time.sleep(60)\n"
+            "        os._exit(0)\n"
+            "os.write(1, b'f')\n"
+            "time.sleep(60)\n")
+    child = tether.spawn([PY, "-c", code], contain="cgroup", limits=tether.Limits(),
+                         stdin=tether.PIPE, stdout=tether.PIPE)
+    with child:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.read(1) == b"r"
+        tree = child._tree.cgroup
+        assert isinstance(tree, LimitedTree)
+        read = LimitedTree.usage
+        after_read: list[bytes] = []
+
+        def read_then_let_it_fork(self: LimitedTree) -> tether.Usage:
+            usage = read(self)
+            if self is tree and not after_read:
+                # The barrier: once the tree's usage is read, the program (if it still runs)
+                # forks twice; b"" if the tree was ended before the read.
+                assert child.stdin is not None and child.stdout is not None
+                try:
+                    child.stdin.write(b"g")
+                    child.stdin.close()
+                except BrokenPipeError:
+                    pass
+                after_read.append(child.stdout.read(1))
+            return usage
+
+        monkeypatch.setattr(LimitedTree, "usage", read_then_let_it_fork)
+        child._tree.spawned.pidfd.send_signal(signal.SIGKILL)  # the guard dies unreported
+        with pytest.raises(ChildProcessError):
+            child.wait()
+    forked = after_read == [b"f"]
+    assert child.usage().pids_peak == (3 if forked else 2), after_read

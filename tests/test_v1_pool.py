@@ -55,6 +55,9 @@ def test_a_reused_directory_starts_with_no_cpu_time(places: dict[str, str]) -> N
     # machine the sum can fall short of the process's own clock by tens of ms, hence the
     # margins. A directory not reset would show the first tree's 0.4 s in the second.
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass"
+    # (A process's first limited tree prepares nothing ahead: run alone, this test's first
+    # tree would be one, and the second tree's preparation would add a directory.)
+    tether.run(["true"], contain="pidns", limits=tether.Limits())
     with tether.spawn([sys.executable, "-c", burn], contain="pidns",
                       limits=tether.Limits()) as first:
         first.wait()
@@ -408,3 +411,40 @@ def test_a_pids_directory_is_reused_only_after_a_tree_that_stayed_at_the_floor(
     assert busier_dir == floor_dir, "the floor tree's pids directory was not reused"
     assert busier.usage().pids_peak == 3
     assert busier_dir not in _tree_dirs(pids), "a pids directory that went past 2 was kept"
+
+
+def test_a_pids_directory_whose_peak_passed_the_floor_after_it_was_put_back_is_not_reused(
+        places: dict[str, str]) -> None:
+    # The peak a tree's pids directory is put back on can be older than the tree's end (the
+    # guard's read, before a member that had left the tree's v2 directory forked; the
+    # parent's, when it could only read a live tree). Here the tree reports a peak of 2, then
+    # three processes pass through its directory: the pool must not hand it to a next tree,
+    # whose pids_peak would read 3.
+    if places.get("pids", "v2") == "v2":
+        pytest.skip("pids is not on a v1 hierarchy here")
+    pids = places["pids"]
+    tree = LimitedTree.make(tether.Limits(pids=10), "pidns", None)
+    pids_dir = tree.v1[pids][0]
+    join = f"echo $$ > {pids_dir}/cgroup.procs && echo joined && exec sleep 60"
+    members = []
+    try:
+        for _ in range(3):
+            r, w = os.pipe()
+            try:
+                members.append(tether.spawn_lifelined(["sh", "-c", join], stdout=w))
+            finally:
+                os.close(w)
+            with os.fdopen(r, "rb") as out:  # (the barrier: it is in the directory)
+                assert out.readline() == b"joined\n"
+    finally:
+        for member in members:
+            member.pidfd.send_signal(9)
+            member.pidfd.wait()
+    assert _read(os.path.join(pids_dir, "pids.peak")) == "3"
+    tree.keep_final(0, 0, -1, -1, v1_pool.PIDS_FLOOR)  # what an earlier read said
+    tree.remove()
+    handed: dict[str, str] = {}
+    while (entry := v1_pool.acquire(pids)) is not None:
+        handed[entry.path] = _read(os.path.join(entry.path, "pids.peak"))
+        v1_pool.discard(entry)
+    assert all(int(peak) <= v1_pool.PIDS_FLOOR for peak in handed.values()), handed

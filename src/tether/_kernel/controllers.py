@@ -16,6 +16,7 @@ directory itself is ``cgroup.CgroupTree``'s.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -26,8 +27,11 @@ from tether._kernel.cgroup import (
     CgroupTree,
     cgroup_root,
     cgroup_unavailable_reason,
+    kill,
+    populated,
     release_lock,
     rmdir_quiet,
+    wait_empty,
     write_file,
 )
 from tether._kernel.errors import Unsupported
@@ -335,9 +339,16 @@ class LimitedTree(CgroupTree):
         self.entries.clear()
 
     def remove(self, timeout: float = 5.0) -> None:
-        """Keep the final :class:`Usage`, then remove every directory (the v2 one after
-        killing what is left in it; a v1 one once the last member has left). Idempotent."""
+        """Keep the final :class:`Usage` (the guard's report, else read here once what is left
+        in the v2 directory is killed), then remove every directory (the v2 one after killing
+        what is left in it; a v1 one once the last member has left). Idempotent."""
         if self.final is None and (self.fd >= 0 or self.v1):
+            # The guard could not report (killed, or its cgroup not emptied): what is left of
+            # the tree in our v2 directory ends first, or it could run and fork after the read.
+            if self.fd >= 0 and populated(self.path):
+                with contextlib.suppress(FileNotFoundError):
+                    kill(self.path)
+                    wait_empty(self.path, timeout)
             try:
                 self.final = self.usage()
             except OSError:

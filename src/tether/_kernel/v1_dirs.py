@@ -73,7 +73,7 @@ def prepare(hierarchies: Mapping[str, tuple[set[str], dict[str, str]]]) -> None:
             continue
         entry = v1_pool.take_unready(where)
         try:
-            if entry is not None and not v1_pool.empty(entry):
+            if entry is not None and not v1_pool.reusable_now(entry):
                 v1_pool.discard(entry)
                 entry = None
             if entry is None:

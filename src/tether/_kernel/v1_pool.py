@@ -9,9 +9,10 @@ directory before it clones the program, so the next tree's peak reads true). Not
 ``memory.usage_in_bytes`` of an emptied directory keeps the dead tree's kernel memory charged
 (measured: 70-250 KiB after ``/bin/true``; ``force_empty`` does not free it and costs more
 than the rmdir it would save), which would count in the next tree's peak and limit. Not
-blkio. A directory is taken again only once it has no member, and every limit file the
-previous tree wrote is written again or reset to its default (``dirty``). A mkdir plus an rmdir per
-hierarchy is most of what limits add to a spawn (benchmarks: spawn, ``pidns with limits``).
+blkio. A directory is taken again only once it has no member (a pids one only while its
+peak is still the floor: ``reusable_now``), and every limit file the previous tree wrote is
+written again or reset to its default (``dirty``). A mkdir plus an rmdir per hierarchy is most
+of what limits add to a spawn (benchmarks: spawn, ``pidns with limits``).
 The pool stays locked by this process (the sweep skips it) and is removed at exit; if the
 process dies, the lock goes with it and the next start's sweep removes the directories.
 
@@ -39,8 +40,8 @@ from tether._kernel.cgroup import write_file
 
 __all__ = [
     "PIDS_FLOOR", "PooledDir", "acquire", "add_fresh", "add_ready", "ahead", "controllers_at",
-    "discard", "drain", "empty", "has_ready", "poolable", "release", "reset",
-    "reusable_after", "take_fresh", "take_unready",
+    "discard", "drain", "has_ready", "poolable", "release", "reset", "reusable_after",
+    "reusable_now", "take_fresh", "take_unready",
 ]
 
 #: Directories kept per hierarchy (a process with this many limited trees ending together).
@@ -99,8 +100,8 @@ def reusable_after(controllers: set[str], pids_peak: int | None) -> bool:
 def acquire(where: str, *, ready: bool = False) -> PooledDir | None:
     """A pooled directory of hierarchy ``where`` with no member, ready ones first (else
     :func:`reset` resets it), or None; with ``ready``, a ready one only. One that still has
-    a member (someone moved a process into it after its tree ended) is removed or, busy,
-    left to the sweep."""
+    a member (someone moved a process into it after its tree ended), or whose pids peak went
+    past the floor after all (:func:`reusable_now`), is removed or, busy, left to the sweep."""
     while True:
         with _lock:
             free = _pool.get(where, [])
@@ -108,7 +109,7 @@ def acquire(where: str, *, ready: bool = False) -> PooledDir | None:
             entry = ready_ones[-1] if ready_ones else None if ready or not free else free[-1]
             if entry is not None:
                 free.remove(entry)
-        if entry is None or entry.ready or empty(entry):
+        if entry is None or entry.ready or reusable_now(entry):
             return entry
         discard(entry)
 
@@ -136,9 +137,16 @@ def add_ready(where: str, entry: PooledDir) -> bool:
     return _keep(_pool, where, entry, POOL_SIZE)
 
 
-def empty(entry: PooledDir) -> bool:
-    """Whether the directory has no member (its tree ended; no one moved a process in)."""
-    return _read("cgroup.procs", entry.fd) == ""
+def reusable_now(entry: PooledDir) -> bool:
+    """Whether a directory put back by an ended tree may serve the next one: it has no member
+    (no one moved a process in), and in a pids hierarchy its peak is still the floor. The
+    peak the tree was put back on can be older than its end: a member that had left the
+    tree's v2 directory (so cgroup.kill did not end it) stays in this one and may fork after
+    the final read. Checked here, when no member is left, it is final."""
+    if _read("cgroup.procs", entry.fd) != "":
+        return False
+    peak = _read("pids.peak", entry.fd)  # (None: not a pids hierarchy)
+    return peak is None or int(peak) <= PIDS_FLOOR
 
 
 def discard(entry: PooledDir) -> None:
