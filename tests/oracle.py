@@ -12,7 +12,7 @@
 
 Beside them, readings of kernel state this process owns: its own fd table
 (:func:`open_fds`), a cgroup directory's lock and ``cgroup.events`` (:func:`cgroup_locked`,
-:func:`cgroup_populated`).
+:func:`cgroup_populated`); and :data:`CHILD_FD_TABLE`, a child's reading of its own.
 """
 
 from __future__ import annotations
@@ -36,6 +36,21 @@ from tether._kernel.subreaper import child_subreaper, set_child_subreaper
 
 # -- the subreaper observer -----------------------------------------------------------------------
 
+
+#: A Python child (``python -c CHILD_FD_TABLE``) that prints, as JSON, its own fd table (read
+#: by itself from its /proc/self) and its lifeline's variable (``N:<st_dev>:<st_ino>``; null
+#: without one): ``{"fds": [...], "lifeline": ...}``.
+CHILD_FD_TABLE = (
+    "import fcntl, json, os\n"
+    "fds = []\n"
+    "for n in os.listdir('/proc/self/fd'):\n"
+    "    try:\n"
+    "        fcntl.fcntl(int(n), fcntl.F_GETFD)\n"
+    "    except OSError:\n"
+    "        continue\n"
+    "    fds.append(int(n))\n"
+    "print(json.dumps({'fds': sorted(fds), 'lifeline': os.environ.get('TETHER_LIFELINE_FD')}))\n"
+)
 
 def become_subreaper() -> None:
     """Make this process a child subreaper: orphans of its descendants come back to it."""

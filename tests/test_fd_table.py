@@ -23,18 +23,7 @@ from tether._kernel import cgroup_ahead, core, features
 
 PY = sys.executable
 
-# A child that reports its own fd table (read by itself), and its lifeline's number.
-FD_TABLE = (
-    "import fcntl, json, os\n"
-    "fds = []\n"
-    "for n in os.listdir('/proc/self/fd'):\n"
-    "    try:\n"
-    "        fcntl.fcntl(int(n), fcntl.F_GETFD)\n"
-    "    except OSError:\n"
-    "        continue\n"
-    "    fds.append(int(n))\n"
-    "print(json.dumps([sorted(fds), os.environ['TETHER_LIFELINE_FD'].split(':')[0]]))\n"
-)
+FD_TABLE = oracle.CHILD_FD_TABLE
 
 
 @pytest.fixture(params=["shared", "copied"])
@@ -127,7 +116,8 @@ def test_a_thread_churning_fds_leaks_nothing_into_children(fd_table: str,
                               contain=contain) as child:
                 os.close(w)
                 with os.fdopen(r, "rb") as out:
-                    reports.append(json.loads(out.read()))
+                    report = json.loads(out.read())
+                reports.append((report["fds"], report["lifeline"].split(":")[0]))
                 assert child.wait() == 0
     finally:
         stop.set()

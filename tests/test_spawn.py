@@ -12,24 +12,14 @@ from pathlib import Path
 
 import pytest
 
+import oracle
 import tether
 
 pytestmark = pytest.mark.usefixtures("each_clone_method")
 
 PY = sys.executable
 
-# A child that reports its own fd table (its own /proc/self, read by itself).
-FD_TABLE = (
-    "import fcntl, json, os\n"
-    "fds = []\n"
-    "for n in os.listdir('/proc/self/fd'):\n"
-    "    try:\n"
-    "        fcntl.fcntl(int(n), fcntl.F_GETFD)\n"
-    "    except OSError:\n"
-    "        continue\n"
-    "    fds.append(int(n))\n"
-    "print(json.dumps({'fds': sorted(fds), 'lifeline': os.environ.get('TETHER_LIFELINE_FD')}))\n"
-)
+FD_TABLE = oracle.CHILD_FD_TABLE
 
 
 def run_capture(argv: list[str], **kwargs: object) -> tuple[tether.Exit, bytes]:
