@@ -7,8 +7,12 @@ its pidfd (readable at its exit) before a wait starts where the test needs it.""
 
 from __future__ import annotations
 
+import ctypes
+import itertools
+import operator
 import os
 import select
+import signal
 import threading
 
 import pytest
@@ -156,3 +160,39 @@ def test_the_c_spins_budget_is_bounded_by_the_deadline_and_survives_a_huge_timeo
     assert Deadline.after(0.0).spin_ns(early_wake.SPIN_NS) == 0
     assert 0 < Deadline.after(0.0002).spin_ns(early_wake.SPIN_NS) <= 200_000
     assert Deadline.after(1e300).c_poll_ms() > 0 and Deadline(None).c_poll_ms() == -1
+
+
+def test_a_ctrl_c_that_lands_as_the_end_is_read_loses_neither_the_end_nor_the_mask(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A SIGINT delivered just before core.read_end blocks signals (or to another thread while
+    # it holds them) trips Python's handler, which runs at the first bytecode after the read:
+    # the end read and the held mask were then dropped, leaving every signal blocked in this
+    # thread for good. Simulated exactly: the signal is sent from C (libc's kill, which does
+    # not run the handler) right before the real read, with no bytecode in between.
+    libc_kill = ctypes.CDLL(None).kill
+    real, calls = core.read_end, []
+
+    def tripped_first(*args: object) -> object:
+        if calls:
+            return real(*args)
+        calls.append(args)
+        return list(itertools.starmap(operator.call, [
+            (libc_kill, os.getpid(), int(signal.SIGINT)), (real, *args)]))[1]
+
+    tether.run(["true"], contain=mode)
+    before = oracle.baseline_fds()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    monkeypatch.setattr(core, "read_end", tripped_first)
+    with tether.spawn(["sh", "-c", "exit 3"], contain=mode) as child:
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                child.wait()
+            assert calls
+            assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
+        finally:  # (the rest of the suite is not to run with every signal blocked)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        assert child.poll() == 3  # recorded by the interrupted wait: no later read needed
+        assert child.wait() == 3
+        child.pidfd.close()
+    assert oracle.open_fds() == before
+    assert oracle.no_descendants()

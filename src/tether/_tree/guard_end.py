@@ -91,16 +91,12 @@ class GuardEnd:
                     program_fd = -1
                 if woke & END_READY:
                     with self._lock:
-                        got = self._read_end(sock_fd, guard_fd)
-                        if type(got) is tuple:
-                            try:  # (the signals held by read_end, until recorded)
-                                reaped = self._end_read(guard_fd, *got[:6], usage_tail=got[7])
-                            finally:
-                                core.release_signals(got[6])
-                            if reaped:
+                        out: list[_EndRead] = []
+                        try:  # (a handler's exception at the read's return: out has it)
+                            got = self._read_end(sock_fd, guard_fd, out)
+                        finally:
+                            if out and self._end_recorded(guard_fd, out[0]):
                                 guard = None  # (both borrows given back)
-                            else:  # (the Python way, which may block: not with signals held)
-                                self.guard_exit = self._release(exiting=True)
                         if got:
                             return True
                 if deadline.expired:
@@ -112,18 +108,29 @@ class GuardEnd:
             if lent is not None:
                 lent._end_borrow()
 
-    def _read_end(self, sock_fd: int, guard_fd: int) -> _EndRead | bool:
-        """Read what the guard has said, in C (the lock held): MSG_EXITED as
-        ``core.read_end`` gave it (signals held: the caller releases them once it has
-        recorded it), else True if the tree has ended."""
+    def _read_end(self, sock_fd: int, guard_fd: int, out: list[_EndRead]) -> bool:
+        """Read what the guard has said, in C (the lock held); True if the tree has ended.
+        MSG_EXITED is put in ``out`` as ``core.read_end`` gave it, with signals held: the
+        caller records it and releases them (:meth:`_end_recorded`), also if this raised."""
         while not self.ended:
-            got = core.read_end(sock_fd, guard_fd)
+            got = core.read_end(sock_fd, guard_fd, out)
             if got is None:
                 return False
             if not isinstance(got, bytes):
-                return got
+                return True
             self._handle(got, [], 0)
         return True
+
+    def _end_recorded(self, guard_fd: int, got: _EndRead) -> bool:
+        """Record MSG_EXITED as ``core.read_end`` read it, release the signals it held, and
+        reap the guard; True if that was done in C (the waiter's borrows are given back)."""
+        try:  # (the signals held by read_end, until recorded)
+            reaped = self._end_read(guard_fd, *got[:6], usage_tail=got[7])
+        finally:
+            core.release_signals(got[6])
+        if not reaped:  # (the Python way, which may block: not with signals held)
+            self.guard_exit = self._release(exiting=True)
+        return reaped
 
     def _end_read(self, guard_fd: int, status: int, user_ms: int, system_ms: int,
                   maxrss_kib: int, guard_code: int, guard_status: int, *,
