@@ -196,3 +196,27 @@ def test_a_ctrl_c_that_lands_as_the_end_is_read_loses_neither_the_end_nor_the_ma
         child.pidfd.close()
     assert oracle.open_fds() == before
     assert oracle.no_descendants()
+
+
+def test_a_ctrl_c_held_off_while_the_end_is_recorded_gives_each_borrow_back_once(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C during the read of the end is held off (core.read_end blocks signals) and raised
+    # as they are released, once the end is recorded: the waiter's borrows of the guard's
+    # pidfd and of the socket, given back by the recording, were given back again on the
+    # way out (counts below zero: a parked fd closed under another waiter's poll).
+    real = core.read_end
+
+    def interrupted_on_release(sock_fd: int, guard_fd: int, out: list[object]) -> object:
+        got = real(sock_fd, guard_fd, out)
+        if out:  # (every signal held: pending until the release)
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+        return got
+
+    monkeypatch.setattr(core, "read_end", interrupted_on_release)
+    with tether.spawn(["sh", "-c", "exit 3"], contain=mode) as child:
+        guard = child._own_tree
+        with pytest.raises(KeyboardInterrupt):
+            child.wait()
+        assert (guard._borrowers, guard.spawned.pidfd._borrowers) == (0, 0)
+        assert child.wait() == 3
+    assert oracle.no_descendants()

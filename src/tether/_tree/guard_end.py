@@ -95,8 +95,15 @@ class GuardEnd:
                         try:  # (a handler's exception at the read's return: out has it)
                             got = self._read_end(sock_fd, guard_fd, out)
                         finally:
-                            if out and self._end_recorded(guard_fd, out[0]):
-                                guard = None  # (both borrows given back)
+                            if out:  # (MSG_EXITED, read with every signal held)
+                                end, reaped = out[0], False
+                                try:
+                                    reaped = self._end_read(guard_fd, *end[:6],
+                                                            usage_tail=end[7])
+                                    if reaped:
+                                        guard = None  # (both borrows given back)
+                                finally:  # (a Ctrl-C held off since is raised here)
+                                    self._end_released(end[6], reaped=reaped)
                         if got:
                             return True
                 if deadline.expired:
@@ -111,7 +118,7 @@ class GuardEnd:
     def _read_end(self, sock_fd: int, guard_fd: int, out: list[_EndRead]) -> bool:
         """Read what the guard has said, in C (the lock held); True if the tree has ended.
         MSG_EXITED is put in ``out`` as ``core.read_end`` gave it, with signals held: the
-        caller records it and releases them (:meth:`_end_recorded`), also if this raised."""
+        caller records it and releases them (:meth:`_end_released`), also if this raised."""
         while not self.ended:
             got = core.read_end(sock_fd, guard_fd, out)
             if got is None:
@@ -120,17 +127,6 @@ class GuardEnd:
                 return True
             self._handle(got, [], 0)
         return True
-
-    def _end_recorded(self, guard_fd: int, got: _EndRead) -> bool:
-        """Record MSG_EXITED as ``core.read_end`` read it, release the signals it held, and
-        reap the guard; True if that was done in C (the waiter's borrows are given back)."""
-        try:  # (the signals held by read_end, until recorded)
-            reaped = self._end_read(guard_fd, *got[:6], usage_tail=got[7])
-        finally:
-            core.release_signals(got[6])
-        if not reaped:  # (the Python way, which may block: not with signals held)
-            self.guard_exit = self._release(exiting=True)
-        return reaped
 
     def _end_read(self, guard_fd: int, status: int, user_ms: int, system_ms: int,
                   maxrss_kib: int, guard_code: int, guard_status: int, *,
@@ -162,6 +158,16 @@ class GuardEnd:
         if self.cgroup is not None:
             self.cgroup.remove()
         return True
+
+    def _end_released(self, held: int, *, reaped: bool) -> None:
+        """Release the signals ``core.read_end`` held once its end is recorded, and reap
+        the guard the Python way (which may block: not with signals held) unless it was
+        reaped in C; also if a signal held off until now raises at the release."""
+        try:
+            core.release_signals(held)
+        finally:
+            if not reaped:
+                self.guard_exit = self._release(exiting=True)
 
     def _end_socket_borrow(self) -> None:
         with self._lock:
