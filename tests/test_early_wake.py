@@ -7,8 +7,12 @@ its pidfd (readable at its exit) before a wait starts where the test needs it.""
 
 from __future__ import annotations
 
+import ctypes
+import itertools
+import operator
 import os
 import select
+import signal
 import threading
 
 import pytest
@@ -156,3 +160,63 @@ def test_the_c_spins_budget_is_bounded_by_the_deadline_and_survives_a_huge_timeo
     assert Deadline.after(0.0).spin_ns(early_wake.SPIN_NS) == 0
     assert 0 < Deadline.after(0.0002).spin_ns(early_wake.SPIN_NS) <= 200_000
     assert Deadline.after(1e300).c_poll_ms() > 0 and Deadline(None).c_poll_ms() == -1
+
+
+def test_a_ctrl_c_that_lands_as_the_end_is_read_loses_neither_the_end_nor_the_mask(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A SIGINT delivered just before core.read_end blocks signals (or to another thread while
+    # it holds them) trips Python's handler, which runs at the first bytecode after the read:
+    # the end read and the held mask were then dropped, leaving every signal blocked in this
+    # thread for good. Simulated exactly: the signal is sent from C (libc's kill, which does
+    # not run the handler) right before the real read, with no bytecode in between.
+    libc_kill = ctypes.CDLL(None).kill
+    real, calls = core.read_end, []
+
+    def tripped_first(*args: object) -> object:
+        if calls:
+            return real(*args)
+        calls.append(args)
+        return list(itertools.starmap(operator.call, [
+            (libc_kill, os.getpid(), int(signal.SIGINT)), (real, *args)]))[1]
+
+    tether.run(["true"], contain=mode)
+    before = oracle.baseline_fds()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    monkeypatch.setattr(core, "read_end", tripped_first)
+    with tether.spawn(["sh", "-c", "exit 3"], contain=mode) as child:
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                child.wait()
+            assert calls
+            assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
+        finally:  # (the rest of the suite is not to run with every signal blocked)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        assert child.poll() == 3  # recorded by the interrupted wait: no later read needed
+        assert child.wait() == 3
+        child.pidfd.close()
+    assert oracle.open_fds() == before
+    assert oracle.no_descendants()
+
+
+def test_a_ctrl_c_held_off_while_the_end_is_recorded_gives_each_borrow_back_once(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C during the read of the end is held off (core.read_end blocks signals) and raised
+    # as they are released, once the end is recorded: the waiter's borrows of the guard's
+    # pidfd and of the socket, given back by the recording, were given back again on the
+    # way out (counts below zero: a parked fd closed under another waiter's poll).
+    real = core.read_end
+
+    def interrupted_on_release(sock_fd: int, guard_fd: int, out: list[object]) -> object:
+        got = real(sock_fd, guard_fd, out)
+        if out:  # (every signal held: pending until the release)
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+        return got
+
+    monkeypatch.setattr(core, "read_end", interrupted_on_release)
+    with tether.spawn(["sh", "-c", "exit 3"], contain=mode) as child:
+        guard = child._own_tree
+        with pytest.raises(KeyboardInterrupt):
+            child.wait()
+        assert (guard._borrowers, guard.spawned.pidfd._borrowers) == (0, 0)
+        assert child.wait() == 3
+    assert oracle.no_descendants()

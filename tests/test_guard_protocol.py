@@ -83,18 +83,23 @@ from tether._tree.child import start_child
 set_child_subreaper(True)
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 tether.run(["true"], contain=sys.argv[1])  # lazy state first
+stdio_closed = sys.argv[2] == "stdin closed"
+if stdio_closed:
+    os.close(0)
 before = sorted(os.listdir("/proc/self/fd"))
 child = start_child(SpawnSpec.build(["sleep", "300"]), sys.argv[1], await_start=False)
 fillers = []
 try:  # no free fd left when the guard's start report (with the program's pidfd) is read
     while True:
-        fillers.append(os.dup(0))
+        fillers.append(os.dup(1))
 except OSError:
     pass
+if stdio_closed:  # the pidfd is received at fd 0, and there is no room to move it up
+    os.close(fillers.pop(0))
 try:
     child.wait()
 except OSError as exc:
-    print("raised", errno.errorcode[exc.errno])
+    print("raised", errno.errorcode[exc.errno], "typed" if "tree was ended" in str(exc) else "")
 try:
     os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG)
     print("descendants left")
@@ -107,14 +112,18 @@ print("fds", "same" if sorted(os.listdir("/proc/self/fd")) == before else "leake
 """
 
 
+@pytest.mark.parametrize("table", ["full", "stdin closed"])
 def test_program_pidfd_dropped_at_the_fd_limit_ends_the_tree_and_raises(
-        mode: str, python_env: dict[str, str]) -> None:
+        mode: str, table: str, python_env: dict[str, str]) -> None:
     # The kernel drops an SCM_RIGHTS fd it cannot install (MSG_CTRUNC). The tree must then
     # be ended (it is no longer ours to hold) and waiting must raise, with nothing leaked.
-    result = tether.run([PY, "-c", _PIDFD_DROPPED, mode], env=python_env,
+    # "stdin closed": the kernel installs it at fd 0, and moving it above stdio fails
+    # (EMFILE) after the announcement was read: the same dropped pidfd, the same end (it
+    # raised a bare EMFILE and left the tree running until a second read).
+    result = tether.run([PY, "-c", _PIDFD_DROPPED, mode, table], env=python_env,
                         capture_output=True, text=True, timeout=60, wait_tree=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:3] == ["raised EMFILE", "tree gone", "fds same"]
+    assert result.stdout.split("\n")[:3] == ["raised EMFILE typed", "tree gone", "fds same"]
     assert oracle.no_descendants()
 
 

@@ -158,3 +158,25 @@ def test_holding_signals_blocks_every_one_and_gives_the_mask_back_exactly() -> N
         assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mine
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def test_a_signal_that_came_before_the_hold_is_raised_by_it_with_the_mask_given_back() -> None:
+    # A SIGINT delivered just before hold_signals blocked signals had tripped Python's
+    # handler, which ran at the first bytecode after the hold: before the caller's try, so
+    # the held mask was never released (every signal blocked in this thread for good). Sent
+    # from C (libc's kill runs no handler) with no bytecode before the hold.
+    import ctypes
+    import itertools
+    import operator
+
+    from tether._kernel import core
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(itertools.starmap(operator.call, [
+                (ctypes.CDLL(None).kill, os.getpid(), int(signal.SIGINT)),
+                (core.hold_signals,)]))
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -141,16 +141,19 @@ static PyObject *usage_tail(const char *buf, ssize_t got)
                          (long long)u.pids_peak);
 }
 
-/* core.read_end(sock_fd, guard_fd): read one report without blocking (the Guard's lock
+/* core.read_end(sock_fd, guard_fd, out): read one report without blocking (the Guard's lock
  * held). None: nothing there. bytes: any other report, b"" at the guard's hang-up, for the
- * caller's generic handling. MSG_EXITED: a tuple, (status, user_ms, system_ms, maxrss_kib,
+ * caller's generic handling. MSG_EXITED: True, and appended to the list out a tuple, (status, user_ms, system_ms, maxrss_kib,
  * guard_code, guard_status, held, usage_tail: the tree's final usage, guard_wire.USAGE's
  * fields, None without it), with the guard reaped if its pidfd says it can be already
  * (guard_code the reap's si_code; 0: not yet, core.reap_exiting then spins for it once the
  * caller has recorded the report, so that its Python overlaps the guard's exit teardown; -1:
  * not ours to reap any more). The report is consumed, and maybe the guard reaped, with every
  * signal blocked (core.hold_signals): a Ctrl-C before the caller has recorded them would lose
- * the end. The tuple returns them still blocked: held is the mask for core.release_signals. */
+ * the end. The tuple returns them still blocked: held is the mask for core.release_signals.
+ * In a list the caller made before the call, not returned: a signal that came before they were
+ * blocked (or to another thread since) runs its Python handler at the caller's first bytecode
+ * after this call, and a returned tuple would be dropped there, the end and the mask with it. */
 static PyObject *core_read_end(PyObject *self, PyObject *args)
 {
     int sock_fd, guard_fd, reaped, err;
@@ -158,8 +161,8 @@ static PyObject *core_read_end(PyObject *self, PyObject *args)
     struct tether_guard_msg msg;
     char buf[REPORT_MAX];
     siginfo_t info = {0};
-    PyObject *held, *released, *tail;
-    if (!PyArg_ParseTuple(args, "ii", &sock_fd, &guard_fd))
+    PyObject *held, *released, *tail, *out, *end;
+    if (!PyArg_ParseTuple(args, "iiO!", &sock_fd, &guard_fd, &PyList_Type, &out))
         return NULL;
     held = core_hold_signals(self, NULL);
     if (held == NULL)
@@ -171,14 +174,18 @@ static PyObject *core_read_end(PyObject *self, PyObject *args)
             && msg.type == TETHER_MSG_EXITED) {
         reaped = reap_guard(guard_fd, 0, &info); /* (one look: see core.reap_exiting) */
         tail = usage_tail(buf, got);
-        if (tail == NULL) {
+        end = tail == NULL ? NULL : Py_BuildValue("(iiiiiiON)", msg.a, msg.b, msg.c, msg.d,
+                                                  reaped < 0 ? -1 : reaped ? info.si_code : 0,
+                                                  reaped > 0 ? info.si_status : 0, held, tail);
+        if (end == NULL || PyList_Append(out, end) < 0) { /* (no memory: the end is lost) */
+            Py_XDECREF(end);
             Py_XDECREF(core_release_signals(self, held));
             Py_DECREF(held);
             return NULL;
         }
-        return Py_BuildValue("(iiiiiiNN)", msg.a, msg.b, msg.c, msg.d,
-                             reaped < 0 ? -1 : reaped ? info.si_code : 0,
-                             reaped > 0 ? info.si_status : 0, held, tail);
+        Py_DECREF(end);
+        Py_DECREF(held);
+        Py_RETURN_TRUE;
     }
     released = core_release_signals(self, held); /* (no end read: nothing to lose) */
     Py_DECREF(held);

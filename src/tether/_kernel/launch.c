@@ -409,6 +409,13 @@ PyObject *core_hold_signals(PyObject *self, PyObject *unused)
     sigfillset(&all);
     if (pthread_sigmask(SIG_BLOCK, &all, &old) != 0)
         return PyErr_SetFromErrno(PyExc_OSError);
+    /* A signal delivered before the block has tripped its Python handler, which would run
+     * at the caller's first bytecode after this call, before its try: the mask returned
+     * would be lost. Run it here, and give the mask back if it raises (Ctrl-C). */
+    if (PyErr_CheckSignals() < 0) {
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return NULL;
+    }
     for (sig = 1; sig <= 64; sig++)
         if (sigismember(&old, sig) == 1)
             bits |= 1ULL << (sig - 1);

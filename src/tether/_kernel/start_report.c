@@ -36,8 +36,10 @@ union report_control {
 
 /* One report from fd: its bytes into *msg (0: end of file), the fd it carried (-1: none;
  * above stdio and, where there is room, above the spawns' fds; close-on-exec), the message
- * flags and the sender's pid as we see it (0 if the socket does not pass credentials). 0 or -errno; ECONNRESET is read past, as
- * guard_wire.read_message does (a command of ours the guard left unread). */
+ * flags and the sender's pid as we see it (0 if the socket does not pass credentials). The
+ * byte count or -errno; ECONNRESET is read past, as guard_wire.read_message does (a command
+ * of ours the guard left unread). An fd that cannot be moved above stdio is dropped, and
+ * flagged MSG_CTRUNC like one the kernel dropped. */
 static long report_read(int fd, int flags, struct tether_guard_msg *msg, int *passed,
                         int *msg_flags, pid_t *sender)
 {
@@ -46,7 +48,7 @@ static long report_read(int fd, int flags, struct tether_guard_msg *msg, int *pa
     struct msghdr mh;
     struct cmsghdr *c;
     ssize_t n;
-    int tries = 0, err;
+    int tries = 0;
     *passed = -1;
     *sender = 0;
     do {
@@ -68,10 +70,13 @@ static long report_read(int fd, int flags, struct tether_guard_msg *msg, int *pa
                  && c->cmsg_len >= CMSG_LEN(sizeof(struct ucred)))
             memcpy(sender, CMSG_DATA(c) + offsetof(struct ucred, pid), sizeof(pid_t));
     }
-    if (*passed >= 0 && (err = fd_above_stdio(passed)) < 0) {
+    if (*passed >= 0 && fd_above_stdio(passed) < 0) {
+        /* Received at 0-2 (our stdio was closed) with no room above it (EMFILE): the report
+         * is read, so raising would lose it and leave the tree running. It is a pidfd the
+         * kernel could not give us, as MSG_CTRUNC says: the caller ends the tree, EMFILE. */
         close(*passed);
         *passed = -1;
-        return err;
+        *msg_flags |= MSG_CTRUNC;
     }
     *passed = tether_fd_above_spawns(*passed); /* the program's pidfd: as long as the tree */
     return n;

@@ -91,16 +91,19 @@ class GuardEnd:
                     program_fd = -1
                 if woke & END_READY:
                     with self._lock:
-                        got = self._read_end(sock_fd, guard_fd)
-                        if type(got) is tuple:
-                            try:  # (the signals held by read_end, until recorded)
-                                reaped = self._end_read(guard_fd, *got[:6], usage_tail=got[7])
-                            finally:
-                                core.release_signals(got[6])
-                            if reaped:
-                                guard = None  # (both borrows given back)
-                            else:  # (the Python way, which may block: not with signals held)
-                                self.guard_exit = self._release(exiting=True)
+                        out: list[_EndRead] = []
+                        try:  # (a handler's exception at the read's return: out has it)
+                            got = self._read_end(sock_fd, guard_fd, out)
+                        finally:
+                            if out:  # (MSG_EXITED, read with every signal held)
+                                end, reaped = out[0], False
+                                try:
+                                    reaped = self._end_read(guard_fd, *end[:6],
+                                                            usage_tail=end[7])
+                                    if reaped:
+                                        guard = None  # (both borrows given back)
+                                finally:  # (a Ctrl-C held off since is raised here)
+                                    self._end_released(end[6], reaped=reaped)
                         if got:
                             return True
                 if deadline.expired:
@@ -112,16 +115,16 @@ class GuardEnd:
             if lent is not None:
                 lent._end_borrow()
 
-    def _read_end(self, sock_fd: int, guard_fd: int) -> _EndRead | bool:
-        """Read what the guard has said, in C (the lock held): MSG_EXITED as
-        ``core.read_end`` gave it (signals held: the caller releases them once it has
-        recorded it), else True if the tree has ended."""
+    def _read_end(self, sock_fd: int, guard_fd: int, out: list[_EndRead]) -> bool:
+        """Read what the guard has said, in C (the lock held); True if the tree has ended.
+        MSG_EXITED is put in ``out`` as ``core.read_end`` gave it, with signals held: the
+        caller records it and releases them (:meth:`_end_released`), also if this raised."""
         while not self.ended:
-            got = core.read_end(sock_fd, guard_fd)
+            got = core.read_end(sock_fd, guard_fd, out)
             if got is None:
                 return False
             if not isinstance(got, bytes):
-                return got
+                return True
             self._handle(got, [], 0)
         return True
 
@@ -155,6 +158,16 @@ class GuardEnd:
         if self.cgroup is not None:
             self.cgroup.remove()
         return True
+
+    def _end_released(self, held: int, *, reaped: bool) -> None:
+        """Release the signals ``core.read_end`` held once its end is recorded, and reap
+        the guard the Python way (which may block: not with signals held) unless it was
+        reaped in C; also if a signal held off until now raises at the release."""
+        try:
+            core.release_signals(held)
+        finally:
+            if not reaped:
+                self.guard_exit = self._release(exiting=True)
 
     def _end_socket_borrow(self) -> None:
         with self._lock:
