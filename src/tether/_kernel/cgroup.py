@@ -335,8 +335,9 @@ def kill(path: str) -> None:
 
 
 def remove(path: str, timeout: float) -> bool:
-    """rmdir ``path`` and the cgroups nested in it, deepest first. True once gone; False if
-    it is still busy after ``timeout`` (a member still exiting). Other errors raise."""
+    """rmdir ``path`` and the cgroups nested in it, deepest first, on v2 or a v1 hierarchy.
+    True once gone; False if it is still busy after ``timeout`` (a member still exiting).
+    Other errors raise."""
     return _remove_until(path, Deadline.after(timeout))
 
 
@@ -360,9 +361,9 @@ def _remove_until(path: str, deadline: Deadline) -> bool:
             if deadline.expired:
                 return False
             if _wait_events(path, b"populated 0", Deadline.after(0.01)):
-                # Empty, yet rmdir still said EBUSY: the kernel is finishing the members'
-                # exit (seen for a few hundred microseconds). A bounded back-off, not a poll
-                # of process state.
+                # Empty (or v1, which has no cgroup.events), yet rmdir still said EBUSY: the
+                # kernel is finishing the members' exit (seen for a few hundred
+                # microseconds). A bounded back-off, not a poll of process state.
                 time.sleep(0.001)
 
 

@@ -30,6 +30,7 @@ from tether._kernel.cgroup import (
     kill,
     populated,
     release_lock,
+    remove,
     rmdir_quiet,
     wait_empty,
     write_file,
@@ -364,7 +365,9 @@ class LimitedTree(CgroupTree):
                         v1_pool.release(where, entry):
                     continue
                 try:
-                    if not v1_dirs.remove(path, timeout):
+                    # The guard was reaped: only stragglers of a killed tree may still
+                    # be exiting, and cgroups the tree made inside go first.
+                    if not remove(path, timeout):
                         raise OSError(errno.EBUSY, f"cgroup still busy after {timeout} s", path)
                 finally:
                     release_lock(fd)

@@ -14,10 +14,8 @@ is gone).
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
-import time
 from collections.abc import Mapping
 
 from tether._kernel import v1_pool
@@ -29,7 +27,7 @@ from tether._kernel.cgroup import (
     write_file,
 )
 
-__all__ = ["make", "prepare", "remove", "sweep", "take"]
+__all__ = ["make", "prepare", "sweep", "take"]
 
 _swept: set[str] = set()
 _swept_lock = threading.Lock()
@@ -91,25 +89,6 @@ def prepare(hierarchies: Mapping[str, tuple[set[str], dict[str, str]]]) -> None:
         kept = v1_pool.add_ready(where, entry) if reused else v1_pool.add_fresh(where, entry)
         if not kept:
             v1_pool.discard(entry)
-
-
-def remove(path: str, timeout: float) -> bool:
-    """rmdir a v1 directory the guard has left (it was reaped: only stragglers of a killed
-    tree may still be exiting). True once gone."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            os.rmdir(path)
-            return True
-        except FileNotFoundError:
-            return True
-        except OSError as exc:
-            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
-                if exc.errno == errno.EBUSY:
-                    return False
-                raise
-        # v1 has no "populated" notification: a bounded back-off while members exit.
-        time.sleep(0.001)
 
 
 def _sweep_once(parent: str) -> None:
