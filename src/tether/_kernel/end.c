@@ -215,6 +215,24 @@ static PyObject *core_reap_exiting(PyObject *self, PyObject *args)
                          reaped > 0 ? info.si_status : 0);
 }
 
+/* core.spin_readable(fd, spin_ns) -> bool: spin_ready for Python (the GIL released): True
+ * once fd is readable within spin_ns (early_wake.spin_until_readable: the reap of a guard that
+ * has sent its last report, ending.reap_quietly). */
+static PyObject *core_spin_readable(PyObject *self, PyObject *args)
+{
+    int fd, ready;
+    long long spin_ns;
+    struct pollfd p = {.events = POLLIN};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iL", &fd, &spin_ns))
+        return NULL;
+    p.fd = fd;
+    Py_BEGIN_ALLOW_THREADS
+    ready = spin_ready(&p, 1, spin_ns);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(ready);
+}
+
 static PyMethodDef end_methods[] = {
     {"await_end", core_await_end, METH_VARARGS,
      "Sleep until a guarded tree's end is there to read (end.c); END_READY | END_EARLY bits."},
@@ -222,6 +240,8 @@ static PyMethodDef end_methods[] = {
      "Read one report; at MSG_EXITED reap the guard too if it can be already (end.c)."},
     {"reap_exiting", core_reap_exiting, METH_VARARGS,
      "Reap a guard that has sent its last report, spinning for at most spin_ns (end.c)."},
+    {"spin_readable", core_spin_readable, METH_VARARGS,
+     "Poll an fd without sleeping for at most spin_ns; True once readable (end.c)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,11 +15,9 @@ hours), and a deadline is never overrun. The sleep and the spin themselves are C
 
 from __future__ import annotations
 
-import os
-import select
-import time
 from typing import Final
 
+from tether._kernel import core
 from tether._kernel.deadline import Deadline
 from tether._kernel.pidfd import Pidfd
 
@@ -45,20 +43,7 @@ def lend_program(program: Pidfd | None) -> int:
 
 
 def spin_until_readable(fd: int, deadline: Deadline, budget_ns: int = SPIN_NS) -> bool:
-    """Poll ``fd`` without sleeping, for at most ``budget_ns``: True once readable."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(_spin(poller, deadline, budget_ns))
-
-
-def _spin(poller: select.poll, deadline: Deadline, budget_ns: int) -> list[tuple[int, int]]:
-    # sched_yield between two polls: the guard may be queued on our CPU.
-    # Compared in seconds, as floats: a far deadline (timeout=1e308) has no int ns.
-    end = time.monotonic() + budget_ns / 1e9
-    if deadline.at is not None:
-        end = min(end, deadline.at)
-    while not (ready := poller.poll(0)):
-        if time.monotonic() >= end:
-            break
-        os.sched_yield()
-    return ready
+    """Poll ``fd`` without sleeping, for at most ``budget_ns`` and never past ``deadline``:
+    True once readable. In C, with the GIL released (``core.spin_readable``: the spin
+    ``core.await_end`` and ``core.reap_exiting`` use, sched_yield between polls)."""
+    return core.spin_readable(fd, deadline.spin_ns(budget_ns))
