@@ -24,7 +24,6 @@ from tether._kernel.exit import Exit
 from tether._kernel.pidfd import Pidfd
 from tether._kernel.spawn import Spawned
 from tether._tree.early_wake import SPIN_NS, lend_program
-from tether._tree.tree_cgroups import reported_exit
 
 __all__ = ["GuardEnd"]
 
@@ -39,9 +38,9 @@ END_EARLY: Final = core.END_EARLY
 class GuardEnd:
     """The end wait of a :class:`~tether._tree.guarded.Guard`, which sets every attribute
     below (the slots: those the end wait records too) and implements :attr:`ended`,
-    :meth:`_handle` and :meth:`_release`."""
+    :meth:`_handle`, :meth:`_release` and :meth:`_record_end`."""
 
-    __slots__ = ("_borrowers", "_exit", "_rusage", "_woke_early", "guard_exit")
+    __slots__ = ("_borrowers", "_woke_early", "guard_exit")
     spawned: Spawned
     sock: socket.socket
     cgroup: CgroupTree | None
@@ -49,8 +48,6 @@ class GuardEnd:
     _lock: threading.RLock
     _borrowers: int
     _program: Pidfd | None
-    _exit: Exit | None
-    _rusage: tuple[int, int, int] | None
     _job_control: bool
     _woke_early: bool
 
@@ -62,6 +59,10 @@ class GuardEnd:
         raise NotImplementedError
 
     def _release(self, *, exiting: bool = False) -> Exit | None:
+        raise NotImplementedError
+
+    def _record_end(self, status: int, user_ms: int, system_ms: int, maxrss_kib: int,
+                    usage_tail: tuple[int, ...] | None) -> None:
         raise NotImplementedError
 
     def _await_end(self, deadline: Deadline) -> bool:
@@ -136,14 +137,7 @@ class GuardEnd:
         overlaps the guard's exit teardown. True once the guard is reaped and the waiter's
         borrows of its pidfd (now closed) and of the socket are given back with what
         ``_release`` would drop; False: it is to be reaped the Python way."""
-        if user_ms >= 0:  # (-1: the guard's getrusage failed)
-            self._rusage = (user_ms, system_ms, maxrss_kib)
-        exit_ = Exit._from_wait_status(status)
-        if self.cgroup is not None:  # (a limited tree's final usage: the report's tail)
-            exit_ = reported_exit(exit_, self.cgroup, usage_tail)
-        self._exit = exit_
-        if self._program is not None:  # (always: the start is reported before the end)
-            self._program._set_exit(exit_)
+        self._record_end(status, user_ms, system_ms, maxrss_kib, usage_tail)
         spawned = self.spawned
         spawned.lifeline.close()
         if guard_code == 0:  # (still exiting)

@@ -47,9 +47,9 @@ class Guard(GuardEnd):
     raised by whoever waits for the tree)."""
 
     __slots__ = (  # (and GuardEnd's)
-        "_announced", "_generation", "_job_control", "_launching", "_lock", "_program",
-        "_program_pid", "cgroup", "dead", "mode", "sock", "spawned", "spec", "start_error",
-        "stops",
+        "_announced", "_exit", "_generation", "_job_control", "_launching", "_lock",
+        "_program", "_program_pid", "_rusage", "cgroup", "dead", "mode", "sock", "spawned",
+        "spec", "start_error", "stops",
     )
 
     def __init__(
@@ -369,9 +369,20 @@ class Guard(GuardEnd):
 
     def _on_exited(self, status: int, user_ms: int, system_ms: int, maxrss_kib: int,
                    usage_tail: tuple[int, ...] | None) -> None:
+        self._record_end(status, user_ms, system_ms, maxrss_kib, usage_tail)
+        # The guard exits right after its report: reap it (no zombie), drop our handles.
+        self.guard_exit = self._release(exiting=True)
+
+    def _record_end(self, status: int, user_ms: int, system_ms: int, maxrss_kib: int,
+                    usage_tail: tuple[int, ...] | None) -> None:
+        """Record MSG_EXITED (read here, or in C by the blocking wait: guard_end): the
+        guard's rusage, the program's exit with its cause, a limited tree's final usage."""
         if user_ms >= 0:  # (-1: the guard's getrusage failed)
             self._rusage = (user_ms, system_ms, maxrss_kib)
-        self._finish(Exit._from_wait_status(status), usage_tail)
+        self._exit = exit_ = reported_exit(Exit._from_wait_status(status), self.cgroup,
+                                           usage_tail)
+        if self._program is not None:  # (always: the start is reported before the end)
+            self._program._set_exit(exit_)
 
     def usage(self) -> Usage:
         return tree_usage(self.cgroup, self._rusage, ended=self.ended)
@@ -392,13 +403,6 @@ class Guard(GuardEnd):
                                     f"({self.guard_exit}) before reporting the program's "
                                     "status; tether killed the rest of the tree")
         return self._exit
-
-    def _finish(self, exit_: Exit, usage_tail: tuple[int, ...] | None) -> None:
-        self._exit = exit_ = reported_exit(exit_, self.cgroup, usage_tail)
-        if self._program is not None:  # (always: the start is reported before the end)
-            self._program._set_exit(exit_)
-        # The guard exits right after its report: reap it (no zombie), drop our handles.
-        self.guard_exit = self._release(exiting=True)
 
     def _guard_died(self) -> None:
         """The guard is gone without a report (someone killed it): end the tree ourselves."""
