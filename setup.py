@@ -25,7 +25,7 @@ KERNEL_SRC = os.path.join(PKG_SRC, "_kernel")
 GUARD_SRC = os.path.join(KERNEL_SRC, "guard.c")
 # The guard's other parts (guard.h says which does what), and the one clone site, which is
 # compiled into both the guard and the extension.
-CLONE_SOURCES = ["clone.c", "clone_parent.c", "clone_raw.c"]
+CLONE_SOURCES = ["clone.c", "clone_parent.c", "clone_raw.c", "clone_early.c"]
 GUARD_SOURCES = [GUARD_SRC] + [
     os.path.join(KERNEL_SRC, name)
     for name in ("guard_start.c", "guard_program.c", "guard_tree.c", "guard_cgroup.c",
@@ -153,12 +153,12 @@ if __name__ == "__main__":
             Extension(
                 "tether._kernel.core",
                 sources=[f"src/tether/_kernel/{name}"
-                         for name in ("core.c", "end.c", "launch.c", "start_report.c",
-                                      "lifeline_registry.c", "fd_table.c",
+                         for name in ("core.c", "end.c", "launch.c", "launch_early.c",
+                                      "start_report.c", "lifeline_registry.c", "fd_table.c",
                                       *CLONE_SOURCES)],
                 depends=[f"src/tether/_kernel/{name}"
                          for name in ("clone.h", "core_convert.h", "guard_proto.h",
-                                      "lifeline_registry.h", "fd_table.h")],
+                                      "launch_early.h", "lifeline_registry.h", "fd_table.h")],
                 extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter",
                                     "-Wno-missing-field-initializers", "-fno-strict-aliasing"],
             )

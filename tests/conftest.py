@@ -156,7 +156,8 @@ def _no_leaked_descendants(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 CLONE_METHODS = {"clone3": _core.CLONE_CLONE3, "legacy": _core.CLONE_LEGACY,
-                 "clone3, fd table copied": _core.CLONE_CLONE3}
+                 "clone3, fd table copied": _core.CLONE_CLONE3,
+                 "clone3, guard starts the program": _core.CLONE_CLONE3}
 
 
 @pytest.fixture
@@ -178,18 +179,23 @@ def each_clone_method(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run the test once with clone3 and once with the legacy clone(CLONE_PIDFD) fallback
     forced, as trio re-runs its suite with the pidfd fast path off; and once more with clone3
     copying the fd table, the fallback of a kernel without CLOSE_RANGE_UNSHARE (fd_table.c:
-    the other two share it and the child unshares its low fds)."""
+    the other two share it and the child unshares its low fds); and once with the guard
+    starting the program after its exec, as it does for limited trees (the others clone the
+    program beside the guard's exec: the overlapped start, launch_early.c)."""
     name: str = request.param
     if _features.clone_method() == _core.CLONE_LEGACY and name.startswith("clone3"):
         pytest.skip("clone3 is blocked here (the fallback is what this machine uses)")
     _features.force_clone_method(CLONE_METHODS[name])
     if name.endswith("copied"):
         _features.force_fd_table_copy(True)
+    if name.endswith("the program"):
+        _features.force_overlapped_start(False)
     try:
         yield name
     finally:
         _features.force_clone_method(None)
         _features.force_fd_table_copy(False)
+        _features.force_overlapped_start(True)
 
 
 def require_mode(mode: str) -> None:

@@ -340,14 +340,16 @@ static long change_dir(const struct tether_plan *plan)
  * not run a parent's handler. */
 static long reset_signals(const struct tether_plan *plan)
 {
-    sigset_t empty;
+    /* A guard that adopts a program started before its exec keeps its own signals held
+     * through the exec (clone_early.c): a SIGTERM for the program then waits for the guard's
+     * signalfd instead of killing the guard. */
+    uint64_t held = plan->early != NULL ? plan->early->exec_mask : 0;
     long r = plan->keep_ignored ? 0 : set_default_handler(SIGPIPE);
     if (r == 0 && !plan->keep_ignored)
         r = set_default_handler(SIGXFSZ);
     if (r < 0)
         return r;
-    sigemptyset(&empty);
-    return sys_result(syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, 8));
+    return sys_result(syscall(SYS_rt_sigprocmask, SIG_SETMASK, &held, NULL, 8));
 }
 
 /* Returns only on failure. */
@@ -419,9 +421,13 @@ int tether_child_exec(void *arg)
         apply_umask(plan);
     if (plan->cwd != NULL)
         CHILD_STEP(TETHER_STAGE_CHDIR, change_dir(plan));
+    if (plan->early != NULL) /* a guard's: the program first, beside our exec */
+        CHILD_STEP(TETHER_STAGE_EARLY, tether_start_early(plan->early));
     CHILD_STEP(TETHER_STAGE_SIGNALS, reset_signals(plan));
     CHILD_STEP(TETHER_STAGE_EXEC, do_exec(plan));
 failed:
+    if (plan->early != NULL)
+        tether_abandon_early(plan->early);
     report_failure(errpipe, stage, err);
 }
 

@@ -44,7 +44,8 @@ enum tether_clone_method {
     X(SETSID, 10, "setsid")                                     \
     X(CREDS, 11, "setting groups, gid and uid")                 \
     X(PREEXEC, 12, "running preexec_fn")                        \
-    X(ANNOUNCE, 13, "announcing the program's pidfd to the parent")
+    X(ANNOUNCE, 13, "announcing the program's pidfd to the parent")          \
+    X(EARLY, 14, "starting the program beside the guard")
 
 enum tether_stage {
     TETHER_STAGE_NONE = 0,
@@ -57,6 +58,28 @@ enum tether_stage {
 struct tether_failure {
     int32_t stage;
     int32_t error;
+};
+
+struct tether_plan;
+
+/* The overlapped start (clone_early.c): a guard's clone child, its own fds in place, clones
+ * the program (CLONE_VM, a stack of its own, no CLONE_VFORK) and then execs the guard, so
+ * that the two execs run side by side; the guard adopts the program (--adopt). Made by the
+ * parent (launch_early.c), which keeps every byte of it, the program's stack included, until
+ * the program has exec'd or exited (EOF on the exec pipe: the program's errpipe). */
+struct tether_early {
+    struct tether_plan *program; /* the program's plan; its errpipe is the exec pipe's write
+                                  * end, its lifeline_src the program's lifeline read end */
+    int method;                  /* the clone method for the program */
+    int cgroup_fd;               /* >= 0: CLONE_INTO_CGROUP for the program (cgroup mode) */
+    char *stack;                 /* the program's clone child runs here, never on ours */
+    size_t stack_size;
+    uint64_t exec_mask;          /* the signals the guard holds, kept blocked across its exec
+                                  * (bit n-1: signal n) so that none is lost before its
+                                  * signalfd exists */
+    char *adopted;               /* out: "PID:PIDFD:METHOD" for the guard's --adopt (32 bytes,
+                                  * a string of its argv) */
+    int pidfd;                   /* the program's pidfd in the guard's clone child; -1 */
 };
 
 /* Everything the child needs, converted by the parent before the clone. */
@@ -109,6 +132,8 @@ struct tether_plan {
     int map_ids;
     char uid_map[32];
     char gid_map[32];
+    /* Set by launch_early.c only (a guard's plan): clone the program before the exec. */
+    struct tether_early *early;
 };
 
 /* The one raw clone: clone3 (method TETHER_CLONE_CLONE3) or the legacy clone
@@ -120,6 +145,17 @@ struct tether_plan {
  * pid with *pidfd_out set (O_CLOEXEC), or -errno and nothing was created. */
 TETHER_HIDDEN long tether_clone_raw(int method, uint64_t extra_flags, int cgroup_fd,
                                     int (*fn)(void *), void *arg, int *pidfd_out);
+
+/* The same raw clone without CLONE_VFORK, on the given stack (CLONE_VM|CLONE_PIDFD, and
+ * CLONE_CLEAR_SIGHAND with clone3): the caller runs on while the child does. Only the guard's
+ * clone child calls it, every signal already blocked (clone_early.c). */
+TETHER_HIDDEN long tether_clone_raw_beside(int method, int cgroup_fd, int (*fn)(void *),
+                                           void *arg, char *stack, size_t stack_size,
+                                           int *pidfd_out);
+
+/* clone_early.c: the overlapped start's steps in the guard's clone child. */
+TETHER_HIDDEN long tether_start_early(struct tether_early *early);
+TETHER_HIDDEN void tether_abandon_early(struct tether_early *early);
 
 /* Clone one child that runs the plan and execs.
  *

@@ -144,3 +144,31 @@ long tether_clone_raw(int method, uint64_t extra_flags, int cgroup_fd, int (*fn)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return pid;
 }
+
+long tether_clone_raw_beside(int method, int cgroup_fd, int (*fn)(void *), void *arg,
+                             char *stack, size_t stack_size, int *pidfd_out)
+{
+    long pid = -ENOSYS;
+    *pidfd_out = -1;
+    if (method == TETHER_CLONE_CLONE3) {
+#if TETHER_HAVE_CLONE3_TRAMPOLINE
+        struct tether_clone_args args;
+        memset(&args, 0, sizeof args);
+        args.flags = CLONE_VM | CLONE_PIDFD | TETHER_CLONE_CLEAR_SIGHAND;
+        args.pidfd = (uint64_t)(uintptr_t)pidfd_out;
+        args.exit_signal = SIGCHLD;
+        args.stack = (uint64_t)(uintptr_t)stack;
+        args.stack_size = (uint64_t)stack_size;
+        if (cgroup_fd >= 0) {
+            args.flags |= TETHER_CLONE_INTO_CGROUP;
+            args.cgroup = (uint64_t)cgroup_fd;
+        }
+        pid = tether_clone3_raw(&args, sizeof args, fn, arg);
+#endif
+    } else if (method == TETHER_CLONE_LEGACY && cgroup_fd < 0) {
+        pid = clone(fn, stack + stack_size, CLONE_VM | CLONE_PIDFD | SIGCHLD, arg, pidfd_out);
+        if (pid < 0)
+            pid = -errno;
+    }
+    return pid;
+}

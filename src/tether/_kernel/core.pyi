@@ -52,6 +52,12 @@ def spawn(
     method: int,
     attrs: tuple[int, bool, bool, bool, int, int, tuple[int, ...] | None] | None = None,
 ) -> tuple[int, int, int, int, int]: ...
+# The overlapped start (launch_early.c): the program's attributes (as ``attrs``), its
+# pass_fds, whether it has a lifeline, its cgroup fd or -1.
+EarlyStart = tuple[
+    tuple[int, bool, bool, bool, int, int, tuple[int, ...] | None] | None, tuple[int, ...], bool,
+    int]
+
 def launch_guard(
     *,
     path: bytes,
@@ -68,6 +74,7 @@ def launch_guard(
     method: int,
     attrs: tuple[int, bool, bool, bool, int, int, tuple[int, ...] | None] | None = None,
     wait_mask: int | None = None,
+    early: EarlyStart | None = None,
 ) -> tuple[int, int, int, int, int, int]: ...
 def read_start_reports(fd: int, flags: int, /) -> tuple[tuple[bytes, int, int, int], ...]: ...
 def clone_method() -> tuple[int, int, int]: ...

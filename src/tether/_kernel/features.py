@@ -14,7 +14,7 @@ from tether._kernel import core as _core
 
 __all__ = [
     "clone_method", "clone_unsupported_reason", "fd_table_shared", "force_clone_method",
-    "force_fd_table_copy",
+    "force_fd_table_copy", "force_overlapped_start", "overlapped_start",
 ]
 
 CLONE_METHOD_NAMES: Final = {
@@ -62,3 +62,20 @@ def fd_table_shared() -> tuple[bool, int]:
 def force_fd_table_copy(copy: bool) -> None:
     """Test hook: make every clone copy the fd table (the fallback), or (False) probe again."""
     _core.force_fd_table_sharing(False if copy else None)
+
+
+# The overlapped start (launch_early.c) needs nothing the clone probe has not shown: it is on
+# unless a test turns it off, to run the guard's own start of the program.
+_overlapped = [True]
+
+
+def overlapped_start() -> bool:
+    """Whether a guarded start clones the program before the guard's exec (the guard adopts
+    it, ``--adopt``) rather than leaving the program's start to the guard."""
+    return _overlapped[0]
+
+
+def force_overlapped_start(on: bool) -> None:
+    """Test hook: the overlapped start on (the default) or off (the guard starts the program
+    itself, as it does for limited trees, preexec_fn and the terminal's foreground)."""
+    _overlapped[0] = on

@@ -5,7 +5,9 @@
  *          [--cgroup-fd FD --cgroup-path PATH] [--userns UID:GID] [--wait-tree] [--foreground]
  *          [--job-control] [--start-fd FD] [--join-cgroup FD]... [--keep-cgroup]
  *          [--usage-cpu FD] [--usage-memory FD] [--usage-pids FD]
- *          [--clone clone3|legacy] -- PATH ARGV0 [ARG...]
+ *          [--clone clone3|legacy]
+ *          [--adopt PID:PIDFD:METHOD --exec-fd FD [--program-lifeline-fd FD]]
+ *          -- PATH ARGV0 [ARG...]
  *
  * The Python parent (tether/_tree/guarded.py) starts the guard through tether's one spawn
  * path: its lifeline read end announced in TETHER_LIFELINE_FD, cwd and fds 0/1/2 in place, the
@@ -22,6 +24,10 @@
  *
  * --start-fd: a pipe's write end, closed once the start is reported (MSG_STARTED) or at our
  * exit: the parent sleeps on it through our start instead of waking at each step (launch.c).
+ *
+ * --adopt: the program exists already: our clone child cloned it before our exec, so that the
+ * two execs ran side by side (clone_early.c); we read its exec pipe (--exec-fd: its failure
+ * record, or EOF once it has exec'd), keep the write end of its lifeline, and report.
  *
  * --clone: use that clone method only, as the parent does when its method is forced (tests of
  * the legacy fallback). Without it: clone3, falling back to the legacy clone where refused.
@@ -49,6 +55,7 @@
 
 #include <poll.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -67,6 +74,8 @@ struct guard g = {
     .usage_pids_fd = -1,
     .sigfd = -1,
     .program_pidfd = -1,
+    .exec_fd = -1,
+    .program_lifeline_fd = -1,
     .populated = 1,
     .children = REAP_SOME_ALIVE,
 };
@@ -297,13 +306,32 @@ static void run_until_tree_ends(void)
     }
 }
 
+/* Fault injection for the test suite only: before any setup, wait until the test writes to
+ * (or closes) the fd TETHER_GUARD_TEST_HOLD_SETUP_FD names, one of the program's pass_fds
+ * (tests/test_overlapped_start.py: what an adopted program does before our setup). */
+static void hold_for_test(void)
+{
+    const char *p = getenv("TETHER_GUARD_TEST_HOLD_SETUP_FD");
+    int fd = 0;
+    char byte;
+    while (p != NULL && *p >= '0' && *p <= '9' && fd < 1 << 20)
+        fd = fd * 10 + (*p++ - '0');
+    if (fd > 2)
+        while (read(fd, &byte, 1) < 0 && errno == EINTR)
+            ;
+}
+
 int main(int argc, char **argv)
 {
     int prog = parse_args(argc, argv);
     int removed, orphaned;
 
+    hold_for_test();
     setup_guard();
-    start_program(argv + prog);
+    if (g.adopt != NULL)
+        adopt_program(); /* started beside our exec by our clone child */
+    else
+        start_program(argv + prog);
     run_until_tree_ends();
     /* The directory goes before the report: a parent that hears MSG_EXITED may rely on it
      * being gone. The report is also attempted after lifeline EOF: a parent that cut its

@@ -91,6 +91,12 @@ struct guard {
     int usage_pids_fd;
     int no_program_lifeline; /* --no-program-lifeline: the program gets no lifeline fd (the
                               * drop-in's Popen: the tree is held by us, not by a lifeline) */
+    const char *adopt;  /* --adopt PID:PIDFD:METHOD: the program was cloned by our clone child
+                         * before our exec (clone_early.c); NULL: we start it ourselves */
+    int adopt_method;   /* the clone method that made it */
+    int exec_fd;        /* --exec-fd: the program's exec pipe (a failure record, or EOF) */
+    int program_lifeline_fd; /* --program-lifeline-fd: the write end of the program's lifeline
+                              * (adopted; -1: none) */
     /* runtime */
     int sigfd;
     int events_fd;     /* cgroup.events (cgroup mode) */
@@ -145,6 +151,7 @@ __attribute__((noreturn)) void fail(int stage, int err);
 
 /* guard_program.c */
 void start_program(char **path_argv);
+void adopt_program(void);
 void start_reported(void);
 
 /* guard_tree.c */

@@ -7,6 +7,7 @@
 #include "guard_attrs.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -135,6 +136,61 @@ void start_program(char **path_argv)
         (void)kill(getpid(), SIGSTOP);
     }
     send_msg(TETHER_MSG_STARTED, pid, method, -1);
+    start_reported();
+}
+
+/* Until the program has exec'd or exited (its exec pipe readable: a record or EOF). Lifeline
+ * EOF meanwhile (the parent died, or gave up the start) ends the program at once: one stopped
+ * or frozen before its exec, or whose exec hangs, must not hold up the end of the tree. */
+static void await_exec(void)
+{
+    struct pollfd pfd[2] = {{g.exec_fd, POLLIN, 0}, {g.lifeline, POLLIN, 0}};
+    for (;;) {
+        pfd[0].revents = pfd[1].revents = 0;
+        if (poll(pfd, pfd[1].fd >= 0 ? 2 : 1, -1) < 0 && errno != EINTR)
+            return; /* the read below then blocks: the old way, still correct */
+        if (pfd[0].revents)
+            return;
+        if (pfd[1].revents) {
+            (void)sys_pidfd_send_signal(g.program_pidfd, SIGKILL, 0);
+            pfd[1].fd = -1; /* the loop sees the EOF again, and ends the tree */
+        }
+    }
+}
+
+/* --adopt: the program was cloned by our clone child before our exec (clone_early.c), with
+ * the plan start_program would have made (launch_early.c). Its exec pipe says whether it
+ * exec'd: EOF (every write end closed: its exec, or its death before, which the loop then
+ * sees), or a failure record, after which it exits 127: reap it, and fail as start_program
+ * would. Its lifeline's write end (--program-lifeline-fd) stays open with us, as there. */
+void adopt_program(void)
+{
+    struct tether_failure rec;
+    siginfo_t info;
+    ssize_t n;
+    /* Fault injection for the test suite only: end at once, the program started beside our
+     * exec and nothing reported (tests/test_overlapped_start.py). An exit, not a SIGKILL of
+     * ourselves: a PID-namespace init cannot be killed from inside. */
+    if (getenv("TETHER_GUARD_TEST_DIE_AT_ADOPT") != NULL)
+        _exit(99);
+    await_exec();
+    do
+        n = read(g.exec_fd, &rec, sizeof rec);
+    while (n < 0 && errno == EINTR);
+    close(g.exec_fd);
+    g.exec_fd = -1;
+    if (n == (ssize_t)sizeof rec) {
+        while (waitid((idtype_t)P_PIDFD, (id_t)g.program_pidfd, &info, WEXITED) != 0 &&
+               errno == EINTR)
+            ;
+        g.program_pidfd = -1;
+        fail(rec.stage, rec.error);
+    }
+    if (getenv("TETHER_GUARD_TEST_STOP_BEFORE_REPORT") != NULL) { /* as in start_program */
+        start_reported();
+        (void)kill(getpid(), SIGSTOP);
+    }
+    send_msg(TETHER_MSG_STARTED, g.program_pid, g.adopt_method, -1);
     start_reported();
 }
 

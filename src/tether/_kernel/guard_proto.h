@@ -111,6 +111,18 @@ enum tether_guard_msg_type {
     X(USERNS, 102, "user namespace setup") /* not running as the --userns ids */   \
     X(CGROUP, 103, "cgroup setup")         /* opening cgroup files */
 
+/* The signals the guard forwards to the program (X(SIG) each), and those it holds blocked for
+ * good: the forwarded ones and SIGCHLD (read from its signalfd), and the job-control stops
+ * (never read: a stopped guard could not honour lifeline EOF). guard_start.c sets them up;
+ * a guard that adopts a program started before its exec has them held from its clone child
+ * on (TETHER_GUARD_HELD_MASK, launch_early.c). */
+#define TETHER_GUARD_FORWARDED(X) \
+    X(SIGTERM) X(SIGINT) X(SIGHUP) X(SIGQUIT) X(SIGUSR1) X(SIGUSR2) X(SIGWINCH) X(SIGCONT)
+#define TETHER_GUARD_SIGBIT(sig) | (1ULL << ((sig) - 1))
+#define TETHER_GUARD_HELD_MASK                                                              \
+    (0ULL TETHER_GUARD_FORWARDED(TETHER_GUARD_SIGBIT) TETHER_GUARD_SIGBIT(SIGCHLD)          \
+     TETHER_GUARD_SIGBIT(SIGTSTP) TETHER_GUARD_SIGBIT(SIGTTIN) TETHER_GUARD_SIGBIT(SIGTTOU))
+
 enum tether_guard_stage {
 #define TETHER_GUARD_STAGE_ENUM(name, number, what) TETHER_GUARD_STAGE_##name = number,
     TETHER_GUARD_STAGES(TETHER_GUARD_STAGE_ENUM)

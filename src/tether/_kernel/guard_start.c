@@ -17,8 +17,9 @@
 #include <termios.h>
 
 /* The signals a user sends to "the command" and that we pass on to the program. */
-static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
-                                SIGCONT};
+#define FORWARDED_ITEM(sig) sig,
+static const int forwarded[] = {TETHER_GUARD_FORWARDED(FORWARDED_ITEM)};
+#undef FORWARDED_ITEM
 
 static void say(const char *a, const char *b)
 {
@@ -226,6 +227,23 @@ static int *usage_fd(const char *kind)
     return strcmp(kind, "pids") == 0 ? &g.usage_pids_fd : NULL;
 }
 
+/* --adopt PID:PIDFD:METHOD, as our clone child wrote it (clone_early.c): the program, our
+ * child already, and its pidfd (ours from now on, close-on-exec). */
+static void parse_adopt(const char *s)
+{
+    const char *end;
+    int pid = parse_uint(s, &end), pidfd = -1, method = -1;
+    if (pid > 0 && *end == ':')
+        pidfd = parse_uint(end + 1, &end);
+    if (pidfd >= 0 && *end == ':')
+        method = parse_uint(end + 1, NULL);
+    if (method < 0 || !own_fd(pidfd))
+        usage("bad --adopt: ", s);
+    g.program_pid = pid;
+    g.program_pidfd = pidfd;
+    g.adopt_method = method;
+}
+
 /* Read the command line into g; returns the index of PATH (after "--"). */
 int parse_args(int argc, char **argv)
 {
@@ -268,6 +286,16 @@ int parse_args(int argc, char **argv)
             g.start_fd = parse_uint(argv[i + 1], NULL);
             if (!own_fd(g.start_fd))
                 usage("bad --start-fd: ", argv[i + 1]);
+        } else if (strcmp(opt, "--adopt") == 0) {
+            g.adopt = argv[i + 1];
+        } else if (strcmp(opt, "--exec-fd") == 0) {
+            g.exec_fd = parse_uint(argv[i + 1], NULL);
+            if (!own_fd(g.exec_fd))
+                usage("bad --exec-fd: ", argv[i + 1]);
+        } else if (strcmp(opt, "--program-lifeline-fd") == 0) {
+            g.program_lifeline_fd = parse_uint(argv[i + 1], NULL);
+            if (!own_fd(g.program_lifeline_fd))
+                usage("bad --program-lifeline-fd: ", argv[i + 1]);
         } else if (strcmp(opt, "--keep") == 0) {
             parse_keep(argv[i + 1]);
         } else if (strcmp(opt, "--contain") == 0) {
@@ -300,6 +328,10 @@ int parse_args(int argc, char **argv)
         i++;
     }
     check_modes(contain, clone);
+    if ((g.adopt != NULL) != (g.exec_fd >= 0))
+        usage("--adopt and --exec-fd go together", NULL);
+    if (g.adopt != NULL)
+        parse_adopt(g.adopt);
     if (i + 1 >= argc)
         usage("usage: _guard --control FD [options] -- PATH ARGV0 [ARG...]", NULL);
     return i;

@@ -30,6 +30,7 @@
 #include "clone.h"
 #include "core_convert.h"
 #include "fd_table.h"
+#include "launch_early.h"
 #include "lifeline_registry.h"
 
 #define LIFELINE_KEY "TETHER_LIFELINE_FD"
@@ -191,13 +192,14 @@ static char **env_array(PyObject *env, char **buffer)
     return out;
 }
 
-/* [guard, --control, N, (--start-fd, M,) *head, *tail]: the guard's argv, N and M written
- * into ctl and start (16 bytes each; start NULL: no start pipe) by the caller once the fds
- * exist. */
-static char **guard_argv(PyObject *path, PyObject *head, PyObject *tail, char *ctl, char *start)
+/* [guard, --control, N, (--start-fd, M,) *extra, *head, *tail]: the guard's argv, N and M
+ * written into ctl and start (16 bytes each; start NULL: no start pipe) by the caller once the
+ * fds exist; extra (NULL-terminated, at most 6: the overlapped start's) likewise. */
+static char **guard_argv(PyObject *path, PyObject *head, PyObject *tail, char *ctl, char *start,
+                         char **extra)
 {
     Py_ssize_t nh = PyTuple_GET_SIZE(head), nt = PyTuple_GET_SIZE(tail), i, at = 3;
-    char **out = PyMem_Calloc((size_t)(nh + nt) + 6, sizeof(char *));
+    char **out = PyMem_Calloc((size_t)(nh + nt) + 12, sizeof(char *));
     if (out == NULL) {
         PyErr_NoMemory();
         return NULL;
@@ -209,6 +211,8 @@ static char **guard_argv(PyObject *path, PyObject *head, PyObject *tail, char *c
         out[at++] = "--start-fd";
         out[at++] = start;
     }
+    while (*extra != NULL)
+        out[at++] = *extra++;
     for (i = 0; i < nh + nt; i++) {
         PyObject *item = i < nh ? PyTuple_GET_ITEM(head, i) : PyTuple_GET_ITEM(tail, i - nh);
         if (!PyBytes_Check(item)) {
@@ -222,15 +226,23 @@ static char **guard_argv(PyObject *path, PyObject *head, PyObject *tail, char *c
 }
 
 /* The guard's own fds kept across its exec: the control socket and, if any, the start pipe's
- * write end (not the program's: they are not on --keep). NULL without memory. */
-static int *keep_guards(struct tether_plan *plan, const struct launch_fds *fds)
+ * write end (not the program's: they are not on --keep), and the overlapped start's (n_more
+ * of them). NULL without memory; *n the new count. */
+static int *keep_guards(struct tether_plan *plan, const struct launch_fds *fds, const int *more,
+                        int n_more, int *n)
 {
-    int *keep = keep_with(plan->keep_fds, plan->n_keep, fds->guards), *both;
-    if (keep == NULL || fds->start[1] < 0)
-        return keep;
-    both = keep_with(keep, plan->n_keep + 1, fds->start[1]);
-    PyMem_RawFree(keep);
-    return both;
+    int *keep = keep_with(plan->keep_fds, plan->n_keep, fds->guards), *both, i;
+    *n = plan->n_keep + 1;
+    for (i = -1; keep != NULL && i < n_more; i++) {
+        int fd = i < 0 ? fds->start[1] : more[i];
+        if (fd < 0)
+            continue;
+        both = keep_with(keep, *n, fd);
+        PyMem_RawFree(keep);
+        keep = both;
+        *n += 1;
+    }
+    return keep;
 }
 
 /* Sleep until the guard has started the program (it closes the start pipe then, or exits) or
@@ -251,24 +263,31 @@ static void wait_started(const struct launch_fds *fds)
  * guard, every fd made here is closed. */
 static int launch_clone(struct tether_plan *plan, struct launch_fds *fds, char *ctl,
                         char *start, char *lifeline_env, int method, uint64_t extra_flags,
-                        const sigset_t *watch, pid_t *pid, int *pidfd,
+                        const sigset_t *watch, struct launch_early *le, pid_t *pid, int *pidfd,
                         struct tether_failure *failure)
 {
     struct stat st;
-    int *keep = NULL, n_keep = plan->n_keep, rc;
+    int *keep = NULL, rc, more[4], n_more = 0;
     char **envp = (char **)plan->envp;
     Py_ssize_t n_env = 0;
     if ((rc = launch_open(fds, watch, (extra_flags & CLONE_NEWPID) != 0)) < 0)
         return rc;
     snprintf(ctl, 16, "%d", fds->guards);
     snprintf(start, 16, "%d", fds->start[1]);
-    keep = keep_guards(plan, fds);
+    if (le->enabled) {
+        if ((rc = early_open(le, (char **)plan->argv, fds->guards)) < 0) {
+            launch_undo(fds);
+            return rc;
+        }
+        n_more = early_fds(le, more);
+        plan->early = &le->early;
+    }
+    keep = keep_guards(plan, fds, more, n_more, &plan->n_keep);
     if (keep == NULL || fstat(fds->lifeline[0], &st) != 0) {
         rc = keep == NULL ? -ENOMEM : -errno;
         goto done;
     }
     plan->keep_fds = keep;
-    plan->n_keep = n_keep + 1 + (fds->start[1] >= 0);
     plan->lifeline_src = fds->lifeline[0];
     plan->lifeline_dst = lifeline_number(keep, plan->n_keep, plan->inherit_fds);
     plan->floor = plan->lifeline_dst + 1;
@@ -284,6 +303,8 @@ static int launch_clone(struct tether_plan *plan, struct launch_fds *fds, char *
     *pidfd = tether_fd_above_spawns(*pidfd);
     envp[n_env] = NULL;
 done:
+    if (le->enabled) /* until the program has exec'd, it may read what we would free */
+        early_close(le, fds->signals);
     PyMem_RawFree(keep);
     close(fds->lifeline[0]);
     fds->lifeline[0] = -1;
@@ -329,8 +350,11 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"path", "head", "tail", "env", "cwd", "stdin", "stdout", "stderr",
                              "keep_fds", "new_pgroup", "extra_flags", "method", "attrs",
-                             "wait_mask", NULL};
+                             "wait_mask", "early", NULL};
     PyObject *path, *head, *tail, *env, *cwd, *keep_obj, *attrs = Py_None, *wait = Py_None;
+    PyObject *early = Py_None;
+    struct launch_early *le = PyMem_RawCalloc(1, sizeof *le);
+    char *extra[8] = {NULL};
     struct tether_plan plan;
     struct tether_failure failure = {0, 0};
     struct launch_fds fds = {-1, -1, {-1, -1}, {-1, -1}, -1};
@@ -342,15 +366,19 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
     pid_t pid = 0;
     (void)self;
     memset(&plan, 0, sizeof plan);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!OiiiO!pKi|OO", kwlist,
+    if (le == NULL)
+        return PyErr_NoMemory();
+    early_init(le);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!OiiiO!pKi|OOO", kwlist,
                                      &PyBytes_Type, &path, &PyTuple_Type, &head, &PyTuple_Type,
                                      &tail, &PyDict_Type, &env, &cwd, &plan.stdio[0],
                                      &plan.stdio[1], &plan.stdio[2], &PyTuple_Type, &keep_obj,
-                                     &plan.new_pgroup, &extra_flags, &method, &attrs, &wait))
-        return NULL;
+                                     &plan.new_pgroup, &extra_flags, &method, &attrs, &wait,
+                                     &early))
+        goto done;
     if (wait != Py_None) {
         if (mask_from_bits(wait, &watch, 1) < 0)
-            return NULL;
+            goto done;
         /* Not these: ignored by default, so never a reason to cut the wait short, and an
          * unrelated child's exit (or our own clone-method probe's) would otherwise end it
          * every time. Like every held signal, a handler of theirs runs right after the call. */
@@ -360,10 +388,14 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
-        return NULL;
+        goto done;
     }
-    if ((argv = guard_argv(path, head, tail, ctl, wait == Py_None ? NULL : start)) == NULL
-        || (envp = env_array(env, &env_buffer)) == NULL
+    if ((envp = env_array(env, &env_buffer)) == NULL
+        || (early != Py_None && early_prepare(le, early, envp, method) < 0))
+        goto done;
+    if (le->enabled)
+        early_args(le, extra);
+    if ((argv = guard_argv(path, head, tail, ctl, wait == Py_None ? NULL : start, extra)) == NULL
         || (keep = keep_fds_array(keep_obj, &floor_fd)) == NULL
         || (attrs != Py_None && plan_attrs(attrs, &plan, &groups) < 0))
         goto done;
@@ -376,16 +408,25 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
     plan.expected_ppid = getpid();
     Py_BEGIN_ALLOW_THREADS
     rc = launch_clone(&plan, &fds, ctl, start, lifeline_env, method, (uint64_t)extra_flags,
-                      wait == Py_None ? NULL : &watch, &pid, &pidfd, &failure);
+                      wait == Py_None ? NULL : &watch, le, &pid, &pidfd, &failure);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         errno = -rc;
         PyErr_SetFromErrno(PyExc_OSError);
     }
 done:
-    PyMem_Free(argv);
-    PyMem_Free(envp);
-    PyMem_Free(env_buffer);
+    if (le->abandoned) {
+        /* A signal ended the wait for a program that has not exec'd yet (stopped, or its
+         * exec blocked on a hung file system): what it may still read is never freed. */
+        Py_INCREF(path);
+        Py_INCREF(head);
+        Py_INCREF(tail);
+    } else {
+        early_free(le);
+        PyMem_Free(argv);
+        PyMem_Free(envp);
+        PyMem_Free(env_buffer);
+    }
     PyMem_Free(keep);
     PyMem_Free(groups);
     if (PyErr_Occurred())

@@ -205,6 +205,7 @@ def clone_guard(
     process_group: bool = True,
     wait_start: bool = False,
     held_mask: int | None = None,
+    early: core.EarlyStart | None = None,
 ) -> tuple[Spawned, socket.socket]:
     """Clone a guard (the executable ``guard``) over ``spec``'s program in one C call
     (``launch.c``): the control socketpair, the lifeline and the clone. The guard's argv is
@@ -217,7 +218,10 @@ def clone_guard(
     slept through the guard's exec instead of competing with it for the CPU. A caller that
     holds signals already (``core.hold_signals``) passes the mask it got as ``held_mask``:
     the signals that mask lets in still end the wait, and all stay held until the caller
-    releases them (it must own what this returns first).
+    releases them (it must own what this returns first). ``early``: the overlapped start
+    (``launch_early.c``: the program cloned by the guard's clone child before the guard's
+    exec), as ``guard_launch`` builds it: (the program's attributes, its pass_fds, whether it
+    has a lifeline, its cgroup fd or -1).
     Errors as :func:`clone_spec`'s, with every fd made here closed."""
     reaper.reap_dropped()
     method = clone_method()
@@ -243,7 +247,8 @@ def clone_guard(
             stderr=stdio_fds[2], keep_fds=keep_fds, new_pgroup=process_group,
             extra_flags=extra_flags, method=method,
             attrs=None if attrs is None else attrs.core_tuple(),
-            wait_mask=(held if held_mask is None else held_mask) if wait_start else None)
+            wait_mask=(held if held_mask is None else held_mask) if wait_start else None,
+            early=early)
         if pidfd >= 0:
             spawned = Spawned(pid, Pidfd._create(pidfd, pid, reaper=True, cmd=list(spec.args)),
                               LifelineWriter._create(write_fd))

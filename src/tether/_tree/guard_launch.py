@@ -11,13 +11,18 @@ from __future__ import annotations
 # socket.py's enum set-up costs ~2 ms of every start; its C module has all we use.
 import _socket as socket
 import os
+from typing import TYPE_CHECKING
 
+from tether._kernel import features
 from tether._kernel.cgroup import CgroupTree
 from tether._kernel.fds import socketpair_above_stdio
 from tether._kernel.spawn import Spawned, clone_guard, clone_spec
 from tether._kernel.spec import SpawnSpec
 from tether._tree.modes import Mode, guard_mode_options, guard_path, raise_namespace_limit
 from tether._tree.tree_cgroups import tree_cgroup
+
+if TYPE_CHECKING:
+    from tether._kernel.core import EarlyStart
 
 __all__ = ["start_guard"]
 
@@ -56,7 +61,8 @@ def start_guard(
             spawned, parent_sock = clone_guard(
                 spec, stdio_fds, os.fsencode(guard), tuple(guard_args),
                 tuple(sorted(set(keep) | cgroup_fds)), extra_flags=extra_flags,
-                process_group=process_group, wait_start=wait_start, held_mask=held_mask)
+                process_group=process_group, wait_start=wait_start, held_mask=held_mask,
+                early=_early(spec, options, cgroup, wait_start))
         else:  # preexec_fn's fork of this process (_kernel/preexec.py) clones in Python
             # Both above 2: --control must not be one of the program's stdio fds.
             parent_sock, guard_sock = socketpair_above_stdio(socket.SOCK_SEQPACKET)
@@ -82,3 +88,21 @@ def start_guard(
     if cgroup is not None:
         cgroup.hand_over()  # the guard holds its lock now (ARCHITECTURE.md: fd budget)
     return spawned, parent_sock, cgroup
+
+
+def _early(spec: SpawnSpec, options: list[str], cgroup: CgroupTree | None,
+           wait_start: bool) -> EarlyStart | None:
+    """The overlapped start's part of ``clone_guard`` (the program cloned by the guard's clone
+    child before the guard's exec, ``launch_early.c``), or None for the guard to start the
+    program itself. Only for a start the caller waits for (the launch must keep the program's
+    plan until its exec; the guard's own start report comes later anyway), and not where the
+    guard must act before the program exists: a limited tree's cgroup joins, the terminal's
+    foreground group, or ``close_fds=False`` (every inheritable fd of the guard's clone child
+    would reach the program)."""
+    if (not wait_start or spec.limits is not None or "--foreground" in options
+            or (spec.attrs is not None and spec.attrs.inherit_fds)
+            or not features.overlapped_start()):
+        return None
+    return (None if spec.attrs is None else spec.attrs.core_tuple(), spec.pass_fds,
+            "--no-program-lifeline" not in options,
+            cgroup.fd if cgroup is not None and cgroup.fd >= 0 else -1)

@@ -1,0 +1,41 @@
+/*
+ * launch_early.h — the parent's part of the overlapped start (launch_early.c), as launch.c
+ * reaches it.
+ */
+#ifndef TETHER_LAUNCH_EARLY_H
+#define TETHER_LAUNCH_EARLY_H
+
+#include <Python.h>
+
+#include "clone.h"
+
+struct launch_early {
+    int enabled;
+    int abandoned;      /* a signal ended the wait for the program's exec: leak, never free */
+    struct tether_early early;
+    struct tether_plan program;
+    int exec_pipe[2];   /* [0]: ours (the EOF we wait for) and the guard's (--exec-fd);
+                         * [1]: the program's failure pipe */
+    int lifeline[2];    /* the program's lifeline: [0] its, [1] the guard's; -1: none */
+    int with_lifeline;
+    char **envp;        /* the program's: the guard's entries, its lifeline's, NULL */
+    size_t n_env;
+    gid_t *groups;
+    int *keep;          /* the program's pass_fds, sorted */
+    int n_keep;
+    char adopted[32];
+    char exec_arg[16];
+    char lifeline_arg[16];
+    char lifeline_env[96];
+};
+
+TETHER_HIDDEN void early_init(struct launch_early *le);
+TETHER_HIDDEN int early_prepare(struct launch_early *le, PyObject *spec, char **envp,
+                                int method);
+TETHER_HIDDEN int early_open(struct launch_early *le, char **argv, int control);
+TETHER_HIDDEN int early_fds(const struct launch_early *le, int out[4]);
+TETHER_HIDDEN void early_args(struct launch_early *le, char **out);
+TETHER_HIDDEN void early_close(struct launch_early *le, int signals);
+TETHER_HIDDEN void early_free(struct launch_early *le);
+
+#endif /* TETHER_LAUNCH_EARLY_H */

@@ -1,0 +1,242 @@
+"""The overlapped start: a guard's clone child clones the program before it execs the guard, so
+that the two execs run side by side, and the guard adopts the program (``--adopt``;
+``clone_early.c``, ``launch_early.c``). The program must start exactly as the guard would have
+started it: the guard's child, with orphans coming back to the guard, a clean signal state,
+the same typed error when its exec fails; and a failure of either exec, or a guard that dies
+before it has adopted the program, leaves nothing behind.
+
+The rest of the suite runs on the overlapped start (the default) and, through conftest's
+``each_clone_method``, once more with the guard starting the program itself.
+Oracle: this process is a child subreaper (tests/oracle.py)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import oracle
+import tether
+from conftest import require_mode
+from tether import subprocess as tsubprocess
+from tether._kernel import core, features
+from tether._tree import guard_launch
+
+PY = sys.executable
+
+# The program's view of its start: its parent, and its blocked and ignored signals (grep's
+# own: a Python program would ignore SIGPIPE and SIGXFSZ itself).
+SELF_REPORT = ["grep", "-E", "^(PPid|SigBlk|SigIgn):", "/proc/self/status"]
+
+
+def self_report(out: bytes) -> dict[str, int]:
+    fields = dict(line.split(b":\t") for line in out.splitlines())
+    return {"ppid": int(fields[b"PPid"]), "blocked": int(fields[b"SigBlk"], 16),
+            "ignored": int(fields[b"SigIgn"], 16)}
+
+
+# The program forks a child and exits at once, while the guard is held before its setup (its
+# test-only fault injection, on a pipe whose write end is argv[1]); the child waits (on the
+# program's pidfd, readable only once the kernel has reparented it), reports its new parent,
+# and lets the guard go on.
+ORPHAN = r"""
+import os, select, sys
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(w)
+    os.read(r, 1)  # the program holds the pidfd below by now
+    parent = os.pidfd_open(os.getppid())
+    select.select([parent], [], [])
+    print(os.getppid(), flush=True)
+    os.write(int(sys.argv[1]), b"go")
+    os._exit(0)
+os.close(r)
+os.close(w)
+"""
+
+
+def nothing_left() -> bool:
+    """No descendant of ours, live or zombie, and none reaped by us meanwhile: whatever the
+    start made was reaped by tether itself (or by the guard's clone child)."""
+    seen = oracle.reap_until(10.0)
+    return seen.empty and not seen.pids
+
+
+@pytest.fixture
+def launches(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The ``early`` argument of every guard launch: not None when the start overlapped."""
+    seen: list[object] = []
+    real = core.launch_guard
+
+    def spy(**kwargs: object) -> object:
+        seen.append(kwargs.get("early"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(core, "launch_guard", spy)
+    return seen
+
+
+@pytest.fixture(params=["overlapped", "the guard's"])
+def start(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Both ways of starting the program: the same behaviour is asked of each."""
+    features.force_overlapped_start(request.param == "overlapped")
+    try:
+        yield request.param
+    finally:
+        features.force_overlapped_start(True)
+
+
+def guard_pid_as_program_sees_it(child: tether.Child, mode: str) -> int:
+    return 1 if mode == "pidns" else child._tree.spawned.pid  # type: ignore[union-attr]
+
+
+def test_a_plain_spawn_overlaps_and_the_program_is_the_guards_child(
+        mode: str, launches: list[object]) -> None:
+    with tether.spawn(SELF_REPORT, contain=mode, stdout=tether.PIPE) as child:
+        out, _ = child.communicate()
+        assert launches and launches[-1] is not None
+        # (/proc is this namespace's: the pid as we see it, in pidns mode too)
+        assert self_report(out)["ppid"] == child._tree.spawned.pid  # type: ignore[union-attr]
+        assert child.returncode == 0
+
+
+def test_the_program_starts_with_no_signal_blocked_nor_ignored(mode: str, start: str) -> None:
+    # The guard's clone child holds the guard's signals blocked through the guard's exec; none
+    # of that may reach the program (nor Python's ignored SIGPIPE and SIGXFSZ).
+    report = self_report(tether.check_output(SELF_REPORT, contain=mode))  # type: ignore[arg-type]
+    assert (report["blocked"], report["ignored"]) == (0, 0)
+
+
+def test_an_orphan_of_the_program_comes_back_to_the_guard(mode: str) -> None:
+    # The subreaper bit is set before the program exists: an orphan it makes before the
+    # guard's own setup is the guard's, not this process's (itself a subreaper: the oracle)
+    # nor init's. The guard waits for the orphan's word before it sets anything up. (Where
+    # the guard starts the program, its setup comes first: there is no such window.)
+    r, w = os.pipe()
+    try:
+        env = {**os.environ, "TETHER_GUARD_TEST_HOLD_SETUP_FD": str(r)}
+        with tether.spawn([PY, "-c", ORPHAN, str(w)], contain=mode, stdout=tether.PIPE,
+                          wait_tree=True, env=env,
+                          pass_fds=(r, w)) as child:  # type: ignore[arg-type]
+            out, _ = child.communicate()
+            assert int(out) == guard_pid_as_program_sees_it(child, mode)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert nothing_left()
+
+
+def test_an_exec_failure_is_the_typed_error_and_leaves_nothing(
+        mode: str, start: str, junk_program: str) -> None:
+    with pytest.raises(FileNotFoundError):
+        tether.spawn([junk_program], contain=mode)  # type: ignore[arg-type]
+    assert nothing_left()
+
+
+def test_an_argv_no_exec_takes_fails_both_execs_and_leaves_nothing(
+        mode: str, start: str) -> None:
+    # One argument over the kernel's 128 KiB per string: the guard's exec (it carries the
+    # program's argv) and the program's both fail with E2BIG; the guard's clone child reaps
+    # the program it started before failing.
+    with pytest.raises(OSError) as info:
+        tether.spawn(["true", "x" * (200 << 10)], contain=mode)  # type: ignore[arg-type]
+    assert info.value.errno == errno.E2BIG
+    assert nothing_left()
+
+
+def test_a_guard_whose_exec_fails_ends_the_program_it_started(
+        mode: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The program is cloned, and runs, before the guard's exec; a guard binary that cannot be
+    # exec'd (here: not executable) fails after that. Its clone child kills and reaps the
+    # program before it reports the failure.
+    junk = tmp_path / "guard"
+    junk.write_bytes(b"\0")
+    junk.chmod(0o644)
+    monkeypatch.setattr(guard_launch, "guard_path", lambda: str(junk))
+    with pytest.raises(PermissionError):
+        tether.spawn(["sleep", "300"], contain=mode)  # type: ignore[arg-type]
+    assert nothing_left()
+
+
+def test_a_guard_dead_before_it_adopted_the_program_leaves_nothing(
+        mode: str, launches: list[object]) -> None:
+    # The guard dies right after its exec (its test-only fault injection): the program runs,
+    # announced to us, but no start report comes. spawn() raises, and the program is ended
+    # (PDEATHSIG, and we end its group through the pidfd it announced).
+    env = {**os.environ, "TETHER_GUARD_TEST_DIE_AT_ADOPT": "1"}
+    with pytest.raises(OSError) as info:
+        tether.spawn(["sleep", "300"], contain=mode, env=env)  # type: ignore[arg-type]
+    assert launches[-1] is not None
+    assert info.value.errno == errno.EPROTO
+    # (the killed program is a dead guard's orphan: the nearest subreaper, we, reaps it)
+    assert oracle.reap_until(10.0).empty
+
+
+@pytest.mark.parametrize("why", ["limits", "close_fds=False"])
+def test_what_the_guard_must_do_before_the_program_exists_keeps_the_guards_start(
+        why: str, launches: list[object]) -> None:
+    # A limited tree's guard joins its cgroups before the program's clone; close_fds=False
+    # would hand every inheritable fd of the guard's clone child to the program.
+    if why == "limits":
+        require_mode("cgroup")
+        tether.run(["true"], contain="cgroup", limits=tether.Limits(pids=100))
+    else:
+        tsubprocess.run(["true"], close_fds=False)
+    assert launches and launches[-1] is None
+
+
+def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The launch waits until the program has exec'd (it reads the launch's memory until
+    # then); a program that cannot get there (here: cloned into a frozen cgroup) must not hold
+    # up a signal. The launch is abandoned (its memory left to the program), the handler runs,
+    # and the tree is ended as for any interrupted start: the guard, waiting for the program's
+    # exec, ends it at lifeline EOF. (Where the guard starts the program itself, it waits for
+    # that exec in a vfork, deaf to its lifeline: such a start cannot be given up.)
+    require_mode("cgroup")
+    real = guard_launch.tree_cgroup
+    made: list[str] = []
+
+    def frozen(*args: object) -> object:
+        cgroup, opts, fds = real(*args)  # type: ignore[arg-type]
+        with open(os.path.join(cgroup.path, "cgroup.freeze"), "w") as f:
+            f.write("1")
+        made.append(cgroup.path)
+        return cgroup, opts, fds
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    def once_the_program_is_in(main: int) -> None:  # the barrier: cgroup.events
+        while not made:
+            time.sleep(0.001)
+        events = select.poll()
+        with open(os.path.join(made[0], "cgroup.events"), "rb") as f:
+            events.register(f, select.POLLPRI)
+            while b"populated 1" not in (f.seek(0), f.read())[1]:
+                events.poll(1000)
+        signal.pthread_kill(main, signal.SIGUSR1)
+
+    monkeypatch.setattr(guard_launch, "tree_cgroup", frozen)
+    old = signal.signal(signal.SIGUSR1, interrupt)
+    sender = threading.Thread(target=once_the_program_is_in, args=(threading.get_ident(),))
+    sender.start()
+    try:
+        with pytest.raises(Interrupted):
+            tether.spawn(["true"], contain="cgroup")
+    finally:
+        sender.join()
+        signal.signal(signal.SIGUSR1, old)
+    assert oracle.reap_until(10.0).empty
+    assert not os.path.exists(made[0])
