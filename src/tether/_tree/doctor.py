@@ -185,6 +185,11 @@ def probe_all() -> tuple[list[Row], dict[str, str | None]]:
     rows.append(Row("guard executable", "-", guard_ok, guard_detail, core=True))
     rows.append(guard_build_row() if guard_ok else
                 Row("guard links no libc", "-", False, "needs the guard"))
+    overlapped = pidfd_ok and guard_ok and _features.overlapped_start()
+    rows.append(Row("overlapped start", "-", overlapped,
+                    "a guarded start clones the program before the guard's exec (not with "
+                    "limits, a terminal's foreground, close_fds=False, preexec_fn, aio.spawn)"
+                    if overlapped else "the guard starts the program after its exec"))
     pidns = pidns_unavailable_reason() if guard_ok else "needs the guard"
     ns_name = "PID namespaces" if os.geteuid() == 0 else "user + PID namespaces"
     rows.append(Row(ns_name, "3.8", pidns is None, "works" if pidns is None else pidns))
