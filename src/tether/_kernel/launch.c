@@ -81,7 +81,8 @@ int fd_above_stdio(int *fd)
  * lifeline; 0 or -errno (nothing left open). No GIL needed. With pass_creds (a new PID
  * namespace) our end has SO_PASSCRED before anyone can send: the program's announcement then
  * carries its pid as we see it (start_report.c). */
-static int launch_open(struct launch_fds *fds, const sigset_t *watch, int pass_creds)
+static int launch_open(struct launch_fds *fds, const sigset_t *watch, int start_pipe,
+                       int pass_creds)
 {
     int pair[2], err, on = 1;
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0)
@@ -97,7 +98,7 @@ static int launch_open(struct launch_fds *fds, const sigset_t *watch, int pass_c
     }
     /* Registered like a lifeline: a fork() elsewhere in this process must not hold its write
      * end open, or the wait for the start would last as long as that child. */
-    if (watch != NULL && (err = -lifeline_registry_pipe(fds->start, 0)) < 0) {
+    if (start_pipe && (err = -lifeline_registry_pipe(fds->start, 0)) < 0) {
         fds->start[0] = fds->start[1] = -1;
         goto undo;
     }
@@ -258,19 +259,21 @@ static void wait_started(const struct launch_fds *fds)
     (void)poll(pfd, 2, -1);
 }
 
-/* The part without the GIL: open, name, clone (and, with watch, wait for the start). 0
+/* The part without the GIL: open, name, clone (and, with start_pipe, wait for the start;
+ * watch: the signals that end a wait, the start's or the overlapped start's). 0
  * (the guard exec'd, or *failure says where it failed) or -errno; on anything but a running
  * guard, every fd made here is closed. */
 static int launch_clone(struct tether_plan *plan, struct launch_fds *fds, char *ctl,
                         char *start, char *lifeline_env, int method, uint64_t extra_flags,
-                        const sigset_t *watch, struct launch_early *le, pid_t *pid, int *pidfd,
+                        const sigset_t *watch, int start_pipe, struct launch_early *le,
+                        pid_t *pid, int *pidfd,
                         struct tether_failure *failure)
 {
     struct stat st;
     int *keep = NULL, rc, more[4], n_more = 0;
     char **envp = (char **)plan->envp;
     Py_ssize_t n_env = 0;
-    if ((rc = launch_open(fds, watch, (extra_flags & CLONE_NEWPID) != 0)) < 0)
+    if ((rc = launch_open(fds, watch, start_pipe, (extra_flags & CLONE_NEWPID) != 0)) < 0)
         return rc;
     snprintf(ctl, 16, "%d", fds->guards);
     snprintf(start, 16, "%d", fds->start[1]);
@@ -321,9 +324,10 @@ done:
         wait_started(fds);
         close(fds->start[0]);
         fds->start[0] = -1;
-        close(fds->signals);
-        fds->signals = -1;
     }
+    if (fds->signals >= 0)
+        close(fds->signals);
+    fds->signals = -1;
     return rc;
 }
 
@@ -343,16 +347,18 @@ static int mask_from_bits(PyObject *number, sigset_t *set, int unblocked)
 }
 
 /* core.launch_guard(...): with wait_mask (the caller's signal mask, as hold_signals returned
- * it: the caller holds every signal), the call returns once the program has started (or the
- * guard ended, or a signal that mask lets in is pending); without, as soon as the guard has
- * exec'd. */
+ * it: the caller holds every signal) and wait_start (the default), the call returns once the
+ * program has started (or the guard ended, or a signal that mask lets in is pending);
+ * without, as soon as the guard has exec'd (and, with early, the program too: wait_mask's
+ * signals end that wait alike). */
 PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"path", "head", "tail", "env", "cwd", "stdin", "stdout", "stderr",
                              "keep_fds", "new_pgroup", "extra_flags", "method", "attrs",
-                             "wait_mask", "early", NULL};
+                             "wait_mask", "early", "wait_start", NULL};
     PyObject *path, *head, *tail, *env, *cwd, *keep_obj, *attrs = Py_None, *wait = Py_None;
     PyObject *early = Py_None;
+    int wait_start = 1;
     struct launch_early *le = PyMem_RawCalloc(1, sizeof *le);
     char *extra[8] = {NULL};
     struct tether_plan plan;
@@ -369,12 +375,12 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
     if (le == NULL)
         return PyErr_NoMemory();
     early_init(le);
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!OiiiO!pKi|OOO", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!OiiiO!pKi|OOOp", kwlist,
                                      &PyBytes_Type, &path, &PyTuple_Type, &head, &PyTuple_Type,
                                      &tail, &PyDict_Type, &env, &cwd, &plan.stdio[0],
                                      &plan.stdio[1], &plan.stdio[2], &PyTuple_Type, &keep_obj,
                                      &plan.new_pgroup, &extra_flags, &method, &attrs, &wait,
-                                     &early))
+                                     &early, &wait_start))
         goto done;
     if (wait != Py_None) {
         if (mask_from_bits(wait, &watch, 1) < 0)
@@ -395,7 +401,8 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
         goto done;
     if (le->enabled)
         early_args(le, extra);
-    if ((argv = guard_argv(path, head, tail, ctl, wait == Py_None ? NULL : start, extra)) == NULL
+    wait_start = wait_start && wait != Py_None;
+    if ((argv = guard_argv(path, head, tail, ctl, wait_start ? start : NULL, extra)) == NULL
         || (keep = keep_fds_array(keep_obj, &floor_fd)) == NULL
         || (attrs != Py_None && plan_attrs(attrs, &plan, &groups) < 0))
         goto done;
@@ -408,7 +415,8 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
     plan.expected_ppid = getpid();
     Py_BEGIN_ALLOW_THREADS
     rc = launch_clone(&plan, &fds, ctl, start, lifeline_env, method, (uint64_t)extra_flags,
-                      wait == Py_None ? NULL : &watch, le, &pid, &pidfd, &failure);
+                      wait == Py_None ? NULL : &watch, wait_start, le, &pid, &pidfd,
+                      &failure);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         errno = -rc;

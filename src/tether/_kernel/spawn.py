@@ -247,8 +247,9 @@ def clone_guard(
             stderr=stdio_fds[2], keep_fds=keep_fds, new_pgroup=process_group,
             extra_flags=extra_flags, method=method,
             attrs=None if attrs is None else attrs.core_tuple(),
-            wait_mask=(held if held_mask is None else held_mask) if wait_start else None,
-            early=early)
+            wait_mask=(held if held_mask is None else held_mask)
+            if wait_start or early is not None else None,
+            early=early, wait_start=wait_start)
         if pidfd >= 0:
             spawned = Spawned(pid, Pidfd._create(pidfd, pid, reaper=True, cmd=list(spec.args)),
                               LifelineWriter._create(write_fd))

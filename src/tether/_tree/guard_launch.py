@@ -62,7 +62,7 @@ def start_guard(
                 spec, stdio_fds, os.fsencode(guard), tuple(guard_args),
                 tuple(sorted(set(keep) | cgroup_fds)), extra_flags=extra_flags,
                 process_group=process_group, wait_start=wait_start, held_mask=held_mask,
-                early=_early(spec, options, cgroup, wait_start))
+                early=_early(spec, options, cgroup))
         else:  # preexec_fn's fork of this process (_kernel/preexec.py) clones in Python
             # Both above 2: --control must not be one of the program's stdio fds.
             parent_sock, guard_sock = socketpair_above_stdio(socket.SOCK_SEQPACKET)
@@ -90,16 +90,13 @@ def start_guard(
     return spawned, parent_sock, cgroup
 
 
-def _early(spec: SpawnSpec, options: list[str], cgroup: CgroupTree | None,
-           wait_start: bool) -> EarlyStart | None:
+def _early(spec: SpawnSpec, options: list[str], cgroup: CgroupTree | None) -> EarlyStart | None:
     """The overlapped start's part of ``clone_guard`` (the program cloned by the guard's clone
     child before the guard's exec, ``launch_early.c``), or None for the guard to start the
-    program itself. Only for a start the caller waits for (the launch must keep the program's
-    plan until its exec; the guard's own start report comes later anyway), and not where the
-    guard must act before the program exists: a limited tree's cgroup joins, the terminal's
-    foreground group, or ``close_fds=False`` (every inheritable fd of the guard's clone child
-    would reach the program)."""
-    if (not wait_start or spec.limits is not None or "--foreground" in options
+    program itself: where the guard must act before the program exists (a limited tree's
+    cgroup joins, the terminal's foreground group), or with ``close_fds=False`` (every
+    inheritable fd of the guard's clone child would reach the program)."""
+    if (spec.limits is not None or "--foreground" in options
             or (spec.attrs is not None and spec.attrs.inherit_fds)
             or not features.overlapped_start()):
         return None
