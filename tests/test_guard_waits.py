@@ -15,7 +15,6 @@ import socket
 import threading
 import types
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -189,7 +188,6 @@ def test_a_run_reads_each_report_once_and_never_in_vain(
     from tether._tree import guard_wire
 
     kinds: list[object] = []
-    real = guard_wire.read_message
     real_start = core.read_start_reports
     real_end = core.read_end
 
@@ -203,15 +201,6 @@ def test_a_run_reads_each_report_once_and_never_in_vain(
                      for data, _, _, _ in reports)
         return reports
 
-    def counted(*args: Any, **kwargs: Any) -> tuple[bytes, list[int], int]:
-        try:
-            data, fds, flags = real(*args, **kwargs)
-        except BlockingIOError:
-            kinds.append("EAGAIN")
-            raise
-        kinds.append(guard_wire.MSG.unpack(data)[0] if data else "EOF")
-        return data, fds, flags
-
     def counted_end(*args: int) -> object:
         got = real_end(*args)
         if got is None:
@@ -222,7 +211,6 @@ def test_a_run_reads_each_report_once_and_never_in_vain(
             kinds.append(guard_wire.MSG_EXITED)
         return got
 
-    monkeypatch.setattr(guard_wire, "read_message", counted)
     monkeypatch.setattr(core, "read_start_reports", counted_start)
     monkeypatch.setattr(core, "read_end", counted_end)
     assert tether.run(["true"], contain=mode).returncode == 0
