@@ -279,10 +279,11 @@ class AsyncChild(metaclass=NoPublicConstructor):
                 cancelled = True
 
     def _settle(self) -> int:
-        error = self._tree.start_error
-        if error is not None:
-            raise error  # run() does not await the start: never ran
-        rc = self._handle.poll()  # raises ChildProcessError if the guard died unreported
+        """The returncode of a tree that has ended (its end read: no pump again)."""
+        tree = self._tree
+        if tree.start_error is not None:
+            raise tree.start_error  # run() does not await the start: never ran
+        rc = self._handle._settle(tree)  # raises ChildProcessError if the guard died unreported
         assert rc is not None
         return rc
 

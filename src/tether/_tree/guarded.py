@@ -377,8 +377,10 @@ class Guard(GuardEnd):
         guard's rusage, the program's exit with its cause, a limited tree's final usage."""
         if user_ms >= 0:  # (-1: the guard's getrusage failed)
             self._rusage = (user_ms, system_ms, maxrss_kib)
-        self._exit = exit_ = reported_exit(Exit._from_wait_status(status), self.cgroup,
-                                           usage_tail)
+        exit_ = Exit._from_wait_status(status)
+        if self.cgroup is not None:  # (the cause and final usage: limits only)
+            exit_ = reported_exit(exit_, self.cgroup, usage_tail)
+        self._exit = exit_
         if self._program is not None:  # (always: the start is reported before the end)
             self._program._set_exit(exit_)
 

@@ -95,7 +95,7 @@ class TreeHandle:
 
     @property
     def _tree(self) -> Tree:
-        if self.forked:
+        if self._generation != core.fork_generation():  # (forked, inline: every exit's path)
             raise ForkedHandleError(
                 errno.ECHILD,
                 f"this handle on {self.args!r} was made by process {self._creator}; in the "
