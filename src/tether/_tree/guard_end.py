@@ -1,4 +1,5 @@
-"""The blocking wait for a guarded tree's end, after the wakeup in C.
+"""The blocking wait for a guarded tree's end, after the wakeup in C, and the pump's reads
+after the start (an event loop's wakeup on the guard's pidfd) through the same C read.
 
 The one rule this module owns: once the end is there, the parent runs as little Python as it
 can before ``wait()`` returns. The exit notice is paid for after the parent's wakeup, and on a
