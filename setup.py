@@ -153,7 +153,8 @@ if __name__ == "__main__":
             Extension(
                 "tether._kernel.core",
                 sources=[f"src/tether/_kernel/{name}"
-                         for name in ("core.c", "end.c", "launch.c", "launch_early.c",
+                         for name in ("core.c", "end.c", "exec_path.c", "launch.c",
+                                      "launch_early.c",
                                       "start_report.c", "lifeline_registry.c", "fd_table.c",
                                       *CLONE_SOURCES)],
                 depends=[f"src/tether/_kernel/{name}"

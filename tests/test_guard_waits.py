@@ -15,7 +15,6 @@ import socket
 import threading
 import types
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -189,7 +188,6 @@ def test_a_run_reads_each_report_once_and_never_in_vain(
     from tether._tree import guard_wire
 
     kinds: list[object] = []
-    real = guard_wire.read_message
     real_start = core.read_start_reports
     real_end = core.read_end
 
@@ -203,15 +201,6 @@ def test_a_run_reads_each_report_once_and_never_in_vain(
                      for data, _, _, _ in reports)
         return reports
 
-    def counted(*args: Any, **kwargs: Any) -> tuple[bytes, list[int], int]:
-        try:
-            data, fds, flags = real(*args, **kwargs)
-        except BlockingIOError:
-            kinds.append("EAGAIN")
-            raise
-        kinds.append(guard_wire.MSG.unpack(data)[0] if data else "EOF")
-        return data, fds, flags
-
     def counted_end(*args: int) -> object:
         got = real_end(*args)
         if got is None:
@@ -222,11 +211,40 @@ def test_a_run_reads_each_report_once_and_never_in_vain(
             kinds.append(guard_wire.MSG_EXITED)
         return got
 
-    monkeypatch.setattr(guard_wire, "read_message", counted)
     monkeypatch.setattr(core, "read_start_reports", counted_start)
     monkeypatch.setattr(core, "read_end", counted_end)
     assert tether.run(["true"], contain=mode).returncode == 0
     assert kinds == [guard_wire.MSG_PROGRAM, guard_wire.MSG_STARTED, guard_wire.MSG_EXITED]
+    assert oracle.no_descendants()
+
+
+def test_an_event_loops_wakeup_reads_the_end_and_reaps_the_guard_in_one_c_call(
+        mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # tether.aio wakes on the guard's pidfd, readable once the guard has reported and exited:
+    # its pump then reads MSG_EXITED and reaps the guard in the same C call (core.read_end),
+    # as the blocking wait does; no read in vain, and no reap left to Python.
+    import asyncio
+
+    import tether.aio
+    from tether._tree import guard_end
+
+    ends: list[object] = []
+    real_end = core.read_end
+
+    def counted_end(sock_fd: int, guard_fd: int, out: list[tuple[int, ...]]) -> object:
+        got = real_end(sock_fd, guard_fd, out)
+        ends.append(out[-1][4] if got is True else got)  # (MSG_EXITED: the guard's si_code)
+        return got
+
+    def no_python_reap(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the guard was reaped the Python way")
+
+    monkeypatch.setattr(core, "read_end", counted_end)
+    monkeypatch.setattr(guarded, "reap_quietly", no_python_reap)
+    monkeypatch.setattr(guard_end.core, "reap_exiting", no_python_reap)
+    assert asyncio.run(tether.aio.run(["true"], contain=mode)).returncode == 0
+    # (None: a pump that found nothing new, as the first one may, before the exit)
+    assert [got for got in ends if got is not None] == [os.CLD_EXITED]
     assert oracle.no_descendants()
 
 

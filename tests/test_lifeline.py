@@ -203,6 +203,44 @@ def test_writer_is_closed_in_a_forked_child() -> None:
     s.pidfd.wait()
 
 
+def test_a_fork_closes_every_registered_writer_and_no_released_number() -> None:
+    # Writers released out of order (the registry moves its last entry into a freed slot,
+    # and the moved one is released next), their numbers reused by an unrelated fd: the
+    # forked child must find every writer still registered closed, and the unrelated fds
+    # open.
+    spawned = [tether.spawn_lifelined(["sleep", "300"]) for _ in range(5)]
+    fds = [s.lifeline.fileno() for s in spawned]
+    writers = {fd: os.fstat(fd).st_ino for fd in fds}
+    for s in (spawned[0], spawned[4], spawned[2]):
+        s.lifeline.close()
+    unrelated_r, unrelated_w = os.pipe()
+    for fd in (fds[0], fds[4]):
+        os.dup2(unrelated_r, fd)  # (not a lifeline: the number was released)
+
+    def check() -> None:
+        for fd in (fds[0], fds[4]):
+            assert os.fstat(fd).st_ino == os.fstat(unrelated_r).st_ino
+        for fd in (fds[1], fds[3]):
+            try:
+                ino = os.fstat(fd).st_ino
+            except OSError:
+                continue
+            assert ino != writers[fd], f"lifeline write end {fd} still open after fork()"
+
+    try:
+        child = tether.run_in_fork(check)
+        assert child.pidfd.wait().code == 0
+    finally:
+        os.close(fds[0])
+        os.close(fds[4])
+        os.close(unrelated_r)
+        os.close(unrelated_w)
+        for s in spawned:
+            s.pidfd.send_signal(signal.SIGKILL)
+            s.pidfd.wait()
+            s.lifeline.close()
+
+
 # -- a shared lifeline: every process that called attach() dies -------------------------------
 
 WORKERS = """

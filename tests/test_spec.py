@@ -135,3 +135,57 @@ def test_spawn_lifelined_pidfd_cmd_is_a_snapshot_of_argv() -> None:
         spawned.pidfd.wait()
         spawned.lifeline.close()
         spawned.pidfd.close()
+
+
+# -- the PATH search: execvp's order, the misses skipped in C (core.first_present) ----------------
+
+
+def _path_dirs(tmp_path: Path) -> dict[str, str]:
+    """PATH entries named by what ``prog`` is there: missing, through a file (ENOTDIR), a
+    directory, not executable, and two executables (``first`` then ``second``)."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "dir" / "prog").mkdir(parents=True)
+    (tmp_path / "noexec").mkdir()
+    (tmp_path / "noexec" / "prog").write_text("#!/bin/sh\n")
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "prog").write_text("#!/bin/sh\n")
+        (tmp_path / name / "prog").chmod(0o755)
+    return {"missing": str(tmp_path / "missing"), "enotdir": str(tmp_path / "a-file"),
+            **{name: str(tmp_path / name) for name in ("dir", "noexec", "first", "second")}}
+
+
+def _found(path: list[str]) -> bytes:
+    from tether._kernel.spec import SpawnSpec
+
+    return SpawnSpec.build(["prog"], env={"PATH": ":".join(path)}).executable
+
+
+def test_the_path_search_takes_the_first_executable_past_misses_and_non_executables(
+        tmp_path: Path) -> None:
+    d = _path_dirs(tmp_path)
+    found = _found([d["missing"], d["enotdir"], d["dir"], d["noexec"], d["first"], d["second"]])
+    assert found == os.fsencode(d["first"]) + b"/prog"
+
+
+def test_the_path_search_reports_a_non_executable_as_permission_denied(tmp_path: Path) -> None:
+    d = _path_dirs(tmp_path)
+    for path in ([d["missing"], d["noexec"], d["enotdir"]], [d["dir"], d["missing"]]):
+        with pytest.raises(PermissionError) as info:
+            _found(path)
+        assert info.value.filename == "prog"
+
+
+def test_the_path_search_reports_only_misses_as_not_found(tmp_path: Path) -> None:
+    d = _path_dirs(tmp_path)
+    with pytest.raises(FileNotFoundError) as info:
+        _found([d["missing"], d["enotdir"], d["missing"]])
+    assert info.value.filename == "prog"
+
+
+def test_the_path_search_looks_relative_entries_up_in_cwd(tmp_path: Path) -> None:
+    from tether._kernel.spec import SpawnSpec
+
+    _path_dirs(tmp_path)
+    spec = SpawnSpec.build(["prog"], env={"PATH": "missing:noexec:second:first"}, cwd=tmp_path)
+    assert spec.executable == b"second/prog"

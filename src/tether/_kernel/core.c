@@ -478,7 +478,7 @@ PyMODINIT_FUNC PyInit_core(void)
     m = PyModule_Create(&core_module);
     if (m == NULL)
         return NULL;
-    if (add_constants(m) < 0 || tether_add_end(m) < 0) {
+    if (add_constants(m) < 0 || tether_add_end(m) < 0 || tether_add_exec_path(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

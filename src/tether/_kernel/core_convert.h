@@ -27,5 +27,7 @@ TETHER_HIDDEN PyObject *core_hold_signals(PyObject *self, PyObject *unused);
 TETHER_HIDDEN PyObject *core_release_signals(PyObject *self, PyObject *arg);
 /* end.c: core.await_end, core.read_end and their constants, added to the module. */
 TETHER_HIDDEN int tether_add_end(PyObject *module);
+/* exec_path.c: core.first_present (the PATH search's misses), added to the module. */
+TETHER_HIDDEN int tether_add_exec_path(PyObject *module);
 
 #endif /* TETHER_CORE_CONVERT_H */

@@ -120,7 +120,7 @@ static ssize_t recv_report(int sock_fd, char *buf)
     ssize_t got = -1;
     int tries;
     /* ECONNRESET: the guard exited with a command of ours unread; the kernel says so once,
-     * ahead of the reports still queued (guard_wire.read_message). Read on. */
+     * ahead of the reports still queued. Read on. */
     for (tries = 0; tries < 3; tries++) {
         got = recv(sock_fd, buf, REPORT_MAX, MSG_DONTWAIT);
         if (got >= 0 || errno != ECONNRESET)

@@ -171,6 +171,21 @@ class Pidfd(metaclass=NoPublicConstructor):
             reaped()
         return self._exit
 
+    def _close_reaped(self, exit_: Exit) -> Exit:
+        """The caller has reaped this child through the fd, holding it open meanwhile
+        (``core.read_end`` under the guard's lock: a pump): record ``exit_`` and close the
+        handle; the fd is closed now, or by the last borrower. Returns the recorded exit."""
+        with self._lock:
+            if self._exit is None:
+                self._exit = exit_
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                if self._borrowers:
+                    self._parked = (fd, None, False)
+                else:
+                    os.close(fd)
+        return self._exit
+
     def _dup(self) -> int:
         """A private dup of the pidfd (CLOEXEC, never on fds 0-2), made under the lock: the
         caller owns it, and a concurrent close() of this handle cannot touch it."""

@@ -20,6 +20,7 @@ import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, Final, TypeAlias
 
+from tether._kernel import core
 from tether._kernel.attrs import ProcessAttrs
 from tether._kernel.fds import above_spawns, above_stdio
 from tether._kernel.lifeline import LIFELINE_ENV, announcement
@@ -306,11 +307,14 @@ def resolve_executable(
     filename = display if isinstance(display, str) else os.fsdecode(program)
     if b"/" in program:
         candidates = [program]
-    else:
-        candidates = [os.path.join(d, program) for d in _exec_path(env)]
+    else:  # (os.path.join, for a name without a slash and a non-empty directory)
+        candidates = [d + program if d.endswith(b"/") else d + b"/" + program
+                      for d in _exec_path(env)]
+    probes = candidates if cwd is None else [os.path.join(cwd, c) for c in candidates]
+    # The misses (most of PATH) skipped in C: each cost a FileNotFoundError here.
+    first = core.first_present(tuple(probes))
     denied: OSError | None = None
-    for candidate in candidates:
-        probe = candidate if cwd is None else os.path.join(cwd, candidate)
+    for candidate, probe in zip(candidates[first:], probes[first:], strict=True):
         try:
             st = os.stat(probe)
         except (FileNotFoundError, NotADirectoryError):

@@ -37,7 +37,7 @@ union report_control {
 /* One report from fd: its bytes into *msg (0: end of file), the fd it carried (-1: none;
  * above stdio and, where there is room, above the spawns' fds; close-on-exec), the message
  * flags and the sender's pid as we see it (0 if the socket does not pass credentials). The
- * byte count or -errno; ECONNRESET is read past, as guard_wire.read_message does (a command
+ * byte count or -errno; ECONNRESET is read past, as end.c's recv_report does (a command
  * of ours the guard left unread). An fd that cannot be moved above stdio is dropped, and
  * flagged MSG_CTRUNC like one the kernel dropped. */
 static long report_read(int fd, int flags, struct tether_guard_msg *msg, int *passed,

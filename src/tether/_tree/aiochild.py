@@ -202,26 +202,32 @@ class AsyncChild(metaclass=NoPublicConstructor):
             raise
         self._watch_fd = fd
 
-    def _unwatch(self) -> None:
+    def _unwatch(self, tree: Tree | None = None) -> None:
+        """Unregister the watch fd and give it back to ``tree`` (None: look it up)."""
         fd, self._watch_fd = self._watch_fd, -1
         if fd >= 0:
             self._loop.remove_reader(fd)
-            with contextlib.suppress(ForkedHandleError):  # a fork's copy: not ours to touch
-                self._tree.end_watch()
+            try:
+                (tree or self._tree).end_watch()
+            except ForkedHandleError:
+                pass  # a fork's copy: not ours to touch
 
     def _on_tree_readable(self) -> None:
         # The guard's pidfd is readable only once the guard has reported the end of the tree
         # and exited (or died); the program's pidfd (contain=None) only once the program has
-        # exited. So this runs once per tree.
+        # exited. So this runs once per tree, for each of 3,000 children at once: every
+        # lookup counts (ARCHITECTURE.md, "The exit notice").
         error: Exception | None = None
+        tree: Tree | None = None
         try:
-            if not self._tree_done():
+            tree = self._tree
+            if not tree.pump():
                 return
         except Exception as exc:
             # Never leave a level-triggered reader registered behind an exception: it would
             # fire again on every loop turn. The waiters get the error instead.
             error = exc
-        self._unwatch()
+        self._unwatch(tree)
         waiters, self._waiters = self._waiters, []
         for fut in waiters:
             if fut.done():
@@ -273,9 +279,11 @@ class AsyncChild(metaclass=NoPublicConstructor):
                 cancelled = True
 
     def _settle(self) -> int:
-        if self._tree.start_error is not None:
-            raise self._tree.start_error  # run() does not await the start: never ran
-        rc = self._handle.poll()  # raises ChildProcessError if the guard died unreported
+        """The returncode of a tree that has ended (its end read: no pump again)."""
+        tree = self._tree
+        if tree.start_error is not None:
+            raise tree.start_error  # run() does not await the start: never ran
+        rc = self._handle._settle(tree)  # raises ChildProcessError if the guard died unreported
         assert rc is not None
         return rc
 

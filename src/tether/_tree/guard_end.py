@@ -1,4 +1,5 @@
-"""The blocking wait for a guarded tree's end, after the wakeup in C.
+"""The blocking wait for a guarded tree's end, after the wakeup in C, and the pump's reads
+after the start (an event loop's wakeup on the guard's pidfd) through the same C read.
 
 The one rule this module owns: once the end is there, the parent runs as little Python as it
 can before ``wait()`` returns. The exit notice is paid for after the parent's wakeup, and on a
@@ -116,6 +117,25 @@ class GuardEnd:
             if lent is not None:
                 lent._end_borrow()
 
+    def _pump_end(self) -> bool:
+        """What ``pump()`` reads once the start is known (the lock held), read as the blocking
+        wait reads it: in C (``core.read_end``), MSG_EXITED with the guard's reap when it is
+        reapable already (an event loop's wakeup: the guard's pidfd is readable), then
+        recorded with signals held; True once the tree has ended. Under the lock no other
+        thread closes the guard's pidfd, so the pump needs no borrow of its own."""
+        guard_fd = self.spawned.pidfd.fileno()
+        out: list[_EndRead] = []
+        try:
+            return self._read_end(self.sock.fileno(), guard_fd, out)
+        finally:
+            if out:  # (MSG_EXITED, read with every signal held)
+                end, reaped = out[0], False
+                try:
+                    reaped = self._end_read(guard_fd, *end[:6], usage_tail=end[7],
+                                            borrowed=False)
+                finally:  # (a Ctrl-C held off since is raised here)
+                    self._end_released(end[6], reaped=reaped)
+
     def _read_end(self, sock_fd: int, guard_fd: int, out: list[_EndRead]) -> bool:
         """Read what the guard has said, in C (the lock held); True if the tree has ended.
         MSG_EXITED is put in ``out`` as ``core.read_end`` gave it, with signals held: the
@@ -131,12 +151,13 @@ class GuardEnd:
 
     def _end_read(self, guard_fd: int, status: int, user_ms: int, system_ms: int,
                   maxrss_kib: int, guard_code: int, guard_status: int, *,
-                  usage_tail: tuple[int, ...] | None) -> bool:
+                  usage_tail: tuple[int, ...] | None, borrowed: bool = True) -> bool:
         """Record the end ``core.read_end`` read (the lock held) and the guard's reap, once
         made: there, or here in C (``core.reap_exiting``) after the recording, which then
-        overlaps the guard's exit teardown. True once the guard is reaped and the waiter's
-        borrows of its pidfd (now closed) and of the socket are given back with what
-        ``_release`` would drop; False: it is to be reaped the Python way."""
+        overlaps the guard's exit teardown. True once the guard is reaped and its pidfd
+        closed, with what ``_release`` would drop (``borrowed``: and the waiter's borrows
+        of that pidfd and of the socket given back); False: it is to be reaped the Python
+        way."""
         self._record_end(status, user_ms, system_ms, maxrss_kib, usage_tail)
         spawned = self.spawned
         spawned.lifeline.close()
@@ -144,9 +165,12 @@ class GuardEnd:
             guard_code, guard_status = core.reap_exiting(guard_fd, SPIN_NS)
         if guard_code <= 0:
             return False
-        self.guard_exit = spawned.pidfd._end_borrow_reaped(
-            Exit._from_waitid(guard_code, guard_status))
-        self._borrowers -= 1
+        guard_exit = Exit._from_waitid(guard_code, guard_status)
+        if borrowed:
+            self.guard_exit = spawned.pidfd._end_borrow_reaped(guard_exit)
+            self._borrowers -= 1
+        else:
+            self.guard_exit = spawned.pidfd._close_reaped(guard_exit)
         if not self._borrowers:
             self.sock.close()
         if self.cgroup is not None:

@@ -19,7 +19,7 @@ from tether._kernel import core
 __all__ = [
     "DONTWAIT", "MSG", "MSG_EXITED", "MSG_FAILED", "MSG_KILL_TREE", "MSG_PROGRAM",
     "MSG_SIGNAL_TREE", "MSG_STARTED", "MSG_STOPPED", "USAGE", "announcement_error",
-    "read_message", "read_start_report", "unpack",
+    "read_start_report", "unpack",
 ]
 
 MSG: Final = struct.Struct(core.GUARD_MSG_FORMAT)
@@ -35,21 +35,6 @@ MSG_SIGNAL_TREE, MSG_KILL_TREE = core.GUARD_MSG_SIGNAL_TREE, core.GUARD_MSG_KILL
 MSG_STOPPED = core.GUARD_MSG_STOPPED
 DONTWAIT: Final = int(socket.MSG_DONTWAIT)  # (an IntFlag's | costs microseconds a spawn)
 _STARTED: Final = MSG.pack(MSG_STARTED, 0, 0, 0, 0)[:4]  # (its kind, as it comes)
-
-
-def read_message(sock: socket.socket, flags: int) -> tuple[bytes, list[int], int]:
-    """One message after the start: (data, no fds, message flags); b"" once the guard is
-    gone. (The start's reports, which may carry the program's pidfd, are read by
-    :func:`read_start_report`.)"""
-    for _ in range(3):
-        try:
-            return sock.recv(_MAX_SIZE, flags), [], 0
-        except ConnectionResetError:
-            # The guard exited with a command of ours still unread (a terminate() racing with
-            # the end, or any command to a program that could not start): the kernel then
-            # reports ECONNRESET, once, ahead of the reports still queued. Read on.
-            continue
-    return b"", [], 0
 
 
 def unpack(data: bytes) -> tuple[tuple[int, int, int, int, int], tuple[int, ...] | None]:

@@ -324,20 +324,18 @@ class Guard(GuardEnd):
         with self._lock:
             if self.ended:
                 return True
-            while True:
-                if stop_at_start and self._program is not None:
-                    return False
+            while self._program is None:
                 try:
                     if self._read(wire.DONTWAIT):
                         return True
                 except BlockingIOError:
                     return False
+            return False if stop_at_start else self._pump_end()
 
     def _read(self, flags: int) -> bool:
-        """Read and act on one report; True once the tree has ended."""
-        if self._program is None:  # (the start's reports may carry the program's pidfd)
-            return wire.read_start_report(self.sock, flags, self._handle)
-        return self._handle(*wire.read_message(self.sock, flags))
+        """Read and act on the start's reports (they may carry the program's pidfd); True
+        once the tree has ended. The later ones are read in C: :meth:`_pump_end`."""
+        return wire.read_start_report(self.sock, flags, self._handle)
 
     def _handle(self, data: bytes, fds: list[int], msg_flags: int, sender: int = 0) -> bool:
         """Act on one message (``sender``: its sender's pid as we see it, where the socket
@@ -379,8 +377,10 @@ class Guard(GuardEnd):
         guard's rusage, the program's exit with its cause, a limited tree's final usage."""
         if user_ms >= 0:  # (-1: the guard's getrusage failed)
             self._rusage = (user_ms, system_ms, maxrss_kib)
-        self._exit = exit_ = reported_exit(Exit._from_wait_status(status), self.cgroup,
-                                           usage_tail)
+        exit_ = Exit._from_wait_status(status)
+        if self.cgroup is not None:  # (the cause and final usage: limits only)
+            exit_ = reported_exit(exit_, self.cgroup, usage_tail)
+        self._exit = exit_
         if self._program is not None:  # (always: the start is reported before the end)
             self._program._set_exit(exit_)
 

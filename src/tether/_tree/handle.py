@@ -95,7 +95,7 @@ class TreeHandle:
 
     @property
     def _tree(self) -> Tree:
-        if self.forked:
+        if self._generation != core.fork_generation():  # (forked, inline: every exit's path)
             raise ForkedHandleError(
                 errno.ECHILD,
                 f"this handle on {self.args!r} was made by process {self._creator}; in the "
@@ -143,8 +143,8 @@ class TreeHandle:
         tree started with ``job_control``; empty otherwise). Read by :meth:`poll`."""
         return tuple(self._tree.stops)
 
-    def _settle(self) -> int | None:
-        exit_ = self._tree.outcome()
+    def _settle(self, tree: Tree | None = None) -> int | None:
+        exit_ = (self._tree if tree is None else tree).outcome()
         if exit_ is not None and self.returncode is None:
             self.returncode = exit_.returncode
         return self.returncode
@@ -153,8 +153,9 @@ class TreeHandle:
         """The returncode if the tree has ended, else None (never blocks)."""
         if self.returncode is not None:
             return self.returncode
-        self._tree.pump()
-        return self._settle()
+        tree = self._tree
+        tree.pump()
+        return self._settle(tree)
 
     def usage(self) -> Usage:
         """What the whole tree has used (CPU, peak memory, OOM kills, peak process count):
