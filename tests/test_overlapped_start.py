@@ -180,16 +180,30 @@ def test_a_guard_dead_before_it_adopted_the_program_leaves_nothing(
     assert oracle.reap_until(10.0).empty
 
 
-@pytest.mark.parametrize("why", ["limits", "close_fds=False"])
-def test_what_the_guard_must_do_before_the_program_exists_keeps_the_guards_start(
-        why: str, launches: list[object]) -> None:
-    # A limited tree's guard joins its cgroups before the program's clone; close_fds=False
-    # would hand every inheritable fd of the guard's clone child to the program.
-    if why == "limits":
-        require_mode("cgroup")
-        tether.run(["true"], contain="cgroup", limits=tether.Limits(pids=100))
-    else:
-        tsubprocess.run(["true"], close_fds=False)
+FORK = r"""
+import os
+try:
+    if os.fork() == 0:
+        os._exit(0)
+    print("forked")
+except BlockingIOError:
+    print("refused")
+"""
+
+
+def test_a_limited_tree_overlaps_and_its_program_starts_inside_the_limits(
+        launches: list[object]) -> None:
+    # The guard's clone child joins the tree's cgroups before it clones the program: with
+    # pids=1 (the program alone; the guard's own place is added) its first fork is refused.
+    require_mode("cgroup")
+    out = tether.check_output([PY, "-c", FORK], contain="cgroup", limits=tether.Limits(pids=1))
+    assert launches and launches[-1] is not None
+    assert out == b"refused\n"
+
+
+def test_close_fds_false_keeps_the_guards_start(launches: list[object]) -> None:
+    # Every inheritable fd of the guard's clone child would reach the program.
+    tsubprocess.run(["true"], close_fds=False)
     assert launches and launches[-1] is None
 
 

@@ -421,8 +421,10 @@ int tether_child_exec(void *arg)
         apply_umask(plan);
     if (plan->cwd != NULL)
         CHILD_STEP(TETHER_STAGE_CHDIR, change_dir(plan));
-    if (plan->early != NULL) /* a guard's: the program first, beside our exec */
+    if (plan->early != NULL) { /* a guard's: the program first, beside our exec */
+        CHILD_STEP(TETHER_GUARD_STAGE_CGROUP, tether_join_early(plan->early));
         CHILD_STEP(TETHER_STAGE_EARLY, tether_start_early(plan->early));
+    }
     CHILD_STEP(TETHER_STAGE_SIGNALS, reset_signals(plan));
     CHILD_STEP(TETHER_STAGE_EXEC, do_exec(plan));
 failed:

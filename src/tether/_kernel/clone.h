@@ -77,9 +77,12 @@ struct tether_early {
     uint64_t exec_mask;          /* the signals the guard holds, kept blocked across its exec
                                   * (bit n-1: signal n) so that none is lost before its
                                   * signalfd exists */
-    char *adopted;               /* out: "PID:PIDFD:METHOD" for the guard's --adopt (32 bytes,
-                                  * a string of its argv) */
+    char *adopted;               /* out: "PID:PIDFD:METHOD:V1" for the guard's --adopt (48
+                                  * bytes, a string of its argv) */
     int pidfd;                   /* the program's pidfd in the guard's clone child; -1 */
+    const int *join_fds;         /* a limited tree's cgroup directories, joined first */
+    int n_join;
+    unsigned int joined_v1;      /* out: bit i set: join_fds[i] was a v1 directory ("tasks") */
 };
 
 /* Everything the child needs, converted by the parent before the clone. */
@@ -154,6 +157,7 @@ TETHER_HIDDEN long tether_clone_raw_beside(int method, int cgroup_fd, int (*fn)(
                                            int *pidfd_out);
 
 /* clone_early.c: the overlapped start's steps in the guard's clone child. */
+TETHER_HIDDEN long tether_join_early(struct tether_early *early);
 TETHER_HIDDEN long tether_start_early(struct tether_early *early);
 TETHER_HIDDEN void tether_abandon_early(struct tether_early *early);
 

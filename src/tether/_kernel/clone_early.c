@@ -83,6 +83,17 @@ static long prepare_parent(void)
     return early_result(syscall(SYS_rt_sigaction, SIGCHLD, &dfl, NULL, 8));
 }
 
+/* "0" written into the file name at dirfd: 0 or -errno. */
+static long write_zero_at(int dirfd, const char *name)
+{
+    long fd = early_result(syscall(SYS_openat, dirfd, name, O_WRONLY | O_CLOEXEC)), r;
+    if (fd < 0)
+        return fd;
+    r = early_result(syscall(SYS_write, (int)fd, "0", 1));
+    (void)syscall(SYS_close, (int)fd);
+    return r < 0 ? r : 0;
+}
+
 /* The program's pidfd must survive our exec (a clone's pidfd is always close-on-exec), and
  * must not be one of 0-2 (the guard's, and so the program's, stdio numbers). */
 static long keep_across_exec(int *pidfd)
@@ -95,6 +106,25 @@ static long keep_across_exec(int *pidfd)
         return moved;
     (void)syscall(SYS_close, *pidfd);
     *pidfd = (int)moved;
+    return 0;
+}
+
+/* A limited tree's cgroups, joined by us (the guard to be) before the program exists, so
+ * that it starts in them, as the guard's own join_cgroups does: "0" into "tasks" moves only
+ * the writing thread (v1, no kernel-wide lock), "cgroup.procs" where there is no "tasks"
+ * (v2). The guard learns which were v1 from --adopt. */
+long tether_join_early(struct tether_early *early)
+{
+    int i;
+    for (i = 0; i < early->n_join; i++) {
+        long r = write_zero_at(early->join_fds[i], "tasks");
+        if (r == -ENOENT)
+            r = write_zero_at(early->join_fds[i], "cgroup.procs");
+        else if (r == 0)
+            early->joined_v1 |= 1U << i;
+        if (r < 0)
+            return r;
+    }
     return 0;
 }
 
@@ -130,6 +160,8 @@ long tether_start_early(struct tether_early *early)
     at += put_uint(at, (unsigned long)early->pidfd);
     *at++ = ':';
     at += put_uint(at, (unsigned long)early->method);
+    *at++ = ':';
+    at += put_uint(at, (unsigned long)early->joined_v1);
     *at = '\0';
     return 0;
 }

@@ -53,10 +53,10 @@ def spawn(
     attrs: tuple[int, bool, bool, bool, int, int, tuple[int, ...] | None] | None = None,
 ) -> tuple[int, int, int, int, int]: ...
 # The overlapped start (launch_early.c): the program's attributes (as ``attrs``), its
-# pass_fds, whether it has a lifeline, its cgroup fd or -1.
+# pass_fds, whether it has a lifeline, its cgroup fd or -1, the cgroup directories to join.
 EarlyStart = tuple[
     tuple[int, bool, bool, bool, int, int, tuple[int, ...] | None] | None, tuple[int, ...], bool,
-    int]
+    int, tuple[int, ...]]
 
 def launch_guard(
     *,

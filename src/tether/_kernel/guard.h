@@ -94,6 +94,7 @@ struct guard {
     const char *adopt;  /* --adopt PID:PIDFD:METHOD: the program was cloned by our clone child
                          * before our exec (clone_early.c); NULL: we start it ourselves */
     int adopt_method;   /* the clone method that made it */
+    int adopt_v1;       /* bit i: --join-cgroup i was a v1 directory (joined already) */
     int exec_fd;        /* --exec-fd: the program's exec pipe (a failure record, or EOF) */
     int program_lifeline_fd; /* --program-lifeline-fd: the write end of the program's lifeline
                               * (adopted; -1: none) */

@@ -227,21 +227,25 @@ static int *usage_fd(const char *kind)
     return strcmp(kind, "pids") == 0 ? &g.usage_pids_fd : NULL;
 }
 
-/* --adopt PID:PIDFD:METHOD, as our clone child wrote it (clone_early.c): the program, our
- * child already, and its pidfd (ours from now on, close-on-exec). */
+/* --adopt PID:PIDFD:METHOD:V1, as our clone child wrote it (clone_early.c): the program, our
+ * child already, and its pidfd (ours from now on, close-on-exec); V1: which --join-cgroup
+ * directories the clone child joined were v1 ones (bit i: the i-th). */
 static void parse_adopt(const char *s)
 {
     const char *end;
-    int pid = parse_uint(s, &end), pidfd = -1, method = -1;
+    int pid = parse_uint(s, &end), pidfd = -1, method = -1, v1 = -1;
     if (pid > 0 && *end == ':')
         pidfd = parse_uint(end + 1, &end);
     if (pidfd >= 0 && *end == ':')
-        method = parse_uint(end + 1, NULL);
-    if (method < 0 || !own_fd(pidfd))
+        method = parse_uint(end + 1, &end);
+    if (method >= 0 && *end == ':')
+        v1 = parse_uint(end + 1, NULL);
+    if (v1 < 0 || !own_fd(pidfd))
         usage("bad --adopt: ", s);
     g.program_pid = pid;
     g.program_pidfd = pidfd;
     g.adopt_method = method;
+    g.adopt_v1 = v1;
 }
 
 /* Read the command line into g; returns the index of PATH (after "--"). */
@@ -409,7 +413,8 @@ static void join_cgroups(void)
         /* (F_SETFD fails on an fd that is not open: the one check that it is) */
         if (fd < 3 || is_kept(fd) || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
             fail(TETHER_GUARD_STAGE_SETUP, EBADF);
-        r = cg_join(fd);
+        /* --adopt: our clone child joined them before it started the program */
+        r = g.adopt != NULL ? (g.adopt_v1 >> i) & 1 : cg_join(fd);
         if (r < 0)
             fail(TETHER_GUARD_STAGE_CGROUP, -r);
         g.join_v1[i] = r;

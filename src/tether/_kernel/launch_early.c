@@ -52,14 +52,28 @@ void early_init(struct launch_early *le)
 
 /* With the GIL: the program's attributes and pass_fds, its envp (the guard's n_env entries,
  * then a slot for its lifeline), its stack. spec: (attrs or None, pass_fds, program_lifeline,
- * cgroup_fd). 0, or -1 with a Python error. */
+ * cgroup_fd, the cgroup directories to join). 0, or -1 with a Python error. */
 int early_prepare(struct launch_early *le, PyObject *spec, char **envp, int method)
 {
-    PyObject *attrs, *keep;
+    PyObject *attrs, *keep, *join;
     int lifeline, cgroup_fd, floor_fd = 3;
     size_t n_env = 0;
-    if (!PyArg_ParseTuple(spec, "OO!pi", &attrs, &PyTuple_Type, &keep, &lifeline, &cgroup_fd))
+    Py_ssize_t i;
+    if (!PyArg_ParseTuple(spec, "OO!piO!", &attrs, &PyTuple_Type, &keep, &lifeline, &cgroup_fd,
+                          &PyTuple_Type, &join))
         return -1;
+    if (PyTuple_GET_SIZE(join) > (Py_ssize_t)(sizeof le->join / sizeof le->join[0])) {
+        PyErr_SetString(PyExc_ValueError, "too many cgroups to join");
+        return -1;
+    }
+    for (i = 0; i < PyTuple_GET_SIZE(join); i++) {
+        long fd = PyLong_AsLong(PyTuple_GET_ITEM(join, i));
+        if (fd == -1 && PyErr_Occurred())
+            return -1;
+        le->join[i] = (int)fd;
+    }
+    le->early.join_fds = le->join;
+    le->early.n_join = (int)PyTuple_GET_SIZE(join);
     if (attrs != Py_None && plan_attrs(attrs, &le->program, &le->groups) < 0)
         return -1;
     if ((le->keep = keep_fds_array(keep, &floor_fd)) == NULL)

@@ -23,7 +23,8 @@ struct launch_early {
     gid_t *groups;
     int *keep;          /* the program's pass_fds, sorted */
     int n_keep;
-    char adopted[32];
+    int join[8];        /* a limited tree's cgroup directories (the guard's --join-cgroup) */
+    char adopted[48];
     char exec_arg[16];
     char lifeline_arg[16];
     char lifeline_env[96];

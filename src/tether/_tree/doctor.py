@@ -187,8 +187,8 @@ def probe_all() -> tuple[list[Row], dict[str, str | None]]:
                 Row("guard links no libc", "-", False, "needs the guard"))
     overlapped = pidfd_ok and guard_ok and _features.overlapped_start()
     rows.append(Row("overlapped start", "-", overlapped,
-                    "a guarded start clones the program before the guard's exec (not with "
-                    "limits, a terminal's foreground, close_fds=False, preexec_fn)"
+                    "a guarded start clones the program before the guard's exec (not with a "
+                    "terminal's foreground, close_fds=False, preexec_fn)"
                     if overlapped else "the guard starts the program after its exec"))
     pidns = pidns_unavailable_reason() if guard_ok else "needs the guard"
     ns_name = "PID namespaces" if os.geteuid() == 0 else "user + PID namespaces"

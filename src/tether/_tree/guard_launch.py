@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from tether._kernel import features
 from tether._kernel.cgroup import CgroupTree
+from tether._kernel.controllers import LimitedTree
 from tether._kernel.fds import socketpair_above_stdio
 from tether._kernel.spawn import Spawned, clone_guard, clone_spec
 from tether._kernel.spec import SpawnSpec
@@ -62,7 +63,7 @@ def start_guard(
                 spec, stdio_fds, os.fsencode(guard), tuple(guard_args),
                 tuple(sorted(set(keep) | cgroup_fds)), extra_flags=extra_flags,
                 process_group=process_group, wait_start=wait_start, held_mask=held_mask,
-                early=_early(spec, options, cgroup))
+                early=_early(spec, mode, options, cgroup))
         else:  # preexec_fn's fork of this process (_kernel/preexec.py) clones in Python
             # Both above 2: --control must not be one of the program's stdio fds.
             parent_sock, guard_sock = socketpair_above_stdio(socket.SOCK_SEQPACKET)
@@ -90,16 +91,18 @@ def start_guard(
     return spawned, parent_sock, cgroup
 
 
-def _early(spec: SpawnSpec, options: list[str], cgroup: CgroupTree | None) -> EarlyStart | None:
+def _early(spec: SpawnSpec, mode: Mode, options: list[str],
+           cgroup: CgroupTree | None) -> EarlyStart | None:
     """The overlapped start's part of ``clone_guard`` (the program cloned by the guard's clone
-    child before the guard's exec, ``launch_early.c``), or None for the guard to start the
-    program itself: where the guard must act before the program exists (a limited tree's
-    cgroup joins, the terminal's foreground group), or with ``close_fds=False`` (every
-    inheritable fd of the guard's clone child would reach the program)."""
-    if (spec.limits is not None or "--foreground" in options
+    child before the guard's exec, ``launch_early.c``; the clone child joins a limited tree's
+    cgroups first), or None for the guard to start the program itself: where it must act
+    before the program exists (the terminal's foreground group), or with ``close_fds=False``
+    (every inheritable fd of the guard's clone child would reach the program)."""
+    if ("--foreground" in options
             or (spec.attrs is not None and spec.attrs.inherit_fds)
             or not features.overlapped_start()):
         return None
     return (None if spec.attrs is None else spec.attrs.core_tuple(), spec.pass_fds,
             "--no-program-lifeline" not in options,
-            cgroup.fd if cgroup is not None and cgroup.fd >= 0 else -1)
+            cgroup.fd if mode == "cgroup" and cgroup is not None else -1,
+            tuple(cgroup.join) if isinstance(cgroup, LimitedTree) else ())
