@@ -24,6 +24,7 @@ import tether
 from tether._kernel import core, features
 from tether._kernel.fds import recv_with_fds
 from tether._tree import guard_wire
+from tether._tree.guarded import Guard
 from tether._tree.modes import guard_path
 
 PY = sys.executable
@@ -65,21 +66,20 @@ def forced_legacy() -> Iterator[None]:
 
 @pytest.fixture
 def start_reports(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
-    """Every guard start report Guard reads, as (kind, a, b): a spy on its receive call."""
+    """Every guard start report Guard acts on, as (kind, a, b): a spy on its message handler
+    (the start is read with the start's reports, or, where the overlapped start knew the exec
+    from the program's exec pipe, later with the end's)."""
     reports: list[tuple[int, int, int]] = []
+    real = Guard._handle
 
-    real = core.read_start_reports
+    def spy(self: Guard, data: bytes, *args: object) -> bool:
+        if len(data) >= core.GUARD_MSG_SIZE:
+            kind, a, b, *_ = guard_wire.MSG.unpack(data[:core.GUARD_MSG_SIZE])
+            if kind in (core.GUARD_MSG_STARTED, core.GUARD_MSG_FAILED):
+                reports.append((kind, a, b))
+        return real(self, data, *args)  # type: ignore[arg-type]
 
-    def spy(fd: int, flags: int) -> tuple[tuple[bytes, int, int, int], ...]:
-        read = real(fd, flags)
-        for data, _, _, _ in read:
-            if len(data) == core.GUARD_MSG_SIZE:
-                kind, a, b, *_ = guard_wire.MSG.unpack(data)
-                if kind != core.GUARD_MSG_PROGRAM:  # the program's own announcement
-                    reports.append((kind, a, b))
-        return read
-
-    monkeypatch.setattr(core, "read_start_reports", spy)
+    monkeypatch.setattr(Guard, "_handle", spy)
     return reports
 
 

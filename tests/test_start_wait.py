@@ -25,7 +25,7 @@ _MSG = struct.Struct(core.GUARD_MSG_FORMAT)
 
 
 def _launch(path: bytes, head: tuple[bytes, ...], tail: tuple[bytes, ...],
-            wait_mask: int | None) -> tuple[int, int, int, int, int, int]:
+            wait_mask: int | None) -> tuple[int, int, int, int, int, int, bool]:
     return core.launch_guard(
         path=path, head=head, tail=tail, env={b"PATH": os.environ["PATH"].encode()},
         cwd=None, stdin=-1, stdout=-1, stderr=-1, keep_fds=(), new_pgroup=True,
@@ -44,7 +44,7 @@ def _end(pid_fd: int, sock_fd: int, lifeline_fd: int) -> None:
 def test_a_launch_that_waits_returns_with_the_whole_start_already_reported() -> None:
     held = core.hold_signals()
     try:
-        _, pid_fd, sock_fd, lifeline_fd, stage, _ = _launch(
+        _, pid_fd, sock_fd, lifeline_fd, stage, _, _ = _launch(
             os.fsencode(guard_path()), (b"--contain", b"group"),
             (b"--", b"/bin/sleep", b"sleep", b"300"), wait_mask=held)
     finally:
@@ -76,7 +76,7 @@ def test_a_signal_ends_the_wait_for_the_start_at_once(tmp_path: Path) -> None:
     held = core.hold_signals()
     try:
         signal.raise_signal(signal.SIGINT)  # pending until the wait lets it in
-        _, pid_fd, sock_fd, lifeline_fd, _, _ = _launch(
+        _, pid_fd, sock_fd, lifeline_fd, _, _, _ = _launch(
             os.fsencode(stand_in), (), (), wait_mask=held)
         assert pid_fd >= 0
         still_running = select.select([pid_fd], [], [], 0)[0] == []

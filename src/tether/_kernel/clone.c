@@ -359,14 +359,14 @@ static long do_exec(const struct tether_plan *plan)
 }
 
 __attribute__((noreturn))
-static void report_failure(int errpipe, int stage, long neg_errno)
+static void report_failure(int errpipe, int copies, int stage, long neg_errno)
 {
-    struct tether_failure rec;
-    rec.stage = stage;
-    rec.error = (int32_t)-neg_errno;
-    /* A short write cannot happen for 8 bytes on an empty pipe; nothing else to do if it
-     * fails: the parent then sees EOF, and the child's exit status 127. */
-    (void)!write(errpipe, &rec, sizeof rec);
+    struct tether_failure rec[2];
+    rec[0].stage = rec[1].stage = stage;
+    rec[0].error = rec[1].error = (int32_t)-neg_errno;
+    /* A short write cannot happen for 16 bytes on an empty pipe (one write, below PIPE_BUF);
+     * nothing else to do if it fails: the reader then sees EOF, and the exit status 127. */
+    (void)!write(errpipe, rec, (size_t)copies * sizeof rec[0]);
     syscall(SYS_exit_group, 127);
     __builtin_unreachable();
 }
@@ -430,7 +430,7 @@ int tether_child_exec(void *arg)
 failed:
     if (plan->early != NULL)
         tether_abandon_early(plan->early);
-    report_failure(errpipe, stage, err);
+    report_failure(errpipe, plan->report_twice ? 2 : 1, stage, err);
 }
 
 #undef CHILD_STEP

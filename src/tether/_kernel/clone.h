@@ -137,6 +137,9 @@ struct tether_plan {
     char gid_map[32];
     /* Set by launch_early.c only (a guard's plan): clone the program before the exec. */
     struct tether_early *early;
+    /* The program's plan of an overlapped start: its failure record written twice, one for
+     * each reader of the exec pipe (the guard, and the parent, launch_early.c). */
+    int report_twice;
 };
 
 /* The one raw clone: clone3 (method TETHER_CLONE_CLONE3) or the legacy clone

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -40,6 +41,35 @@ static int spin_ready(struct pollfd *fds, nfds_t count, long long spin_ns)
     long long end = now_ns() + spin_ns;
     for (;;) {
         if (poll(fds, count, 0) > 0)
+            return 1;
+        if (now_ns() >= end)
+            return 0;
+        sched_yield();
+    }
+}
+
+/* Nothing but the guard's MSG_STARTED is queued: a start the parent knew already from the
+ * program's exec pipe (launch_early.c), not the end a spin waits for. Peeked, never read:
+ * reports are read under the Guard's lock only (FIONREAD: every byte queued, on a SEQPACKET
+ * socket). */
+static int only_start_report(int sock_fd)
+{
+    struct tether_guard_msg msg;
+    int queued = 0;
+    if (recv(sock_fd, &msg, sizeof msg, MSG_PEEK | MSG_DONTWAIT) != (ssize_t)sizeof msg)
+        return 0;
+    return msg.type == TETHER_MSG_STARTED && ioctl(sock_fd, FIONREAD, &queued) == 0 &&
+           queued == (int)sizeof msg;
+}
+
+/* The early wake's spin: spin_ready on the guard's pidfd (fds[0]) and the socket (fds[1]),
+ * where a socket holding only the start report is not ready. */
+static int spin_for_end(struct pollfd *fds, long long spin_ns)
+{
+    long long end = now_ns() + spin_ns;
+    for (;;) {
+        fds[0].revents = fds[1].revents = 0;
+        if (poll(fds, 2, 0) > 0 && (fds[0].revents || !only_start_report(fds[1].fd)))
             return 1;
         if (now_ns() >= end)
             return 0;
@@ -79,7 +109,7 @@ static PyObject *core_await_end(PyObject *self, PyObject *args)
         /* The program has exited, the guard not yet: its report and exit are a few hundred
          * microseconds away. The socket joins the spin (the report comes first). */
         fds[1] = (struct pollfd){.fd = sock_fd, .events = POLLIN};
-        result = 2 | spin_ready(fds, 2, spin_ns);
+        result = 2 | spin_for_end(fds, spin_ns);
     } else if (ready > 0) {
         result = 1;
     }

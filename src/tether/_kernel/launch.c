@@ -349,8 +349,10 @@ static int mask_from_bits(PyObject *number, sigset_t *set, int unblocked)
 /* core.launch_guard(...): with wait_mask (the caller's signal mask, as hold_signals returned
  * it: the caller holds every signal) and wait_start (the default), the call returns once the
  * program has started (or the guard ended, or a signal that mask lets in is pending);
- * without, as soon as the guard has exec'd (and, with early, the program too: wait_mask's
- * signals end that wait alike). */
+ * without, as soon as the guard has exec'd. With early (the overlapped start), once the
+ * guard and the program have exec'd (wait_mask's signals end that wait alike), and the last
+ * value returned says whether the program's exec pipe said it exec'd: its start is then
+ * known without the guard's report (MSG_PROGRAM is queued: the program sent it before). */
 PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"path", "head", "tail", "env", "cwd", "stdin", "stdout", "stderr",
@@ -367,7 +369,7 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
     sigset_t watch;
     char ctl[16], start[16], lifeline_env[96], *env_buffer = NULL, **argv = NULL, **envp = NULL;
     gid_t *groups = NULL;
-    int *keep = NULL, floor_fd = 3, method, pidfd = -1, rc = 0;
+    int *keep = NULL, floor_fd = 3, method, pidfd = -1, rc = 0, exec_seen = 0;
     unsigned long long extra_flags;
     pid_t pid = 0;
     (void)self;
@@ -401,7 +403,9 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
         goto done;
     if (le->enabled)
         early_args(le, extra);
-    wait_start = wait_start && wait != Py_None;
+    /* The overlapped start waits for the program's exec instead (launch_early.c): the
+     * guard's report of it need not be waited for. */
+    wait_start = wait_start && wait != Py_None && early == Py_None;
     if ((argv = guard_argv(path, head, tail, ctl, wait_start ? start : NULL, extra)) == NULL
         || (keep = keep_fds_array(keep_obj, &floor_fd)) == NULL
         || (attrs != Py_None && plan_attrs(attrs, &plan, &groups) < 0))
@@ -423,6 +427,7 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetFromErrno(PyExc_OSError);
     }
 done:
+    exec_seen = le->exec_seen;
     if (le->abandoned) {
         /* A signal ended the wait for a program that has not exec'd yet (stopped, or its
          * exec blocked on a hung file system): what it may still read is never freed. */
@@ -439,8 +444,8 @@ done:
     PyMem_Free(groups);
     if (PyErr_Occurred())
         return NULL;
-    return Py_BuildValue("iiiiii", (int)pid, pidfd, fds.ours, fds.lifeline[1], failure.stage,
-                         failure.error);
+    return Py_BuildValue("iiiiiiN", (int)pid, pidfd, fds.ours, fds.lifeline[1], failure.stage,
+                         failure.error, PyBool_FromLong(exec_seen));
 }
 
 /* core.hold_signals() -> int: block every signal in this thread; the previous mask as a

@@ -156,6 +156,7 @@ int early_open(struct launch_early *le, char **argv, int control)
     p->pdeathsig = SIGKILL; /* the guard is single-threaded: see guard_program.c */
     p->announce_fd = control;
     p->errpipe = le->exec_pipe[1];
+    p->report_twice = 1;
     if (le->with_lifeline) {
         if (fstat(le->lifeline[0], &st) != 0) {
             err = errno;
@@ -227,6 +228,17 @@ void early_close(struct launch_early *le, int signals)
         (void)poll(pfd, signals >= 0 ? 2 : 1, -1);
     } while (!(pfd[0].revents & (POLLHUP | POLLERR | POLLNVAL)) && !pfd[1].revents);
     le->abandoned = !(pfd[0].revents & (POLLHUP | POLLERR | POLLNVAL));
+    /* EOF with no record: the program exec'd (or died before it, which its guard reports).
+     * A record is our copy (the program writes one for each reader): the guard reports that
+     * failure itself, and the caller waits for its report. */
+    if (!le->abandoned) {
+        struct tether_failure rec;
+        ssize_t n;
+        do
+            n = read(le->exec_pipe[0], &rec, sizeof rec);
+        while (n < 0 && errno == EINTR);
+        le->exec_seen = n == 0;
+    }
     close(le->exec_pipe[0]);
     le->exec_pipe[0] = -1;
 }

@@ -12,6 +12,7 @@
 struct launch_early {
     int enabled;
     int abandoned;      /* a signal ended the wait for the program's exec: leak, never free */
+    int exec_seen;      /* the exec pipe said EOF with no failure record: the program exec'd */
     struct tether_early early;
     struct tether_plan program;
     int exec_pipe[2];   /* [0]: ours (the EOF we wait for) and the guard's (--exec-fd);

@@ -206,7 +206,7 @@ def clone_guard(
     wait_start: bool = False,
     held_mask: int | None = None,
     early: core.EarlyStart | None = None,
-) -> tuple[Spawned, socket.socket]:
+) -> tuple[Spawned, socket.socket, bool]:
     """Clone a guard (the executable ``guard``) over ``spec``'s program in one C call
     (``launch.c``): the control socketpair, the lifeline and the clone. The guard's argv is
     ``guard --control N *options *spec's-attr-options -- program *argv``; it keeps
@@ -221,7 +221,9 @@ def clone_guard(
     releases them (it must own what this returns first). ``early``: the overlapped start
     (``launch_early.c``: the program cloned by the guard's clone child before the guard's
     exec), as ``guard_launch`` builds it: (the program's attributes, its pass_fds, whether it
-    has a lifeline, its cgroup fd or -1).
+    has a lifeline, its cgroup fd or -1, the cgroups to join); it returns once both have
+    exec'd (not waiting for the guard's report), and the third value says whether the
+    program's exec pipe said it exec'd (its start is then known from its announcement).
     Errors as :func:`clone_spec`'s, with every fd made here closed."""
     reaper.reap_dropped()
     method = clone_method()
@@ -240,7 +242,7 @@ def clone_guard(
     held = core.hold_signals() if held_mask is None else None
     pidfd = -1
     try:
-        pid, pidfd, sock_fd, write_fd, stage, err = core.launch_guard(
+        pid, pidfd, sock_fd, write_fd, stage, err, exec_seen = core.launch_guard(
             path=guard, head=options, tail=(*spec.attr_options(), b"--", spec.executable,
                                             *spec.argv),
             env=spec.env, cwd=spec.cwd, stdin=stdio_fds[0], stdout=stdio_fds[1],
@@ -272,4 +274,4 @@ def clone_guard(
         raise
     if pidfd < 0:
         raise child_error(stage, err, spec.args[0], spec.cwd)
-    return spawned, sock
+    return spawned, sock, exec_seen

@@ -38,13 +38,15 @@ def start_guard(
     process_group: bool,
     wait_start: bool = False,
     held_mask: int | None = None,
-) -> tuple[Spawned, socket.socket, CgroupTree | None]:
+) -> tuple[Spawned, socket.socket, CgroupTree | None, bool]:
     """Clone a guard over ``spec``'s program (``stdio_fds``: the program's fds 0-2, passed
     on), with the mode's options and ``options``; the guard leads a process group of its own
     unless ``process_group`` is False (tether run's job control: it stays in our job);
     ``wait_start``: return once the program has started (see ``clone_guard``; ``held_mask``:
     the caller's own mask, if it holds signals already, so that they still end that wait).
-    Returns the guard, our end of its control socket, and the tree's cgroup (if any)."""
+    Returns the guard, our end of its control socket, the tree's cgroup (if any), and
+    whether the program is known to have exec'd (the overlapped start's exec pipe said so:
+    its start is its announcement, queued on the socket; the guard's report comes later)."""
     keep = spec.pass_fds
     guard = guard_path()
     extra_flags, guard_opts = guard_mode_options(mode)
@@ -53,13 +55,14 @@ def start_guard(
     cgroup: CgroupTree | None = None
     parent_sock: socket.socket | None = None
     guard_sock: socket.socket | None = None
+    exec_seen = False
     try:
         cgroup, cgroup_opts, cgroup_fds = tree_cgroup(spec, mode, cgroup_root_arg)
         guard_args = [o.encode() for o in guard_opts + cgroup_opts]
         if keep:
             guard_args += [b"--keep", ",".join(map(str, keep)).encode()]
         if spec.preexec_fn is None:  # one C call (launch.c): socketpair, lifeline, clone
-            spawned, parent_sock = clone_guard(
+            spawned, parent_sock, exec_seen = clone_guard(
                 spec, stdio_fds, os.fsencode(guard), tuple(guard_args),
                 tuple(sorted(set(keep) | cgroup_fds)), extra_flags=extra_flags,
                 process_group=process_group, wait_start=wait_start, held_mask=held_mask,
@@ -88,7 +91,7 @@ def start_guard(
     assert parent_sock is not None
     if cgroup is not None:
         cgroup.hand_over()  # the guard holds its lock now (ARCHITECTURE.md: fd budget)
-    return spawned, parent_sock, cgroup
+    return spawned, parent_sock, cgroup, exec_seen
 
 
 def _early(spec: SpawnSpec, mode: Mode, options: list[str],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 # socket.py's enum set-up costs ~2 ms of every start; its C module has all we use.
 import _socket as socket
+import contextlib
 import errno
 import os
 import select
@@ -67,10 +68,8 @@ class Guard(GuardEnd):
         self.cgroup = cgroup
         self._program: Pidfd | None = None
         self._program_pid = 0
-        #: The program's pidfd as the program itself sent it, before it could exec
-        #: (MSG_PROGRAM), with its pid in the guard's namespace; it becomes ``_program`` at
-        #: MSG_STARTED. Held so that a guard dying before that report cannot leave the
-        #: program's group behind: the parent ends it through this pidfd.
+        #: The program's pidfd and pid as it sent them before its exec (MSG_PROGRAM); ``_program``
+        #: at its start. A guard that dies before then: its group is ended through it.
         self._announced: tuple[int, int] | None = None
         self._exit: Exit | None = None
         #: How the guard itself ended, once it has been reaped.
@@ -124,12 +123,17 @@ class Guard(GuardEnd):
         guard: Guard | None = None
         waited = await_start and spec.limits is None  # limits: see _on_announced
         try:
-            spawned, parent_sock, cgroup = start_guard(
+            spawned, parent_sock, cgroup, exec_seen = start_guard(
                 spec, stdio_fds, mode, options, cgroup_root_arg,
                 process_group=not (foreground or job_control), wait_start=waited,
                 held_mask=held)
             guard = cls(spec, mode, spawned, parent_sock, cgroup)
             guard._job_control = job_control
+            if exec_seen and await_start:  # its exec pipe said so (launch_early.c): the
+                with contextlib.suppress(BlockingIOError):  # announcement is the start
+                    guard._read(wire.DONTWAIT)  # (none: killed before it; the guard reports)
+                if guard._announced is not None and guard._program is None:
+                    guard._on_started()  # (signals held; MSG_STARTED read with the end's)
             if held is not None:
                 core.release_signals(held)
             if waited:  # reported already (unless a signal ended the wait): no blocking peek
@@ -479,10 +483,9 @@ class Guard(GuardEnd):
             self.spawned.pidfd._drop(on_reaped)  # and __del__ then leaves the tree alone
 
     def __del__(self) -> None:
-        # Dropped without being waited for (a Child let go of): the tree ends (the lifeline
-        # is cut), and the guard, once it has ended the tree, is reaped at the next spawn or
-        # at interpreter exit, with its cgroup directory removed then. In a forked child the
-        # tree is the parent's: leave it alone (the lifeline writer is closed there already).
+        # Dropped without being waited for (a Child let go of): the lifeline is cut, and the
+        # guard, once it has ended the tree, reaped at the next spawn or at exit, its cgroup
+        # removed then. In a forked child the tree is the parent's: leave it alone.
         spawned = getattr(self, "spawned", None)
         if spawned is None or spawned.pidfd.closed:
             return
