@@ -20,6 +20,7 @@ import pytest
 import oracle
 import tether
 import tether.aio as aio
+from tether._kernel import cgroup_ahead
 from tether._tree.aiopipes import AsyncPipes
 
 PY = sys.executable
@@ -483,7 +484,9 @@ def test_a_cancelled_wait_leaves_no_dup_of_the_guards_pidfd(mode: str) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        # The tree is gone: of its fds only the program's pidfd (child.pidfd) may remain.
+        # The tree is gone: of its fds only the program's pidfd (child.pidfd) may remain
+        # (and the next tree's directory, made ahead meanwhile: not the tree's).
+        cgroup_ahead.drain()
         return child, with_child, oracle.open_fds()
 
     child, with_child, after = arun(main())

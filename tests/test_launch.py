@@ -99,6 +99,7 @@ def test_ctrl_c_as_the_programs_announcement_is_read_leaves_nothing(
     # carried is then a plain int in the ancillary data (found by a hostile review: about one
     # launch in 15 interrupted by a random timer lost a pidfd). Held off until the Guard
     # holds the pidfd, it leaves nothing; the wait for the report stays interruptible.
+    from tether._kernel import cgroup_ahead as _cgroup_ahead
     from tether._kernel import core
     from tether._kernel import reaper as _reaper
 
@@ -111,12 +112,14 @@ def test_ctrl_c_as_the_programs_announcement_is_read_leaves_nothing(
         return result
 
     tether.run(["true"], contain=mode)  # type: ignore[arg-type]  (per-process caches filled)
+    _cgroup_ahead.drain()  # (the next directory, made ahead by a wait: not the test's)
     before = oracle.baseline_fds()
     monkeypatch.setattr(core, "read_start_reports", interrupted_on_return)
     with pytest.raises(KeyboardInterrupt):
         tether.spawn(["sleep", "300"], contain=mode)  # type: ignore[arg-type]
     assert oracle.reap_until(10.0).empty  # the tree ended with its lifeline
     _reaper.reap_dropped()
+    _cgroup_ahead.drain()
     assert oracle.open_fds() == before
 
 
@@ -125,6 +128,7 @@ def test_ctrl_c_as_the_start_report_is_taken_in_leaves_nothing(
     # MSG_STARTED moves the program's pidfd from the announcement to the program's handle;
     # a Ctrl-C whose handler ran in between lost it (found by a hostile review, with a
     # random timer). Held off until the handle holds it, it leaves nothing.
+    from tether._kernel import cgroup_ahead as _cgroup_ahead
     from tether._kernel import reaper as _reaper
     from tether._kernel.pidfd import Pidfd
 
@@ -138,6 +142,7 @@ def test_ctrl_c_as_the_start_report_is_taken_in_leaves_nothing(
         return real(*args, **kwargs)
 
     tether.run(["true"], contain=mode)  # type: ignore[arg-type]  (per-process caches filled)
+    _cgroup_ahead.drain()  # (the next directory, made ahead by a wait: not the test's)
     before = oracle.baseline_fds()
     monkeypatch.setattr(Pidfd, "_create", interrupted_create)
     with pytest.raises(KeyboardInterrupt):
@@ -146,6 +151,7 @@ def test_ctrl_c_as_the_start_report_is_taken_in_leaves_nothing(
     assert fired
     assert oracle.reap_until(10.0).empty
     _reaper.reap_dropped()
+    _cgroup_ahead.drain()
     assert oracle.open_fds() == before
 
 

@@ -25,6 +25,7 @@ from tether._kernel.exit import Exit
 from tether._kernel.pidfd import Pidfd
 from tether._kernel.spawn import Spawned
 from tether._tree.early_wake import SPIN_NS, lend_program
+from tether._tree.tree_cgroups import prepare_next_tree
 
 __all__ = ["GuardEnd"]
 
@@ -41,7 +42,7 @@ class GuardEnd:
     below (the slots: those the end wait records too) and implements :attr:`ended`,
     :meth:`_handle`, :meth:`_release` and :meth:`_record_end`."""
 
-    __slots__ = ("_borrowers", "_woke_early", "guard_exit")
+    __slots__ = ("_borrowers", "_next_due", "_woke_early", "guard_exit")
     spawned: Spawned
     sock: socket.socket
     cgroup: CgroupTree | None
@@ -51,6 +52,7 @@ class GuardEnd:
     _program: Pidfd | None
     _job_control: bool
     _woke_early: bool
+    _next_due: bool
 
     @property
     def ended(self) -> bool:
@@ -76,6 +78,7 @@ class GuardEnd:
         borrows given back under one lock."""
         guard: Pidfd | None = self.spawned.pidfd
         with self._lock:
+            self._next_tree()
             if self.ended:  # (no read first: the pidfd is readable at once)
                 return True
             guard_fd = self.spawned.pidfd._borrow()  # (_release closes it)
@@ -123,6 +126,7 @@ class GuardEnd:
         reapable already (an event loop's wakeup: the guard's pidfd is readable), then
         recorded with signals held; True once the tree has ended. Under the lock no other
         thread closes the guard's pidfd, so the pump needs no borrow of its own."""
+        self._next_tree()
         guard_fd = self.spawned.pidfd.fileno()
         out: list[_EndRead] = []
         try:
@@ -135,6 +139,15 @@ class GuardEnd:
                                             borrowed=False)
                 finally:  # (a Ctrl-C held off since is raised here)
                     self._end_released(end[6], reaped=reaped)
+
+    def _next_tree(self) -> None:
+        """The next tree's directories, made ahead once this tree's cgroups are joined (the
+        lock held): at the first wait or pump, where the parent would otherwise only wait
+        for this program, not on the way out of spawn() (``tree_cgroups.prepare_next_tree``:
+        a limited tree's v1 ones, a cgroup-mode tree's next v2 one)."""
+        if self._next_due:
+            self._next_due = False
+            prepare_next_tree(self.cgroup)
 
     def _read_end(self, sock_fd: int, guard_fd: int, out: list[_EndRead]) -> bool:
         """Read what the guard has said, in C (the lock held); True if the tree has ended.

@@ -31,7 +31,7 @@ from tether._tree.ending import kill_group, reap_quietly
 from tether._tree.guard_end import GuardEnd
 from tether._tree.guard_launch import start_guard
 from tether._tree.modes import Mode
-from tether._tree.tree_cgroups import prepare_next_tree, reported_exit, tree_usage
+from tether._tree.tree_cgroups import reported_exit, tree_usage
 
 __all__ = ["Guard"]
 
@@ -81,14 +81,13 @@ class Guard(GuardEnd):
         self._rusage: tuple[int, int, int] | None = None
         #: True if the guard died without reporting (the program's status is unknown).
         self.dead = False
-        # One reader of the guard's reports at a time: any thread may pump, wait or signal
-        # (Child is thread-safe like Popen); blocking waits poll a dup outside the lock.
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # one reader of the reports (Child is thread-safe)
         self._borrowers = 0  # blocking waiters that may poll the control socket
         self._generation = core.fork_generation()
         self._launching = True  # until launch() returns: no other thread holds this Guard
         self._job_control = False  # the guard reports the program's stops (MSG_STOPPED)
         self._woke_early = False  # a blocking end wait has used its early wake (early_wake)
+        self._next_due = False  # the next tree's directories are to be made (_on_announced)
 
     @classmethod
     def launch(
@@ -236,10 +235,10 @@ class Guard(GuardEnd):
     def _on_announced(self, pid: int, fds: list[int], msg_flags: int) -> None:
         if len(fds) == 1 and self._announced is None:
             self._announced = (fds[0], pid)
-            # The guard has joined the tree's cgroups: the next limited tree's mkdirs now run
-            # while the program execs (a mkdir holds the kernel's cgroup_mutex, which every
-            # join waits for). So a limited launch reads this report, not the start pipe.
-            prepare_next_tree(self.cgroup)
+            # The tree's cgroups are joined: the next tree's directories may be made now (a
+            # mkdir holds the cgroup_mutex every join waits for), by the first wait or pump
+            # (GuardEnd._next_tree), while this program runs rather than before spawn returns.
+            self._next_due = True
             return
         # The program's pidfd did not reach us (dropped at the open-file limit, MSG_CTRUNC).
         # Without it the tree is not ours to hold: end it.
