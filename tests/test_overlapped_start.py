@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -193,15 +193,16 @@ def test_what_the_guard_must_do_before_the_program_exists_keeps_the_guards_start
     assert launches and launches[-1] is None
 
 
-def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # The launch waits until the program has exec'd (it reads the launch's memory until
-    # then); a program that cannot get there (here: cloned into a frozen cgroup) must not hold
-    # up a signal. The launch is abandoned (its memory left to the program), the handler runs,
-    # and the tree is ended as for any interrupted start: the guard, waiting for the program's
-    # exec, ends it at lifeline EOF. (Where the guard starts the program itself, it waits for
-    # that exec in a vfork, deaf to its lifeline: such a start cannot be given up.)
-    require_mode("cgroup")
+class Interrupted(Exception):
+    pass
+
+
+def start_frozen(monkeypatch: pytest.MonkeyPatch,
+                 while_frozen: Callable[[], None] = lambda: None) -> list[str]:
+    """Spawn ``true`` into a frozen cgroup (the program cloned into it cannot exec), call
+    ``while_frozen`` from another thread once the program is in it (the barrier:
+    cgroup.events), then interrupt the launch with a signal whose handler raises. Returns
+    the cgroup's path (one item)."""
     real = guard_launch.tree_cgroup
     made: list[str] = []
 
@@ -211,9 +212,6 @@ def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
             f.write("1")
         made.append(cgroup.path)
         return cgroup, opts, fds
-
-    class Interrupted(Exception):
-        pass
 
     def interrupt(signum: int, frame: object) -> None:
         raise Interrupted
@@ -226,7 +224,10 @@ def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
             events.register(f, select.POLLPRI)
             while b"populated 1" not in (f.seek(0), f.read())[1]:
                 events.poll(1000)
-        signal.pthread_kill(main, signal.SIGUSR1)
+        try:
+            while_frozen()
+        finally:
+            signal.pthread_kill(main, signal.SIGUSR1)
 
     monkeypatch.setattr(guard_launch, "tree_cgroup", frozen)
     old = signal.signal(signal.SIGUSR1, interrupt)
@@ -238,5 +239,41 @@ def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
     finally:
         sender.join()
         signal.signal(signal.SIGUSR1, old)
+    return made
+
+
+def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The launch waits until the program has exec'd (it reads the launch's memory until
+    # then); a program that cannot get there (here: cloned into a frozen cgroup) must not hold
+    # up a signal. The launch is abandoned (its memory left to the program), the handler runs,
+    # and the tree is ended as for any interrupted start: the guard, waiting for the program's
+    # exec, ends it at lifeline EOF. (Where the guard starts the program itself, it waits for
+    # that exec in a vfork, deaf to its lifeline: such a start cannot be given up.)
+    require_mode("cgroup")
+    made = start_frozen(monkeypatch)
     assert oracle.reap_until(10.0).empty
     assert not os.path.exists(made[0])
+
+
+def test_a_program_that_has_not_exec_d_holds_no_fd_of_ours(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The program's clone copies the fd table of the guard's clone child, where every fd of
+    # ours it does not keep was only marked close-on-exec: a program that cannot exec yet
+    # (frozen here; its exec hung on a dead file system) would hold them all, so that a pipe
+    # we close did not reach EOF, and another thread's start waited for it (its exec and start
+    # pipes are such fds). The guard's own start of the program, after its exec, never did.
+    require_mode("cgroup")
+    r, w = os.pipe()
+    at_eof: list[bool] = []
+
+    def close_ours() -> None:
+        os.close(w)
+        at_eof.append(bool(select.select([r], [], [], 0)[0]) and os.read(r, 1) == b"")
+
+    try:
+        start_frozen(monkeypatch, close_ours)
+    finally:
+        os.close(r)
+    assert at_eof == [True]
+    assert oracle.reap_until(10.0).empty
