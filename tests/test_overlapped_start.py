@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import select
 import signal
 import sys
@@ -277,3 +278,31 @@ def test_a_program_that_has_not_exec_d_holds_no_fd_of_ours(
         os.close(r)
     assert at_eof == [True]
     assert oracle.reap_until(10.0).empty
+
+
+def test_a_start_the_fd_limit_has_room_for_runs_as_the_guards_own_did(
+        launches: list[object]) -> None:
+    # The overlapped start holds four fds more while it starts (the exec pipe and the
+    # program's lifeline): where RLIMIT_NOFILE leaves room for the guard's own start of the
+    # program and not for those, the start must not fail with EMFILE; the guard starts the
+    # program, as before.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    features.force_overlapped_start(False)
+    try:
+        for limit in range(4, 64):  # the lowest limit the guard's own start runs under
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            try:
+                tether.run(["true"], contain="group")
+                break
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        features.force_overlapped_start(True)
+        launches.clear()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        assert tether.run(["true"], contain="group").returncode == 0
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        features.force_overlapped_start(True)
+    assert launches[0] is not None  # (tried first)
