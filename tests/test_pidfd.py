@@ -178,7 +178,8 @@ import os, signal, sys, tether
 from tether._kernel import core as _core
 from tether._kernel import features as _features
 methods = {'clone3': _core.CLONE_CLONE3, 'legacy': _core.CLONE_LEGACY,
-           'clone3, fd table copied': _core.CLONE_CLONE3}
+           'clone3, fd table copied': _core.CLONE_CLONE3,
+           'clone3, guard starts the program': _core.CLONE_CLONE3}
 _features.force_clone_method(methods[sys.argv[1]])
 _features.force_fd_table_copy(sys.argv[1].endswith('copied'))
 assert os.getpid() == 1, os.getpid()
