@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -306,3 +307,60 @@ def test_a_start_the_fd_limit_has_room_for_runs_as_the_guards_own_did(
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         features.force_overlapped_start(True)
     assert launches[0] is not None  # (tried first)
+
+
+def test_a_launch_given_up_to_a_signal_is_freed_once_its_program_has_exec_d(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A signal that comes before the program's exec ends the launch's wait for it, and what
+    # the program may still read (its plan, argv, envp, a 64 KiB stack) is left to it. A
+    # handler that does not raise is the common case (a profiler's or an interval timer's
+    # SIGPROF/SIGALRM): the start goes on, and a process that spawns under such a timer gave
+    # up that memory at every start the signal caught in the window, without bound. It must
+    # be freed once the program has exec'd.
+    require_mode("cgroup")
+    real = guard_launch.tree_cgroup
+    made: list[str] = []
+    handled = threading.Event()
+
+    def frozen(*args: object) -> object:
+        cgroup, opts, fds = real(*args)  # type: ignore[arg-type]
+        with open(os.path.join(cgroup.path, "cgroup.freeze"), "w") as f:
+            f.write("1")
+        made.append(cgroup.path)
+        return cgroup, opts, fds
+
+    def thaw_once_handled(main: int) -> None:
+        while not made:
+            time.sleep(0.001)
+        events = select.poll()
+        with open(os.path.join(made[0], "cgroup.events"), "rb") as f:
+            events.register(f, select.POLLPRI)
+            while b"populated 1" not in (f.seek(0), f.read())[1]:
+                events.poll(1000)
+        signal.pthread_kill(main, signal.SIGUSR1)
+        handled.wait()  # the launch has given up its wait: the handler runs after it
+        with open(os.path.join(made[0], "cgroup.freeze"), "w") as f:
+            f.write("0")
+
+    def stacks() -> int:  # the overlapped start's 64 KiB stacks still allocated
+        return sum(1 for trace in tracemalloc.take_snapshot().traces
+                   if trace.size == 64 * 1024
+                   and any(frame.filename.endswith("spawn.py") for frame in trace.traceback))
+
+    monkeypatch.setattr(guard_launch, "tree_cgroup", frozen)
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: handled.set())
+    thawer = threading.Thread(target=thaw_once_handled, args=(threading.get_ident(),))
+    tracemalloc.start(25)
+    try:
+        thawer.start()
+        try:
+            assert tether.run(["true"], contain="cgroup").returncode == 0
+        finally:
+            thawer.join()
+        monkeypatch.setattr(guard_launch, "tree_cgroup", real)
+        tether.run(["true"], contain="cgroup")  # (a later launch frees what was given up)
+        assert handled.is_set()
+        assert stacks() == 0
+    finally:
+        tracemalloc.stop()
+        signal.signal(signal.SIGUSR1, old)
