@@ -241,7 +241,9 @@ static struct launch_early *abandoned;
  * blocks) and objects (refs, a reference taken each) that the program's plan points into. */
 void early_abandon(struct launch_early *le, void *held[3], PyObject *refs[3])
 {
+    struct stat st;
     int i;
+    le->exec_ino = fstat(le->exec_pipe[0], &st) == 0 ? (unsigned long long)st.st_ino : 0;
     for (i = 0; i < 3; i++) {
         le->held[i] = held[i];
         le->refs[i] = refs[i];
@@ -251,18 +253,24 @@ void early_abandon(struct launch_early *le, void *held[3], PyObject *refs[3])
     abandoned = le;
 }
 
-/* With the GIL, at each launch: free the abandoned launches whose exec pipe is at EOF. */
+/* With the GIL, at each launch: free the abandoned launches whose exec pipe is at EOF. One
+ * whose fd is no longer that pipe (closed under us, its number reused) can never tell: it
+ * is dropped from the list and stays leaked, never freed under a program that may read it. */
 void early_sweep(void)
 {
     struct launch_early **at = &abandoned, *le;
+    struct stat st;
     int i;
     while ((le = *at) != NULL) {
         struct pollfd pfd = {le->exec_pipe[0], 0, 0};
-        if (poll(&pfd, 1, 0) == 0) {
+        int ours = fstat(pfd.fd, &st) == 0 && (unsigned long long)st.st_ino == le->exec_ino;
+        if (ours && poll(&pfd, 1, 0) == 0) {
             at = &le->next;
             continue;
         }
         *at = le->next;
+        if (!ours)
+            continue;
         close(le->exec_pipe[0]);
         for (i = 0; i < 3; i++) {
             PyMem_Free(le->held[i]);

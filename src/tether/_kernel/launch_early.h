@@ -32,6 +32,7 @@ struct launch_early {
      * freed with it; the next one abandoned. */
     void *held[3];
     PyObject *refs[3];
+    unsigned long long exec_ino; /* the exec pipe's identity, checked before each sweep */
     struct launch_early *next;
 };
 
