@@ -290,7 +290,7 @@ def test_a_start_the_fd_limit_has_room_for_runs_as_the_guards_own_did(
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     features.force_overlapped_start(False)
     try:
-        for limit in range(4, 64):  # the lowest limit the guard's own start runs under
+        for limit in range(4, 256):  # the lowest limit the guard's own start runs under
             resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
             try:
                 tether.run(["true"], contain="group")
@@ -299,6 +299,8 @@ def test_a_start_the_fd_limit_has_room_for_runs_as_the_guards_own_did(
                 assert exc.errno == errno.EMFILE
             finally:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        else:
+            pytest.fail("no limit below 256 lets the guard's own start run")
         features.force_overlapped_start(True)
         launches.clear()
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
