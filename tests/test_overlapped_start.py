@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import select
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -207,15 +209,16 @@ def test_close_fds_false_keeps_the_guards_start(launches: list[object]) -> None:
     assert launches and launches[-1] is None
 
 
-def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # The launch waits until the program has exec'd (it reads the launch's memory until
-    # then); a program that cannot get there (here: cloned into a frozen cgroup) must not hold
-    # up a signal. The launch is abandoned (its memory left to the program), the handler runs,
-    # and the tree is ended as for any interrupted start: the guard, waiting for the program's
-    # exec, ends it at lifeline EOF. (Where the guard starts the program itself, it waits for
-    # that exec in a vfork, deaf to its lifeline: such a start cannot be given up.)
-    require_mode("cgroup")
+class Interrupted(Exception):
+    pass
+
+
+def start_frozen(monkeypatch: pytest.MonkeyPatch,
+                 while_frozen: Callable[[], None] = lambda: None) -> list[str]:
+    """Spawn ``true`` into a frozen cgroup (the program cloned into it cannot exec), call
+    ``while_frozen`` from another thread once the program is in it (the barrier:
+    cgroup.events), then interrupt the launch with a signal whose handler raises. Returns
+    the cgroup's path (one item)."""
     real = guard_launch.tree_cgroup
     made: list[str] = []
 
@@ -225,9 +228,6 @@ def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
             f.write("1")
         made.append(cgroup.path)
         return cgroup, opts, fds
-
-    class Interrupted(Exception):
-        pass
 
     def interrupt(signum: int, frame: object) -> None:
         raise Interrupted
@@ -240,7 +240,10 @@ def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
             events.register(f, select.POLLPRI)
             while b"populated 1" not in (f.seek(0), f.read())[1]:
                 events.poll(1000)
-        signal.pthread_kill(main, signal.SIGUSR1)
+        try:
+            while_frozen()
+        finally:
+            signal.pthread_kill(main, signal.SIGUSR1)
 
     monkeypatch.setattr(guard_launch, "tree_cgroup", frozen)
     old = signal.signal(signal.SIGUSR1, interrupt)
@@ -252,5 +255,128 @@ def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
     finally:
         sender.join()
         signal.signal(signal.SIGUSR1, old)
+    return made
+
+
+def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The launch waits until the program has exec'd (it reads the launch's memory until
+    # then); a program that cannot get there (here: cloned into a frozen cgroup) must not hold
+    # up a signal. The launch is abandoned (its memory left to the program), the handler runs,
+    # and the tree is ended as for any interrupted start: the guard, waiting for the program's
+    # exec, ends it at lifeline EOF. (Where the guard starts the program itself, it waits for
+    # that exec in a vfork, deaf to its lifeline: such a start cannot be given up.)
+    require_mode("cgroup")
+    made = start_frozen(monkeypatch)
     assert oracle.reap_until(10.0).empty
     assert not os.path.exists(made[0])
+
+
+def test_a_program_that_has_not_exec_d_holds_no_fd_of_ours(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The program's clone copies the fd table of the guard's clone child, where every fd of
+    # ours it does not keep was only marked close-on-exec: a program that cannot exec yet
+    # (frozen here; its exec hung on a dead file system) would hold them all, so that a pipe
+    # we close did not reach EOF, and another thread's start waited for it (its exec and start
+    # pipes are such fds). The guard's own start of the program, after its exec, never did.
+    require_mode("cgroup")
+    r, w = os.pipe()
+    at_eof: list[bool] = []
+
+    def close_ours() -> None:
+        os.close(w)
+        at_eof.append(bool(select.select([r], [], [], 0)[0]) and os.read(r, 1) == b"")
+
+    try:
+        start_frozen(monkeypatch, close_ours)
+    finally:
+        os.close(r)
+    assert at_eof == [True]
+    assert oracle.reap_until(10.0).empty
+
+
+def test_a_start_the_fd_limit_has_room_for_runs_as_the_guards_own_did(
+        launches: list[object]) -> None:
+    # The overlapped start holds four fds more while it starts (the exec pipe and the
+    # program's lifeline): where RLIMIT_NOFILE leaves room for the guard's own start of the
+    # program and not for those, the start must not fail with EMFILE; the guard starts the
+    # program, as before.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    features.force_overlapped_start(False)
+    try:
+        for limit in range(4, 256):  # the lowest limit the guard's own start runs under
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+            try:
+                tether.run(["true"], contain="group")
+                break
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        else:
+            pytest.fail("no limit below 256 lets the guard's own start run")
+        features.force_overlapped_start(True)
+        launches.clear()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        assert tether.run(["true"], contain="group").returncode == 0
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        features.force_overlapped_start(True)
+    assert launches[0] is not None  # (tried first)
+
+
+def test_a_launch_given_up_to_a_signal_is_freed_once_its_program_has_exec_d(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A signal that comes before the program's exec ends the launch's wait for it, and what
+    # the program may still read (its plan, argv, envp, a 64 KiB stack) is left to it. A
+    # handler that does not raise is the common case (a profiler's or an interval timer's
+    # SIGPROF/SIGALRM): the start goes on, and a process that spawns under such a timer gave
+    # up that memory at every start the signal caught in the window, without bound. It must
+    # be freed once the program has exec'd.
+    require_mode("cgroup")
+    real = guard_launch.tree_cgroup
+    made: list[str] = []
+    handled = threading.Event()
+
+    def frozen(*args: object) -> object:
+        cgroup, opts, fds = real(*args)  # type: ignore[arg-type]
+        with open(os.path.join(cgroup.path, "cgroup.freeze"), "w") as f:
+            f.write("1")
+        made.append(cgroup.path)
+        return cgroup, opts, fds
+
+    def thaw_once_handled(main: int) -> None:
+        while not made:
+            time.sleep(0.001)
+        events = select.poll()
+        with open(os.path.join(made[0], "cgroup.events"), "rb") as f:
+            events.register(f, select.POLLPRI)
+            while b"populated 1" not in (f.seek(0), f.read())[1]:
+                events.poll(1000)
+        signal.pthread_kill(main, signal.SIGUSR1)
+        handled.wait()  # the launch has given up its wait: the handler runs after it
+        with open(os.path.join(made[0], "cgroup.freeze"), "w") as f:
+            f.write("0")
+
+    def stacks() -> int:  # the overlapped start's 64 KiB stacks still allocated
+        return sum(1 for trace in tracemalloc.take_snapshot().traces
+                   if trace.size == 64 * 1024
+                   and any(frame.filename.endswith("spawn.py") for frame in trace.traceback))
+
+    monkeypatch.setattr(guard_launch, "tree_cgroup", frozen)
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: handled.set())
+    thawer = threading.Thread(target=thaw_once_handled, args=(threading.get_ident(),))
+    tracemalloc.start(25)
+    try:
+        thawer.start()
+        try:
+            assert tether.run(["true"], contain="cgroup").returncode == 0
+        finally:
+            thawer.join()
+        monkeypatch.setattr(guard_launch, "tree_cgroup", real)
+        tether.run(["true"], contain="cgroup")  # (a later launch frees what was given up)
+        assert handled.is_set()
+        assert stacks() == 0
+    finally:
+        tracemalloc.stop()
+        signal.signal(signal.SIGUSR1, old)

@@ -183,25 +183,30 @@ static long keep_pass_fds(const struct tether_plan *plan)
     return 0;
 }
 
-/* Marked close-on-exec, not closed: the parent waits (vfork) until our exec, and closing each
- * of its fds costs about 100 ns (1.5 ms at 15,000: 3,000 live aio trees), while marking is a
- * bitmap fill; the exec closes them after it has released the parent. Before 5.11: EINVAL. */
-static long close_gap(unsigned int lo, unsigned int hi)
+/* Marked close-on-exec (how), not closed: the parent waits (vfork) until our exec, and closing
+ * each of its fds costs about 100 ns (1.5 ms at 15,000: 3,000 live aio trees), while marking is
+ * a bitmap fill; the exec closes them after it has released the parent. Before 5.11: EINVAL.
+ * how 0: closed at once. */
+static long close_gap(unsigned int lo, unsigned int hi, unsigned int how)
 {
     long r;
     if (lo > hi)
         return 0;
-    r = sys_result(syscall(SYS_close_range, lo, hi, CLOSE_RANGE_CLOEXEC));
-    if (r != -EINVAL)
+    r = sys_result(syscall(SYS_close_range, lo, hi, how));
+    if (r != -EINVAL || how == 0)
         return r;
     return sys_result(syscall(SYS_close_range, lo, hi, 0));
 }
 
 /* Close everything that is not 0-2, a kept fd, the lifeline, or the failure pipe. The targets
- * are all below floor and errpipe is at or above it, so one ascending walk does. */
+ * are all below floor and errpipe is at or above it, so one ascending walk does. A guard's
+ * clone child that starts the program beside its exec (plan->early) closes them at once: the
+ * program's clone copies our table, and a program that cannot exec yet (frozen, its exec hung
+ * on a dead file system) would hold the parent's fds there (a pipe closed by the parent would
+ * not reach EOF; another thread's start waits for its exec and start pipes' EOF). */
 static long close_other_fds(const struct tether_plan *plan, int errpipe)
 {
-    unsigned int next = 3;
+    unsigned int next = 3, how = plan->early != NULL ? 0 : CLOSE_RANGE_CLOEXEC;
     int li = 0;
     int placed_lifeline = plan->lifeline_src < 0;
     long r;
@@ -216,18 +221,18 @@ static long close_other_fds(const struct tether_plan *plan, int errpipe)
             break;
         }
         if ((unsigned int)k >= next) {
-            r = close_gap(next, (unsigned int)k - 1);
+            r = close_gap(next, (unsigned int)k - 1, how);
             if (r < 0)
                 return r;
             next = (unsigned int)k + 1;
         }
     }
     if ((unsigned int)errpipe >= next) {
-        r = close_gap(next, (unsigned int)errpipe - 1);
+        r = close_gap(next, (unsigned int)errpipe - 1, how);
         if (r < 0)
             return r;
     }
-    return close_gap((unsigned int)errpipe + 1, ~0U);
+    return close_gap((unsigned int)errpipe + 1, ~0U, how);
 }
 
 static long set_pdeathsig(const struct tether_plan *plan)

@@ -377,6 +377,7 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
     if (le == NULL)
         return PyErr_NoMemory();
     early_init(le);
+    early_sweep();
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!O!OiiiO!pKi|OOOp", kwlist,
                                      &PyBytes_Type, &path, &PyTuple_Type, &head, &PyTuple_Type,
                                      &tail, &PyDict_Type, &env, &cwd, &plan.stdio[0],
@@ -430,10 +431,10 @@ done:
     exec_seen = le->exec_seen;
     if (le->abandoned) {
         /* A signal ended the wait for a program that has not exec'd yet (stopped, or its
-         * exec blocked on a hung file system): what it may still read is never freed. */
-        Py_INCREF(path);
-        Py_INCREF(head);
-        Py_INCREF(tail);
+         * exec blocked on a hung file system): what it may still read is freed once it has. */
+        void *held[3] = {argv, envp, env_buffer};
+        PyObject *refs[3] = {path, head, tail};
+        early_abandon(le, held, refs);
     } else {
         early_free(le);
         PyMem_Free(argv);

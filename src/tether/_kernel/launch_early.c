@@ -208,8 +208,8 @@ void early_args(struct launch_early *le, char **out)
  * of our clone child), and may set it in a failed step while we sleep. A signal of the
  * caller's (signals: their signalfd, or -1) ends the wait as it ends the wait for the start
  * (launch.c): a program stopped before its exec, or whose exec hangs on a dead file system,
- * must not hold up a Ctrl-C; the launch is then abandoned (early_free frees nothing, and the
- * caller keeps what the program's plan points into). */
+ * must not hold up a Ctrl-C; the launch is then abandoned: the exec pipe stays open, and
+ * early_abandon keeps everything until early_sweep sees its EOF. */
 void early_close(struct launch_early *le, int signals)
 {
     struct pollfd pfd[2] = {{le->exec_pipe[0], 0, 0}, {signals, POLLIN, 0}};
@@ -228,10 +228,12 @@ void early_close(struct launch_early *le, int signals)
         (void)poll(pfd, signals >= 0 ? 2 : 1, -1);
     } while (!(pfd[0].revents & (POLLHUP | POLLERR | POLLNVAL)) && !pfd[1].revents);
     le->abandoned = !(pfd[0].revents & (POLLHUP | POLLERR | POLLNVAL));
+    if (le->abandoned)
+        return; /* the exec pipe is kept: early_abandon, early_sweep */
     /* EOF with no record: the program exec'd (or died before it, which its guard reports).
      * A record is our copy (the program writes one for each reader): the guard reports that
      * failure itself, and the caller waits for its report. */
-    if (!le->abandoned) {
+    {
         struct tether_failure rec;
         ssize_t n;
         do
@@ -254,4 +256,53 @@ void early_free(struct launch_early *le)
     PyMem_Free(le->groups);
     PyMem_Free(le->keep);
     PyMem_RawFree(le);
+}
+
+/* Abandoned launches, until their programs have exec'd or exited; only touched with the GIL.
+ * A handler that does not raise (a profiler's SIGPROF, an interval timer's SIGALRM) lets the
+ * start go on: kept for good, each would be memory lost at every start such a signal caught. */
+static struct launch_early *abandoned;
+
+/* With the GIL: le, abandoned (early_close), kept with the caller's memory (held: PyMem
+ * blocks) and objects (refs, a reference taken each) that the program's plan points into. */
+void early_abandon(struct launch_early *le, void *held[3], PyObject *refs[3])
+{
+    struct stat st;
+    int i;
+    le->exec_ino = fstat(le->exec_pipe[0], &st) == 0 ? (unsigned long long)st.st_ino : 0;
+    for (i = 0; i < 3; i++) {
+        le->held[i] = held[i];
+        le->refs[i] = refs[i];
+        Py_INCREF(refs[i]);
+    }
+    le->next = abandoned;
+    abandoned = le;
+}
+
+/* With the GIL, at each launch: free the abandoned launches whose exec pipe is at EOF. One
+ * whose fd is no longer that pipe (closed under us, its number reused) can never tell: it
+ * is dropped from the list and stays leaked, never freed under a program that may read it. */
+void early_sweep(void)
+{
+    struct launch_early **at = &abandoned, *le;
+    struct stat st;
+    int i;
+    while ((le = *at) != NULL) {
+        struct pollfd pfd = {le->exec_pipe[0], 0, 0};
+        int ours = fstat(pfd.fd, &st) == 0 && (unsigned long long)st.st_ino == le->exec_ino;
+        if (ours && poll(&pfd, 1, 0) == 0) {
+            at = &le->next;
+            continue;
+        }
+        *at = le->next;
+        if (!ours)
+            continue;
+        close(le->exec_pipe[0]);
+        for (i = 0; i < 3; i++) {
+            PyMem_Free(le->held[i]);
+            Py_DECREF(le->refs[i]);
+        }
+        le->abandoned = 0;
+        early_free(le);
+    }
 }

@@ -11,7 +11,8 @@
 
 struct launch_early {
     int enabled;
-    int abandoned;      /* a signal ended the wait for the program's exec: leak, never free */
+    int abandoned;      /* a signal ended the wait for the program's exec: kept until it has
+                         * (early_abandon, early_sweep) */
     int exec_seen;      /* the exec pipe said EOF with no failure record: the program exec'd */
     struct tether_early early;
     struct tether_plan program;
@@ -29,6 +30,12 @@ struct launch_early {
     char exec_arg[16];
     char lifeline_arg[16];
     char lifeline_env[96];
+    /* An abandoned launch's: the caller's memory and objects the program's plan points into,
+     * freed with it; the next one abandoned. */
+    void *held[3];
+    PyObject *refs[3];
+    unsigned long long exec_ino; /* the exec pipe's identity, checked before each sweep */
+    struct launch_early *next;
 };
 
 TETHER_HIDDEN void early_init(struct launch_early *le);
@@ -39,5 +46,7 @@ TETHER_HIDDEN int early_fds(const struct launch_early *le, int out[4]);
 TETHER_HIDDEN void early_args(struct launch_early *le, char **out);
 TETHER_HIDDEN void early_close(struct launch_early *le, int signals);
 TETHER_HIDDEN void early_free(struct launch_early *le);
+TETHER_HIDDEN void early_abandon(struct launch_early *le, void *held[3], PyObject *refs[3]);
+TETHER_HIDDEN void early_sweep(void);
 
 #endif /* TETHER_LAUNCH_EARLY_H */

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 # socket.py's enum set-up costs ~2 ms of every start; its C module has all we use.
 import _socket as socket
+import errno
 import os
 from typing import TYPE_CHECKING
 
@@ -62,11 +63,22 @@ def start_guard(
         if keep:
             guard_args += [b"--keep", ",".join(map(str, keep)).encode()]
         if spec.preexec_fn is None:  # one C call (launch.c): socketpair, lifeline, clone
-            spawned, parent_sock, exec_seen = clone_guard(
-                spec, stdio_fds, os.fsencode(guard), tuple(guard_args),
-                tuple(sorted(set(keep) | cgroup_fds)), extra_flags=extra_flags,
-                process_group=process_group, wait_start=wait_start, held_mask=held_mask,
-                early=_early(spec, mode, options, cgroup))
+            early = _early(spec, mode, options, cgroup)
+            while True:
+                try:
+                    spawned, parent_sock, exec_seen = clone_guard(
+                        spec, stdio_fds, os.fsencode(guard), tuple(guard_args),
+                        tuple(sorted(set(keep) | cgroup_fds)), extra_flags=extra_flags,
+                        process_group=process_group, wait_start=wait_start,
+                        held_mask=held_mask, early=early)
+                    break
+                except OSError as exc:
+                    # The overlapped start's four fds more (its exec pipe, the program's
+                    # lifeline) may not fit under RLIMIT_NOFILE where the guard's own start
+                    # does: a failed launch left nothing, so start that way instead.
+                    if early is None or exc.errno != errno.EMFILE:
+                        raise
+                    early = None
         else:  # preexec_fn's fork of this process (_kernel/preexec.py) clones in Python
             # Both above 2: --control must not be one of the program's stdio fds.
             parent_sock, guard_sock = socketpair_above_stdio(socket.SOCK_SEQPACKET)
