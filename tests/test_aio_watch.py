@@ -33,6 +33,7 @@ def _awaiting_adds_no_fd(contain: str | None) -> None:
         tasks = [asyncio.create_task(child.wait()) for child in children]
         for task in tasks:
             await blocked_in(task, aio.AsyncChild._wait_tree)
+        cgroup_ahead.drain()  # (the next tree's directory, made ahead by a wait: no tree's)
         added = _kinds(oracle.open_fds() - held)
         for child in children:
             child.kill()

@@ -127,6 +127,7 @@ def test_nested_cgroups_the_program_made_are_removed_with_its_tree() -> None:
         child.stdin.close()
         assert child.stdout.readline() == b"moved\n"
         assert child.wait() == 0
+        cgroup_ahead.drain()  # (and the one the wait made ahead)
         assert set(os.listdir(parent_dir)) - before == set()
     assert oracle.reap_until(10.0).empty
 
