@@ -310,7 +310,9 @@ def test_a_negative_wait_timeout_is_the_stdlibs_already_expired() -> None:
         assert raised.value.timeout == -0.5
         p.kill()
     with subprocess.Popen(["true"]) as p:
-        select.select([p._tether_tree.fileno()], [], [], 60)  # the guard's exit report
+        tree = p._tether_tree
+        while not tree.pump():  # the guard's exit report (its start's may come first: a
+            select.select([tree.fileno()], [], [], 60)  # start the exec pipe told us of)
         assert p.wait(timeout=-1) == 0
 
 
