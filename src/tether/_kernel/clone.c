@@ -57,19 +57,12 @@ struct kernel_sigaction {
     uint64_t mask;
 };
 
-static long sys_result(long ret)
-{
-    /* glibc's syscall() returns -1 and sets errno (a thread-local shared with the parent
-     * thread in a CLONE_VM child; the parent does not read it across the clone). */
-    return ret == -1 ? -(long)errno : ret;
-}
-
-static long set_default_handler(int sig)
+long tether_default_handler(int sig)
 {
     struct kernel_sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.handler = (void *)SIG_DFL;
-    return sys_result(syscall(SYS_rt_sigaction, sig, &dfl, NULL, 8));
+    return tether_sys_result(syscall(SYS_rt_sigaction, sig, &dfl, NULL, 8));
 }
 
 /* CLONE_FILES: until this returns, the table is the parent's, which its other threads go on
@@ -78,20 +71,23 @@ static long set_default_handler(int sig)
  * below unshare_from (every fd the plan names is), at this moment, into a table of our own. */
 static long unshare_low_fds(const struct tether_plan *plan)
 {
-    return sys_result(syscall(SYS_close_range, plan->unshare_from, ~0U, CLOSE_RANGE_UNSHARE));
+    return tether_sys_result(
+        syscall(SYS_close_range, plan->unshare_from, ~0U, CLOSE_RANGE_UNSHARE));
 }
 
-/* Write one short text to a /proc file (the user namespace maps). */
-static long write_text(const char *path, const char *text)
+/* One short text into a /proc or cgroup file (the user namespace maps, a cgroup join). */
+long tether_write_text_at(int dirfd, const char *name, const char *text)
 {
     long fd, r;
     size_t len = 0;
     while (text[len] != '\0')
         len++;
-    fd = sys_result(syscall(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CLOEXEC));
+    fd = tether_sys_result(syscall(SYS_openat, dirfd, name, O_WRONLY | O_CLOEXEC));
     if (fd < 0)
         return fd;
-    r = sys_result(syscall(SYS_write, (int)fd, text, len));
+    do
+        r = tether_sys_result(syscall(SYS_write, (int)fd, text, len));
+    while (r == -EINTR);
     syscall(SYS_close, (int)fd);
     return r < 0 ? r : 0;
 }
@@ -100,13 +96,13 @@ static long map_own_ids(const struct tether_plan *plan)
 {
     /* "deny" first: an unprivileged gid_map write is refused while setgroups is allowed
      * (since 3.19; older kernels have no setgroups file, hence ENOENT is fine). */
-    long r = write_text("/proc/self/setgroups", "deny");
+    long r = tether_write_text_at(AT_FDCWD, "/proc/self/setgroups", "deny");
     if (r < 0 && r != -ENOENT)
         return r;
-    r = write_text("/proc/self/gid_map", plan->gid_map);
+    r = tether_write_text_at(AT_FDCWD, "/proc/self/gid_map", plan->gid_map);
     if (r < 0)
         return r;
-    return write_text("/proc/self/uid_map", plan->uid_map);
+    return tether_write_text_at(AT_FDCWD, "/proc/self/uid_map", plan->uid_map);
 }
 
 /* Legacy clone has no CLONE_CLEAR_SIGHAND (5.5): put every handled signal back to SIG_DFL
@@ -123,7 +119,7 @@ static long reset_handlers(void)
             continue;
         if (old.handler == (void *)SIG_DFL || old.handler == (void *)SIG_IGN)
             continue;
-        r = set_default_handler(sig);
+        r = tether_default_handler(sig);
         if (r < 0)
             return r;
     }
@@ -139,7 +135,7 @@ static long dup_fd_plan(const struct tether_plan *plan, int *errpipe)
     int n = 0, i;
     long r;
     if (*errpipe < plan->floor) {
-        r = sys_result(fcntl(*errpipe, F_DUPFD_CLOEXEC, plan->floor));
+        r = tether_sys_result(fcntl(*errpipe, F_DUPFD_CLOEXEC, plan->floor));
         if (r < 0)
             return r;
         *errpipe = (int)r;
@@ -156,7 +152,7 @@ static long dup_fd_plan(const struct tether_plan *plan, int *errpipe)
     }
     for (i = 0; i < n; i++) {
         if (src[i] < plan->floor || src[i] == *errpipe) {
-            r = sys_result(fcntl(src[i], F_DUPFD_CLOEXEC, plan->floor));
+            r = tether_sys_result(fcntl(src[i], F_DUPFD_CLOEXEC, plan->floor));
             if (r < 0)
                 return r;
             src[i] = (int)r;
@@ -164,7 +160,7 @@ static long dup_fd_plan(const struct tether_plan *plan, int *errpipe)
     }
     for (i = 0; i < n; i++) {
         /* dup2 onto a different number clears FD_CLOEXEC on the target. */
-        r = sys_result(dup2(src[i], dst[i]));
+        r = tether_sys_result(dup2(src[i], dst[i]));
         if (r < 0)
             return r;
     }
@@ -176,7 +172,7 @@ static long keep_pass_fds(const struct tether_plan *plan)
 {
     int i;
     for (i = 0; i < plan->n_keep; i++) {
-        long r = sys_result(fcntl(plan->keep_fds[i], F_SETFD, 0));
+        long r = tether_sys_result(fcntl(plan->keep_fds[i], F_SETFD, 0));
         if (r < 0)
             return r;
     }
@@ -192,10 +188,10 @@ static long close_gap(unsigned int lo, unsigned int hi, unsigned int how)
     long r;
     if (lo > hi)
         return 0;
-    r = sys_result(syscall(SYS_close_range, lo, hi, how));
+    r = tether_sys_result(syscall(SYS_close_range, lo, hi, how));
     if (r != -EINVAL || how == 0)
         return r;
-    return sys_result(syscall(SYS_close_range, lo, hi, 0));
+    return tether_sys_result(syscall(SYS_close_range, lo, hi, 0));
 }
 
 /* Close everything that is not 0-2, a kept fd, the lifeline, or the failure pipe. The targets
@@ -237,7 +233,7 @@ static long close_other_fds(const struct tether_plan *plan, int errpipe)
 
 static long set_pdeathsig(const struct tether_plan *plan)
 {
-    return sys_result(prctl(PR_SET_PDEATHSIG, plan->pdeathsig, 0, 0, 0));
+    return tether_sys_result(prctl(PR_SET_PDEATHSIG, plan->pdeathsig, 0, 0, 0));
 }
 
 /* The parent may have died between clone and prctl: then the signal will never come.
@@ -249,7 +245,7 @@ static long check_parent(const struct tether_plan *plan)
 
 static long set_pgroup(void)
 {
-    long r = sys_result(setpgid(0, 0));
+    long r = tether_sys_result(setpgid(0, 0));
     /* EPERM: a session leader already (preexec_fn called setsid), which leads its own group.
      * Asked only then: two syscalls fewer in every other clone child. */
     if (r == -EPERM && syscall(SYS_getpgid, 0) == syscall(SYS_getpid))
@@ -274,7 +270,7 @@ static long announce_self(const struct tether_plan *plan)
     long self, sent;
     pid_t pid = (pid_t)syscall(SYS_getpid);
 
-    self = sys_result(syscall(SYS_pidfd_open, pid, 0));
+    self = tether_sys_result(syscall(SYS_pidfd_open, pid, 0));
     if (self < 0)
         return self;
     memset(&msg, 0, sizeof msg);
@@ -294,7 +290,7 @@ static long announce_self(const struct tether_plan *plan)
     c->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(c), &(int){(int)self}, sizeof(int));
     do
-        sent = sys_result(syscall(SYS_sendmsg, plan->announce_fd, &mh, MSG_NOSIGNAL));
+        sent = tether_sys_result(syscall(SYS_sendmsg, plan->announce_fd, &mh, MSG_NOSIGNAL));
     while (sent == -EINTR);
     (void)syscall(SYS_close, self);
     return sent < 0 ? sent : 0;
@@ -304,7 +300,7 @@ static long announce_self(const struct tether_plan *plan)
  * setpgid(0, 0) would make, so group containment reaches it alike. */
 static long set_session(void)
 {
-    return sys_result(syscall(SYS_setsid));
+    return tether_sys_result(syscall(SYS_setsid));
 }
 
 /* Groups, then gid, then uid (after setuid we could no longer change the others). A change of
@@ -313,11 +309,11 @@ static long set_creds(const struct tether_plan *plan)
 {
     long r = 0;
     if (plan->set_groups)
-        r = sys_result(syscall(SYS_setgroups, plan->n_groups, plan->groups));
+        r = tether_sys_result(syscall(SYS_setgroups, plan->n_groups, plan->groups));
     if (r == 0 && plan->set_gid)
-        r = sys_result(syscall(SYS_setresgid, plan->gid, plan->gid, plan->gid));
+        r = tether_sys_result(syscall(SYS_setresgid, plan->gid, plan->gid, plan->gid));
     if (r == 0 && plan->set_uid)
-        r = sys_result(syscall(SYS_setresuid, plan->uid, plan->uid, plan->uid));
+        r = tether_sys_result(syscall(SYS_setresuid, plan->uid, plan->uid, plan->uid));
     return r;
 }
 
@@ -337,7 +333,7 @@ static void take_terminal(void)
 
 static long change_dir(const struct tether_plan *plan)
 {
-    return sys_result(chdir(plan->cwd));
+    return tether_sys_result(chdir(plan->cwd));
 }
 
 /* Python ignores SIGPIPE and SIGXFSZ; a program expects them at their defaults (what
@@ -349,18 +345,18 @@ static long reset_signals(const struct tether_plan *plan)
      * through the exec (clone_early.c): a SIGTERM for the program then waits for the guard's
      * signalfd instead of killing the guard. */
     uint64_t held = plan->early != NULL ? plan->early->exec_mask : 0;
-    long r = plan->keep_ignored ? 0 : set_default_handler(SIGPIPE);
+    long r = plan->keep_ignored ? 0 : tether_default_handler(SIGPIPE);
     if (r == 0 && !plan->keep_ignored)
-        r = set_default_handler(SIGXFSZ);
+        r = tether_default_handler(SIGXFSZ);
     if (r < 0)
         return r;
-    return sys_result(syscall(SYS_rt_sigprocmask, SIG_SETMASK, &held, NULL, 8));
+    return tether_sys_result(syscall(SYS_rt_sigprocmask, SIG_SETMASK, &held, NULL, 8));
 }
 
 /* Returns only on failure. */
 static long do_exec(const struct tether_plan *plan)
 {
-    return sys_result(syscall(SYS_execve, plan->path, plan->argv, plan->envp));
+    return tether_sys_result(syscall(SYS_execve, plan->path, plan->argv, plan->envp));
 }
 
 __attribute__((noreturn))

@@ -12,6 +12,7 @@
 #ifndef TETHER_CLONE_H
 #define TETHER_CLONE_H
 
+#include <errno.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -158,6 +159,31 @@ TETHER_HIDDEN long tether_clone_raw(int method, uint64_t extra_flags, int cgroup
 TETHER_HIDDEN long tether_clone_raw_beside(int method, int cgroup_fd, int (*fn)(void *),
                                            void *arg, char *stack, size_t stack_size,
                                            int *pidfd_out);
+
+/* Small async-signal-safe helpers of the clone site, shared by its files and the guard. */
+
+/* A raw syscall's result as 0/positive or -errno (glibc's syscall() returns -1 and sets errno,
+ * a thread-local shared with the parent thread in a CLONE_VM child; the parent does not read
+ * it across the clone). */
+static inline long tether_sys_result(long ret)
+{
+    return ret == -1 ? -(long)errno : ret;
+}
+
+/* clone.c: sig back to SIG_DFL; text written into the file name at dirfd (AT_FDCWD: a
+ * path). Each 0 or -errno. */
+TETHER_HIDDEN long tether_default_handler(int sig);
+TETHER_HIDDEN long tether_write_text_at(int dirfd, const char *name, const char *text);
+
+/* clone_parent.c: the decimal digits of v at out (no NUL), their count; our own child
+ * reaped through its pidfd (never its number). */
+TETHER_HIDDEN int tether_put_uint(char *out, unsigned long long v);
+TETHER_HIDDEN void tether_reap_pidfd(int pidfd);
+
+/* clone_early.c: join the cgroup directory dirfd (this thread: "0" into "tasks" on v1, where
+ * it needs no kernel-wide lock; "cgroup.procs" on v2, which has no "tasks"): 1 for a v1
+ * directory, 0 for a v2 one, or -errno. The guard's own join and the overlapped start's. */
+TETHER_HIDDEN int tether_cgroup_join(int dirfd);
 
 /* clone_early.c: the overlapped start's steps in the guard's clone child. */
 TETHER_HIDDEN long tether_join_early(struct tether_early *early);

@@ -22,11 +22,9 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
-#include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "clone.h"
@@ -34,39 +32,9 @@
 #ifndef PR_SET_CHILD_SUBREAPER
 #define PR_SET_CHILD_SUBREAPER 36 /* since 3.4 */
 #endif
-#ifndef P_PIDFD
-#define P_PIDFD 3 /* since 5.4 */
-#endif
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424 /* since 5.1 */
 #endif
-
-/* The kernel's struct sigaction for rt_sigaction (as in clone.c). */
-struct early_sigaction {
-    void *handler;
-    unsigned long flags;
-    void *restorer;
-    uint64_t mask;
-};
-
-static long early_result(long ret)
-{
-    return ret == -1 ? -(long)errno : ret;
-}
-
-/* Decimal digits of v at out; returns the count. */
-static int put_uint(char *out, unsigned long v)
-{
-    char digits[20];
-    int n = 0, k = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    while (n > 0)
-        out[k++] = digits[--n];
-    return k;
-}
 
 /* What the program must find in place when it starts, set before its clone: orphans of the
  * program come back to us (the subreaper bit survives our exec into the guard: it lives in
@@ -74,24 +42,8 @@ static int put_uint(char *out, unsigned long v)
  * inherited SIG_IGN would have the kernel reap the program, whose status the guard reads). */
 static long prepare_parent(void)
 {
-    struct early_sigaction dfl;
-    long r = early_result(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0));
-    if (r < 0)
-        return r;
-    memset(&dfl, 0, sizeof dfl);
-    dfl.handler = (void *)SIG_DFL;
-    return early_result(syscall(SYS_rt_sigaction, SIGCHLD, &dfl, NULL, 8));
-}
-
-/* "0" written into the file name at dirfd: 0 or -errno. */
-static long write_zero_at(int dirfd, const char *name)
-{
-    long fd = early_result(syscall(SYS_openat, dirfd, name, O_WRONLY | O_CLOEXEC)), r;
-    if (fd < 0)
-        return fd;
-    r = early_result(syscall(SYS_write, (int)fd, "0", 1));
-    (void)syscall(SYS_close, (int)fd);
-    return r < 0 ? r : 0;
+    long r = tether_sys_result(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0));
+    return r < 0 ? r : tether_default_handler(SIGCHLD);
 }
 
 /* The program's pidfd must survive our exec (a clone's pidfd is always close-on-exec), and
@@ -100,8 +52,8 @@ static long keep_across_exec(int *pidfd)
 {
     long moved;
     if (*pidfd > 2)
-        return early_result(fcntl(*pidfd, F_SETFD, 0));
-    moved = early_result(fcntl(*pidfd, F_DUPFD, 3));
+        return tether_sys_result(fcntl(*pidfd, F_SETFD, 0));
+    moved = tether_sys_result(fcntl(*pidfd, F_DUPFD, 3));
     if (moved < 0)
         return moved;
     (void)syscall(SYS_close, *pidfd);
@@ -109,21 +61,34 @@ static long keep_across_exec(int *pidfd)
     return 0;
 }
 
+/* Into the cgroup dirfd, before the program exists, so the program and everything it forks
+ * start there. "0" is the writer itself, in v1 and v2 alike: we never move another pid.
+ *
+ * v1 through "tasks", not "cgroup.procs": a cgroup.procs write takes the kernel's
+ * cgroup_threadgroup_rwsem for writing, and the first writer after a quiet spell waits for an
+ * RCU grace period (measured here: 7.6 ms median, up to 30 ms, for a write after a 30 ms
+ * pause; a tree started now and then paid it on every start). Moving only the writing
+ * thread needs no such lock, and the writer (the guard, or its clone child) is a process of
+ * one thread. v2 has no "tasks" (ENOENT there): cgroup.procs. */
+int tether_cgroup_join(int dirfd)
+{
+    long r = tether_write_text_at(dirfd, "tasks", "0");
+    if (r == 0)
+        return 1;
+    return (int)(r == -ENOENT ? tether_write_text_at(dirfd, "cgroup.procs", "0") : r);
+}
+
 /* A limited tree's cgroups, joined by us (the guard to be) before the program exists, so
- * that it starts in them, as the guard's own join_cgroups does: "0" into "tasks" moves only
- * the writing thread (v1, no kernel-wide lock), "cgroup.procs" where there is no "tasks"
- * (v2). The guard learns which were v1 from --adopt. */
+ * that it starts in them, as the guard's own join_cgroups does. The guard learns which were
+ * v1 from --adopt. */
 long tether_join_early(struct tether_early *early)
 {
     int i;
     for (i = 0; i < early->n_join; i++) {
-        long r = write_zero_at(early->join_fds[i], "tasks");
-        if (r == -ENOENT)
-            r = write_zero_at(early->join_fds[i], "cgroup.procs");
-        else if (r == 0)
-            early->joined_v1 |= 1U << i;
+        int r = tether_cgroup_join(early->join_fds[i]);
         if (r < 0)
             return r;
+        early->joined_v1 |= (unsigned int)r << i;
     }
     return 0;
 }
@@ -138,9 +103,9 @@ long tether_start_early(struct tether_early *early)
     /* The program's fds reached us kept (the parent put them on our keep list, so no step
      * of ours moved or closed them); they must close at our exec, and at the program's (the
      * exec pipe's EOF is the parent's sign that the program has exec'd). */
-    r = early_result(fcntl(program->errpipe, F_SETFD, FD_CLOEXEC));
+    r = tether_sys_result(fcntl(program->errpipe, F_SETFD, FD_CLOEXEC));
     if (r == 0 && program->lifeline_src >= 0)
-        r = early_result(fcntl(program->lifeline_src, F_SETFD, FD_CLOEXEC));
+        r = tether_sys_result(fcntl(program->lifeline_src, F_SETFD, FD_CLOEXEC));
     if (r == 0)
         r = prepare_parent();
     if (r < 0)
@@ -155,13 +120,13 @@ long tether_start_early(struct tether_early *early)
     r = keep_across_exec(&early->pidfd);
     if (r < 0)
         return r;
-    at += put_uint(at, (unsigned long)pid);
+    at += tether_put_uint(at, (unsigned long)pid);
     *at++ = ':';
-    at += put_uint(at, (unsigned long)early->pidfd);
+    at += tether_put_uint(at, (unsigned long)early->pidfd);
     *at++ = ':';
-    at += put_uint(at, (unsigned long)early->method);
+    at += tether_put_uint(at, (unsigned long)early->method);
     *at++ = ':';
-    at += put_uint(at, (unsigned long)early->joined_v1);
+    at += tether_put_uint(at, (unsigned long)early->joined_v1);
     *at = '\0';
     return 0;
 }
@@ -170,12 +135,9 @@ long tether_start_early(struct tether_early *early)
  * The program is our child: kill it through its pidfd, and reap it. */
 void tether_abandon_early(struct tether_early *early)
 {
-    siginfo_t info;
     if (early->pidfd < 0)
         return;
     (void)syscall(SYS_pidfd_send_signal, early->pidfd, SIGKILL, NULL, 0);
-    while (syscall(SYS_waitid, P_PIDFD, early->pidfd, &info, WEXITED, NULL) != 0 &&
-           errno == EINTR)
-        ;
+    tether_reap_pidfd(early->pidfd);
     early->pidfd = -1;
 }

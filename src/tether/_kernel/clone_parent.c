@@ -26,27 +26,32 @@
 /* PARENT side.                                                                                 */
 /* ------------------------------------------------------------------------------------------ */
 
+int tether_put_uint(char *out, unsigned long long v)
+{
+    char digits[20];
+    int n = 0, k = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    while (n > 0)
+        out[k++] = digits[--n];
+    return k;
+}
+
 /* "ID ID 1\n" into out (at least 32 bytes): the identity map of one id. */
 static void format_id_map(char *out, unsigned int id)
 {
-    char digits[12];
-    int n = 0, k = 0, rep;
-    do {
-        digits[n++] = (char)('0' + id % 10);
-        id /= 10;
-    } while (id != 0);
-    for (rep = 0; rep < 2; rep++) {
-        int i;
-        for (i = n - 1; i >= 0; i--)
-            out[k++] = digits[i];
-        out[k++] = ' ';
-    }
+    int k = tether_put_uint(out, id);
+    out[k++] = ' ';
+    k += tether_put_uint(out + k, id);
+    out[k++] = ' ';
     out[k++] = '1';
     out[k++] = '\n';
     out[k] = '\0';
 }
 
-static void reap_pidfd(int pidfd)
+void tether_reap_pidfd(int pidfd)
 {
     siginfo_t info;
     /* Our own child, named by its pidfd, never its number. */
@@ -146,7 +151,7 @@ int tether_clone_exec(struct tether_plan *plan, int method, uint64_t extra_flags
     close(pipefd[0]);
     *pid_out = (pid_t)pid;
     if (failed) {
-        reap_pidfd(pidfd);
+        tether_reap_pidfd(pidfd);
         close(pidfd);
         return 0;
     }
@@ -157,7 +162,7 @@ int tether_clone_exec(struct tether_plan *plan, int method, uint64_t extra_flags
         if (moved < 0) {
             int err = errno;
             (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
-            reap_pidfd(pidfd);
+            tether_reap_pidfd(pidfd);
             close(pidfd);
             return -err;
         }
@@ -182,7 +187,7 @@ int tether_probe_method(int method)
         return (int)pid;
     if (pidfd < 0)
         return -ENOSYS; /* a kernel that ignored CLONE_PIDFD */
-    reap_pidfd(pidfd);
+    tether_reap_pidfd(pidfd);
     close(pidfd);
     return 0;
 }

@@ -170,7 +170,6 @@ void cg_read_events(void);
 void cg_signal_frozen(int sig);
 void cg_kill(void);
 int cg_remove(int parent_gone);
-int cg_join(int dirfd);
 int parent_gone(void);
 void cg_remove_joined_v1(void);
 

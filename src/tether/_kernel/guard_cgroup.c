@@ -50,20 +50,6 @@ void cg_read_events(void)
         g.frozen = v;
 }
 
-static int write_text_at(int dirfd, const char *name, const char *text)
-{
-    int fd = openat(dirfd, name, O_WRONLY | O_CLOEXEC);
-    ssize_t n;
-    if (fd < 0)
-        return -errno;
-    do
-        n = write(fd, text, strlen(text));
-    while (n < 0 && errno == EINTR);
-    n = n < 0 ? -errno : 0;
-    close(fd);
-    return (int)n;
-}
-
 struct linux_dirent64 {
     uint64_t ino;
     int64_t off;
@@ -167,7 +153,7 @@ static int signal_nested(int dirfd, const char *name, int depth, int sig)
 void cg_signal_frozen(int sig)
 {
     struct pollfd pfd[2];
-    if (write_text_at(g.cgroup_fd, "cgroup.freeze", "1") < 0)
+    if (tether_write_text_at(g.cgroup_fd, "cgroup.freeze", "1") < 0)
         return;
     for (;;) {
         int n = 1;
@@ -192,7 +178,7 @@ void cg_signal_frozen(int sig)
     }
     cg_signal_members(g.cgroup_fd, 0, sig);
 thaw:
-    (void)write_text_at(g.cgroup_fd, "cgroup.freeze", "0");
+    (void)tether_write_text_at(g.cgroup_fd, "cgroup.freeze", "0");
 }
 
 void cg_kill(void)
@@ -297,25 +283,6 @@ int cg_remove(int parent_gone)
     }
 }
 
-/* Move ourselves into the cgroup dirfd (limits: a per-tree v1 directory per controller, or a
- * v2 one in pidns mode) before the program exists, so the program and everything it forks
- * start there. "0" is the writer itself, in v1 and v2 alike: we never move another pid.
- *
- * v1 through "tasks", not "cgroup.procs": a cgroup.procs write takes the kernel's
- * cgroup_threadgroup_rwsem for writing, and the first writer after a quiet spell waits for an
- * RCU grace period (measured here: 7.6 ms median, up to 30 ms, for a write after a 30 ms
- * pause; a tree started now and then paid it on every start). Moving only the writing
- * thread needs no such lock, and we are single-threaded: our thread is all of us. v2 has no
- * "tasks" (ENOENT there): cgroup.procs. Returns 1 for a v1 directory, 0 for a v2 one, or
- * -errno. */
-int cg_join(int dirfd)
-{
-    int r = write_text_at(dirfd, "tasks", "0");
-    if (r == 0)
-        return 1;
-    return r == -ENOENT ? write_text_at(dirfd, "cgroup.procs", "0") : r;
-}
-
 /* Whether the parent is gone, now that the tree has ended: its lifeline said EOF *and* its
  * control socket has hung up. A live parent cuts the lifeline too (abandon, a failed start,
  * a dropped Child), but keeps the socket until it has reaped us, then reads the tree's final
@@ -353,7 +320,7 @@ static int remove_joined(int dirfd)
     if (n <= 0 || (size_t)n >= sizeof path)
         return n < 0 ? -errno : -ENAMETOOLONG;
     path[n] = '\0';
-    r = write_text_at(dirfd, "../tasks", "0");
+    r = (int)tether_write_text_at(dirfd, "../tasks", "0");
     if (r < 0)
         return r;
     for (;;) {

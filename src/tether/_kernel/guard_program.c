@@ -166,7 +166,6 @@ static void await_exec(void)
 void adopt_program(void)
 {
     struct tether_failure rec;
-    siginfo_t info;
     ssize_t n;
     /* Fault injection for the test suite only: end at once, the program started beside our
      * exec and nothing reported (tests/test_overlapped_start.py). An exit, not a SIGKILL of
@@ -180,9 +179,7 @@ void adopt_program(void)
     close(g.exec_fd);
     g.exec_fd = -1;
     if (n == (ssize_t)sizeof rec) {
-        while (waitid((idtype_t)P_PIDFD, (id_t)g.program_pidfd, &info, WEXITED) != 0 &&
-               errno == EINTR)
-            ;
+        tether_reap_pidfd(g.program_pidfd);
         g.program_pidfd = -1;
         fail(rec.stage, rec.error);
     }

@@ -73,14 +73,7 @@ static int parse_u64(const char *s, const char **end_out, unsigned long long *ou
 
 int fmt_u64(char *out, unsigned long long v)
 {
-    char digits[21];
-    int n = 0, k = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    while (n > 0)
-        out[k++] = digits[--n];
+    int k = tether_put_uint(out, v);
     out[k] = '\0';
     return k;
 }
@@ -414,7 +407,7 @@ static void join_cgroups(void)
         if (fd < 3 || is_kept(fd) || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
             fail(TETHER_GUARD_STAGE_SETUP, EBADF);
         /* --adopt: our clone child joined them before it started the program */
-        r = g.adopt != NULL ? (g.adopt_v1 >> i) & 1 : cg_join(fd);
+        r = g.adopt != NULL ? (g.adopt_v1 >> i) & 1 : tether_cgroup_join(fd);
         if (r < 0)
             fail(TETHER_GUARD_STAGE_CGROUP, -r);
         g.join_v1[i] = r;

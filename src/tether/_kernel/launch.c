@@ -137,9 +137,10 @@ static int *keep_with(const int *keep, int n, int fd)
     return out;
 }
 
-/* The guard's lifeline fd: the lowest number >= 3 that no kept fd takes (nor, when
- * inheritable fds pass, any fd open here), as SpawnSpec.lifeline_fd says. */
-static int lifeline_number(const int *keep, int n, int inherit_fds)
+/* A lifeline's fd in a child (the guard's; the program's, launch_early.c): the lowest number
+ * >= 3 that no kept fd takes (nor, when inheritable fds pass, any fd open here), as
+ * SpawnSpec.lifeline_fd says. */
+int lifeline_number(const int *keep, int n, int inherit_fds)
 {
     int fd = 3, i;
     for (;;) {

@@ -108,19 +108,6 @@ static int program_at(char **argv)
     return -1;
 }
 
-/* The lowest fd >= 3 that no pass_fd takes: the program's lifeline number (as the guard's
- * start_program picks it). */
-static int lifeline_dst(const int *keep, int n)
-{
-    int fd = 3, i, taken;
-    do {
-        for (i = 0, taken = 0; i < n && !taken; i++)
-            taken = keep[i] == fd;
-        fd += taken;
-    } while (taken);
-    return fd;
-}
-
 /* Without the GIL, before the guard's keep list is made: the pipes and the program's plan.
  * argv: the guard's. 0 or -errno (nothing open). */
 int early_open(struct launch_early *le, char **argv, int control)
@@ -148,7 +135,7 @@ int early_open(struct launch_early *le, char **argv, int control)
     p->keep_fds = keep;
     p->n_keep = n_keep;
     p->lifeline_src = le->lifeline[0];
-    p->lifeline_dst = lifeline_dst(keep, n_keep);
+    p->lifeline_dst = lifeline_number(keep, n_keep, 0); /* (close_fds=False: never here) */
     p->floor = le->with_lifeline ? p->lifeline_dst + 1 : 3;
     if (n_keep > 0 && keep[n_keep - 1] + 1 > p->floor)
         p->floor = keep[n_keep - 1] + 1;

@@ -38,6 +38,9 @@ struct launch_early {
     struct launch_early *next;
 };
 
+/* launch.c: the lowest fd >= 3 no kept fd takes (with inherit_fds, no open fd either). */
+TETHER_HIDDEN int lifeline_number(const int *keep, int n, int inherit_fds);
+
 TETHER_HIDDEN void early_init(struct launch_early *le);
 TETHER_HIDDEN int early_prepare(struct launch_early *le, PyObject *spec, char **envp,
                                 int method);
