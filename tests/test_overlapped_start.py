@@ -215,12 +215,9 @@ class Interrupted(Exception):
     pass
 
 
-def start_frozen(monkeypatch: pytest.MonkeyPatch,
-                 while_frozen: Callable[[], None] = lambda: None) -> list[str]:
-    """Spawn ``true`` into a frozen cgroup (the program cloned into it cannot exec), call
-    ``while_frozen`` from another thread once the program is in it (the barrier:
-    cgroup.events), then interrupt the launch with a signal whose handler raises. Returns
-    the cgroup's path (one item)."""
+def freeze_new_trees(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every tree's cgroup frozen as it is made (a program cloned into it cannot exec); the
+    list gets each one's path."""
     real = guard_launch.tree_cgroup
     made: list[str] = []
 
@@ -231,23 +228,39 @@ def start_frozen(monkeypatch: pytest.MonkeyPatch,
         made.append(cgroup.path)
         return cgroup, opts, fds
 
+    monkeypatch.setattr(guard_launch, "tree_cgroup", frozen)
+    return made
+
+
+def until_the_program_is_in(made: list[str]) -> None:
+    """The barrier (from another thread): the first frozen tree's cgroup has a member, by
+    cgroup.events."""
+    while not made:
+        time.sleep(0.001)
+    events = select.poll()
+    with open(os.path.join(made[0], "cgroup.events"), "rb") as f:
+        events.register(f, select.POLLPRI)
+        while b"populated 1" not in (f.seek(0), f.read())[1]:
+            events.poll(1000)
+
+
+def start_frozen(monkeypatch: pytest.MonkeyPatch,
+                 while_frozen: Callable[[], None] = lambda: None) -> list[str]:
+    """Spawn ``true`` into a frozen cgroup (the program cloned into it cannot exec), call
+    ``while_frozen`` from another thread once the program is in it, then interrupt the
+    launch with a signal whose handler raises. Returns the cgroup's path (one item)."""
+    made = freeze_new_trees(monkeypatch)
+
     def interrupt(signum: int, frame: object) -> None:
         raise Interrupted
 
-    def once_the_program_is_in(main: int) -> None:  # the barrier: cgroup.events
-        while not made:
-            time.sleep(0.001)
-        events = select.poll()
-        with open(os.path.join(made[0], "cgroup.events"), "rb") as f:
-            events.register(f, select.POLLPRI)
-            while b"populated 1" not in (f.seek(0), f.read())[1]:
-                events.poll(1000)
+    def once_the_program_is_in(main: int) -> None:
+        until_the_program_is_in(made)
         try:
             while_frozen()
         finally:
             signal.pthread_kill(main, signal.SIGUSR1)
 
-    monkeypatch.setattr(guard_launch, "tree_cgroup", frozen)
     old = signal.signal(signal.SIGUSR1, interrupt)
     sender = threading.Thread(target=once_the_program_is_in, args=(threading.get_ident(),))
     sender.start()
@@ -337,24 +350,11 @@ def test_a_launch_given_up_to_a_signal_is_freed_once_its_program_has_exec_d(
     # be freed once the program has exec'd.
     require_mode("cgroup")
     real = guard_launch.tree_cgroup
-    made: list[str] = []
+    made = freeze_new_trees(monkeypatch)
     handled = threading.Event()
 
-    def frozen(*args: object) -> object:
-        cgroup, opts, fds = real(*args)  # type: ignore[arg-type]
-        with open(os.path.join(cgroup.path, "cgroup.freeze"), "w") as f:
-            f.write("1")
-        made.append(cgroup.path)
-        return cgroup, opts, fds
-
     def thaw_once_handled(main: int) -> None:
-        while not made:
-            time.sleep(0.001)
-        events = select.poll()
-        with open(os.path.join(made[0], "cgroup.events"), "rb") as f:
-            events.register(f, select.POLLPRI)
-            while b"populated 1" not in (f.seek(0), f.read())[1]:
-                events.poll(1000)
+        until_the_program_is_in(made)
         signal.pthread_kill(main, signal.SIGUSR1)
         handled.wait()  # the launch has given up its wait: the handler runs after it
         with open(os.path.join(made[0], "cgroup.freeze"), "w") as f:
@@ -365,7 +365,6 @@ def test_a_launch_given_up_to_a_signal_is_freed_once_its_program_has_exec_d(
                    if trace.size == 64 * 1024
                    and any(frame.filename.endswith("spawn.py") for frame in trace.traceback))
 
-    monkeypatch.setattr(guard_launch, "tree_cgroup", frozen)
     old = signal.signal(signal.SIGUSR1, lambda signum, frame: handled.set())
     thawer = threading.Thread(target=thaw_once_handled, args=(threading.get_ident(),))
     tracemalloc.start(25)
