@@ -82,6 +82,7 @@ def test_a_limited_start_makes_the_next_trees_memory_and_pids_directories_ahead(
     with tether.spawn(["sh", "-c", "true & wait"], contain="pidns",
                       limits=tether.Limits()) as first:
         first.wait()
+    v1_pool.remove_retired()  # (that tree's own, removed by the next tree's preparation)
     ahead = {c: _tree_dirs(places[c]) for c in ("memory", "pids")}
     assert all(len(dirs) == 1 for dirs in ahead.values()), ahead
     second = LimitedTree.make(tether.Limits(), "pidns", None)
@@ -101,6 +102,8 @@ def test_directories_made_ahead_are_swept_once_their_process_is_gone(
               "for _ in range(2):  # (three processes: the pids directories are not reused)\n"
               "    tether.spawn(['sh', '-c', 'true & wait'], contain='pidns',\n"
               "                 limits=tether.Limits()).wait()\n"
+              "from tether._kernel import v1_pool\n"
+              "v1_pool.remove_retired()  # (the last tree's own)\n"
               "print('ready', flush=True)\nsys.stdin.read()\n")
     with tether.spawn([sys.executable, "-c", script], stdin=tether.PIPE,
                       stdout=tether.PIPE) as child:
@@ -157,6 +160,8 @@ def test_a_process_first_limited_tree_makes_nothing_ahead(places: dict[str, str]
     script = ("import os, sys, tether\n"
               "tether.spawn(['sh', '-c', 'true & wait'], contain='pidns',\n"
               "             limits=tether.Limits()).wait()\n"
+              "from tether._kernel import v1_pool\n"
+              "v1_pool.remove_retired()  # (that tree's own, not made ahead)\n"
               "print(sum(n.startswith('t-') for w in sys.argv[1:]\n"
               "          for n in os.listdir(os.path.join(w, 'tether'))))\n")
     result = tether.run([sys.executable, "-c", script, places["memory"], places["pids"]],
@@ -196,8 +201,8 @@ def _only_the_pools_hold_what_is_left(wheres: set[str], before: list[str] | None
     but one per directory the pools gained (the discard may read the announcement first,
     which makes the next tree's directories ahead anew)."""
     left = {p for w in wheres for p in _tree_dirs(w)}
-    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh) for es in pool.values()
-            for e in es}
+    kept = {e.path for pool in (v1_pool._pool, v1_pool._fresh, v1_pool._retired)
+            for es in pool.values() for e in es}
     assert left == kept, left - kept
     if before is not None and ahead is not None:
         assert len(os.listdir("/proc/self/fd")) == \
@@ -410,6 +415,7 @@ def test_a_pids_directory_is_reused_only_after_a_tree_that_stayed_at_the_floor(
         busier.wait()
     assert busier_dir == floor_dir, "the floor tree's pids directory was not reused"
     assert busier.usage().pids_peak == 3
+    v1_pool.remove_retired()  # (what is not reused is removed by the next preparation)
     assert busier_dir not in _tree_dirs(pids), "a pids directory that went past 2 was kept"
 
 

@@ -342,7 +342,9 @@ class LimitedTree(CgroupTree):
     def remove(self, timeout: float = 5.0) -> None:
         """Keep the final :class:`Usage` (the guard's report, else read here once what is left
         in the v2 directory is killed), then remove every directory (the v2 one after killing
-        what is left in it; a v1 one once the last member has left). Idempotent."""
+        what is left in it; a v1 one once the last member has left, or after the guard's
+        report, an emptied one later: ``v1_pool.retire``). Idempotent."""
+        reported = self.final is not None  # (the guard's report: the tree ended in order)
         if self.final is None and (self.fd >= 0 or self.v1):
             # The guard could not report (killed, or its cgroup not emptied): what is left of
             # the tree in our v2 directory ends first, or it could run and fork after the read.
@@ -364,6 +366,8 @@ class LimitedTree(CgroupTree):
                 if v1_pool.reusable_after(self.v1_controllers[where], peak) and \
                         v1_pool.release(where, entry):
                     continue
+                if reported and v1_pool.retire(entry):
+                    continue  # (removed while the next limited tree's program runs)
                 try:
                     # The guard was reaped: only stragglers of a killed tree may still
                     # be exiting, and cgroups the tree made inside go first.

@@ -332,6 +332,7 @@ int main(int argc, char **argv)
         adopt_program(); /* started beside our exec by our clone child */
     else
         start_program(argv + prog);
+    open_tree_usage(); /* (limits) while the program runs: the end only reads */
     run_until_tree_ends();
     /* The directory goes before the report: a parent that hears MSG_EXITED may rely on it
      * being gone. The report is also attempted after lifeline EOF: a parent that cut its

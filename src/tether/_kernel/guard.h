@@ -174,6 +174,7 @@ int parent_gone(void);
 void cg_remove_joined_v1(void);
 
 /* guard_usage.c */
+void open_tree_usage(void);
 int read_tree_usage(struct tether_guard_usage *u);
 
 #endif /* TETHER_GUARD_H */

@@ -63,6 +63,7 @@ def prepare(hierarchies: Mapping[str, tuple[set[str], dict[str, str]]]) -> None:
     parent) leaves the pool short, and the next tree makes its directory itself, raising the
     error where it belongs."""
     global _started_one
+    v1_pool.remove_retired()
     if not _started_one:
         _started_one = True
         return

@@ -16,6 +16,12 @@ of what limits add to a spawn (benchmarks: spawn, ``pidns with limits``).
 The pool stays locked by this process (the sweep skips it) and is removed at exit; if the
 process dies, the lock goes with it and the next start's sweep removes the directories.
 
+An ended tree's directory that cannot be reused (memory; pids past the floor) is *retired*
+instead of removed on the way out of the tree's wait: emptied and locked, it is removed by
+the next limited tree's preparation, while that tree's program runs (``remove_retired``), or
+at exit, at most ``RETIRED_SIZE`` at a time (the rmdir of a used memory directory costs about
+50 us here).
+
 The hierarchies that cannot be reused get *fresh* directories made ahead instead (at most
 ``FRESH_SIZE`` per hierarchy, never entered by any tree: ``v1_dirs.prepare``), kept and
 removed here alike.
@@ -36,12 +42,12 @@ import os
 import threading
 from typing import Final
 
-from tether._kernel.cgroup import write_file
+from tether._kernel.cgroup import remove, write_file
 
 __all__ = [
     "PIDS_FLOOR", "PooledDir", "acquire", "add_fresh", "add_ready", "ahead", "controllers_at",
-    "discard", "drain", "has_ready", "poolable", "release", "reset", "reusable_after",
-    "reusable_now", "take_fresh", "take_unready",
+    "discard", "drain", "has_ready", "poolable", "release", "remove_retired", "reset",
+    "retire", "reusable_after", "reusable_now", "take_fresh", "take_unready",
 ]
 
 #: Directories kept per hierarchy (a process with this many limited trees ending together).
@@ -57,8 +63,11 @@ _DEFAULTS: Final = {"cpu.cfs_quota_us": "-1", "cpu.cfs_period_us": "100000",
 FRESH_SIZE: Final = 1
 #: The ``pids.peak`` every tree reaches: its guard and its program.
 PIDS_FLOOR: Final = 2
+#: Ended trees' directories kept for removal off their wait's path (see the module's doc).
+RETIRED_SIZE: Final = 8
 _pool: dict[str, list[PooledDir]] = {}
 _fresh: dict[str, list[PooledDir]] = {}
+_retired: dict[str, list[PooledDir]] = {"": []}
 _lock = threading.Lock()
 #: Set by the drain at exit: a tree ended after it (a dropped one, reaped by the reaper's
 #: atexit) has its directories removed, not kept in a pool nobody drains any more.
@@ -205,6 +214,32 @@ def release(where: str, entry: PooledDir) -> bool:
     return _keep(_pool, where, entry, POOL_SIZE)
 
 
+def retire(entry: PooledDir) -> bool:
+    """Keep an ended tree's directory that will not be reused (its final usage read) for
+    :func:`remove_retired`; False (the caller removes it now, waiting for what is left to
+    exit) if a member is left in it, if full, or once the pools have been drained at exit."""
+    return _read("cgroup.procs", entry.fd) == "" and _keep(_retired, "", entry, RETIRED_SIZE)
+
+
+def remove_retired() -> None:
+    """Remove the retired directories (the next limited tree's preparation, while its program
+    runs), with the cgroups the tree made inside, deepest first. One a process was moved into
+    since is left, unlocked, to a later sweep."""
+    with _lock:
+        entries, _retired[""] = _retired[""], []
+    for entry in entries:
+        _remove_retired(entry)
+
+
+def _remove_retired(entry: PooledDir) -> None:
+    try:
+        remove(entry.path, 0.0)
+    except OSError:
+        pass  # unlocked now: the next start's sweep removes it
+    finally:
+        os.close(entry.fd)
+
+
 def _keep(kept: dict[str, list[PooledDir]], where: str, entry: PooledDir, size: int) -> bool:
     """Add ``entry`` to ``kept[where]``; False if it holds ``size`` already, or once the
     pools have been drained at exit."""
@@ -217,17 +252,21 @@ def _keep(kept: dict[str, list[PooledDir]], where: str, entry: PooledDir, size: 
 
 
 def drain() -> None:
-    """Remove every pooled and fresh directory and release its lock (at exit; tests)."""
+    """Remove every pooled, fresh and retired directory and release its lock (at exit;
+    tests)."""
     for entry in _take_all():
-        discard(entry)
+        _remove_retired(entry)
 
 
 def _take_all() -> list[PooledDir]:
-    """Every pooled and fresh directory, out of the pools (the caller owns their locks)."""
+    """Every pooled, fresh and retired directory, out of the pools (the caller owns their
+    locks)."""
     with _lock:
-        entries = [e for kept in (_pool, _fresh) for free in kept.values() for e in free]
+        entries = [e for kept in (_pool, _fresh, _retired) for free in kept.values()
+                   for e in free]
         _pool.clear()
         _fresh.clear()
+        _retired[""] = []
     return entries
 
 
