@@ -168,6 +168,52 @@ def test_a_guard_whose_exec_fails_ends_the_program_it_started(
     assert nothing_left()
 
 
+# The program forks a child that stays in its process group, says so on argv[1], and sleeps.
+FORK_AND_SLEEP = r"""
+import os, sys, time
+if os.fork() == 0:
+    os.write(int(sys.argv[1]), b"forked")
+    time.sleep(300)
+    os._exit(0)
+time.sleep(300)
+"""
+
+
+def test_a_guard_whose_exec_fails_late_ends_what_the_program_forked(
+        mode: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The guard's clone child is held after the program's clone (its test-only fault
+    # injection) until the program has exec'd and forked; then its exec of a guard that
+    # cannot be exec'd fails. What the program forked in its group goes with it (it was left
+    # running: the clone child killed the program alone).
+    junk = tmp_path / "guard"
+    junk.write_bytes(b"\0")
+    junk.chmod(0o644)
+    monkeypatch.setattr(guard_launch, "guard_path", lambda: str(junk))
+    hold_r, hold_w = os.pipe()
+    forked_r, forked_w = os.pipe()
+
+    def release_once_forked() -> None:
+        try:
+            if select.select([forked_r], [], [], 30.0)[0]:
+                os.read(forked_r, 16)
+        finally:
+            os.close(hold_w)
+
+    releaser = threading.Thread(target=release_once_forked)
+    releaser.start()
+    env = {**os.environ, "TETHER_TEST_EARLY_HOLD_FD": str(hold_r)}
+    try:
+        with pytest.raises(PermissionError):
+            tether.spawn([PY, "-c", FORK_AND_SLEEP, str(forked_w)], contain=mode,  # type: ignore[arg-type]
+                         env=env, pass_fds=(hold_r, forked_w))
+    finally:
+        releaser.join()
+        for fd in (hold_r, forked_r, forked_w):
+            os.close(fd)
+    # (the killed child, orphaned, is reaped by the nearest subreaper: we)
+    assert oracle.reap_until(10.0).empty
+
+
 def test_a_guard_dead_before_it_adopted_the_program_leaves_nothing(
         mode: str, launches: list[object]) -> None:
     # The guard dies right after its exec (its test-only fault injection): the program runs

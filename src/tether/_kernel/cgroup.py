@@ -18,6 +18,7 @@ process may use it, is ``cgroup_probe``'s job (re-exported here).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -118,13 +119,19 @@ class CgroupTree:
         self.handed_over = False
 
     def discard(self) -> None:
-        """Remove a directory that no process ever entered (a launch that failed before the
-        guard could start anything) and release the lock. Opens no file: it must work at the
-        open-file limit, which may be why the launch failed. Idempotent."""
+        """Remove the directory of a launch that failed and release the lock. Opens no file
+        when no process entered it: it must work at the open-file limit, which may be why the
+        launch failed. One that a program entered (the overlapped start's, whose guard's exec
+        failed after it: its clone child killed the program's group, but what left the group
+        is still there) is killed and removed. Idempotent."""
         if self.fd < 0 and not self.handed_over:
             return
         try:
-            rmdir_quiet(self.path)
+            os.rmdir(self.path)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                with contextlib.suppress(OSError):  # (else: a later start's sweep)
+                    kill_and_remove(self.path, 5.0)
         finally:
             self._release()
 

@@ -81,6 +81,7 @@ struct tether_early {
     char *adopted;               /* out: "PID:PIDFD:METHOD:V1" for the guard's --adopt (48
                                   * bytes, a string of its argv) */
     int pidfd;                   /* the program's pidfd in the guard's clone child; -1 */
+    pid_t pid;                   /* its pid there (and so its process group's id); 0 */
     const int *join_fds;         /* a limited tree's cgroup directories, joined first */
     int n_join;
     unsigned int joined_v1;      /* out: bit i set: join_fds[i] was a v1 directory ("tasks") */

@@ -93,6 +93,30 @@ long tether_join_early(struct tether_early *early)
     return 0;
 }
 
+/* Fault injection for the test suite only: with TETHER_TEST_EARLY_HOLD_FD=N in the
+ * program's environment (N one of its pass_fds, kept by us), wait after the program's clone
+ * until the test writes to (or closes) N: the program may exec and fork meanwhile, before
+ * our exec fails (tests/test_overlapped_start.py). A scan of memory and a read: both safe. */
+static void hold_for_test(const struct tether_plan *program)
+{
+    static const char key[] = "TETHER_TEST_EARLY_HOLD_FD=";
+    char *const *env;
+    for (env = program->envp; *env != NULL; env++) {
+        const char *p = *env, *k = key;
+        int fd = 0;
+        char byte;
+        while (*k != '\0' && *p == *k)
+            p++, k++;
+        if (*k != '\0')
+            continue;
+        while (*p >= '0' && *p <= '9' && fd < 1 << 20)
+            fd = fd * 10 + (*p++ - '0');
+        while (fd > 2 && syscall(SYS_read, fd, &byte, 1) < 0 && errno == EINTR)
+            ;
+        return;
+    }
+}
+
 long tether_start_early(struct tether_early *early)
 {
     struct tether_plan *program = early->program;
@@ -117,6 +141,7 @@ long tether_start_early(struct tether_early *early)
     if (pid < 0)
         return pid;
     early->pidfd = pidfd; /* from here on, a failure of ours ends the program (abandon) */
+    early->pid = (pid_t)pid;
     r = keep_across_exec(&early->pidfd);
     if (r < 0)
         return r;
@@ -128,16 +153,22 @@ long tether_start_early(struct tether_early *early)
     *at++ = ':';
     at += tether_put_uint(at, (unsigned long)early->joined_v1);
     *at = '\0';
+    hold_for_test(program);
     return 0;
 }
 
 /* Our own failure after the program's clone (the guard's exec failed): nothing may be left.
- * The program is our child: kill it through its pidfd, and reap it. */
+ * The program is our child: kill it through its pidfd, then its process group (it leads
+ * one, as the guard's own start makes it: by the time our exec failed it may have exec'd
+ * and forked; the group's id is its pid, which stays its own until we reap it), and reap it.
+ * A member that forks meanwhile is refused the fork by its pending SIGKILL. */
 void tether_abandon_early(struct tether_early *early)
 {
     if (early->pidfd < 0)
         return;
     (void)syscall(SYS_pidfd_send_signal, early->pidfd, SIGKILL, NULL, 0);
+    if (early->pid > 0)
+        (void)syscall(SYS_kill, -early->pid, SIGKILL);
     tether_reap_pidfd(early->pidfd);
     early->pidfd = -1;
 }

@@ -47,6 +47,7 @@ void early_init(struct launch_early *le)
     le->lifeline[0] = le->lifeline[1] = -1;
     le->early.program = &le->program;
     le->early.pidfd = -1;
+    le->early.pid = 0;
     le->early.adopted = le->adopted;
 }
 
