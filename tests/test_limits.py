@@ -107,6 +107,24 @@ def test_cpu_quota_throttles_the_tree(limit_mode: str) -> None:
     assert 0.05 < result.usage.cpu < 2 * 0.5 * 1.25 + 0.1
 
 
+SHORT_BUSY = ("import time\nwhile time.process_time() < 0.03: pass\n"
+              "print(time.process_time())\n")
+
+
+def test_usage_of_a_short_tree_is_its_cpu_time_not_timer_ticks(limit_mode: str) -> None:
+    # v1 cpuacct's user/system split (usage_all, usage_user/_sys) is sampled at timer ticks
+    # (4 ms here): a tree of a millisecond read 0 three times in four, a longer one as a
+    # multiple of 4 ms. Its total (cpuacct.usage) is the scheduler's own count, which the
+    # split is scaled to, as v2's cpu.stat is by the kernel.
+    for _ in range(5):
+        assert tether.run(["true"], contain=limit_mode, limits=tether.Limits()).usage.cpu > 0
+    result = tether.run([PY, "-c", SHORT_BUSY], contain=limit_mode, limits=tether.Limits(),
+                        capture_output=True)
+    own = float(result.stdout)  # the program's own CPU so far (the scheduler's count)
+    # The tree: the program, its interpreter's exit and its guard's CPU on top.
+    assert own <= result.usage.cpu <= own + 0.05, (own, result.usage)
+
+
 DAEMON = """
 import os, sys, time
 if os.fork():

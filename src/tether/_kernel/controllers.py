@@ -440,16 +440,24 @@ def _read(place: _Place, name: str, *, whole: bool = False) -> str | None:
 
 
 def _cpuacct_seconds(place: _Place) -> tuple[float, float]:
-    """User and system CPU seconds of a v1 cpuacct directory: one read of cpuacct.usage_all
-    (4.11+; a "cpu user system" row per CPU, in ns), else usage_user and usage_sys."""
+    """User and system CPU seconds of a v1 cpuacct directory: its split from one read of
+    cpuacct.usage_all (4.11+; a "cpu user system" row per CPU, in ns), else usage_user and
+    usage_sys, scaled to its total (cpuacct.usage). The split is counted in timer ticks (a
+    short tree reads 0), the total by the scheduler: as the kernel scales v2's cpu.stat, and
+    as the guard reads it (guard_usage.c, scale_to_total), no tick at all is user time."""
     text = _read(place, "cpuacct.usage_all", whole=True)
     if text is None:
-        return ((_number(place, "cpuacct.usage_user") or 0) / 1e9,
-                (_number(place, "cpuacct.usage_sys") or 0) / 1e9)
-    user = system = 0
-    for row in text.splitlines()[1:]:
-        _, user_ns, system_ns = row.split()
-        user, system = user + int(user_ns), system + int(system_ns)
+        user = _number(place, "cpuacct.usage_user") or 0
+        system = _number(place, "cpuacct.usage_sys") or 0
+    else:
+        user = system = 0
+        for row in text.splitlines()[1:]:
+            _, user_ns, system_ns = row.split()
+            user, system = user + int(user_ns), system + int(system_ns)
+    total = _number(place, "cpuacct.usage")
+    if total is not None:
+        user = min(total, int(total * (user / (user + system)))) if user + system else total
+        system = total - user
     return user / 1e9, system / 1e9
 
 

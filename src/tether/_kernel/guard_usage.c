@@ -22,18 +22,18 @@
  * sleep then, while the program runs) and read at the end with pread at offset 0, which
  * makes cgroupfs generate the file afresh: two syscalls fewer per file on the way out of
  * every limited tree than an openat/read/close there. -1: not opened (the end opens it). */
-enum { U_CPU_ALL, U_CPU_USER, U_CPU_SYS, U_CPU_STAT, U_MEM_MAX, U_MEM_OOM, U_MEM_PEAK,
-       U_MEM_EVENTS, U_PIDS_PEAK, U_FILES };
+enum { U_CPU_ALL, U_CPU_USER, U_CPU_SYS, U_CPU_STAT, U_CPU_TOTAL, U_MEM_MAX, U_MEM_OOM,
+       U_MEM_PEAK, U_MEM_EVENTS, U_PIDS_PEAK, U_FILES };
 static const char *const usage_names[U_FILES] = {
     "cpuacct.usage_all", "cpuacct.usage_user", "cpuacct.usage_sys", "cpu.stat",
-    "memory.max_usage_in_bytes", "memory.oom_control", "memory.peak", "memory.events",
-    "pids.peak"};
-static int usage_files[U_FILES] = {-1, -1, -1, -1, -1, -1, -1, -1, -1};
+    "cpuacct.usage", "memory.max_usage_in_bytes", "memory.oom_control", "memory.peak",
+    "memory.events", "pids.peak"};
+static int usage_files[U_FILES] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
 
 /* The directory fd a file of usage_names is read through, or -1. */
 static int usage_dir(int file)
 {
-    if (file <= U_CPU_STAT)
+    if (file <= U_CPU_TOTAL)
         return g.usage_cpu_fd;
     return file <= U_MEM_EVENTS ? g.usage_memory_fd : g.usage_pids_fd;
 }
@@ -53,6 +53,9 @@ void open_tree_usage(void)
                 if (f == U_CPU_USER) /* usage_user comes with usage_sys */
                     usage_files[U_CPU_SYS] = openat(dirfd, usage_names[U_CPU_SYS],
                                                     O_RDONLY | O_CLOEXEC);
+                if (f == U_CPU_ALL || f == U_CPU_USER) /* and v1's split with its total */
+                    usage_files[U_CPU_TOTAL] = openat(dirfd, usage_names[U_CPU_TOTAL],
+                                                      O_RDONLY | O_CLOEXEC);
                 break;
             }
         }
@@ -150,16 +153,33 @@ static int cpuacct_all(int64_t *user, int64_t *system)
     return n < 0 ? -1 : 0;
 }
 
-/* The CPU time of the tree: v1 cpuacct (usage_all, else usage_user and usage_sys, in ns), or
- * v2 cpu.stat (user_usec, system_usec). */
+/* v1's user/system split is counted in timer ticks (4 ms apart here: a short tree reads 0),
+ * its total (cpuacct.usage) by the scheduler, in ns: the split is scaled to the total, as the
+ * kernel scales v2's cpu.stat (cputime_adjust: no tick at all counts as user time). */
+static void scale_to_total(int64_t *user, int64_t *system)
+{
+    int64_t total = file_number(U_CPU_TOTAL);
+    int64_t u = *user > 0 ? *user : 0, s = *system > 0 ? *system : 0;
+    if (total < 0)
+        return;
+    *user = u + s > 0 ? (int64_t)((double)total * ((double)u / (double)(u + s))) : total;
+    if (*user > total)
+        *user = total;
+    *system = total - *user;
+}
+
+/* The CPU time of the tree: v1 cpuacct (usage_all, else usage_user and usage_sys, in ns, as
+ * scale_to_total makes them), or v2 cpu.stat (user_usec, system_usec). */
 static void cpu_usage(struct tether_guard_usage *u)
 {
-    if (cpuacct_all(&u->user_ns, &u->system_ns) == 0)
+    if (cpuacct_all(&u->user_ns, &u->system_ns) != 0) {
+        u->user_ns = file_number(U_CPU_USER);
+        u->system_ns = file_number(U_CPU_SYS);
+    }
+    if (u->user_ns >= 0 || u->system_ns >= 0) {
+        scale_to_total(&u->user_ns, &u->system_ns);
         return;
-    u->user_ns = file_number(U_CPU_USER);
-    u->system_ns = file_number(U_CPU_SYS);
-    if (u->user_ns >= 0 || u->system_ns >= 0)
-        return;
+    }
     u->user_ns = keyed_number(U_CPU_STAT, "user_usec");
     u->system_ns = keyed_number(U_CPU_STAT, "system_usec");
     if (u->user_ns > 0)
