@@ -17,6 +17,14 @@ one that no spawn takes costs. Beside them, from Python,
 ``tether.spawn(contain="group").wait()`` against ``subprocess.Popen().wait()``: how far above
 that floor a guarded spawn is.
 
+And the floor of a limited start (issue 15, ``exec_floor_limits.c``): the overlapped start
+with the guard's clone in a new PID namespace, alone and with the tree in its own v1 memory,
+cpu, cpuacct and pids groups (joined by the clone child, the usage read by the guard, the
+memory group removed after), with and without the cpu group: what the kernel alone charges
+for the limits. It needs root and those four v1 hierarchies (a hybrid layout): this script
+makes a private directory in this process's own group of each, ``tether-floor-<pid>``, and
+removes it with everything in it at the end; elsewhere those rows are skipped, saying why.
+
     PYTHONPATH=src python benchmarks/bench_floor.py [--quick]
     PYTHONPATH=src python benchmarks/run.py --sections others --others floor
 """
@@ -24,6 +32,8 @@ that floor a guarded spawn is.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import platform
 import shutil
@@ -31,6 +41,7 @@ import statistics
 import subprocess  # noqa: TET102  the baseline, and the C compiler
 import tempfile
 import time
+from collections.abc import Iterator
 
 import tether
 from tether._tree.modes import guard_path
@@ -53,7 +64,12 @@ ROWS = {
     "ahead_launch": "launching a guard ahead, until ready (untimed above)",
     "ahead_unused": "a guard launched ahead, never used, reaped",
     "ahead_chain": "the same, next guard launched meanwhile (steady)",
+    "overlapped_ns": "overlapped, the guard's clone in a new PID namespace",
+    "limited_ns": "the same, the tree in its limited v1 groups",
+    "limited_ns_nocpu": "the same, but not in the cpu group",
 }
+#: The limited variants' hierarchies, in exec_floor's --limits order.
+CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
 
 
 def build(tmpdir: str) -> tuple[str, str] | None:
@@ -62,26 +78,107 @@ def build(tmpdir: str) -> tuple[str, str] | None:
     if cc is None:
         return None
     exe = os.path.join(tmpdir, "exec_floor")
-    src = os.path.join(HERE, "exec_floor.c")
+    srcs = [os.path.join(HERE, "exec_floor.c"), os.path.join(HERE, "exec_floor_limits.c")]
     attempts = []
     if platform.machine() in ("x86_64", "aarch64"):
         extra = ["-mno-outline-atomics"] if platform.machine() == "aarch64" else []
-        attempts.append(("libc-free", [cc, "-O2", "-I", KERNEL, src,
+        attempts.append(("libc-free", [cc, "-O2", "-I", KERNEL, *srcs,
                                        os.path.join(KERNEL, "nolibc", "rt.c"), *FREESTANDING,
                                        *extra, "-lgcc", "-o", exe]))
-    attempts.append(("static libc", [cc, "-O2", "-static", src, "-o", exe]))
+    attempts.append(("static libc", [cc, "-O2", "-static", *srcs, "-o", exe]))
     for kind, cmd in attempts:
         if subprocess.run(cmd, capture_output=True, check=False).returncode == 0:  # noqa: TET102
             return exe, kind
     return None
 
 
-def c_floors(exe: str, rounds: int) -> dict[str, float]:
-    """Medians in microseconds, by variant (exec_floor.c prints nanoseconds)."""
-    out = subprocess.run(  # noqa: TET102  the floor program, exits by itself
-        [exe, "bench", str(rounds), guard_path()], capture_output=True, text=True, check=True,
-        stdin=subprocess.DEVNULL).stdout
-    return {line.split()[0]: int(line.split()[1]) / 1000 for line in out.splitlines()}
+def own_v1_groups() -> tuple[list[str], str]:
+    """This process's own group on each of CONTROLLERS' v1 hierarchies (its directory, in
+    CONTROLLERS' order), from /proc/self/mountinfo and /proc/self/cgroup: (dirs, "") or
+    ([], why not)."""
+    mounts: dict[str, tuple[str, str]] = {}  # controller: (the mount's root, where it is)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields, _, tail = line.partition(" - ")
+            fstype, _source, options, *_ = [*tail.split(), "", "", ""]
+            if fstype == "cgroup":
+                for name in set(options.split(",")) & set(CONTROLLERS):
+                    root, point = fields.split()[3:5]
+                    mounts[name] = (root, point.replace("\\040", " "))
+    own: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _id, names, path = line.rstrip("\n").split(":", 2)
+            for name in set(names.split(",")) & set(CONTROLLERS):
+                own[name] = path
+    missing = [name for name in CONTROLLERS if name not in mounts or name not in own]
+    if missing:
+        return [], f"no v1 {'/'.join(missing)} hierarchy"
+    if len({mounts[name][1] for name in CONTROLLERS}) < len(CONTROLLERS):
+        return [], "memory, cpu, cpuacct and pids do not each have a v1 hierarchy of their own"
+    dirs = []
+    for name in CONTROLLERS:
+        root, point = mounts[name]
+        rel = os.path.relpath(own[name], root)
+        if rel.startswith(os.pardir):
+            return [], f"this process's {name} group is not under its mount"
+        dirs.append(os.path.normpath(os.path.join(point, rel)))
+    return dirs, ""
+
+
+def remove_group(path: str) -> None:
+    """rmdir a cgroup directory, the groups under it first (a group whose last process is
+    still exiting is busy for a moment: retried for up to a second)."""
+    for entry in os.scandir(path):
+        if entry.is_dir(follow_symlinks=False):
+            remove_group(entry.path)
+    for _ in range(100):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+        time.sleep(0.01)
+    os.rmdir(path)
+
+
+@contextlib.contextmanager
+def limit_dirs() -> Iterator[tuple[list[str], str]]:
+    """Private directories for the limited variants, ``tether-floor-<pid>`` in this process's
+    own group of each hierarchy (as tether's ``tether``), removed with everything in them on
+    the way out, error or not: (dirs, "") or ([], why not)."""
+    places, why = own_v1_groups()
+    made: list[str] = []
+    try:
+        for place in places:
+            path = os.path.join(place, f"tether-floor-{os.getpid()}")
+            os.mkdir(path)
+            made.append(path)
+    except OSError as e:
+        why = f"cannot make a cgroup directory: {e}"
+    try:
+        yield (made, "") if not why else ([], why)
+    finally:
+        for path in made:
+            remove_group(path)
+
+
+def said(stderr: str) -> str:
+    """exec_floor's own lines on stderr (the real guard's usage errors are there too)."""
+    return " ".join(line for line in stderr.splitlines() if line.startswith("exec_floor:"))
+
+
+def c_floors(exe: str, rounds: int, limits: list[str]) -> tuple[dict[str, float], str]:
+    """Medians in microseconds, by variant (exec_floor.c prints nanoseconds), and what it said
+    on stderr (why the limited variants were skipped, if they were)."""
+    done = subprocess.run(  # noqa: TET102  the floor program, exits by itself
+        [exe, "bench", str(rounds), guard_path(), *(["--limits", *limits] if limits else [])],
+        capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL)
+    floors = {line.split()[0]: int(line.split()[1]) / 1000 for line in done.stdout.splitlines()}
+    return floors, said(done.stderr)
 
 
 def python_pair(rounds: int) -> dict[str, float]:
@@ -111,7 +208,15 @@ def main(quick: bool = False) -> dict[str, object]:
         if built is None:
             return {"skipped": "no C compiler"}
         exe, kind = built
-        floors = c_floors(exe, rounds)
+        with limit_dirs() as (limits, why):
+            try:
+                floors, told = c_floors(exe, rounds, limits)
+            except subprocess.CalledProcessError as e:
+                if not limits:
+                    raise
+                # A limited sample failed (exec_floor_limits.c says which): the rest without.
+                why = f"exec_floor failed with them: {said(e.stderr)}"
+                floors, told = c_floors(exe, rounds, [])
     pair = python_pair(rounds // 3)
     result: dict[str, object] = {"build": kind, "rounds": rounds}
     result.update({f"{ROWS[k]} (us)": round(v, 1) for k, v in floors.items()})
@@ -124,6 +229,18 @@ def main(quick: bool = False) -> dict[str, object]:
     result["launched-ahead steady state / one exec"] = round(
         floors["ahead_chain"] / floors["true"], 2)
     result["steady-state gain over two execs (us)"] = round(gain, 1)
+    if "limited_ns" in floors:
+        base = floors["overlapped_ns"]
+        result["limited_ns / overlapped_ns (C floor of limits)"] = round(
+            floors["limited_ns"] / base, 2)
+        result["limited_ns_nocpu / overlapped_ns (the same, no cpu group)"] = round(
+            floors["limited_ns_nocpu"] / base, 2)
+        result["limited_ns - overlapped_ns (us)"] = round(floors["limited_ns"] - base, 1)
+        result["limited_ns - limited_ns_nocpu (us, the cpu group)"] = round(
+            floors["limited_ns"] - floors["limited_ns_nocpu"], 1)
+    else:
+        result["limited variants"] = (f"skipped: {why}" if why else told
+                                      or "skipped: exec_floor did not run them")
     result["Popen().wait() (us)"] = round(pair["popen"], 1)
     result["tether.spawn(group).wait() (us)"] = round(pair["spawn_group"], 1)
     result["tether.spawn / Popen"] = round(pair["spawn_group"] / pair["popen"], 2)

@@ -5,8 +5,11 @@
  * bench_floor.py against the guard's own libc-free runtime (src/tether/_kernel/nolibc/rt.c),
  * so the "guard" here execs exactly as cheaply as a static binary with no libc start-up can.
  *
- *   exec_floor bench N [GUARD]    N rounds, every variant once per round in rotating order;
- *                                 prints "name median p25 p75" in nanoseconds, one a line
+ *   exec_floor bench N [GUARD] [--limits MEMORY CPU CPUACCT PIDS]
+ *                                 N rounds, every variant once per round in rotating order;
+ *                                 prints "name median p25 p75" in nanoseconds, one a line;
+ *                                 --limits: the limited variants' parent groups (else, or
+ *                                 if unusable, they are skipped: the reason on stderr)
  *   exec_floor exit               exit at once (the exec floor of this binary)
  *   exec_floor mini               the smallest guard: clone(VM|VFORK)+exec /bin/true, reap
  *   exec_floor adopt              the overlapped guard: reap the program its pre-exec self
@@ -15,6 +18,7 @@
  *                                 lifeline on fd 101; says it is ready, sleeps in poll on
  *                                 both; lifeline EOF: exit; a request: start it, reap it,
  *                                 report, exit (one guard per tree)
+ *   exec_floor usage              the limited guard (exec_floor_limits.c)
  *
  * Variants (each one sample = clone, exec(s), every child reaped):
  *   true        vfork-style clone + exec /bin/true                    (Popen's floor)
@@ -23,8 +27,7 @@
  *   two_exec    exec "mini", which clones and execs /bin/true         (a guarded spawn's floor)
  *   overlapped  the clone child first clones /bin/true (CLONE_VM, a stack of its own, no
  *               VFORK) and then execs "adopt": the program's exec may run beside the guard's
- *               on another CPU. The parent waits for both execs (EOF on an O_CLOEXEC pipe both
- *               hold) before it reuses the stacks, then reaps.
+ *               on another CPU (overlapped_tree)
  *   ahead       a guard launched ahead: before the clock, a SEQPACKET socketpair and a
  *               lifeline pipe, vfork+exec "ahead", and its ready message read (so it sleeps
  *               in poll when the request comes: the best case of a real design). Timed: the
@@ -45,6 +48,10 @@
  *   ahead_unused  a guard launched ahead that no spawn takes: launch, ready, lifeline and
  *               socket closed, reaped (what a made-ahead guard costs when the pattern does
  *               not repeat)
+ *   overlapped_ns  "overlapped" with CLONE_NEWPID on the guard's clone: the program is pid 2
+ *               of a new PID namespace and "adopt" its init (the unlimited pidns floor)
+ *   limited_ns, limited_ns_nocpu  overlapped_ns in the tree's own limited v1 cgroups, and
+ *               the same without the cpu group (issue 15: exec_floor_limits.c)
  * Beside the variants, "ahead_launch" is the untimed part of each "ahead" sample: launch
  * until the ready message is read.
  */
@@ -63,10 +70,13 @@
 
 #define STACK_SIZE (64 * 1024)
 #define MAX_ROUNDS 20000
-#define VARIANTS 9
+#define VARIANTS 12
+#define OVERLAPPED 4
 #define AHEAD 5        /* the first of the four launched-ahead variants */
 #define AHEAD_CHAIN 7
-#define AHEAD_UNUSED 8
+#define AHEAD_UNUSED 8 /* the last of them */
+#define OVERLAPPED_NS 9
+#define LIMITED_NS 10  /* and LIMITED_NS_NOCPU, 11 */
 #define AHEAD_CTL 100  /* the launched-ahead guard's fds (the parent's are all lower) */
 #define AHEAD_LIFE 101
 #define REQUEST_SIZE 256
@@ -75,15 +85,23 @@
 
 static char guard_stack[STACK_SIZE] __attribute__((aligned(16)));
 static char program_stack[STACK_SIZE] __attribute__((aligned(16)));
-static char *self_path;
+char *self_path; /* shared with exec_floor_limits.c, as the functions not static are */
 static char *guard_path;
+static int limited; /* the limited variants are set up */
 static char *no_env[] = {0};
 static long samples[VARIANTS + 1][MAX_ROUNDS]; /* + 1: ahead_launch */
 static const char *names[VARIANTS + 1] = {
     "true",         "noop",         "guard",       "two_exec",    "overlapped",
-    "ahead",        "ahead_report", "ahead_chain", "ahead_unused", "ahead_launch"};
+    "ahead",        "ahead_report", "ahead_chain", "ahead_unused", "overlapped_ns",
+    "limited_ns",   "limited_ns_nocpu", "ahead_launch"};
 
-static long now_ns(void)
+/* exec_floor_limits.c's part: the limited variants' groups, a sample, the "usage" guard. */
+int limits_open(char *const dirs[4]);
+void limits_close(void);
+long limited_sample(int with_cpu);
+int usage_main(void);
+
+long now_ns(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -91,7 +109,7 @@ static long now_ns(void)
 }
 
 /* In a guard: reap every child, until ECHILD. */
-static void reap_all(void)
+void reap_all(void)
 {
     siginfo_t info;
     while (waitid(P_ALL, 0, &info, WEXITED) == 0 || errno == EINTR)
@@ -99,15 +117,17 @@ static void reap_all(void)
 }
 
 /* In the bench: reap the sample's child (by pid, not until ECHILD: ahead_chain's next guard
- * waits, alive, through the other variants' samples). */
-static void reap(pid_t pid)
+ * waits, alive, through the other variants' samples); its exit status. */
+static int reap(pid_t pid)
 {
     siginfo_t info;
+    memset(&info, 0, sizeof info);
     while (waitid(P_PID, (id_t)pid, &info, WEXITED) != 0 && errno == EINTR)
         ;
+    return info.si_status;
 }
 
-static int exec_argv(char *path, char *arg)
+int exec_argv(char *path, char *arg)
 {
     char *argv[] = {path, arg, 0};
     syscall(SYS_execve, path, argv, no_env);
@@ -119,12 +139,37 @@ static int exec_noop(void *unused) { (void)unused; return exec_argv(self_path, "
 static int exec_guard(void *unused) { (void)unused; return exec_argv(guard_path, 0); }
 static int exec_mini(void *unused) { (void)unused; return exec_argv(self_path, "mini"); }
 
+/* In a guard's clone child: clone /bin/true, sharing our memory but not our wait, on a stack
+ * of its own (the parent is let go at our exec, the program may still be before its own). */
+int start_program(void)
+{
+    return clone(exec_true, program_stack + STACK_SIZE, CLONE_VM | SIGCHLD, 0);
+}
+
 static int exec_overlapped(void *unused)
 {
     (void)unused;
-    if (clone(exec_true, program_stack + STACK_SIZE, CLONE_VM | SIGCHLD, 0) < 0)
+    if (start_program() < 0)
         _exit(126);
     return exec_argv(self_path, "adopt");
+}
+
+/* An overlapped start: child cloned (flags: CLONE_NEWPID or 0) on the guard's stack;
+ * it clones the program and execs a guard. We wait for both execs (EOF on an O_CLOEXEC pipe
+ * both hold) before the stacks may be reused, then reap the guard: its exit status. */
+int overlapped_tree(int (*child)(void *), int flags)
+{
+    int pipefd[2];
+    char byte;
+    pid_t pid;
+    if (pipe2(pipefd, O_CLOEXEC) != 0)
+        _exit(3);
+    pid = clone(child, guard_stack + STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD | flags, 0);
+    close(pipefd[1]);
+    while (read(pipefd[0], &byte, 1) < 0 && errno == EINTR)
+        ;
+    close(pipefd[0]);
+    return reap(pid);
 }
 
 /* ---- the guard launched ahead ------------------------------------------------------------ */
@@ -331,25 +376,17 @@ static long ahead_sample(int variant, long *launch_ns)
 
 static long one_sample(int variant, long *launch_ns)
 {
-    static int (*const fns[AHEAD])(void *) = {exec_true, exec_noop, exec_guard, exec_mini,
-                                              exec_overlapped};
-    int pipefd[2];
-    char byte;
+    static int (*const fns[OVERLAPPED])(void *) = {exec_true, exec_noop, exec_guard, exec_mini};
     long start;
-    pid_t pid;
-    if (variant >= AHEAD)
+    if (variant >= LIMITED_NS)
+        return limited_sample(variant == LIMITED_NS);
+    if (variant >= AHEAD && variant <= AHEAD_UNUSED)
         return ahead_sample(variant, launch_ns);
     start = now_ns();
-    if (variant == 4 && pipe2(pipefd, O_CLOEXEC) != 0)
-        _exit(3);
-    pid = clone(fns[variant], guard_stack + STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, 0);
-    if (variant == 4) {
-        close(pipefd[1]);
-        while (read(pipefd[0], &byte, 1) < 0 && errno == EINTR)
-            ;
-        close(pipefd[0]);
-    }
-    reap(pid);
+    if (variant == OVERLAPPED || variant == OVERLAPPED_NS)
+        overlapped_tree(exec_overlapped, variant == OVERLAPPED_NS ? CLONE_NEWPID : 0);
+    else
+        reap(clone(fns[variant], guard_stack + STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, 0));
     return now_ns() - start;
 }
 
@@ -388,18 +425,24 @@ static long parse_rounds(const char *s)
     return v < 1 ? 1 : v > MAX_ROUNDS ? MAX_ROUNDS : v;
 }
 
+/* Not run: the real guard without its path, the limited variants without their groups. */
+static int skipped(int v)
+{
+    return (v == 2 && !guard_path) || (v >= LIMITED_NS && v < VARIANTS && !limited);
+}
+
 static int bench(int rounds)
 {
     int n_variants = VARIANTS;
     long launch_ns = 0;
     for (int i = 0; i < rounds / 10 + 10; i++) /* warm-up: page cache, dentries, the CPUs */
         for (int v = 0; v < n_variants; v++)
-            if (v != 2 || guard_path)
+            if (!skipped(v))
                 one_sample(v, &launch_ns);
     for (int i = 0; i < rounds; i++)
         for (int k = 0; k < n_variants; k++) {
             int v = (i + k) % n_variants;
-            if (v != 2 || guard_path)
+            if (!skipped(v))
                 samples[v][i] = one_sample(v, &launch_ns);
             if (v == AHEAD)
                 samples[VARIANTS][i] = launch_ns;
@@ -408,8 +451,9 @@ static int bench(int rounds)
         drop_ahead(&chained);
         reap(chained.pid);
     }
+    limits_close();
     for (int v = 0; v <= n_variants; v++) {
-        if (v == 2 && !guard_path)
+        if (skipped(v))
             continue;
         sort(samples[v], rounds);
         put(names[v]);
@@ -440,10 +484,17 @@ int main(int argc, char **argv)
     }
     if (argc > 1 && strcmp(argv[1], "ahead") == 0)
         return ahead_main();
+    if (argc > 1 && strcmp(argv[1], "usage") == 0)
+        return usage_main();
     if (argc > 2 && strcmp(argv[1], "bench") == 0) {
-        guard_path = argc > 3 ? argv[3] : 0;
+        int at = 3;
+        if (argc > at && strcmp(argv[at], "--limits") != 0)
+            guard_path = argv[at++];
+        if (argc > at && (argc != at + 5 || strcmp(argv[at], "--limits") != 0))
+            return put("exec_floor: --limits takes four directories\n"), 2;
+        limited = argc > at && limits_open(argv + at + 1) == 0;
         return bench((int)parse_rounds(argv[2]));
     }
-    put("usage: exec_floor bench N [GUARD] | exit | mini | adopt | ahead\n");
+    put("usage: exec_floor bench N [GUARD] [--limits DIRS] | exit|mini|adopt|ahead|usage\n");
     return 2;
 }
