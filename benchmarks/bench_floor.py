@@ -26,16 +26,23 @@ makes a private directory in this process's own group of each, ``tether-floor-<p
 removes it with everything in it at the end; elsewhere those rows are skipped, saying why.
 
 And the floor of the exit notice (issue 13's <= 1.6x, ``exec_floor_notice.c``, ``exec_floor
-notice N``: a rotation of its own): from the parent's release of a program blocked reading a
-pipe (the close of the write end) to the parent knowing the program has exited. The program,
-a static reader, is either our own child, waited for with ``waitid`` on its pidfd
-(``Popen.wait()``'s one wakeup), or the child of a minimal guard (a "relay" launched before
-the clock) that sleeps on its pidfd, reaps it, sends a 20-byte report on a SEQPACKET socket
-and exits (two wakeups in a row), the parent sleeping on the socket, or (tether's early wake)
-on the program's pidfd too, then spinning for the report and the relay's exit; each to the
-relay's reap (where ``Child.wait()`` returns) and to the report's read. Beside them, from
-Python, ``Child.wait()``'s exit notice against ``Popen.wait()``'s, measured as section 3
-(``_exitlat.py``) measures them: what the 1.6x is set against.
+notice N``: a rotation of its own): from a program's exit to the parent knowing of it, timed
+as section 3 (``_exitlat.py``) times it. The parent releases the program, a static reader
+blocked reading a pipe (the close of the write end), and goes straight into its wait; the
+reader sleeps 2-20 ms (uniform, a fixed seed), reads CLOCK_MONOTONIC, stores it in a page it
+shares with the parent (a memfd mapped before its read: nothing wakes the parent) and exits
+at once; each figure is the parent's clock when it knows the program has exited less that
+stamp, so the parent has been asleep for milliseconds, its vCPU halted, as in a real wait
+(the clock once started at the close, when the parent's vCPU had only just gone idle, which
+made the direct wait far cheaper than a real one). The program is either our own child,
+waited for with ``waitid`` on its pidfd (``Popen.wait()``'s one wakeup), or the child of a
+minimal guard (a "relay", launched untimed) that sleeps on its pidfd, reaps it, sends a
+20-byte report on a SEQPACKET socket and exits (two wakeups in a row), the parent sleeping
+on the socket, or (tether's early wake) on the program's pidfd too, then spinning for the
+report and the relay's exit; each to the relay's reap (where ``Child.wait()`` returns) and
+to the report's read. Beside them, from Python, ``Child.wait()``'s exit notice against
+``Popen.wait()``'s, measured as section 3 (``_exitlat.py``) measures them: what the 1.6x is
+set against.
 
     PYTHONPATH=src python benchmarks/bench_floor.py [--quick]
     PYTHONPATH=src python benchmarks/run.py --sections others --others floor

@@ -8,7 +8,9 @@
  *                          of its own, apart from "bench"'s: the two mix nothing); prints
  *                          "name median p25 p75" in nanoseconds, one a line, and on stderr
  *                          how often the early wake was taken and how often its spins ran out
- *   exec_floor reader      the program of every variant: reads fd 0 until EOF, exits 0
+ *   exec_floor reader      the program of every variant: maps the stamp page (fd 101, a
+ *                          memfd MAP_SHARED), reads fd 0 until EOF, sleeps the page's delay,
+ *                          stores its CLOCK_MONOTONIC in the page and _exit(0)s at once
  *   exec_floor relay       the smallest guard: its control socket on fd 100, the program's
  *                          stdin on fd 0; vfork+execs "reader", opens its pidfd, sends its pid
  *                          (4 bytes), sleeps in poll on the pidfd; reaps it, sends a 20-byte
@@ -20,9 +22,14 @@
  * the relay's pidfd opened (pidfd_open: the relay cannot exit before its program, nor the
  * program before the pipe's EOF). Then the parent waits until every process of the tree is
  * asleep ('S' in /proc/PID/stat: the reader in its read, the relay in its poll), checking
- * after each 1 ms sleep, so that an idle vCPU has been halted for a while, as under a program
- * that ran. Timed: from just before the parent closes the pipe's write end (the reader's EOF)
- * to the parent knowing the program has exited:
+ * after each 1 ms sleep. It puts a delay D in the stamp page (uniform in 2-20 ms, a fixed
+ * seed), closes the pipe's write end (the reader's EOF) and goes straight into its wait. The
+ * reader sleeps D, reads CLOCK_MONOTONIC, stores it in the page (a plain store: the page was
+ * mapped and touched before its read; nothing wakes the parent) and _exits. So the parent has
+ * been asleep for milliseconds when the program exits, its vCPU halted, as in a real wait and
+ * as in section 3 (_exitlat.py, whose child reads D from a pipe, sleeps it, then writes its
+ * stamp to a pipe). Timed: from the reader's stamp to the parent's clock when it knows the program has
+ * exited:
  *
  *   notice_direct   the reader is our child: waitid(P_PIDFD) on its pidfd (what
  *                   Popen.wait() does, without Python: one wakeup)
@@ -47,6 +54,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -63,10 +71,14 @@
 #define STACK_SIZE (64 * 1024)
 #define MAX_ROUNDS 20000
 #define RELAY_CTL 100        /* the relay's control socket (the parent's fds are all lower) */
+#define STAMP_FD 101         /* the stamp page's memfd, in the tree */
+#define PAGE_SIZE 4096
 #define REPORT_SIZE 20       /* struct tether_guard_msg */
 #define SPIN_NS 400000L      /* the early wake's spin, at most (early_wake.py's SPIN_NS) */
 #define SETTLE_NS 1000000L   /* the sleep between checks that the tree is asleep */
 #define SETTLE_TRIES 1000    /* a tree not asleep after this many: the run ends */
+#define DELAY_MIN_NS 2000000L  /* the reader's sleep after its EOF: uniform in 2-20 ms, */
+#define DELAY_SPAN_NS 18000000L /* as _exitlat.py's D */
 
 enum { DIRECT, GUARDED, EARLY, VARIANTS, GUARDED_REPORT = VARIANTS, EARLY_REPORT, SERIES };
 
@@ -81,9 +93,16 @@ void sort(long *a, int n);
 /* Ours, called by exec_floor.c's main. */
 int notice_main(int argc, char **argv);
 
+/* The page the parent shares with every reader (a memfd, MAP_SHARED): the delay the parent
+ * sets before the reader's EOF, and the reader's clock just before its _exit. */
+struct stamp {
+    long delay_ns;
+    long exit_ns;
+};
+
 /* One tree, as the parent holds it (-1, 0: not in this variant). */
 struct tree {
-    int go;        /* the write end of the reader's stdin: its close starts the clock */
+    int go;        /* the write end of the reader's stdin: its close lets the reader go */
     int in;        /* the read end, the child's stdin (ours closed once it has it) */
     int ctl;       /* our end of the relay's control socket */
     int peer;      /* the relay's end, for its clone child */
@@ -97,6 +116,9 @@ static long samples[SERIES][MAX_ROUNDS];
 static const char *names[SERIES] = {"notice_direct", "notice_guarded", "notice_early",
                                     "notice_guarded_report", "notice_early_report"};
 static int early_wakes, report_spins_out, reap_spins_out; /* notice_early's, after warm-up */
+static volatile struct stamp *stamp; /* the parent's mapping of the stamp page */
+static int stamp_fd;                 /* its memfd (O_CLOEXEC), dup2'd to STAMP_FD in a tree */
+static unsigned long delay_state = 7; /* the delays' xorshift64, a fixed seed */
 
 static int pidfd_open(pid_t pid)
 {
@@ -155,15 +177,28 @@ static char *decimal(char *at, long v)
 
 /* ---- the reader and the relay ------------------------------------------------------------ */
 
-/* "reader": read fd 0 until EOF (or an error), exit 0. */
+/* "reader": map the stamp page and fault it in, read fd 0 until EOF (or an error), sleep
+ * the page's delay, store the clock in the page and _exit(0) at once; 3 without the page. */
 static int reader_main(void)
 {
     char buf[64];
     ssize_t n;
+    struct timespec delay;
+    volatile struct stamp *page =
+        mmap(0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, STAMP_FD, 0);
+    if (page == MAP_FAILED)
+        return 3;
+    close(STAMP_FD);
+    page->exit_ns = 0; /* the write fault taken now, not after the stamp */
     do
         n = read(0, buf, sizeof buf);
     while (n > 0 || (n < 0 && errno == EINTR));
-    return 0;
+    delay.tv_sec = page->delay_ns / 1000000000L;
+    delay.tv_nsec = page->delay_ns % 1000000000L;
+    while (nanosleep(&delay, &delay) != 0 && errno == EINTR)
+        ;
+    page->exit_ns = now_ns();
+    _exit(0);
 }
 
 static int exec_reader(void *unused)
@@ -186,6 +221,7 @@ static int relay_main(void)
     if (pid < 0 || (program.fd = (int)syscall(SYS_pidfd_open, pid, 0)) < 0)
         return 3;
     close(0);
+    close(STAMP_FD); /* the reader's, not ours */
     if (write(RELAY_CTL, &pid, sizeof pid) != (ssize_t)sizeof pid)
         return 3;
     while (poll(&program, 1, -1) < 0)
@@ -201,12 +237,46 @@ static int relay_main(void)
 
 /* ---- the parent's side ------------------------------------------------------------------- */
 
-/* The clone child of start_tree: the pipe's read end as stdin, and for the relay its socket
- * on RELAY_CTL (dup2's copies are inheritable, the originals O_CLOEXEC). */
+/* The stamp page, set up once, untimed: a memfd of one page, mapped MAP_SHARED. */
+static void open_stamp(void)
+{
+    void *page;
+    stamp_fd = (int)syscall(SYS_memfd_create, "exec_floor-stamp", MFD_CLOEXEC);
+    if (stamp_fd < 0 || syscall(SYS_ftruncate, stamp_fd, PAGE_SIZE) != 0)
+        _exit(3);
+    page = mmap(0, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, stamp_fd, 0);
+    if (page == MAP_FAILED)
+        _exit(3);
+    stamp = page;
+}
+
+/* The next reader's delay, uniform in DELAY_MIN_NS + [0, DELAY_SPAN_NS). */
+static long next_delay(void)
+{
+    delay_state ^= delay_state << 13;
+    delay_state ^= delay_state >> 7;
+    delay_state ^= delay_state << 17;
+    return DELAY_MIN_NS + (long)(delay_state % DELAY_SPAN_NS);
+}
+
+/* The time from the reader's stamp to end (our clock when we knew of its exit); the run ends
+ * if the reader stored none. */
+static long since_exit(long end)
+{
+    long exited = stamp->exit_ns;
+    if (exited <= 0 || exited > end)
+        _exit(4);
+    return end - exited;
+}
+
+/* The clone child of start_tree: the pipe's read end as stdin, the stamp page's memfd on
+ * STAMP_FD (the relay's reader inherits it), and for the relay its socket on RELAY_CTL
+ * (dup2's copies are inheritable, the originals O_CLOEXEC). */
 static int exec_tree(void *arg)
 {
     const struct tree *t = arg;
-    if (dup2(t->in, 0) < 0 || (t->peer >= 0 && dup2(t->peer, RELAY_CTL) < 0))
+    if (dup2(t->in, 0) < 0 || dup2(stamp_fd, STAMP_FD) < 0
+        || (t->peer >= 0 && dup2(t->peer, RELAY_CTL) < 0))
         _exit(126);
     return exec_argv(self_path, t->peer >= 0 ? "relay" : "reader");
 }
@@ -283,23 +353,24 @@ static void read_report(int ctl)
         _exit(4);
 }
 
-/* One sample of variant: its time to the program's known exit; *report_ns: to the report's
- * read (guarded and early). */
+/* One sample of variant: from the program's exit (its stamp) to our knowing of it;
+ * *report_ns: to the report's read (guarded and early). */
 static long notice_sample(int variant, long *report_ns)
 {
     struct tree t;
     struct pollfd fds[2];
-    long start, end;
+    long end;
     start_tree(&t, variant);
     fds[0] = (struct pollfd){t.ctl, POLLIN, 0};
     fds[1] = (struct pollfd){t.prog, POLLIN, 0};
-    start = now_ns();
-    close(t.go);
+    stamp->delay_ns = next_delay();
+    stamp->exit_ns = 0;
+    close(t.go); /* the reader's EOF: it exits D later, we are asleep in our wait by then */
     if (variant == DIRECT) {
         reap_pidfd(t.prog);
         end = now_ns();
         close(t.prog);
-        return end - start;
+        return since_exit(end);
     }
     sleep_poll(fds, variant == EARLY ? 2 : 1);
     if (variant == EARLY && !fds[0].revents) { /* the reader's exit alone: the early wake */
@@ -310,7 +381,7 @@ static long notice_sample(int variant, long *report_ns)
         }
     }
     read_report(t.ctl);
-    *report_ns = now_ns() - start;
+    *report_ns = since_exit(now_ns());
     fds[0] = (struct pollfd){t.guard, POLLIN, 0};
     if (variant == EARLY && !spin_ready(&fds[0]))
         reap_spins_out++; /* the reap below sleeps */
@@ -320,7 +391,7 @@ static long notice_sample(int variant, long *report_ns)
     close(t.guard);
     if (t.prog >= 0)
         close(t.prog);
-    return end - start;
+    return since_exit(end);
 }
 
 /* On stderr, a line of notice_early's counts over the timed samples. */
@@ -344,6 +415,7 @@ static void say_counts(int rounds)
 static int notice_bench(int rounds)
 {
     long report_ns = 0;
+    open_stamp();
     for (int i = 0; i < rounds / 10 + 10; i++)
         for (int v = 0; v < VARIANTS; v++)
             notice_sample(v, &report_ns);
