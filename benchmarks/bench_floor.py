@@ -25,6 +25,25 @@ for the limits. It needs root and those four v1 hierarchies (a hybrid layout): t
 makes a private directory in this process's own group of each, ``tether-floor-<pid>``, and
 removes it with everything in it at the end; elsewhere those rows are skipped, saying why.
 
+And the floor of the exit notice (issue 13's <= 1.6x, ``exec_floor_notice.c``, ``exec_floor
+notice N``: a rotation of its own): from a program's exit to the parent knowing of it, timed
+as section 3 (``_exitlat.py``) times it. The parent releases the program, a static reader
+blocked reading a pipe (the close of the write end), and goes straight into its wait; the
+reader sleeps 2-20 ms (uniform, a fixed seed), reads CLOCK_MONOTONIC, stores it in a page it
+shares with the parent (a memfd mapped before its read: nothing wakes the parent) and exits
+at once; each figure is the parent's clock when it knows the program has exited less that
+stamp, so the parent has been asleep for milliseconds, its vCPU halted, as in a real wait
+(the clock once started at the close, when the parent's vCPU had only just gone idle, which
+made the direct wait far cheaper than a real one). The program is either our own child,
+waited for with ``waitid`` on its pidfd (``Popen.wait()``'s one wakeup), or the child of a
+minimal guard (a "relay", launched untimed) that sleeps on its pidfd, reaps it, sends a
+20-byte report on a SEQPACKET socket and exits (two wakeups in a row), the parent sleeping
+on the socket, or (tether's early wake) on the program's pidfd too, then spinning for the
+report and the relay's exit; each to the relay's reap (where ``Child.wait()`` returns) and
+to the report's read. Beside them, from Python, ``Child.wait()``'s exit notice against
+``Popen.wait()``'s, measured as section 3 (``_exitlat.py``) measures them: what the 1.6x is
+set against.
+
     PYTHONPATH=src python benchmarks/bench_floor.py [--quick]
     PYTHONPATH=src python benchmarks/run.py --sections others --others floor
 """
@@ -36,6 +55,7 @@ import contextlib
 import errno
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess  # noqa: TET102  the baseline, and the C compiler
@@ -43,7 +63,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+import _exitlat
 import tether
+from _common import build_c
 from tether._tree.modes import guard_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -67,6 +89,11 @@ ROWS = {
     "overlapped_ns": "overlapped, the guard's clone in a new PID namespace",
     "limited_ns": "the same, the tree in its limited v1 groups",
     "limited_ns_nocpu": "the same, but not in the cpu group",
+    "notice_direct": "exit notice: our own child, waitid (Popen's floor)",
+    "notice_guarded": "exit notice via a relay: report read, relay reaped",
+    "notice_guarded_report": "exit notice via a relay, until its report is read",
+    "notice_early": "exit notice via a relay, early wake: relay reaped",
+    "notice_early_report": "exit notice via a relay, early wake: report read",
 }
 #: The limited variants' hierarchies, in exec_floor's --limits order.
 CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")
@@ -78,7 +105,8 @@ def build(tmpdir: str) -> tuple[str, str] | None:
     if cc is None:
         return None
     exe = os.path.join(tmpdir, "exec_floor")
-    srcs = [os.path.join(HERE, "exec_floor.c"), os.path.join(HERE, "exec_floor_limits.c")]
+    srcs = [os.path.join(HERE, name)
+            for name in ("exec_floor.c", "exec_floor_limits.c", "exec_floor_notice.c")]
     attempts = []
     if platform.machine() in ("x86_64", "aarch64"):
         extra = ["-mno-outline-atomics"] if platform.machine() == "aarch64" else []
@@ -181,6 +209,41 @@ def c_floors(exe: str, rounds: int, limits: list[str]) -> tuple[dict[str, float]
     return floors, said(done.stderr)
 
 
+def notice_floors(exe: str, rounds: int) -> tuple[dict[str, float], str]:
+    """exec_floor's exit notice variants (``exec_floor notice N``, a rotation of its own):
+    medians in microseconds, and its line on stderr (how often the early wake was taken)."""
+    done = subprocess.run(  # noqa: TET102  the floor program, exits by itself
+        [exe, "notice", str(rounds)], capture_output=True, text=True, check=True,
+        stdin=subprocess.DEVNULL)
+    floors = {line.split()[0]: int(line.split()[1]) / 1000 for line in done.stdout.splitlines()}
+    return floors, said(done.stderr).removeprefix("exec_floor: notice_early: ")
+
+
+def notice_pair(rounds: int) -> dict[str, float]:
+    """tether's ``Child.wait()`` exit notice (group mode) against ``Popen.wait()``'s, as
+    section 3 measures them (``_exitlat.py``'s static C child, its start and its clock: from
+    the child's clock read before its ``_exit``, 2-20 ms after its start, to the wait's return),
+    one of each per round, in alternating order: medians (us)."""
+    samples: dict[str, list[float]] = {"popen_wait": [], "child_wait": []}
+    rng = random.Random(7)
+    argv = list(_exitlat.CHILD_ARGV)
+    with tempfile.TemporaryDirectory(prefix="tether-floor-") as tmp:
+        exe = build_c(tmp, "exitstamp", _exitlat.C_CHILD)
+        if exe is not None:
+            _exitlat.CHILD_ARGV[:] = [exe]
+        try:
+            for i in range(rounds + 5):
+                for name in list(samples)[:: 1 if i % 2 else -1]:
+                    kid = _exitlat._make(name)
+                    _exitlat._ready(kid)
+                    latency = _exitlat._measure(kid, rng.uniform(0.002, 0.020))
+                    if i >= 5:  # warm-up
+                        samples[name].append(latency * 1e6)
+        finally:
+            _exitlat.CHILD_ARGV[:] = argv
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def python_pair(rounds: int) -> dict[str, float]:
     """tether.spawn(group).wait() and Popen().wait() of /bin/true, interleaved: medians (us)."""
     samples: dict[str, list[float]] = {"popen": [], "spawn_group": []}
@@ -217,9 +280,12 @@ def main(quick: bool = False) -> dict[str, object]:
                 # A limited sample failed (exec_floor_limits.c says which): the rest without.
                 why = f"exec_floor failed with them: {said(e.stderr)}"
                 floors, told = c_floors(exe, rounds, [])
+        notice, early = notice_floors(exe, rounds)
     pair = python_pair(rounds // 3)
+    exits = notice_pair(rounds // 10)
     result: dict[str, object] = {"build": kind, "rounds": rounds}
     result.update({f"{ROWS[k]} (us)": round(v, 1) for k, v in floors.items()})
+    result.update({f"{ROWS[k]} (us)": round(notice[k], 1) for k in ROWS if k in notice})
     result["two-exec floor / one exec"] = round(floors["two_exec"] / floors["true"], 2)
     result["overlap gain (us)"] = round(floors["two_exec"] - floors["overlapped"], 1)
     gain = floors["two_exec"] - floors["ahead_chain"]
@@ -241,6 +307,16 @@ def main(quick: bool = False) -> dict[str, object]:
     else:
         result["limited variants"] = (f"skipped: {why}" if why else told
                                       or "skipped: exec_floor did not run them")
+    direct = notice["notice_direct"]
+    for name, what in (("guarded", "relay"), ("early", "early wake")):
+        result[f"exit notice floor: {what} / direct"] = round(notice[f"notice_{name}"] / direct, 2)
+        result[f"exit notice floor: {what} / direct, to the report"] = round(
+            notice[f"notice_{name}_report"] / direct, 2)
+    result["exit notice floor: early wake taken"] = early or "(exec_floor said nothing)"
+    result["Popen.wait() exit notice (us)"] = round(exits["popen_wait"], 1)
+    result["Child.wait() exit notice (us)"] = round(exits["child_wait"], 1)
+    result["Child.wait() / Popen.wait() exit notice (<= 1.6x)"] = round(
+        exits["child_wait"] / exits["popen_wait"], 2)
     result["Popen().wait() (us)"] = round(pair["popen"], 1)
     result["tether.spawn(group).wait() (us)"] = round(pair["spawn_group"], 1)
     result["tether.spawn / Popen"] = round(pair["spawn_group"] / pair["popen"], 2)

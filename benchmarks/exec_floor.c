@@ -19,6 +19,7 @@
  *                                 both; lifeline EOF: exit; a request: start it, reap it,
  *                                 report, exit (one guard per tree)
  *   exec_floor usage              the limited guard (exec_floor_limits.c)
+ *   exec_floor notice N | reader | relay   the exit notice's floor (exec_floor_notice.c)
  *
  * Variants (each one sample = clone, exec(s), every child reaped):
  *   true        vfork-style clone + exec /bin/true                    (Popen's floor)
@@ -100,6 +101,7 @@ int limits_open(char *const dirs[4]);
 void limits_close(void);
 long limited_sample(int with_cpu);
 int usage_main(void);
+int notice_main(int argc, char **argv); /* exec_floor_notice.c's modes (else -1) */
 
 long now_ns(void)
 {
@@ -390,9 +392,9 @@ static long one_sample(int variant, long *launch_ns)
     return now_ns() - start;
 }
 
-static void put(const char *s) { (void)!write(1, s, strlen(s)); }
+void put(const char *s) { (void)!write(1, s, strlen(s)); }
 
-static void put_num(long v)
+void put_num(long v)
 {
     char digits[24], out[24];
     int n = 0, k = 0;
@@ -406,7 +408,7 @@ static void put_num(long v)
     put(out);
 }
 
-static void sort(long *a, int n)
+void sort(long *a, int n)
 {
     for (int i = 1; i < n; i++) {
         long x = a[i];
@@ -470,18 +472,14 @@ static int bench(int rounds)
 
 int main(int argc, char **argv)
 {
+    int notice;
     self_path = argv[0];
     if (argc > 1 && strcmp(argv[1], "exit") == 0)
         return 0;
-    if (argc > 1 && strcmp(argv[1], "mini") == 0) {
+    if (argc > 1 && strcmp(argv[1], "mini") == 0) /* /bin/true, then reaped as "adopt" */
         clone(exec_true, guard_stack + STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, 0);
-        reap_all();
-        return 0;
-    }
-    if (argc > 1 && strcmp(argv[1], "adopt") == 0) {
-        reap_all();
-        return 0;
-    }
+    if (argc > 1 && (strcmp(argv[1], "mini") == 0 || strcmp(argv[1], "adopt") == 0))
+        return reap_all(), 0;
     if (argc > 1 && strcmp(argv[1], "ahead") == 0)
         return ahead_main();
     if (argc > 1 && strcmp(argv[1], "usage") == 0)
@@ -495,6 +493,8 @@ int main(int argc, char **argv)
         limited = argc > at && limits_open(argv + at + 1) == 0;
         return bench((int)parse_rounds(argv[2]));
     }
-    put("usage: exec_floor bench N [GUARD] [--limits DIRS] | exit|mini|adopt|ahead|usage\n");
-    return 2;
+    if ((notice = notice_main(argc, argv)) < 0)
+        put("usage: exec_floor bench N [GUARD] [--limits DIRS] | notice N\n"
+            "     | exit|mini|adopt|ahead|usage|reader|relay\n");
+    return notice < 0 ? 2 : notice;
 }

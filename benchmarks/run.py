@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--others", default="aio",
                         help="which other scripts section 'others' runs: aio,lint,plugin,floor "
                              "(default aio; lint and plugin add about two minutes, floor about "
-                             "twenty seconds)")
+                             "a minute)")
     parser.add_argument("--cpus", help="pin the whole run to these CPUs, e.g. 0 or 0-1")
     args = parser.parse_args(argv)
     if args.big_mib is None:
