@@ -47,21 +47,18 @@ def self_report(out: bytes) -> dict[str, int]:
 
 # The program forks a child and exits at once, while the guard is held before its setup (its
 # test-only fault injection, on a pipe whose write end is argv[1]); the child waits (on the
-# program's pidfd, readable only once the kernel has reparented it), reports its new parent,
-# and lets the guard go on.
+# program's pidfd, opened by the program before the fork, readable only once the kernel has
+# reparented the child), reports its new parent, and lets the guard go on. (The child once
+# opened that pidfd itself, from getppid(): when the program had exited first, that was the
+# held guard's, and the two waited for each other.)
 ORPHAN = r"""
 import os, select, sys
-r, w = os.pipe()
+program = os.pidfd_open(os.getpid())
 if os.fork() == 0:
-    os.close(w)
-    os.read(r, 1)  # the program holds the pidfd below by now
-    parent = os.pidfd_open(os.getppid())
-    select.select([parent], [], [])
+    select.select([program], [], [])
     print(os.getppid(), flush=True)
     os.write(int(sys.argv[1]), b"go")
     os._exit(0)
-os.close(r)
-os.close(w)
 """
 
 

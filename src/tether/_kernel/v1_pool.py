@@ -77,16 +77,18 @@ _closed = False
 class PooledDir:
     """One tree's directory in a v1 hierarchy: its lock fd and the limit files written into
     it (file -> value); ``reused``: it served an earlier tree; ``ready``: no tree has entered
-    it since it was made or reset, and ``dirty`` is what its limit files hold. (No dataclass:
+    it since it was made or reset, and ``dirty`` is what its limit files hold; ``peaked``:
+    False once it is known to have no ``pids.peak`` (not a pids hierarchy). (No dataclass:
     ``tether run`` must not import dataclasses.)"""
 
-    __slots__ = ("dirty", "fd", "path", "ready", "reused")
+    __slots__ = ("dirty", "fd", "path", "peaked", "ready", "reused")
 
     def __init__(self, path: str, fd: int) -> None:
         self.path, self.fd = path, fd
         self.dirty: dict[str, str] = {}
         self.reused = False
         self.ready = True
+        self.peaked = True
 
 
 def controllers_at(places: dict[str, str], where: str) -> set[str]:
@@ -154,7 +156,7 @@ def reusable_now(entry: PooledDir) -> bool:
     the final read. Checked here, when no member is left, it is final."""
     if _read("cgroup.procs", entry.fd) != "":
         return False
-    peak = _read("pids.peak", entry.fd)  # (None: not a pids hierarchy)
+    peak = _read("pids.peak", entry.fd, entry) if entry.peaked else None
     return peak is None or int(peak) <= PIDS_FLOOR
 
 
@@ -285,9 +287,15 @@ def _forget_in_child() -> None:
 
 
 
-def _read(name: str, dir_fd: int) -> str | None:
+def _read(name: str, dir_fd: int, lacking: PooledDir | None = None) -> str | None:
+    """The file `name` of a directory (one read), or None; `lacking`, if the file does not
+    exist, is marked as a directory without it (`peaked`)."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if lacking is not None:
+            lacking.peaked = False  # (not a pids hierarchy: not looked for again)
+        return None
     except OSError:
         return None
     try:
