@@ -392,3 +392,36 @@ def test_a_cgroup_the_tree_made_inside_its_v1_directory_goes_with_it(
                         capture_output=True)
     assert result.returncode == 0, result.stderr
     # (the autouse fixture: no per-tree v1 directory is left)
+
+
+# In a process of its own (a test's fd table is the harness's): the usage of a limited tree
+# started under the lowest RLIMIT_NOFILE that lets it start.
+LOWEST_FD_LIMIT = """
+import errno, resource, sys, tether
+from tether._kernel import v1_pool
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+tether.run(["true"], contain=sys.argv[1], limits=tether.Limits())  # (imports, sweeps)
+for limit in range(8, 256):
+    v1_pool.drain()  # (the pools' fds: not this start's)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        usage = tether.run(["true"], contain=sys.argv[1], limits=tether.Limits()).usage
+        break
+    except OSError as exc:
+        assert exc.errno == errno.EMFILE
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+print(limit, usage.cpu > 0, usage.memory_peak is not None, usage.pids_peak)
+"""
+
+
+def test_the_lowest_fd_limit_a_limited_start_runs_under_still_reads_its_whole_usage(
+        limit_mode: str) -> None:
+    # The guard opens the files of the tree's usage while the program runs and reads them
+    # at the end. Under the lowest RLIMIT_NOFILE a limited start runs under, a file it could
+    # not open ahead is opened at the end, and must not fail there for want of the fds the
+    # files it has read already still hold (pids.peak was lost: None where the guard that
+    # opened each file at the end read 2).
+    result = tether.run([PY, "-c", LOWEST_FD_LIMIT, limit_mode], capture_output=True,
+                        text=True, check=True)
+    assert result.stdout.split()[1:] == ["True", "True", "2"], result.stdout
