@@ -38,26 +38,40 @@ static int usage_dir(int file)
     return file <= U_MEM_EVENTS ? g.usage_memory_fd : g.usage_pids_fd;
 }
 
+/* Open file `f` of usage_names ahead; *short_of_fds set if the fd limit refused it. */
+static void open_ahead(int f, int *short_of_fds)
+{
+    usage_files[f] = openat(usage_dir(f), usage_names[f], O_RDONLY | O_CLOEXEC);
+    if (usage_files[f] < 0 && (errno == EMFILE || errno == ENFILE))
+        *short_of_fds = 1;
+}
+
 /* Open each file the end will read, in the order read_tree_usage prefers them, stopping at
- * the first of a kind that exists (a v1 directory has no v2 file, and the other way round). */
+ * the first of a kind that exists (a v1 directory has no v2 file, and the other way round).
+ * If the fd limit refuses one, none is kept open: the end then opens each in turn, one fd at
+ * a time, as it did before, instead of failing to open the ones refused here while those
+ * read already still held their fds (a usage counter lost at a tight RLIMIT_NOFILE). */
 void open_tree_usage(void)
 {
     static const int first[][3] = {{U_CPU_ALL, U_CPU_USER, U_CPU_STAT}, {U_MEM_MAX, U_MEM_PEAK, -1},
                                    {U_MEM_OOM, U_MEM_EVENTS, -1}, {U_PIDS_PEAK, -1, -1}};
+    int short_of_fds = 0;
     for (size_t k = 0; k < sizeof first / sizeof first[0]; k++)
-        for (int i = 0; i < 3 && first[k][i] >= 0; i++) {
-            int f = first[k][i], dirfd = usage_dir(f);
-            if (dirfd >= 0)
-                usage_files[f] = openat(dirfd, usage_names[f], O_RDONLY | O_CLOEXEC);
+        for (int i = 0; i < 3 && first[k][i] >= 0 && usage_dir(first[k][i]) >= 0; i++) {
+            int f = first[k][i];
+            open_ahead(f, &short_of_fds);
             if (usage_files[f] >= 0) {
                 if (f == U_CPU_USER) /* usage_user comes with usage_sys */
-                    usage_files[U_CPU_SYS] = openat(dirfd, usage_names[U_CPU_SYS],
-                                                    O_RDONLY | O_CLOEXEC);
+                    open_ahead(U_CPU_SYS, &short_of_fds);
                 if (f == U_CPU_ALL || f == U_CPU_USER) /* and v1's split with its total */
-                    usage_files[U_CPU_TOTAL] = openat(dirfd, usage_names[U_CPU_TOTAL],
-                                                      O_RDONLY | O_CLOEXEC);
+                    open_ahead(U_CPU_TOTAL, &short_of_fds);
                 break;
             }
+        }
+    for (int f = 0; short_of_fds && f < U_FILES; f++)
+        if (usage_files[f] >= 0) {
+            close(usage_files[f]);
+            usage_files[f] = -1;
         }
 }
 
