@@ -454,3 +454,39 @@ def test_a_pids_directory_whose_peak_passed_the_floor_after_it_was_put_back_is_n
         handed[entry.path] = _read(os.path.join(entry.path, "pids.peak"))
         v1_pool.discard(entry)
     assert all(int(peak) <= v1_pool.PIDS_FLOOR for peak in handed.values()), handed
+
+
+def test_ctrl_c_while_retired_directories_are_removed_leaves_none_unheld(
+        places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The retired directories are taken out of the pool all at once, then removed one by
+    # one: a Ctrl-C whose handler runs after the first left every other one unlocked by
+    # nobody and its fd open for good, held by no pool (removed neither at exit nor by a
+    # sweep while this process lives).
+    import signal
+
+    trees = [LimitedTree.make(tether.Limits(), "pidns", None) for _ in range(3)]
+    for tree in trees:
+        tree.keep_final(0, 0, 1 << 20, 0, 3)  # (as the guard reports: pids past the floor)
+        tree.remove()
+    retired = list(v1_pool._retired[""])
+    assert len(retired) >= 3, retired  # (memory, and pids past its floor)
+    wheres = _wheres(places)
+    before = os.listdir("/proc/self/fd")
+    real_remove = v1_pool.remove
+
+    def interrupted_remove(path: str, timeout: float) -> bool:
+        try:
+            return real_remove(path, timeout)
+        finally:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(v1_pool, "remove", interrupted_remove)
+    with pytest.raises(KeyboardInterrupt):
+        v1_pool.remove_retired()
+    monkeypatch.undo()
+    _only_the_pools_hold_what_is_left(wheres)
+    left = {p for w in wheres for p in _tree_dirs(w)}
+    assert len(os.listdir("/proc/self/fd")) == len(before) - (len(retired) - len(
+        {e.path for e in retired} & left))
+    v1_pool.remove_retired()
+    assert not {e.path for e in retired} & {p for w in wheres for p in _tree_dirs(w)}
