@@ -226,11 +226,25 @@ def retire(entry: PooledDir) -> bool:
 def remove_retired() -> None:
     """Remove the retired directories (the next limited tree's preparation, while its program
     runs), with the cgroups the tree made inside, deepest first. One a process was moved into
-    since is left, unlocked, to a later sweep."""
-    with _lock:
-        entries, _retired[""] = _retired[""], []
-    for entry in entries:
-        _remove_retired(entry)
+    since is left, unlocked, to a later sweep. One at a time, each out of the pool only once
+    removed: a Ctrl-C meanwhile leaves the rest retired (locked, removed later), not out of
+    every pool with its fd open."""
+    while True:
+        with _lock:
+            if not _retired[""]:
+                return
+            entry = _retired[""][-1]
+        try:
+            remove(entry.path, 0.0)
+        except OSError:
+            pass  # unlocked below: the next start's sweep removes it
+        finally:
+            with _lock:
+                ours = entry in _retired[""]  # (another thread's otherwise)
+                if ours:
+                    _retired[""].remove(entry)
+            if ours:
+                os.close(entry.fd)
 
 
 def _remove_retired(entry: PooledDir) -> None:
