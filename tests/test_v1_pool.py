@@ -489,4 +489,40 @@ def test_ctrl_c_while_retired_directories_are_removed_leaves_none_unheld(
     assert len(os.listdir("/proc/self/fd")) == len(before) - (len(retired) - len(
         {e.path for e in retired} & left))
     v1_pool.remove_retired()
-    assert not {e.path for e in retired} & {p for w in wheres for p in _tree_dirs(w)}
+    left = {e.path for e in retired} & {p for w in wheres for p in _tree_dirs(w)}
+    for path in left:  # (so that a failure here leaves nothing for the next test)
+        os.rmdir(path)
+    assert not left
+
+
+def test_ctrl_c_while_an_ended_trees_directory_is_retired_leaves_none_unheld(
+        places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # retire() reads the directory's cgroup.procs: a Ctrl-C whose handler runs there, after
+    # the tree has let go of the directory and before a pool holds it, lost it with its fd.
+    import signal
+
+    LimitedTree.make(tether.Limits(), "pidns", None).remove()  # (sweeps, imports)
+    v1_pool.drain()
+    before = os.listdir("/proc/self/fd")
+    tree = LimitedTree.make(tether.Limits(), "pidns", None)
+    tree.keep_final(0, 0, 1 << 20, 0, 3)  # (as the guard reports: pids past the floor)
+    wheres = _wheres(places)
+    real_read = v1_pool._read
+
+    def interrupted_read(name: str, dir_fd: int, lacking: object = None) -> str | None:
+        try:
+            return real_read(name, dir_fd)
+        finally:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(v1_pool, "_read", interrupted_read)
+    with pytest.raises(KeyboardInterrupt):
+        tree.remove()
+    monkeypatch.undo()
+    tree.remove()  # (idempotent: what the interrupt left)
+    v1_pool.drain()
+    left = {p for w in wheres for p in _tree_dirs(w)}
+    for path in left:  # (so that a failure here leaves nothing for the next test)
+        os.rmdir(path)
+    assert left == set()
+    assert os.listdir("/proc/self/fd") == before
