@@ -361,20 +361,33 @@ class LimitedTree(CgroupTree):
         finally:
             peak = self.final.pids_peak if self.final is not None else None
             while self.v1:
-                where, (path, fd) = self.v1.popitem()
-                entry = self.entries.pop(where)
-                if v1_pool.reusable_after(self.v1_controllers[where], peak) and \
-                        v1_pool.release(where, entry):
-                    continue
-                if reported and v1_pool.retire(entry):
-                    continue  # (removed while the next limited tree's program runs)
-                try:
-                    # The guard was reaped: only stragglers of a killed tree may still
-                    # be exiting, and cgroups the tree made inside go first.
-                    if not remove(path, timeout):
-                        raise OSError(errno.EBUSY, f"cgroup still busy after {timeout} s", path)
-                finally:
-                    release_lock(fd)
+                self._remove_v1(reported, peak, timeout)
+
+    def _remove_v1(self, reported: bool, peak: int | None, timeout: float) -> None:
+        # Let go of one v1 directory: to a pool, or removed now. Until a pool keeps it or
+        # the removal's `finally` holds it, it is a path and an fd in locals: no signal
+        # handler runs in between (a Ctrl-C during retire's read lost it with its fd).
+        held, released = core.hold_signals(), False
+        try:
+            where, (path, fd) = self.v1.popitem()
+            entry = self.entries.pop(where)
+            if v1_pool.reusable_after(self.v1_controllers[where], peak) and \
+                    v1_pool.release(where, entry):
+                return
+            if reported and v1_pool.retire(entry):
+                return  # (removed while the next limited tree's program runs)
+            try:
+                released = True
+                core.release_signals(held)  # (a Ctrl-C held off is raised here, or later)
+                # The guard was reaped: only stragglers of a killed tree may still be
+                # exiting, and cgroups the tree made inside go first.
+                if not remove(path, timeout):
+                    raise OSError(errno.EBUSY, f"cgroup still busy after {timeout} s", path)
+            finally:
+                release_lock(fd)
+        finally:
+            if not released:
+                core.release_signals(held)
 
 
 def _enable_controllers(tree_dir: str, controllers: set[str]) -> None:
