@@ -424,3 +424,28 @@ def test_a_launch_given_up_to_a_signal_is_freed_once_its_program_has_exec_d(
     finally:
         tracemalloc.stop()
         signal.signal(signal.SIGUSR1, old)
+
+
+# Spawns with TETHER_TEST_EARLY_HOLD_FD naming, in turn, each low fd number, none of them
+# one of the program's pass_fds.
+STRAY_HOLD = r"""
+import os, sys, tether
+for fd in range(3, 16):
+    env = {**os.environ, "TETHER_TEST_EARLY_HOLD_FD": str(fd)}
+    tether.run(["true"], contain=sys.argv[1], env=env)
+print("ok")
+"""
+
+
+def test_the_early_hold_is_only_on_one_of_the_programs_pass_fds(mode: str) -> None:
+    # The clone child's test-only hold read from whatever fd the program's environment
+    # named: a stray value naming one of the clone child's own fds (the control socket, a
+    # pipe it holds both ends of) hung the spawn, the parent suspended until the exec, and
+    # the clone child outlived its SIGKILLed parent, blocked for good (an orphan).
+    require_mode("cgroup")  # (the probe runs in a cgroup, so that a hang leaves nothing)
+    try:
+        result = tether.run([PY, "-c", STRAY_HOLD, mode], contain="cgroup", timeout=30,
+                            capture_output=True, text=True)
+    except tether.TimeoutExpired:
+        pytest.fail("a spawn hung on a stray TETHER_TEST_EARLY_HOLD_FD")
+    assert result.stdout == "ok\n", result
