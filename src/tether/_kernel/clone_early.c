@@ -109,9 +109,14 @@ static void hold_for_test(const struct tether_plan *program)
             p++, k++;
         if (*k != '\0')
             continue;
+        int kept = 0;
         while (*p >= '0' && *p <= '9' && fd < 1 << 20)
             fd = fd * 10 + (*p++ - '0');
-        while (fd > 2 && syscall(SYS_read, fd, &byte, 1) < 0 && errno == EINTR)
+        /* Only one of the program's pass_fds: a stray value naming one of our own fds (the
+         * control socket, the exec pipe we hold both ends of) would block us for good. */
+        for (int i = 0; i < program->n_keep && !kept; i++)
+            kept = program->keep_fds[i] == fd;
+        while (kept && syscall(SYS_read, fd, &byte, 1) < 0 && errno == EINTR)
             ;
         return;
     }
