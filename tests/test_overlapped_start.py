@@ -437,6 +437,24 @@ print("ok")
 """
 
 
+# The same for the guard's own hold before its setup (TETHER_GUARD_TEST_HOLD_SETUP_FD).
+STRAY_SETUP_HOLD = STRAY_HOLD.replace("TETHER_TEST_EARLY_HOLD_FD",
+                                      "TETHER_GUARD_TEST_HOLD_SETUP_FD")
+
+
+def test_the_guards_setup_hold_is_only_on_one_of_the_programs_pass_fds(mode: str) -> None:
+    # The guard's test-only hold before its setup read from whatever fd the environment
+    # named: a stray value naming one of the guard's own fds (its control socket, its
+    # lifeline, the exec pipe) held it before its setup for good, and the spawn with it.
+    require_mode("cgroup")  # (the probe runs in a cgroup, so that a hang leaves nothing)
+    try:
+        result = tether.run([PY, "-c", STRAY_SETUP_HOLD, mode], contain="cgroup", timeout=30,
+                            capture_output=True, text=True)
+    except tether.TimeoutExpired:
+        pytest.fail("a spawn hung on a stray TETHER_GUARD_TEST_HOLD_SETUP_FD")
+    assert result.stdout == "ok\n", result
+
+
 def test_the_early_hold_is_only_on_one_of_the_programs_pass_fds(mode: str) -> None:
     # The clone child's test-only hold read from whatever fd the program's environment
     # named: a stray value naming one of the clone child's own fds (the control socket, a
