@@ -181,6 +181,13 @@ TETHER_HIDDEN long tether_write_text_at(int dirfd, const char *name, const char 
 TETHER_HIDDEN int tether_put_uint(char *out, unsigned long long v);
 TETHER_HIDDEN void tether_reap_pidfd(int pidfd);
 
+/* clone_parent.c, fault injection for the test suite only: wait until the test writes to (or
+ * closes) the fd that the decimal string value names (NULL: none), if it is one of keep
+ * (the program's pass_fds, sorted); the guard's hold before its setup and the overlapped
+ * start's after the program's clone (tests/test_overlapped_start.py). A read: safe in a
+ * clone child. */
+TETHER_HIDDEN void tether_hold_for_test(const char *value, const int *keep, int n_keep);
+
 /* clone_early.c: join the cgroup directory dirfd (this thread: "0" into "tasks" on v1, where
  * it needs no kernel-wide lock; "cgroup.procs" on v2, which has no "tasks"): 1 for a v1
  * directory, 0 for a v2 one, or -errno. The guard's own join and the overlapped start's. */

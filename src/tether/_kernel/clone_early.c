@@ -96,29 +96,20 @@ long tether_join_early(struct tether_early *early)
 /* Fault injection for the test suite only: with TETHER_TEST_EARLY_HOLD_FD=N in the
  * program's environment (N one of its pass_fds, kept by us), wait after the program's clone
  * until the test writes to (or closes) N: the program may exec and fork meanwhile, before
- * our exec fails (tests/test_overlapped_start.py). A scan of memory and a read: both safe. */
+ * our exec fails (tether_hold_for_test). The variable is found by a scan of the program's
+ * environment in memory: getenv is not ours to call here. */
 static void hold_for_test(const struct tether_plan *program)
 {
     static const char key[] = "TETHER_TEST_EARLY_HOLD_FD=";
     char *const *env;
     for (env = program->envp; *env != NULL; env++) {
         const char *p = *env, *k = key;
-        int fd = 0;
-        char byte;
         while (*k != '\0' && *p == *k)
             p++, k++;
-        if (*k != '\0')
-            continue;
-        int kept = 0;
-        while (*p >= '0' && *p <= '9' && fd < 1 << 20)
-            fd = fd * 10 + (*p++ - '0');
-        /* Only one of the program's pass_fds: a stray value naming one of our own fds (the
-         * control socket, the exec pipe we hold both ends of) would block us for good. */
-        for (int i = 0; i < program->n_keep && !kept; i++)
-            kept = program->keep_fds[i] == fd;
-        while (kept && syscall(SYS_read, fd, &byte, 1) < 0 && errno == EINTR)
-            ;
-        return;
+        if (*k == '\0') {
+            tether_hold_for_test(p, program->keep_fds, program->n_keep);
+            return;
+        }
     }
 }
 

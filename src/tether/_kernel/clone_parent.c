@@ -59,6 +59,20 @@ void tether_reap_pidfd(int pidfd)
         ;
 }
 
+void tether_hold_for_test(const char *value, const int *keep, int n_keep)
+{
+    int fd = 0, kept = 0, i;
+    char byte;
+    while (value != NULL && *value >= '0' && *value <= '9' && fd < 1 << 20)
+        fd = fd * 10 + (*value++ - '0');
+    /* Only one of the program's pass_fds: a stray value naming one of the caller's own fds
+     * (a control socket, a lifeline, a pipe it holds both ends of) would block it for good. */
+    for (i = 0; i < n_keep && !kept; i++)
+        kept = fd > 2 && keep[i] == fd;
+    while (kept && read(fd, &byte, 1) < 0 && errno == EINTR)
+        ;
+}
+
 /* 1 and *failure filled if the child sent a failure record, 0 on EOF (it exec'd). */
 static int read_failure(int readfd, struct tether_failure *failure)
 {

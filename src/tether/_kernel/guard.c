@@ -308,20 +308,10 @@ static void run_until_tree_ends(void)
 
 /* Fault injection for the test suite only: before any setup, wait until the test writes to
  * (or closes) the fd TETHER_GUARD_TEST_HOLD_SETUP_FD names, one of the program's pass_fds
- * (tests/test_overlapped_start.py: what an adopted program does before our setup). Only
- * one of those (--keep): a stray value naming one of our own fds (the control socket, the
- * lifeline) would hold us, and the spawn, for good. */
+ * (--keep; tether_hold_for_test): what an adopted program does before our setup. */
 static void hold_for_test(void)
 {
-    const char *p = getenv("TETHER_GUARD_TEST_HOLD_SETUP_FD");
-    int fd = 0, kept = 0, i;
-    char byte;
-    while (p != NULL && *p >= '0' && *p <= '9' && fd < 1 << 20)
-        fd = fd * 10 + (*p++ - '0');
-    for (i = 0; i < g.n_keep && !kept; i++)
-        kept = fd > 2 && g.keep[i] == fd;
-    while (kept && read(fd, &byte, 1) < 0 && errno == EINTR)
-        ;
+    tether_hold_for_test(getenv("TETHER_GUARD_TEST_HOLD_SETUP_FD"), g.keep, g.n_keep);
 }
 
 int main(int argc, char **argv)
