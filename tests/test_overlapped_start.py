@@ -426,33 +426,34 @@ def test_a_launch_given_up_to_a_signal_is_freed_once_its_program_has_exec_d(
         signal.signal(signal.SIGUSR1, old)
 
 
-# Spawns with TETHER_TEST_EARLY_HOLD_FD naming, in turn, each low fd number, none of them
+# Spawns with the hold variable argv[2] naming, in turn, each low fd number, none of them
 # one of the program's pass_fds.
 STRAY_HOLD = r"""
 import os, sys, tether
 for fd in range(3, 16):
-    env = {**os.environ, "TETHER_TEST_EARLY_HOLD_FD": str(fd)}
+    env = {**os.environ, sys.argv[2]: str(fd)}
     tether.run(["true"], contain=sys.argv[1], env=env)
 print("ok")
 """
 
 
-# The same for the guard's own hold before its setup (TETHER_GUARD_TEST_HOLD_SETUP_FD).
-STRAY_SETUP_HOLD = STRAY_HOLD.replace("TETHER_TEST_EARLY_HOLD_FD",
-                                      "TETHER_GUARD_TEST_HOLD_SETUP_FD")
+def no_hang_on_a_stray(variable: str, mode: str) -> None:
+    """Spawns in ``mode`` with the test-only hold ``variable`` naming fds that are none of the
+    program's pass_fds all end; run in a cgroup-mode tree, so that a hang leaves nothing."""
+    require_mode("cgroup")
+    try:
+        result = tether.run([PY, "-c", STRAY_HOLD, mode, variable], contain="cgroup",
+                            timeout=30, capture_output=True, text=True)
+    except tether.TimeoutExpired:
+        pytest.fail(f"a spawn hung on a stray {variable}")
+    assert result.stdout == "ok\n", result
 
 
 def test_the_guards_setup_hold_is_only_on_one_of_the_programs_pass_fds(mode: str) -> None:
     # The guard's test-only hold before its setup read from whatever fd the environment
     # named: a stray value naming one of the guard's own fds (its control socket, its
     # lifeline, the exec pipe) held it before its setup for good, and the spawn with it.
-    require_mode("cgroup")  # (the probe runs in a cgroup, so that a hang leaves nothing)
-    try:
-        result = tether.run([PY, "-c", STRAY_SETUP_HOLD, mode], contain="cgroup", timeout=30,
-                            capture_output=True, text=True)
-    except tether.TimeoutExpired:
-        pytest.fail("a spawn hung on a stray TETHER_GUARD_TEST_HOLD_SETUP_FD")
-    assert result.stdout == "ok\n", result
+    no_hang_on_a_stray("TETHER_GUARD_TEST_HOLD_SETUP_FD", mode)
 
 
 def test_the_early_hold_is_only_on_one_of_the_programs_pass_fds(mode: str) -> None:
@@ -460,10 +461,4 @@ def test_the_early_hold_is_only_on_one_of_the_programs_pass_fds(mode: str) -> No
     # named: a stray value naming one of the clone child's own fds (the control socket, a
     # pipe it holds both ends of) hung the spawn, the parent suspended until the exec, and
     # the clone child outlived its SIGKILLed parent, blocked for good (an orphan).
-    require_mode("cgroup")  # (the probe runs in a cgroup, so that a hang leaves nothing)
-    try:
-        result = tether.run([PY, "-c", STRAY_HOLD, mode], contain="cgroup", timeout=30,
-                            capture_output=True, text=True)
-    except tether.TimeoutExpired:
-        pytest.fail("a spawn hung on a stray TETHER_TEST_EARLY_HOLD_FD")
-    assert result.stdout == "ok\n", result
+    no_hang_on_a_stray("TETHER_TEST_EARLY_HOLD_FD", mode)

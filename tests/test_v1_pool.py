@@ -4,8 +4,10 @@ CPU time."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -14,6 +16,8 @@ from tether._kernel import controllers as controllers_module
 from tether._kernel import v1_dirs, v1_pool
 from tether._kernel.controllers import LimitedTree
 from v1_parent import private_v1_parent
+
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -456,14 +460,23 @@ def test_a_pids_directory_whose_peak_passed_the_floor_after_it_was_put_back_is_n
     assert all(int(peak) <= v1_pool.PIDS_FLOOR for peak in handed.values()), handed
 
 
+def then_ctrl_c(function: Callable[..., T]) -> Callable[..., T]:
+    """``function``, with a Ctrl-C (SIGINT, handled by Python at the next bytecode) after
+    each call, returned or raised."""
+    def interrupted(*args: object) -> T:
+        try:
+            return function(*args)
+        finally:
+            signal.raise_signal(signal.SIGINT)
+    return interrupted
+
+
 def test_ctrl_c_while_retired_directories_are_removed_leaves_none_unheld(
         places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     # The retired directories are taken out of the pool all at once, then removed one by
     # one: a Ctrl-C whose handler runs after the first left every other one unlocked by
     # nobody and its fd open for good, held by no pool (removed neither at exit nor by a
     # sweep while this process lives).
-    import signal
-
     trees = [LimitedTree.make(tether.Limits(), "pidns", None) for _ in range(3)]
     for tree in trees:
         tree.keep_final(0, 0, 1 << 20, 0, 3)  # (as the guard reports: pids past the floor)
@@ -472,15 +485,7 @@ def test_ctrl_c_while_retired_directories_are_removed_leaves_none_unheld(
     assert len(retired) >= 3, retired  # (memory, and pids past its floor)
     wheres = _wheres(places)
     before = os.listdir("/proc/self/fd")
-    real_remove = v1_pool.remove
-
-    def interrupted_remove(path: str, timeout: float) -> bool:
-        try:
-            return real_remove(path, timeout)
-        finally:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(v1_pool, "remove", interrupted_remove)
+    monkeypatch.setattr(v1_pool, "remove", then_ctrl_c(v1_pool.remove))
     with pytest.raises(KeyboardInterrupt):
         v1_pool.remove_retired()
     monkeypatch.undo()
@@ -499,23 +504,13 @@ def test_ctrl_c_while_an_ended_trees_directory_is_retired_leaves_none_unheld(
         places: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     # retire() reads the directory's cgroup.procs: a Ctrl-C whose handler runs there, after
     # the tree has let go of the directory and before a pool holds it, lost it with its fd.
-    import signal
-
     LimitedTree.make(tether.Limits(), "pidns", None).remove()  # (sweeps, imports)
     v1_pool.drain()
     before = os.listdir("/proc/self/fd")
     tree = LimitedTree.make(tether.Limits(), "pidns", None)
     tree.keep_final(0, 0, 1 << 20, 0, 3)  # (as the guard reports: pids past the floor)
     wheres = _wheres(places)
-    real_read = v1_pool._read
-
-    def interrupted_read(name: str, dir_fd: int, lacking: object = None) -> str | None:
-        try:
-            return real_read(name, dir_fd)
-        finally:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(v1_pool, "_read", interrupted_read)
+    monkeypatch.setattr(v1_pool, "_read", then_ctrl_c(v1_pool._read))
     with pytest.raises(KeyboardInterrupt):
         tree.remove()
     monkeypatch.undo()
