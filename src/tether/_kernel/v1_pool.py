@@ -235,9 +235,7 @@ def remove_retired() -> None:
                 return
             entry = _retired[""][-1]
         try:
-            remove(entry.path, 0.0)
-        except OSError:
-            pass  # unlocked below: the next start's sweep removes it
+            _remove_quietly(entry)
         finally:
             with _lock:
                 ours = entry in _retired[""]  # (another thread's otherwise)
@@ -247,11 +245,18 @@ def remove_retired() -> None:
                 os.close(entry.fd)
 
 
-def _remove_retired(entry: PooledDir) -> None:
+def _remove_quietly(entry: PooledDir) -> None:
+    """rmdir ``entry``'s directory, nested cgroups first; one still busy (or gone) is left:
+    once its lock is released, the next start's sweep removes it."""
     try:
         remove(entry.path, 0.0)
     except OSError:
-        pass  # unlocked now: the next start's sweep removes it
+        pass
+
+
+def _remove_retired(entry: PooledDir) -> None:
+    try:
+        _remove_quietly(entry)
     finally:
         os.close(entry.fd)
 
