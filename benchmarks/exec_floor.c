@@ -102,6 +102,7 @@ void limits_close(void);
 long limited_sample(int with_cpu);
 int usage_main(void);
 int notice_main(int argc, char **argv); /* exec_floor_notice.c's modes (else -1) */
+void put_row(const char *name, long *samples, int n); /* exec_floor_notice.c's */
 
 long now_ns(void)
 {
@@ -457,15 +458,7 @@ static int bench(int rounds)
     for (int v = 0; v <= n_variants; v++) {
         if (skipped(v))
             continue;
-        sort(samples[v], rounds);
-        put(names[v]);
-        put(" ");
-        put_num(samples[v][rounds / 2]);
-        put(" ");
-        put_num(samples[v][rounds / 4]);
-        put(" ");
-        put_num(samples[v][3 * rounds / 4]);
-        put("\n");
+        put_row(names[v], samples[v], rounds);
     }
     return 0;
 }

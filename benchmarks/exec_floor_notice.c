@@ -92,6 +92,21 @@ void sort(long *a, int n);
 
 /* Ours, called by exec_floor.c's main. */
 int notice_main(int argc, char **argv);
+void put_row(const char *name, long *samples, int n);
+
+/* One output line, "name median p25 p75\n", of n samples (ns), sorted here: every variant's,
+ * ours and exec_floor.c's bench. */
+void put_row(const char *name, long *samples, int n)
+{
+    static const int quarter[3] = {2, 1, 3};
+    sort(samples, n);
+    put(name);
+    for (int q = 0; q < 3; q++) {
+        put(" ");
+        put_num(samples[quarter[q] * n / 4]);
+    }
+    put("\n");
+}
 
 /* The page the parent shares with every reader (a memfd, MAP_SHARED): the delay the parent
  * sets before the reader's EOF, and the reader's clock just before its _exit. */
@@ -427,17 +442,8 @@ static int notice_bench(int rounds)
             if (v != DIRECT)
                 samples[v == GUARDED ? GUARDED_REPORT : EARLY_REPORT][i] = report_ns;
         }
-    for (int s = 0; s < SERIES; s++) {
-        sort(samples[s], rounds);
-        put(names[s]);
-        put(" ");
-        put_num(samples[s][rounds / 2]);
-        put(" ");
-        put_num(samples[s][rounds / 4]);
-        put(" ");
-        put_num(samples[s][3 * rounds / 4]);
-        put("\n");
-    }
+    for (int s = 0; s < SERIES; s++)
+        put_row(names[s], samples[s], rounds);
     say_counts(rounds);
     return 0;
 }
