@@ -125,6 +125,30 @@ def test_usage_of_a_short_tree_is_its_cpu_time_not_timer_ticks(limit_mode: str) 
     assert own <= result.usage.cpu <= own + 0.05, (own, result.usage)
 
 
+AFFINITY = "import os; print(sorted(os.sched_getaffinity(0)))"
+
+
+@pytest.mark.parametrize("own_cpus", [None, 1], ids=["inherited", "one-cpu"])
+def test_a_program_in_a_cpu_group_runs_with_the_affinity_it_inherited(
+    limit_mode: str, own_cpus: int | None
+) -> None:
+    # A program in a cpu group of its own that the kernel placed on the CPU its parent sleeps
+    # on moves off it first and then puts its mask back (clone.c, leave_parents_cpu): it must
+    # run with the mask it inherited. Placement is the kernel's: of twelve starts, some begin
+    # on our CPU and some elsewhere, so both paths run. With a one-CPU mask there is nowhere
+    # else to go, and nothing moves.
+    before = os.sched_getaffinity(0)
+    mask = {min(before)} if own_cpus == 1 else before
+    os.sched_setaffinity(0, mask)  # (this thread's, which the guard and program inherit)
+    try:
+        for _ in range(12):
+            result = tether.run([PY, "-c", AFFINITY], contain=limit_mode, capture_output=True,
+                                limits=tether.Limits(cpus=1.0), check=True)
+            assert result.stdout.decode().strip() == str(sorted(mask))
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 DAEMON = """
 import os, sys, time
 if os.fork():

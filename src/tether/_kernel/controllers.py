@@ -152,8 +152,8 @@ class LimitedTree(CgroupTree):
     cgroup mode the containment one, else one the guard joins, or none: fd -1) and one locked
     directory per v1 hierarchy. ``join`` are the fds the guard moves itself into."""
 
-    __slots__ = ("entries", "final", "join", "limits", "places", "v1", "v1_controllers",
-                 "v1_writes")
+    __slots__ = ("cpu_group", "entries", "final", "join", "limits", "places", "v1",
+                 "v1_controllers", "v1_writes")
 
     def __init__(self, path: str, fd: int, limits: Limits, places: dict[str, str]) -> None:
         super().__init__(path, fd)
@@ -165,6 +165,10 @@ class LimitedTree(CgroupTree):
         self.v1_controllers: dict[str, set[str]] = {}  # v1 directory -> its controllers
         self.join: list[int] = []
         self.final: Usage | None = None
+        #: The tree runs in a cpu group of its own (a cpus or cpu_weight limit): the
+        #: overlapped start then moves its program off the CPU the parent sleeps on
+        #: (clone.c, leave_parents_cpu).
+        self.cpu_group = False
 
     @classmethod
     def make(cls, limits: Limits, mode: str,
@@ -203,6 +207,7 @@ class LimitedTree(CgroupTree):
                     self.join.append(self.fd)
             self._make_v1_dirs(ACCOUNTING | {c for _, c, _, _ in writes})
             self._write_limits(writes)
+            self.cpu_group = any(c == "cpu" for _, c, _, _ in writes)
         except BaseException:
             self.discard()
             raise

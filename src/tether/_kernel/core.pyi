@@ -56,7 +56,7 @@ def spawn(
 # pass_fds, whether it has a lifeline, its cgroup fd or -1, the cgroup directories to join.
 EarlyStart = tuple[
     tuple[int, bool, bool, bool, int, int, tuple[int, ...] | None] | None, tuple[int, ...], bool,
-    int, tuple[int, ...]]
+    int, tuple[int, ...], bool]
 
 def launch_guard(
     *,

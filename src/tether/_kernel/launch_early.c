@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -57,11 +58,11 @@ void early_init(struct launch_early *le)
 int early_prepare(struct launch_early *le, PyObject *spec, char **envp, int method)
 {
     PyObject *attrs, *keep, *join;
-    int lifeline, cgroup_fd, floor_fd = 3;
+    int lifeline, cgroup_fd, cpu_group, floor_fd = 3;
     size_t n_env = 0;
     Py_ssize_t i;
-    if (!PyArg_ParseTuple(spec, "OO!piO!", &attrs, &PyTuple_Type, &keep, &lifeline, &cgroup_fd,
-                          &PyTuple_Type, &join))
+    if (!PyArg_ParseTuple(spec, "OO!piO!p", &attrs, &PyTuple_Type, &keep, &lifeline,
+                          &cgroup_fd, &PyTuple_Type, &join, &cpu_group))
         return -1;
     if (PyTuple_GET_SIZE(join) > (Py_ssize_t)(sizeof le->join / sizeof le->join[0])) {
         PyErr_SetString(PyExc_ValueError, "too many cgroups to join");
@@ -91,6 +92,7 @@ int early_prepare(struct launch_early *le, PyObject *spec, char **envp, int meth
     memcpy(le->envp, envp, n_env * sizeof(char *));
     le->n_env = n_env;
     le->with_lifeline = lifeline;
+    le->leave_cpu = cpu_group;
     le->early.stack_size = EARLY_STACK_SIZE;
     le->early.method = method;
     le->early.cgroup_fd = cgroup_fd;
@@ -145,6 +147,8 @@ int early_open(struct launch_early *le, char **argv, int control)
     p->announce_fd = control;
     p->errpipe = le->exec_pipe[1];
     p->report_twice = 1;
+    if (le->leave_cpu) /* the CPU this thread sleeps on through the clone, or 0 */
+        p->leave_cpu = sched_getcpu() + 1;
     if (le->with_lifeline) {
         if (fstat(le->lifeline[0], &st) != 0) {
             err = errno;

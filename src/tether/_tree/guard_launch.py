@@ -110,9 +110,10 @@ def _early(spec: SpawnSpec, mode: Mode, options: list[str],
            cgroup: CgroupTree | None) -> EarlyStart | None:
     """The overlapped start's part of ``clone_guard`` (the program cloned by the guard's clone
     child before the guard's exec, ``launch_early.c``; the clone child joins a limited tree's
-    cgroups first), or None for the guard to start the program itself: where it must act
-    before the program exists (the terminal's foreground group), or with ``close_fds=False``
-    (every inheritable fd of the guard's clone child would reach the program)."""
+    cgroups first; a program in a cpu group of its own first leaves the CPU we sleep on), or
+    None for the guard to start the program itself: where it must act before the program
+    exists (the terminal's foreground group), or with ``close_fds=False`` (every inheritable
+    fd of the guard's clone child would reach the program)."""
     if ("--foreground" in options
             or (spec.attrs is not None and spec.attrs.inherit_fds)
             or not features.overlapped_start()):
@@ -120,4 +121,5 @@ def _early(spec: SpawnSpec, mode: Mode, options: list[str],
     return (None if spec.attrs is None else spec.attrs.core_tuple(), spec.pass_fds,
             "--no-program-lifeline" not in options,
             cgroup.fd if mode == "cgroup" and cgroup is not None else -1,
-            tuple(cgroup.join) if isinstance(cgroup, LimitedTree) else ())
+            tuple(cgroup.join) if isinstance(cgroup, LimitedTree) else (),
+            isinstance(cgroup, LimitedTree) and cgroup.cpu_group)
