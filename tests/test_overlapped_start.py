@@ -288,10 +288,12 @@ def until_the_program_is_in(made: list[str]) -> None:
 
 
 def start_frozen(monkeypatch: pytest.MonkeyPatch,
-                 while_frozen: Callable[[], None] = lambda: None) -> list[str]:
-    """Spawn ``true`` into a frozen cgroup (the program cloned into it cannot exec), call
-    ``while_frozen`` from another thread once the program is in it, then interrupt the
-    launch with a signal whose handler raises. Returns the cgroup's path (one item)."""
+                 while_frozen: Callable[[], None] = lambda: None,
+                 limits: tether.Limits | None = None) -> list[str]:
+    """Spawn ``true`` (with ``limits``) into a frozen cgroup (the program cloned into it
+    cannot exec), call ``while_frozen`` from another thread once the program is in it, then
+    interrupt the launch with a signal whose handler raises. Returns the cgroup's path (one
+    item)."""
     made = freeze_new_trees(monkeypatch)
 
     def interrupt(signum: int, frame: object) -> None:
@@ -309,7 +311,7 @@ def start_frozen(monkeypatch: pytest.MonkeyPatch,
     sender.start()
     try:
         with pytest.raises(Interrupted):
-            tether.spawn(["true"], contain="cgroup")
+            tether.spawn(["true"], contain="cgroup", limits=limits)
     finally:
         sender.join()
         signal.signal(signal.SIGUSR1, old)
@@ -328,6 +330,29 @@ def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
     made = start_frozen(monkeypatch)
     assert oracle.reap_until(10.0).empty
     assert not os.path.exists(made[0])
+
+
+def test_a_signal_ends_the_wait_for_the_exec_of_a_program_in_a_cpu_group(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A program in a cpu group of its own is polled for (launch_early.c, spin_for_exec) before
+    # the launch sleeps on its exec: a program that never gets there still ends the poll and
+    # the sleep at the caller's signal, and leaves nothing.
+    require_mode("cgroup")
+    made = start_frozen(monkeypatch, limits=tether.Limits(cpus=1.0))
+    assert oracle.reap_until(10.0).empty
+    assert not os.path.exists(made[0])
+
+
+@pytest.mark.parametrize("limit_mode", ["cgroup", "pidns"])
+def test_an_exec_failure_in_a_cpu_group_is_the_typed_error_and_leaves_nothing(
+        limit_mode: str, junk_program: str) -> None:
+    # The poll for the exec of a program in a cpu group of its own reads its failure record
+    # as the sleep would.
+    require_mode(limit_mode)
+    with pytest.raises(FileNotFoundError):
+        tether.spawn([junk_program], contain=limit_mode,  # type: ignore[arg-type]
+                     limits=tether.Limits(cpus=1.0))
+    assert nothing_left()
 
 
 def test_a_program_that_has_not_exec_d_holds_no_fd_of_ours(

@@ -381,35 +381,6 @@ static void report_failure(int errpipe, int copies, int stage, long neg_errno)
             goto failed;             \
     } while (0)
 
-/* An overlapped start's program in a cpu group of its own (a limited tree's cpus or
- * cpu_weight) that the kernel placed on the CPU its parent sleeps on (in the vfork wait for
- * the guard's clone child). The parent's wakeup would queue there behind the program, whose
- * group's entity a task's wakeup does not preempt, and it then waited for most of the
- * program's start while the other CPU idled (seen in perf sched timehist: about two starts
- * in five, about 500 us each). So the program moves off that CPU first: its affinity without
- * that CPU (the kernel migrates it at once), then the mask it had, which is the one it runs
- * with. Nothing changes where a call fails or no other CPU is allowed; but a mask that cannot
- * be put back fails the start (the program must not run with one it did not inherit). */
-static long leave_parents_cpu(const struct tether_plan *plan)
-{
-    enum { BITS = 8 * sizeof(unsigned long), WORDS = 1024 / BITS };
-    unsigned long mask[WORDS], other[WORDS];
-    unsigned int cpu = 0;
-    long size, i, others = 0;
-    if (syscall(SYS_getcpu, &cpu, NULL, NULL) != 0 || (long)cpu + 1 != plan->leave_cpu)
-        return 0;
-    size = syscall(SYS_sched_getaffinity, 0, sizeof mask, mask);
-    if (size <= 0 || cpu / BITS >= (unsigned long)size / sizeof(unsigned long))
-        return 0;
-    for (i = 0; i < size / (long)sizeof(unsigned long); i++) {
-        other[i] = mask[i] & (i == (long)(cpu / BITS) ? ~(1UL << (cpu % BITS)) : ~0UL);
-        others |= other[i] != 0;
-    }
-    if (!others || syscall(SYS_sched_setaffinity, 0, size, other) != 0)
-        return 0;
-    return tether_sys_result(syscall(SYS_sched_setaffinity, 0, size, mask));
-}
-
 /* The child: async-signal-safe only. Runs on the parent's stack (clone3) or a private one
  * (legacy clone), with every signal blocked; never returns (execve, or exit_group(127)). */
 __attribute__((noinline))
@@ -423,8 +394,6 @@ int tether_child_exec(void *arg)
     /* First of all: every later step may touch the fd table (map_own_ids opens files). */
     if (plan->unshare_from > 0)
         CHILD_STEP(TETHER_STAGE_CLOSE, unshare_low_fds(plan));
-    if (plan->leave_cpu > 0) /* before the work: it runs on the CPU moved to */
-        CHILD_STEP(TETHER_STAGE_AFFINITY, leave_parents_cpu(plan));
     /* In a new user namespace, before anything else: the ids every later step runs as. */
     if (plan->map_ids)
         CHILD_STEP(TETHER_STAGE_USERNS, map_own_ids(plan));

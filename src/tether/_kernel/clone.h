@@ -46,8 +46,7 @@ enum tether_clone_method {
     X(CREDS, 11, "setting groups, gid and uid")                 \
     X(PREEXEC, 12, "running preexec_fn")                        \
     X(ANNOUNCE, 13, "announcing the program's pidfd to the parent")          \
-    X(EARLY, 14, "starting the program beside the guard")                 \
-    X(AFFINITY, 15, "restoring the CPU affinity after leaving the parent's CPU")
+    X(EARLY, 14, "starting the program beside the guard")
 
 enum tether_stage {
     TETHER_STAGE_NONE = 0,
@@ -143,10 +142,6 @@ struct tether_plan {
     /* The program's plan of an overlapped start: its failure record written twice, one for
      * each reader of the exec pipe (the guard, and the parent, launch_early.c). */
     int report_twice;
-    /* > 0: the CPU (+ 1) the parent sleeps on through an overlapped start whose program runs
-     * in a cpu group of its own; a program placed there moves off it first (clone.c,
-     * leave_parents_cpu). 0: it stays where the kernel put it. */
-    int leave_cpu;
 };
 
 /* The one raw clone: clone3 (method TETHER_CLONE_CLONE3) or the legacy clone

@@ -166,8 +166,8 @@ class LimitedTree(CgroupTree):
         self.join: list[int] = []
         self.final: Usage | None = None
         #: The tree runs in a cpu group of its own (a cpus or cpu_weight limit): the
-        #: overlapped start then moves its program off the CPU the parent sleeps on
-        #: (clone.c, leave_parents_cpu).
+        #: overlapped start then polls for its program's exec before it sleeps
+        #: (launch_early.c, early_close).
         self.cpu_group = False
 
     @classmethod

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core_convert.h"
@@ -92,7 +93,7 @@ int early_prepare(struct launch_early *le, PyObject *spec, char **envp, int meth
     memcpy(le->envp, envp, n_env * sizeof(char *));
     le->n_env = n_env;
     le->with_lifeline = lifeline;
-    le->leave_cpu = cpu_group;
+    le->cpu_group = cpu_group;
     le->early.stack_size = EARLY_STACK_SIZE;
     le->early.method = method;
     le->early.cgroup_fd = cgroup_fd;
@@ -147,8 +148,6 @@ int early_open(struct launch_early *le, char **argv, int control)
     p->announce_fd = control;
     p->errpipe = le->exec_pipe[1];
     p->report_twice = 1;
-    if (le->leave_cpu) /* the CPU this thread sleeps on through the clone, or 0 */
-        p->leave_cpu = sched_getcpu() + 1;
     if (le->with_lifeline) {
         if (fstat(le->lifeline[0], &st) != 0) {
             err = errno;
@@ -193,6 +192,27 @@ void early_args(struct launch_early *le, char **out)
     out[n] = NULL;
 }
 
+/* How long the parent of a program in a cpu group of its own polls for the program's exec
+ * before it sleeps (early_close). */
+#define EXEC_SPIN_NS 500000L
+
+/* Poll pfd (n of them) without sleeping, yielding between polls, for at most EXEC_SPIN_NS:
+ * 1 once one is ready (its revents set), 0 when the time is up. */
+static int spin_for_exec(struct pollfd *pfd, int n)
+{
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        if (poll(pfd, (nfds_t)n, 0) != 0)
+            return 1;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec)
+            > EXEC_SPIN_NS)
+            return 0;
+        sched_yield();
+    }
+}
+
 /* After the clone (or instead of it): our copies closed, and, if a program may exist, the
  * wait until it has exec'd or exited: EOF on the exec pipe, once its write end is closed
  * everywhere (ours here, the guard's clone child's at its exec or exit, the program's at its
@@ -205,6 +225,7 @@ void early_args(struct launch_early *le, char **out)
 void early_close(struct launch_early *le, int signals)
 {
     struct pollfd pfd[2] = {{le->exec_pipe[0], 0, 0}, {signals, POLLIN, 0}};
+    int watched = signals >= 0 ? 2 : 1;
     if (le->exec_pipe[1] >= 0)
         lifeline_registry_drop(le->exec_pipe[1]);
     if (le->lifeline[1] >= 0)
@@ -214,11 +235,19 @@ void early_close(struct launch_early *le, int signals)
     le->exec_pipe[1] = le->lifeline[0] = le->lifeline[1] = -1;
     if (le->exec_pipe[0] < 0)
         return;
-    /* events 0 on the pipe: POLLHUP alone; a failure record is the guard's to read */
-    do {
+    /* events 0 on the pipe: POLLHUP alone; a failure record is the guard's to read. A
+     * program in a cpu group of its own (cpu_group): the wakeup its exec gives a sleeping
+     * parent places the parent on the program's CPU (the exec moved the program to the CPU
+     * we slept on, idle then), where a task's wakeup does not preempt a cpu group's entity:
+     * we waited there for the rest of the program's start while the other CPU idled (perf
+     * sched timehist). So we poll for the exec first, yielding, as the end's early wake does
+     * for the guard's report, and sleep only after EXEC_SPIN_NS. */
+    if (!le->cpu_group || !spin_for_exec(pfd, watched))
         pfd[0].revents = pfd[1].revents = 0;
-        (void)poll(pfd, signals >= 0 ? 2 : 1, -1);
-    } while (!(pfd[0].revents & (POLLHUP | POLLERR | POLLNVAL)) && !pfd[1].revents);
+    while (!(pfd[0].revents & (POLLHUP | POLLERR | POLLNVAL)) && !pfd[1].revents) {
+        pfd[0].revents = pfd[1].revents = 0;
+        (void)poll(pfd, (nfds_t)watched, -1);
+    }
     le->abandoned = !(pfd[0].revents & (POLLHUP | POLLERR | POLLNVAL));
     if (le->abandoned)
         return; /* the exec pipe is kept: early_abandon, early_sweep */

@@ -20,8 +20,8 @@ struct launch_early {
                          * [1]: the program's failure pipe */
     int lifeline[2];    /* the program's lifeline: [0] its, [1] the guard's; -1: none */
     int with_lifeline;
-    int leave_cpu;      /* the program runs in a cpu group of its own: early_open asks
-                         * it to move off the CPU we sleep on (clone.c, leave_parents_cpu) */
+    int cpu_group;      /* the program runs in a cpu group of its own: early_close polls
+                         * for its exec before it sleeps */
     char **envp;        /* the program's: the guard's entries, its lifeline's, NULL */
     size_t n_env;
     gid_t *groups;

@@ -110,7 +110,7 @@ def _early(spec: SpawnSpec, mode: Mode, options: list[str],
            cgroup: CgroupTree | None) -> EarlyStart | None:
     """The overlapped start's part of ``clone_guard`` (the program cloned by the guard's clone
     child before the guard's exec, ``launch_early.c``; the clone child joins a limited tree's
-    cgroups first; a program in a cpu group of its own first leaves the CPU we sleep on), or
+    cgroups first; for a program in a cpu group of its own we poll for its exec first), or
     None for the guard to start the program itself: where it must act before the program
     exists (the terminal's foreground group), or with ``close_fds=False`` (every inheritable
     fd of the guard's clone child would reach the program)."""
