@@ -53,7 +53,8 @@ def spawn(
     attrs: tuple[int, bool, bool, bool, int, int, tuple[int, ...] | None] | None = None,
 ) -> tuple[int, int, int, int, int]: ...
 # The overlapped start (launch_early.c): the program's attributes (as ``attrs``), its
-# pass_fds, whether it has a lifeline, its cgroup fd or -1, the cgroup directories to join.
+# pass_fds, whether it has a lifeline, its cgroup fd or -1, the cgroup directories to join,
+# whether it runs in a cpu group of its own (its exec is then polled for before a sleep).
 EarlyStart = tuple[
     tuple[int, bool, bool, bool, int, int, tuple[int, ...] | None] | None, tuple[int, ...], bool,
     int, tuple[int, ...], bool]
