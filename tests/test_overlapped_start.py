@@ -334,7 +334,7 @@ def test_a_signal_ends_the_wait_for_a_program_that_does_not_exec(
 
 def test_a_signal_ends_the_wait_for_the_exec_of_a_program_in_a_cpu_group(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # A program in a cpu group of its own is polled for (launch_early.c, spin_for_exec) before
+    # A program in a cpu group of its own is polled for (launch_early.c, early_close) before
     # the launch sleeps on its exec: a program that never gets there still ends the poll and
     # the sleep at the caller's signal, and leaves nothing.
     require_mode("cgroup")

@@ -7,6 +7,7 @@
 #define TETHER_CORE_CONVERT_H
 
 #include <Python.h>
+#include <poll.h>
 
 #include "clone.h"
 
@@ -27,6 +28,9 @@ TETHER_HIDDEN PyObject *core_hold_signals(PyObject *self, PyObject *unused);
 TETHER_HIDDEN PyObject *core_release_signals(PyObject *self, PyObject *arg);
 /* end.c: core.await_end, core.read_end and their constants, added to the module. */
 TETHER_HIDDEN int tether_add_end(PyObject *module);
+/* end.c: poll fds without sleeping, yielding between polls, for at most spin_ns: 1 once one
+ * is ready. */
+TETHER_HIDDEN int tether_spin_ready(struct pollfd *fds, nfds_t count, long long spin_ns);
 /* exec_path.c: core.first_present (the PATH search's misses), added to the module. */
 TETHER_HIDDEN int tether_add_exec_path(PyObject *module);
 

@@ -34,9 +34,10 @@ static long long now_ns(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* poll(fds, 0) until one is ready, yielding the CPU in between (the guard may be queued on
- * ours), for at most spin_ns; the GIL is released by the caller. 1 if one is ready. */
-static int spin_ready(struct pollfd *fds, nfds_t count, long long spin_ns)
+/* core_convert.h: poll(fds, 0) until one is ready, yielding the CPU in between (the process
+ * waited for may be queued on ours), for at most spin_ns; the GIL is released by the caller.
+ * 1 if one is ready. The early wake's and the overlapped start's (launch_early.c). */
+int tether_spin_ready(struct pollfd *fds, nfds_t count, long long spin_ns)
 {
     long long end = now_ns() + spin_ns;
     for (;;) {
@@ -62,7 +63,7 @@ static int only_start_report(int sock_fd)
            queued == (int)sizeof msg;
 }
 
-/* The early wake's spin: spin_ready on the guard's pidfd (fds[0]) and the socket (fds[1]),
+/* The early wake's spin: tether_spin_ready on the guard's pidfd (fds[0]) and the socket (fds[1]),
  * where a socket holding only the start report is not ready. */
 static int spin_for_end(struct pollfd *fds, long long spin_ns)
 {
@@ -134,7 +135,7 @@ static int reap_guard(int guard_fd, long long spin_ns, siginfo_t *info)
     struct pollfd guard = {.fd = guard_fd, .events = POLLIN};
     info->si_pid = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (spin_ready(&guard, 1, spin_ns))
+    if (tether_spin_ready(&guard, 1, spin_ns))
         rc = waitid((idtype_t)P_PIDFD, (id_t)guard_fd, info, WEXITED | WNOHANG);
     Py_END_ALLOW_THREADS
     return rc < 0 ? -1 : info->si_pid != 0;
@@ -245,7 +246,7 @@ static PyObject *core_reap_exiting(PyObject *self, PyObject *args)
                          reaped > 0 ? info.si_status : 0);
 }
 
-/* core.spin_readable(fd, spin_ns) -> bool: spin_ready for Python (the GIL released): True
+/* core.spin_readable(fd, spin_ns) -> bool: tether_spin_ready for Python (the GIL released): True
  * once fd is readable within spin_ns (early_wake.spin_until_readable: the reap of a guard that
  * has sent its last report, ending.reap_quietly). */
 static PyObject *core_spin_readable(PyObject *self, PyObject *args)
@@ -258,7 +259,7 @@ static PyObject *core_spin_readable(PyObject *self, PyObject *args)
         return NULL;
     p.fd = fd;
     Py_BEGIN_ALLOW_THREADS
-    ready = spin_ready(&p, 1, spin_ns);
+    ready = tether_spin_ready(&p, 1, spin_ns);
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(ready);
 }

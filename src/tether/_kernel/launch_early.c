@@ -24,12 +24,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "core_convert.h"
@@ -194,24 +192,7 @@ void early_args(struct launch_early *le, char **out)
 
 /* How long the parent of a program in a cpu group of its own polls for the program's exec
  * before it sleeps (early_close). */
-#define EXEC_SPIN_NS 500000L
-
-/* Poll pfd (n of them) without sleeping, yielding between polls, for at most EXEC_SPIN_NS:
- * 1 once one is ready (its revents set), 0 when the time is up. */
-static int spin_for_exec(struct pollfd *pfd, int n)
-{
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    for (;;) {
-        if (poll(pfd, (nfds_t)n, 0) != 0)
-            return 1;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec)
-            > EXEC_SPIN_NS)
-            return 0;
-        sched_yield();
-    }
-}
+#define EXEC_SPIN_NS 500000LL
 
 /* After the clone (or instead of it): our copies closed, and, if a program may exist, the
  * wait until it has exec'd or exited: EOF on the exec pipe, once its write end is closed
@@ -242,7 +223,7 @@ void early_close(struct launch_early *le, int signals)
      * we waited there for the rest of the program's start while the other CPU idled (perf
      * sched timehist). So we poll for the exec first, yielding, as the end's early wake does
      * for the guard's report, and sleep only after EXEC_SPIN_NS. */
-    if (!le->cpu_group || !spin_for_exec(pfd, watched))
+    if (!le->cpu_group || !tether_spin_ready(pfd, (nfds_t)watched, EXEC_SPIN_NS))
         pfd[0].revents = pfd[1].revents = 0;
     while (!(pfd[0].revents & (POLLHUP | POLLERR | POLLNVAL)) && !pfd[1].revents) {
         pfd[0].revents = pfd[1].revents = 0;
