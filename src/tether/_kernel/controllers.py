@@ -152,8 +152,8 @@ class LimitedTree(CgroupTree):
     cgroup mode the containment one, else one the guard joins, or none: fd -1) and one locked
     directory per v1 hierarchy. ``join`` are the fds the guard moves itself into."""
 
-    __slots__ = ("cpu_group", "entries", "final", "join", "limits", "places", "v1",
-                 "v1_controllers", "v1_writes")
+    __slots__ = ("entries", "final", "join", "limits", "places", "v1", "v1_controllers",
+                 "v1_writes")
 
     def __init__(self, path: str, fd: int, limits: Limits, places: dict[str, str]) -> None:
         super().__init__(path, fd)
@@ -165,10 +165,6 @@ class LimitedTree(CgroupTree):
         self.v1_controllers: dict[str, set[str]] = {}  # v1 directory -> its controllers
         self.join: list[int] = []
         self.final: Usage | None = None
-        #: The tree runs in a cpu group of its own (a cpus or cpu_weight limit): the
-        #: overlapped start then polls for its program's exec before it sleeps
-        #: (launch_early.c, early_close).
-        self.cpu_group = False
 
     @classmethod
     def make(cls, limits: Limits, mode: str,
@@ -207,11 +203,17 @@ class LimitedTree(CgroupTree):
                     self.join.append(self.fd)
             self._make_v1_dirs(ACCOUNTING | {c for _, c, _, _ in writes})
             self._write_limits(writes)
-            self.cpu_group = any(c == "cpu" for _, c, _, _ in writes)
         except BaseException:
             self.discard()
             raise
         return self
+
+    @property
+    def cpu_group(self) -> bool:
+        """The tree runs in a cpu group of its own (its cpu controller's limits: cpus,
+        cpu_weight): the overlapped start then polls for its program's exec before it sleeps
+        (launch_early.c, early_close)."""
+        return self.limits.cpus is not None or self.limits.cpu_weight is not None
 
     def hand_over(self) -> None:
         """Keep every lock (the v2 directory's and the v1 ones) until remove(): the guard
