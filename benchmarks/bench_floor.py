@@ -66,6 +66,7 @@ from collections.abc import Iterator
 import _exitlat
 import tether
 from _common import build_c
+from tether._kernel.controllers import controller_places, own_v1_cgroups
 from tether._tree.modes import guard_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -122,36 +123,15 @@ def build(tmpdir: str) -> tuple[str, str] | None:
 
 def own_v1_groups() -> tuple[list[str], str]:
     """This process's own group on each of CONTROLLERS' v1 hierarchies (its directory, in
-    CONTROLLERS' order), from /proc/self/mountinfo and /proc/self/cgroup: (dirs, "") or
-    ([], why not)."""
-    mounts: dict[str, tuple[str, str]] = {}  # controller: (the mount's root, where it is)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields, _, tail = line.partition(" - ")
-            fstype, _source, options, *_ = [*tail.split(), "", "", ""]
-            if fstype == "cgroup":
-                for name in set(options.split(",")) & set(CONTROLLERS):
-                    root, point = fields.split()[3:5]
-                    mounts[name] = (root, point.replace("\\040", " "))
-    own: dict[str, str] = {}
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _id, names, path = line.rstrip("\n").split(":", 2)
-            for name in set(names.split(",")) & set(CONTROLLERS):
-                own[name] = path
-    missing = [name for name in CONTROLLERS if name not in mounts or name not in own]
+    CONTROLLERS' order), where tether finds them (``controller_places``,
+    ``own_v1_cgroups``): (dirs, "") or ([], why not)."""
+    places, own = controller_places(), own_v1_cgroups()
+    missing = [name for name in CONTROLLERS if places.get(name, "v2") not in own]
     if missing:
         return [], f"no v1 {'/'.join(missing)} hierarchy"
-    if len({mounts[name][1] for name in CONTROLLERS}) < len(CONTROLLERS):
+    if len({places[name] for name in CONTROLLERS}) < len(CONTROLLERS):
         return [], "memory, cpu, cpuacct and pids do not each have a v1 hierarchy of their own"
-    dirs = []
-    for name in CONTROLLERS:
-        root, point = mounts[name]
-        rel = os.path.relpath(own[name], root)
-        if rel.startswith(os.pardir):
-            return [], f"this process's {name} group is not under its mount"
-        dirs.append(os.path.normpath(os.path.join(point, rel)))
-    return dirs, ""
+    return [own[places[name]] for name in CONTROLLERS], ""
 
 
 def remove_group(path: str) -> None:
@@ -199,24 +179,27 @@ def said(stderr: str) -> str:
     return " ".join(line for line in stderr.splitlines() if line.startswith("exec_floor:"))
 
 
-def c_floors(exe: str, rounds: int, limits: list[str]) -> tuple[dict[str, float], str]:
-    """Medians in microseconds, by variant (exec_floor.c prints nanoseconds), and what it said
-    on stderr (why the limited variants were skipped, if they were)."""
+def run_floor(exe: str, *args: str) -> tuple[dict[str, float], str]:
+    """Run ``exe *args`` (exec_floor prints a variant and its median in nanoseconds per line):
+    medians in microseconds, by variant, and what it said on stderr."""
     done = subprocess.run(  # noqa: TET102  the floor program, exits by itself
-        [exe, "bench", str(rounds), guard_path(), *(["--limits", *limits] if limits else [])],
-        capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL)
+        [exe, *args], capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL)
     floors = {line.split()[0]: int(line.split()[1]) / 1000 for line in done.stdout.splitlines()}
     return floors, said(done.stderr)
+
+
+def c_floors(exe: str, rounds: int, limits: list[str]) -> tuple[dict[str, float], str]:
+    """Medians in microseconds, by variant, and what it said on stderr (why the limited
+    variants were skipped, if they were)."""
+    return run_floor(exe, "bench", str(rounds), guard_path(),
+                     *(["--limits", *limits] if limits else []))
 
 
 def notice_floors(exe: str, rounds: int) -> tuple[dict[str, float], str]:
     """exec_floor's exit notice variants (``exec_floor notice N``, a rotation of its own):
     medians in microseconds, and its line on stderr (how often the early wake was taken)."""
-    done = subprocess.run(  # noqa: TET102  the floor program, exits by itself
-        [exe, "notice", str(rounds)], capture_output=True, text=True, check=True,
-        stdin=subprocess.DEVNULL)
-    floors = {line.split()[0]: int(line.split()[1]) / 1000 for line in done.stdout.splitlines()}
-    return floors, said(done.stderr).removeprefix("exec_floor: notice_early: ")
+    floors, told = run_floor(exe, "notice", str(rounds))
+    return floors, told.removeprefix("exec_floor: notice_early: ")
 
 
 def notice_pair(rounds: int) -> dict[str, float]:
