@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import oracle
 import tether
@@ -137,7 +139,42 @@ def test_spawn_lifelined_pidfd_cmd_is_a_snapshot_of_argv() -> None:
         spawned.pidfd.close()
 
 
-# -- the PATH search: execvp's order, the misses skipped in C (core.first_present) ----------------
+# -- argv's common case encoded in C (core.fs_args); the rest, and every error, in Python ----------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(), st.binary()), min_size=1, max_size=6))
+def test_argv_encoded_in_c_is_what_os_fsencode_gives(args: list[str | bytes]) -> None:
+    from tether._kernel.spec import convert_argv
+
+    try:
+        expected = [os.fsencode(a) for a in args]
+    except UnicodeEncodeError:  # (a lone surrogate the codec refuses: the same error)
+        with pytest.raises(UnicodeEncodeError):
+            convert_argv(args)
+        return
+    if any(b"\0" in arg for arg in expected):
+        with pytest.raises(ValueError, match=r"argv\[\d+\] contains a NUL byte"):
+            convert_argv(args)
+        return
+    assert convert_argv(args) == expected
+    assert convert_argv(tuple(args)) == expected
+
+
+def test_argv_items_c_does_not_encode_take_the_python_checks() -> None:
+    from tether._kernel.spec import convert_argv
+
+    class Raw(bytes):
+        pass
+
+    assert convert_argv([Path("/bin/true"), Raw(b"x"), "y"]) == [b"/bin/true", b"x", b"y"]
+    with pytest.raises(TypeError, match=r"argv\[1\] must be str, bytes or os.PathLike"):
+        convert_argv(["true", 1])
+    with pytest.raises(ValueError, match="argv must not be empty"):
+        convert_argv([])
+
+
+# -- the PATH search: execvp's order, the misses and the hit tested in C (core.find_program) -------
 
 
 def _path_dirs(tmp_path: Path) -> dict[str, str]:

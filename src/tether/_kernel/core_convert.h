@@ -31,7 +31,7 @@ TETHER_HIDDEN int tether_add_end(PyObject *module);
 /* end.c: poll fds without sleeping, yielding between polls, for at most spin_ns: 1 once one
  * is ready. */
 TETHER_HIDDEN int tether_spin_ready(struct pollfd *fds, nfds_t count, long long spin_ns);
-/* exec_path.c: core.first_present (the PATH search's misses), added to the module. */
+/* exec_path.c: core.find_program (the PATH search) and core.fs_args, added to the module. */
 TETHER_HIDDEN int tether_add_exec_path(PyObject *module);
 
 #endif /* TETHER_CORE_CONVERT_H */

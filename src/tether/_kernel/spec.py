@@ -243,6 +243,11 @@ def _to_bytes(value: object, what: str) -> bytes:
 
 def convert_argv(argv: object) -> list[bytes]:
     """Check and encode argv: a non-empty sequence of str/bytes/PathLike without NUL."""
+    if type(argv) is list or type(argv) is tuple:
+        # The common case (str and bytes, no NUL) in one C call; the rest checked below.
+        out = core.fs_args(argv)
+        if out:
+            return out
     if isinstance(argv, str | bytes | os.PathLike):
         raise TypeError(
             "argv must be a sequence of arguments, not a single string "
@@ -304,15 +309,18 @@ def resolve_executable(
     PATH of ``env`` (``os.defpath`` if it has none). Raises FileNotFoundError or
     PermissionError with ``filename`` set to the program as the caller spelt it.
     """
-    filename = display if isinstance(display, str) else os.fsdecode(program)
     if b"/" in program:
         candidates = [program]
     else:  # (os.path.join, for a name without a slash and a non-empty directory)
         candidates = [d + program if d.endswith(b"/") else d + b"/" + program
                       for d in _exec_path(env)]
     probes = candidates if cwd is None else [os.path.join(cwd, c) for c in candidates]
-    # The misses (most of PATH) skipped in C: each cost a FileNotFoundError here.
-    first = core.first_present(tuple(probes))
+    # The misses (most of PATH) skipped in C, each a FileNotFoundError here, and the file
+    # found tested there too: this loop runs only where that test failed.
+    first, runnable = core.find_program(tuple(probes))
+    if runnable:
+        return candidates[first]
+    filename = display if isinstance(display, str) else os.fsdecode(program)
     denied: OSError | None = None
     for candidate, probe in zip(candidates[first:], probes[first:], strict=True):
         try:
