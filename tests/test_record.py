@@ -49,9 +49,17 @@ def test_bad_arguments_are_a_type_error_as_for_a_dataclass(args: tuple[object, .
         Point(*args, **kwargs)  # type: ignore[arg-type, misc, call-arg]
 
 
+def test_every_field_by_position_is_the_same_record_as_by_keyword() -> None:
+    # (the start path's own way in: every field given by position, set slot by slot)
+    assert Point(1, 2, "a") == Point(x=1, y=2, label="a") == Point(1, label="a", y=2)
+    assert repr(Point(1, 2, "a")) == repr(DataPoint(1, 2, "a")).replace("DataPoint", "Point")
+
+
 def test_post_init_checks_every_making() -> None:
     with pytest.raises(ValueError, match="x must be"):
         Point(-1)
+    with pytest.raises(ValueError, match="x must be"):
+        Point(-1, 0, None)  # every field by position
     with pytest.raises(ValueError, match="x must be"):
         replace(Point(1), x=-1)
 

@@ -39,6 +39,12 @@ def frozen_record(cls: type[_T]) -> type[_T]:
     title = cls.__qualname__
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not kwargs and len(args) == len(names):  # every field by position: the start path
+            for set_field, value in zip(setters, args):  # noqa: B905  (lengths checked)
+                set_field(self, value)
+            if post_init is not None:
+                post_init(self)
+            return
         if len(args) > len(names):
             raise TypeError(f"{title}() takes {len(names)} positional arguments, "
                             f"{len(args)} were given")
@@ -56,9 +62,8 @@ def frozen_record(cls: type[_T]) -> type[_T]:
             object.__setattr__(self, name, value)
         if kwargs:
             raise TypeError(f"{title}() got an unexpected keyword argument {next(iter(kwargs))!r}")
-        post_init = getattr(self, "__post_init__", None)
         if post_init is not None:
-            post_init()
+            post_init(self)
 
     def fields(self: Any) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in names)
@@ -97,6 +102,9 @@ def frozen_record(cls: type[_T]) -> type[_T]:
         method.__qualname__ = f"{title}.{method.__name__}"
     made = type(cls.__name__, cls.__bases__, body)  # (the records here have no metaclass)
     made.__qualname__ = title
+    # Each slot's own setter, called directly (no attribute lookup by name per field).
+    setters = tuple(made.__dict__[name].__set__ for name in names)
+    post_init = getattr(made, "__post_init__", None)
     return made
 
 
