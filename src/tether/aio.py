@@ -124,7 +124,7 @@ async def run(
     no process of the tree is left (within what the containment mode reaches).
     """
     running_loop("run")
-    timeout, grace_s, stdin, stdout, stderr, text = prepare_run(
+    timeout, grace_s, stdin, stdout, stderr, text, mode = prepare_run(
         timeout=timeout, grace=grace, input=input, capture_output=capture_output,
         stdin=stdin, stdout=stdout, stderr=stderr, text=text, encoding=encoding,
         errors=errors, universal_newlines=universal_newlines, contain=contain,
@@ -133,7 +133,7 @@ async def run(
     # The program's start is not awaited: its report is read with the end, when the guard's
     # exit wakes the loop (a program that cannot run raises from run_to_end).
     child = await start_async(
-        argv, contain=contain, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
+        argv, contain=mode, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
         pass_fds=pass_fds, text=text, encoding=encoding, errors=errors,
         universal_newlines=None, wait_tree=wait_tree, cgroup_root=cgroup_root,
         limit=_STREAM_LIMIT, await_start=False, limits=limits,

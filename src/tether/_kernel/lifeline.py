@@ -9,7 +9,6 @@ parent dies, by any means, the kernel closes the write end and the child reads E
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -69,9 +68,12 @@ class LifelineWriter(metaclass=NoPublicConstructor):
         self.close()
 
     def __del__(self) -> None:
-        # The same as close(): dropping the handle cuts the lifeline.
-        with contextlib.suppress(OSError, ValueError, AttributeError):
+        # The same as close(): dropping the handle cuts the lifeline. (try, not
+        # contextlib.suppress: every dropped handle runs this, on the way out of a wait.)
+        try:
             self.close()
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def __repr__(self) -> str:
         return f"<tether.LifelineWriter {'closed' if self.closed else f'fd={self._fd}'}>"

@@ -358,6 +358,8 @@ def check_fd_open(fd: int, what: str) -> None:
 
 def convert_pass_fds(pass_fds: Iterable[int]) -> tuple[int, ...]:
     """Check pass_fds (each open, non-negative) and return the sorted set above 2."""
+    if pass_fds == ():  # (the default)
+        return ()
     if isinstance(pass_fds, str | bytes):
         raise TypeError("pass_fds must be a collection of ints")
     out: set[int] = set()
@@ -402,5 +404,7 @@ def convert_stdio(
     stdin: object, stdout: object, stderr: object, *, allow_pipe: bool
 ) -> tuple[int, int, int]:
     """subprocess-style stdio specs as spec sources. STDOUT for stderr: "where stdout goes"."""
+    if stdin is None and stdout is None and stderr is None:  # (the default)
+        return INHERIT, INHERIT, INHERIT
     err = SAME_AS_STDOUT if stderr is SUBPROCESS_STDOUT else _stdio_source(stderr, 2, allow_pipe)
     return (_stdio_source(stdin, 0, allow_pipe), _stdio_source(stdout, 1, allow_pipe), err)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 # socket.py's enum set-up costs ~2 ms of every start; its C module has all we use.
 import _socket as socket
-import contextlib
 import errno
 import os
 import select
@@ -129,8 +128,10 @@ class Guard(GuardEnd):
             guard = cls(spec, mode, spawned, parent_sock, cgroup)
             guard._job_control = job_control
             if exec_seen and await_start:  # its exec pipe said so (launch_early.c): the
-                with contextlib.suppress(BlockingIOError):  # announcement is the start
-                    guard._read(wire.DONTWAIT)  # (none: killed before it; the guard reports)
+                try:  # announcement is the start
+                    guard._read(wire.DONTWAIT)
+                except BlockingIOError:  # (none: killed before it; the guard reports)
+                    pass
                 if guard._announced is not None and guard._program is None:
                     guard._on_started()  # (signals held; MSG_STARTED read with the end's)
             if held is not None:

@@ -18,7 +18,7 @@ from tether._kernel.errors import Unsupported
 from tether._kernel.limits import Limits
 from tether._kernel.spec import SUBPROCESS_PIPE, StrOrBytesPath
 from tether._tree.child import Child, output_after_end, spawn
-from tether._tree.modes import Contain, resolve_mode
+from tether._tree.modes import Contain, Mode, resolve_mode
 
 if TYPE_CHECKING:  # subprocess is imported where it is used: `tether run` never needs it
     import subprocess
@@ -58,9 +58,11 @@ def prepare_run(
     universal_newlines: bool | None,
     contain: Contain,
     cgroup_root: str | os.PathLike[str] | None,
-) -> tuple[float | None, float | None, Any, Any, Any, bool]:
+) -> tuple[float | None, float | None, Any, Any, Any, bool, Mode | None]:
     """Check run()'s arguments (as subprocess.run does) before anything starts; returns
-    (timeout, grace, stdin, stdout, stderr, text) normalised. Shared with tether.aio.run."""
+    (timeout, grace, stdin, stdout, stderr, text, mode) normalised, ``mode`` being what
+    ``contain`` resolves to here (so the spawn resolves no "auto" again). Shared with
+    tether.aio.run."""
     timeout = check_timeout(timeout)
     grace = check_timeout(grace)  # None (inf): SIGTERM only, never SIGKILL
     if input is not None:
@@ -79,8 +81,8 @@ def prepare_run(
             raise TypeError("input must be bytes, not str (or pass text=True)")
         if not isinstance(input, str) and textual:
             raise TypeError("input must be str in text mode, not bytes")
-    resolve_mode(contain, cgroup_root)  # a ValueError for an unknown mode, before anything
-    return timeout, grace, stdin, stdout, stderr, text
+    mode = resolve_mode(contain, cgroup_root)  # a ValueError for an unknown one, first
+    return timeout, grace, stdin, stdout, stderr, text, mode
 
 
 def run(
@@ -123,14 +125,14 @@ def run(
 
     from tether._kernel.errors import TimeoutExpired
 
-    timeout, grace_s, stdin, stdout, stderr, text = prepare_run(
+    timeout, grace_s, stdin, stdout, stderr, text, mode = prepare_run(
         timeout=timeout, grace=grace, input=input, capture_output=capture_output,
         stdin=stdin, stdout=stdout, stderr=stderr, text=text, encoding=encoding,
         errors=errors, universal_newlines=universal_newlines, contain=contain,
         cgroup_root=cgroup_root,
     )
     child = spawn(
-        argv, contain=contain, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
+        argv, contain=mode, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
         pass_fds=pass_fds, text=text, encoding=encoding, errors=errors,
         wait_tree=wait_tree, cgroup_root=cgroup_root, limits=limits,
     )

@@ -119,8 +119,8 @@ def exit_with_cause(exit_: Exit, cgroup: CgroupTree | None) -> Exit:
 
 def rusage_usage(user_ms: int, system_ms: int, maxrss_kib: int) -> Usage:
     """The guard's RUSAGE_CHILDREN at the end (carried by MSG_EXITED) as a :class:`Usage`."""
-    return Usage(user=user_ms / 1000, system=system_ms / 1000, memory_peak=maxrss_kib << 10,
-                 source="rusage")
+    # (every field by position: the record's quick way in, on every run()'s way out)
+    return Usage(user_ms / 1000, system_ms / 1000, maxrss_kib << 10, None, None, "rusage")
 
 
 def tree_usage(cgroup: CgroupTree | None, rusage: tuple[int, int, int] | None, *,
