@@ -1,6 +1,7 @@
-"""The program's environment under the guard (guard_program.c, program_env): the caller's
-``env`` exactly, with the one ``TETHER_LIFELINE_FD`` naming the program's own lifeline (never
-the guard's, never a value the caller put there), or none without a program lifeline."""
+"""The program's environment under the guard (guard_program.c, program_env), and without one
+(contain=None: core.spawn makes it from the env dict): the caller's ``env`` exactly, with the
+one ``TETHER_LIFELINE_FD`` naming the program's own lifeline (never the guard's, never a value
+the caller put there), or none without a program lifeline."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ def _env_of(lines: bytes) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines.decode().splitlines() if "=" in line)
 
 
-@pytest.mark.parametrize("contain", ["group", "cgroup", "pidns"])
-def test_the_program_gets_the_callers_env_and_its_own_lifeline_only(contain: str) -> None:
+@pytest.mark.parametrize("contain", ["group", "cgroup", "pidns", None])
+def test_the_program_gets_the_callers_env_and_its_own_lifeline_only(contain: str | None) -> None:
     try:
         done = tether.run(["/bin/sh", "-c", 'env; stat -L -c "3:%d:%i" /dev/fd/3'], env=CALLERS,
                           capture_output=True, contain=contain)  # type: ignore[arg-type]

@@ -237,7 +237,7 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     unsigned long long extra_flags;
     struct tether_plan plan;
     struct tether_failure failure = {0, 0};
-    char **argv = NULL, **envp = NULL;
+    char **argv = NULL, **envp = NULL, *env_buffer = NULL, lifeline_env[96];
     int *keep = NULL;
     int floor_fd = 3;
     pid_t pid = 0;
@@ -259,7 +259,7 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     argv = bytes_array(argv_obj, "argv");
     if (argv == NULL)
         goto error;
-    envp = bytes_array(envp_obj, "envp");
+    envp = tether_spawn_envp(envp_obj, lifeline_src, lifeline_dst, &env_buffer, lifeline_env);
     if (envp == NULL)
         goto error;
 
@@ -315,6 +315,7 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
 error:
     PyMem_Free(argv);
     PyMem_Free(envp);
+    PyMem_Free(env_buffer);
     PyMem_Free(keep);
     PyMem_Free(groups);
     if (PyErr_Occurred())
@@ -459,6 +460,8 @@ static int add_constants(PyObject *m)
     if (PyModule_AddStringConstant(m, "GUARD_MSG_FORMAT", TETHER_GUARD_MSG_FORMAT) < 0)
         return -1;
     if (PyModule_AddStringConstant(m, "GUARD_USAGE_FORMAT", TETHER_GUARD_USAGE_FORMAT) < 0)
+        return -1;
+    if (PyModule_AddStringConstant(m, "LIFELINE_ENV", TETHER_LIFELINE_ENV) < 0)
         return -1;
     return add_stage_table(m);
 }

@@ -31,13 +31,14 @@ GUARD_MSG_STOPPED: int
 GUARD_MSG_SIGNAL_TREE: int
 GUARD_MSG_KILL_TREE: int
 GUARD_USAGE_FORMAT: str
+LIFELINE_ENV: str
 GUARD_USAGE_SIZE: int
 
 def spawn(
     *,
     path: bytes,
     argv: list[bytes],
-    envp: list[bytes],
+    envp: list[bytes] | Mapping[bytes, bytes],
     cwd: bytes | None,
     stdin: int,
     stdout: int,

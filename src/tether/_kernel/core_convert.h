@@ -14,6 +14,13 @@
 /* A NULL-terminated array pointing into the bytes of a list or tuple of bytes (kept alive by
  * the caller). */
 TETHER_HIDDEN char **bytes_array(PyObject *seq, const char *what);
+/* exec_path.c: a dict of bytes as an envp in one buffer (*buffer), without the lifeline's
+ * variable, with two free slots at its end (that variable and the NULL). */
+TETHER_HIDDEN char **tether_env_array(PyObject *env, char **buffer);
+/* exec_path.c: core.spawn's envp (a list as given; a dict made with the lifeline's variable,
+ * its entry written in text[96]); *buffer is the caller's to free with it. */
+TETHER_HIDDEN char **tether_spawn_envp(PyObject *envp, int lifeline_src, int lifeline_dst,
+                                       char **buffer, char *text);
 /* A sorted, unique tuple of fds >= 3; *floor_fd is raised above every one. */
 TETHER_HIDDEN int *keep_fds_array(PyObject *keep_obj, int *floor_fd);
 /* ProcessAttrs.core_tuple() into the plan; *groups is the caller's to free. */

@@ -1,6 +1,8 @@
 /*
- * exec_path.c — the PATH search in C where it finds the program (core.find_program), and
- * argv's common case encoded in one call (core.fs_args).
+ * exec_path.c — what an exec is given, made in C where the common case allows: the PATH
+ * search where it finds the program (core.find_program), argv's common case encoded in one
+ * call (core.fs_args), and the envp of a dict of bytes (tether_env_array, for the guard's
+ * launch and core.spawn, which also sets the lifeline's variable: tether_spawn_envp).
  *
  * spec.resolve_executable looks a bare program name up in PATH, as execvp would, before any
  * clone: the first candidate that exists is checked (a directory, not executable: EACCES)
@@ -17,9 +19,12 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "core_convert.h"
+#include "guard_proto.h"
 
 /* core.find_program(paths: tuple[bytes, ...]) -> (int, bool): the index of the first path
  * whose stat() does not fail with ENOENT or ENOTDIR (len(paths) if every one does), and
@@ -106,6 +111,88 @@ static PyObject *core_fs_args(PyObject *self, PyObject *arg)
     if (out != NULL && at < count) {
         Py_DECREF(out);
         Py_RETURN_NONE;
+    }
+    return out;
+}
+
+/* env (a dict of bytes) as "KEY=VALUE" strings in one buffer, the lifeline's variable left
+ * out (the clone adds it, with the pipe's identity), plus two free slots: the lifeline's
+ * entry and the NULL. *buffer is the caller's to free with the array. */
+char **tether_env_array(PyObject *env, char **buffer)
+{
+    Py_ssize_t pos = 0, n = PyDict_Size(env), i = 0;
+    size_t size = 0;
+    PyObject *key, *value;
+    char **out, *at;
+    while (PyDict_Next(env, &pos, &key, &value)) {
+        if (!PyBytes_Check(key) || !PyBytes_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "env must map bytes to bytes");
+            return NULL;
+        }
+        size += (size_t)PyBytes_GET_SIZE(key) + (size_t)PyBytes_GET_SIZE(value) + 2;
+    }
+    out = PyMem_Calloc((size_t)n + 2, sizeof(char *));
+    *buffer = out ? PyMem_Malloc(size + 1) : NULL;
+    if (*buffer == NULL) {
+        PyMem_Free(out);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    at = *buffer;
+    pos = 0;
+    while (PyDict_Next(env, &pos, &key, &value)) {
+        Py_ssize_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(value);
+        if (klen == (Py_ssize_t)strlen(TETHER_LIFELINE_ENV)
+            && memcmp(PyBytes_AS_STRING(key), TETHER_LIFELINE_ENV, (size_t)klen) == 0)
+            continue;
+        out[i++] = at;
+        memcpy(at, PyBytes_AS_STRING(key), (size_t)klen);
+        at[klen] = '=';
+        memcpy(at + klen + 1, PyBytes_AS_STRING(value), (size_t)vlen);
+        at[klen + 1 + vlen] = '\0';
+        at += klen + vlen + 2;
+    }
+    out[i] = NULL;
+    return out;
+}
+
+/* The lifeline's variable in the free slot tether_env_array left at the end of envp: the
+ * child's fd number and the pipe's identity (the read end of ours, lifeline_src). */
+static int env_lifeline(char **envp, int lifeline_src, int lifeline_dst, char *text)
+{
+    struct stat st;
+    Py_ssize_t n = 0;
+    if (fstat(lifeline_src, &st) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    snprintf(text, 96, TETHER_LIFELINE_FORMAT, lifeline_dst,
+             (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+    while (envp[n] != NULL)
+        n++;
+    envp[n] = text;
+    envp[n + 1] = NULL;
+    return 0;
+}
+
+/* core.spawn's envp: a list of "KEY=VALUE" bytes as given, or (a dict of bytes, the spec's
+ * env) the environment made here with TETHER_LIFELINE_FD set, if there is a lifeline, to its
+ * number and identity (lifeline.announcement's "N:<st_dev>:<st_ino>"; the entry in text, 96
+ * bytes). *buffer (NULL for a list) is the caller's to free with the array. */
+char **tether_spawn_envp(PyObject *envp, int lifeline_src, int lifeline_dst, char **buffer,
+                         char *text)
+{
+    char **out;
+    *buffer = NULL;
+    if (!PyDict_Check(envp))
+        return bytes_array(envp, "envp");
+    out = tether_env_array(envp, buffer);
+    if (out != NULL && lifeline_src >= 0 && env_lifeline(out, lifeline_src, lifeline_dst,
+                                                         text) < 0) {
+        PyMem_Free(out);
+        PyMem_Free(*buffer);
+        *buffer = NULL;
+        return NULL;
     }
     return out;
 }

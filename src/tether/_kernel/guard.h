@@ -42,8 +42,6 @@
 #define PR_SET_CHILD_SUBREAPER 36 /* since 3.4 */
 #endif
 
-#define LIFELINE_ENV "TETHER_LIFELINE_FD"
-
 /* How long, after the kill, the guard keeps waiting for dead members that are not its own to
  * be reaped by their parents (group mode), or for children that left the cgroup (cgroup mode).
  * Only those pathological trees ever wait this long: a normal tree ends the moment the kernel

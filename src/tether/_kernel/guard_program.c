@@ -22,10 +22,10 @@
 static char **program_env(int lifeline_dst, int lifeline_src)
 {
     extern char **environ;
-    static char entry[sizeof LIFELINE_ENV + 12 + 2 * 22] = LIFELINE_ENV "=";
+    static char entry[sizeof TETHER_LIFELINE_ENV + 12 + 2 * 22] = TETHER_LIFELINE_ENV "=";
     size_t i, k = 0;
     struct stat st;
-    char *at = entry + sizeof LIFELINE_ENV;
+    char *at = entry + sizeof TETHER_LIFELINE_ENV;
     if (lifeline_src >= 0) {
         if (fstat(lifeline_src, &st) != 0)
             fail(TETHER_GUARD_STAGE_SETUP, errno);
@@ -36,7 +36,7 @@ static char **program_env(int lifeline_dst, int lifeline_src)
         fmt_u64(at, (unsigned long long)st.st_ino);
     }
     for (i = 0; environ[i] != NULL; i++) {
-        if (strncmp(environ[i], LIFELINE_ENV "=", sizeof LIFELINE_ENV) != 0)
+        if (strncmp(environ[i], TETHER_LIFELINE_ENV "=", sizeof TETHER_LIFELINE_ENV) != 0)
             environ[k++] = environ[i];
         else if (lifeline_src >= 0)
             environ[k++] = entry; /* ours was there (setup_guard insists): one slot for one */

@@ -70,6 +70,12 @@ struct tether_guard_msg {
 
 /* The same layout as a Python struct format (native byte order, no padding). */
 #define TETHER_GUARD_MSG_FORMAT "=Iiiii"
+
+/* The variable that tells a program its lifeline: "N:<st_dev>:<st_ino>" (the fd number and
+ * the pipe's identity, which attach() checks). Python's is core.LIFELINE_ENV. */
+#define TETHER_LIFELINE_ENV "TETHER_LIFELINE_FD"
+/* Its entry, for snprintf: the child's fd number, st_dev, st_ino (int, 2 unsigned long long). */
+#define TETHER_LIFELINE_FORMAT TETHER_LIFELINE_ENV "=%d:%llu:%llu"
 _Static_assert(sizeof(struct tether_guard_msg) == 20 &&
                    offsetof(struct tether_guard_msg, a) == 4 &&
                    offsetof(struct tether_guard_msg, b) == 8 &&

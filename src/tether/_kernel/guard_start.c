@@ -441,7 +441,7 @@ void setup_guard(void)
         userns_check(g.userns);
 
     hold_stdio();
-    lifeline_env = getenv(LIFELINE_ENV);
+    lifeline_env = getenv(TETHER_LIFELINE_ENV);
     g.lifeline = lifeline_env ? own_lifeline(lifeline_env) : -1;
     if (g.lifeline < 3 || g.lifeline == g.control || is_kept(g.lifeline) ||
         is_kept(g.control) || (g.cgroup_fd >= 0 && (g.cgroup_fd < 3 || is_kept(g.cgroup_fd))) ||

@@ -30,10 +30,10 @@
 #include "clone.h"
 #include "core_convert.h"
 #include "fd_table.h"
+#include "guard_proto.h"
 #include "launch_early.h"
 #include "lifeline_registry.h"
 
-#define LIFELINE_KEY "TETHER_LIFELINE_FD"
 
 /* What one launch made, undone by launch_undo unless it is handed to the caller. */
 struct launch_fds {
@@ -153,47 +153,6 @@ int lifeline_number(const int *keep, int n, int inherit_fds)
     }
 }
 
-/* env (a dict of bytes) as "KEY=VALUE" strings in one buffer, the lifeline's variable left
- * out (the clone adds it, with the pipe's identity), plus two free slots: the lifeline's
- * entry and the NULL. *buffer is the caller's to free with the array. */
-static char **env_array(PyObject *env, char **buffer)
-{
-    Py_ssize_t pos = 0, n = PyDict_Size(env), i = 0;
-    size_t size = 0;
-    PyObject *key, *value;
-    char **out, *at;
-    while (PyDict_Next(env, &pos, &key, &value)) {
-        if (!PyBytes_Check(key) || !PyBytes_Check(value)) {
-            PyErr_SetString(PyExc_TypeError, "env must map bytes to bytes");
-            return NULL;
-        }
-        size += (size_t)PyBytes_GET_SIZE(key) + (size_t)PyBytes_GET_SIZE(value) + 2;
-    }
-    out = PyMem_Calloc((size_t)n + 2, sizeof(char *));
-    *buffer = out ? PyMem_Malloc(size + 1) : NULL;
-    if (*buffer == NULL) {
-        PyMem_Free(out);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    at = *buffer;
-    pos = 0;
-    while (PyDict_Next(env, &pos, &key, &value)) {
-        Py_ssize_t klen = PyBytes_GET_SIZE(key), vlen = PyBytes_GET_SIZE(value);
-        if (klen == (Py_ssize_t)strlen(LIFELINE_KEY)
-            && memcmp(PyBytes_AS_STRING(key), LIFELINE_KEY, (size_t)klen) == 0)
-            continue;
-        out[i++] = at;
-        memcpy(at, PyBytes_AS_STRING(key), (size_t)klen);
-        at[klen] = '=';
-        memcpy(at + klen + 1, PyBytes_AS_STRING(value), (size_t)vlen);
-        at[klen + 1 + vlen] = '\0';
-        at += klen + vlen + 2;
-    }
-    out[i] = NULL;
-    return out;
-}
-
 /* [guard, --control, N, (--start-fd, M,) *extra, *head, *tail]: the guard's argv, N and M
  * written into ctl and start (16 bytes each; start NULL: no start pipe) by the caller once the
  * fds exist; extra (NULL-terminated, at most 6: the overlapped start's) likewise. */
@@ -299,7 +258,7 @@ static int launch_clone(struct tether_plan *plan, struct launch_fds *fds, char *
         plan->floor = keep[plan->n_keep - 1] + 1;
     while (envp[n_env] != NULL)
         n_env++;
-    snprintf(lifeline_env, 96, LIFELINE_KEY "=%d:%llu:%llu", plan->lifeline_dst,
+    snprintf(lifeline_env, 96, TETHER_LIFELINE_FORMAT, plan->lifeline_dst,
              (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
     envp[n_env] = lifeline_env;
     plan->share_files = tether_fd_sharing(method);
@@ -400,7 +359,7 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
         goto done;
     }
-    if ((envp = env_array(env, &env_buffer)) == NULL
+    if ((envp = tether_env_array(env, &env_buffer)) == NULL
         || (early != Py_None && early_prepare(le, early, envp, method) < 0))
         goto done;
     if (le->enabled)

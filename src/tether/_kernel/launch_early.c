@@ -38,7 +38,6 @@
 /* The program's clone child needs little (its steps use a few hundred bytes); the legacy
  * clone's 64 KiB, from the heap rather than an mmap of its own. */
 #define EARLY_STACK_SIZE (64 * 1024)
-#define LIFELINE_KEY "TETHER_LIFELINE_FD"
 
 void early_init(struct launch_early *le)
 {
@@ -152,7 +151,7 @@ int early_open(struct launch_early *le, char **argv, int control)
             early_close(le, -1);
             return -err;
         }
-        snprintf(le->lifeline_env, sizeof le->lifeline_env, LIFELINE_KEY "=%d:%llu:%llu",
+        snprintf(le->lifeline_env, sizeof le->lifeline_env, TETHER_LIFELINE_FORMAT,
                  p->lifeline_dst, (unsigned long long)st.st_dev,
                  (unsigned long long)st.st_ino);
         le->envp[le->n_env] = le->lifeline_env;

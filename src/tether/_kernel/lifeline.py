@@ -23,7 +23,7 @@ from tether._kernel.pidfd import NoPublicConstructor
 
 __all__ = ["LIFELINE_ENV", "LifelineWriter", "announcement", "attach", "lifeline_fd"]
 
-LIFELINE_ENV: Final = "TETHER_LIFELINE_FD"
+LIFELINE_ENV: Final = _core.LIFELINE_ENV  # "TETHER_LIFELINE_FD" (guard_proto.h)
 
 # fcntl(2): F_SETSIG picks the signal that O_ASYNC I/O readiness sends (instead of SIGIO).
 _F_SETSIG: Final = 10

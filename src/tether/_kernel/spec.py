@@ -162,6 +162,8 @@ class SpawnSpec:
         """Open what ``stdio`` asks for (/dev/null, pipes): the child's fds 0-2 and, for each
         PIPE, the parent's end. The caller closes ``plan.close_child_ends()`` after the clone."""
         plan = StdioPlan()
+        if self.stdio == (INHERIT, INHERIT, INHERIT):  # (the default: nothing to open)
+            return plan
         try:
             for index, source in enumerate(self.stdio):
                 if source == SAME_AS_STDOUT:
