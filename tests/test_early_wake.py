@@ -206,8 +206,9 @@ def test_a_ctrl_c_held_off_while_the_end_is_recorded_gives_each_borrow_back_once
     # way out (counts below zero: a parked fd closed under another waiter's poll).
     real = core.read_end
 
-    def interrupted_on_release(sock_fd: int, guard_fd: int, out: list[object]) -> object:
-        got = real(sock_fd, guard_fd, out)
+    def interrupted_on_release(sock_fd: int, guard_fd: int, out: list[object],
+                               *skip_started: bool) -> object:
+        got = real(sock_fd, guard_fd, out, *skip_started)
         if out:  # (every signal held: pending until the release)
             signal.pthread_kill(threading.get_ident(), signal.SIGINT)
         return got

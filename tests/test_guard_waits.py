@@ -181,13 +181,16 @@ def test_a_zero_timeout_wait_reads_an_end_already_reported(mode: str) -> None:
 
 def test_a_run_reads_each_report_once_and_never_in_vain(
         mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # run(["true"]): the start (MSG_PROGRAM, MSG_STARTED) read at launch, the end
-    # (MSG_EXITED, in C: core.read_end) read once the guard has exited; no read that finds
-    # nothing (EAGAIN).
+    # run(["true"]): the start (MSG_PROGRAM, and MSG_STARTED if the guard sent it by then)
+    # read at launch, the end (MSG_EXITED, in C: core.read_end) read once the guard has
+    # exited, a MSG_STARTED still queued ahead of it consumed there (the program is known: it
+    # says nothing new); no read that finds nothing (EAGAIN), and no report handed to
+    # Python's handling that it would only drop.
     from tether._kernel import core
     from tether._tree import guard_wire
 
     kinds: list[object] = []
+    ends: list[object] = []
     real_start = core.read_start_reports
     real_end = core.read_end
 
@@ -204,17 +207,18 @@ def test_a_run_reads_each_report_once_and_never_in_vain(
     def counted_end(*args: int) -> object:
         got = real_end(*args)
         if got is None:
-            kinds.append("EAGAIN")
+            ends.append("EAGAIN")
         elif isinstance(got, bytes):
-            kinds.append(guard_wire.MSG.unpack(got)[0] if got else "EOF")
+            ends.append(guard_wire.MSG.unpack(got)[0] if got else "EOF")
         else:
-            kinds.append(guard_wire.MSG_EXITED)
+            ends.append(guard_wire.MSG_EXITED)
         return got
 
     monkeypatch.setattr(core, "read_start_reports", counted_start)
     monkeypatch.setattr(core, "read_end", counted_end)
     assert tether.run(["true"], contain=mode).returncode == 0
-    assert kinds == [guard_wire.MSG_PROGRAM, guard_wire.MSG_STARTED, guard_wire.MSG_EXITED]
+    assert kinds in ([guard_wire.MSG_PROGRAM], [guard_wire.MSG_PROGRAM, guard_wire.MSG_STARTED])
+    assert ends == [guard_wire.MSG_EXITED]
     assert oracle.no_descendants()
 
 
@@ -231,8 +235,9 @@ def test_an_event_loops_wakeup_reads_the_end_and_reaps_the_guard_in_one_c_call(
     ends: list[object] = []
     real_end = core.read_end
 
-    def counted_end(sock_fd: int, guard_fd: int, out: list[tuple[int, ...]]) -> object:
-        got = real_end(sock_fd, guard_fd, out)
+    def counted_end(sock_fd: int, guard_fd: int, out: list[tuple[int, ...]],
+                    *skip_started: bool) -> object:
+        got = real_end(sock_fd, guard_fd, out, *skip_started)
         ends.append(out[-1][4] if got is True else got)  # (MSG_EXITED: the guard's si_code)
         return got
 
@@ -290,8 +295,9 @@ def test_a_ctrl_c_as_the_end_is_read_is_raised_once_the_end_is_recorded(
     child, guard, gate_w = _gated_child(mode)
     real = core.read_end
 
-    def interrupted_after(sock_fd: int, guard_fd: int, out: list[object]) -> object:
-        got = real(sock_fd, guard_fd, out)
+    def interrupted_after(sock_fd: int, guard_fd: int, out: list[object],
+                          *skip_started: bool) -> object:
+        got = real(sock_fd, guard_fd, out, *skip_started)
         if out:  # (MSG_EXITED read: every signal held, the SIGINT pending until released)
             signal.raise_signal(signal.SIGINT)
         return got

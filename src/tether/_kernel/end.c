@@ -172,8 +172,10 @@ static PyObject *usage_tail(const char *buf, ssize_t got)
                          (long long)u.pids_peak);
 }
 
-/* core.read_end(sock_fd, guard_fd, out): read one report without blocking (the Guard's lock
- * held). None: nothing there. bytes: any other report, b"" at the guard's hang-up, for the
+/* core.read_end(sock_fd, guard_fd, out, skip_started=False): read one report without blocking
+ * (the Guard's lock held); with skip_started (the caller knows the program started: its
+ * MSG_STARTED, which the overlapped start leaves queued ahead of the end, says nothing new)
+ * a MSG_STARTED is consumed and the next report read. None: nothing there. bytes: any other report, b"" at the guard's hang-up, for the
  * caller's generic handling. MSG_EXITED: True, and appended to the list out a tuple, (status, user_ms, system_ms, maxrss_kib,
  * guard_code, guard_status, held, usage_tail: the tree's final usage, guard_wire.USAGE's
  * fields, None without it), with the guard reaped if its pidfd says it can be already
@@ -187,20 +189,23 @@ static PyObject *usage_tail(const char *buf, ssize_t got)
  * after this call, and a returned tuple would be dropped there, the end and the mask with it. */
 static PyObject *core_read_end(PyObject *self, PyObject *args)
 {
-    int sock_fd, guard_fd, reaped, err;
+    int sock_fd, guard_fd, reaped, err, skip_started = 0;
     ssize_t got;
     struct tether_guard_msg msg;
     char buf[REPORT_MAX];
     siginfo_t info = {0};
     PyObject *held, *released, *tail, *out, *end;
-    if (!PyArg_ParseTuple(args, "iiO!", &sock_fd, &guard_fd, &PyList_Type, &out))
+    if (!PyArg_ParseTuple(args, "iiO!|p", &sock_fd, &guard_fd, &PyList_Type, &out,
+                          &skip_started))
         return NULL;
     held = core_hold_signals(self, NULL);
     if (held == NULL)
         return NULL;
-    got = recv_report(sock_fd, buf);
-    err = errno;
-    memcpy(&msg, buf, sizeof msg);
+    do {
+        got = recv_report(sock_fd, buf);
+        err = errno;
+        memcpy(&msg, buf, sizeof msg);
+    } while (skip_started && got == (ssize_t)sizeof msg && msg.type == TETHER_MSG_STARTED);
     if ((got == (ssize_t)sizeof msg || got == (ssize_t)REPORT_MAX)
             && msg.type == TETHER_MSG_EXITED) {
         reaped = reap_guard(guard_fd, 0, &info); /* (one look: see core.reap_exiting) */

@@ -154,7 +154,9 @@ class GuardEnd:
         MSG_EXITED is put in ``out`` as ``core.read_end`` gave it, with signals held: the
         caller records it and releases them (:meth:`_end_released`), also if this raised."""
         while not self.ended:
-            got = core.read_end(sock_fd, guard_fd, out)
+            # (a MSG_STARTED left queued by the overlapped start is skipped in C once the
+            # program is known: it would change nothing, see Guard._handle)
+            got = core.read_end(sock_fd, guard_fd, out, self._program is not None)
             if got is None:
                 return False
             if not isinstance(got, bytes):
