@@ -167,7 +167,13 @@ def test_argv_items_c_does_not_encode_take_the_python_checks() -> None:
     class Raw(bytes):
         pass
 
+    class Spelt(str):  # (os.fsencode calls a str's own encode(): a subclass's, if it has one)
+        def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+            return b"spelt-" + str(self).encode(encoding, errors)
+
     assert convert_argv([Path("/bin/true"), Raw(b"x"), "y"]) == [b"/bin/true", b"x", b"y"]
+    assert convert_argv(["true", Spelt("z")]) == [b"true", b"spelt-z"] == [
+        os.fsencode(a) for a in ["true", Spelt("z")]]
     with pytest.raises(TypeError, match=r"argv\[1\] must be str, bytes or os.PathLike"):
         convert_argv(["true", 1])
     with pytest.raises(ValueError, match="argv must not be empty"):

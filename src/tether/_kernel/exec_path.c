@@ -75,7 +75,7 @@ static PyObject *core_find_program(PyObject *self, PyObject *arg)
 
 /* core.fs_args(args: list | tuple) -> list[bytes] | None: each item as os.fsencode gives it
  * (str encoded with the filesystem codec and its error handler; bytes as they are), or None
- * if any item is neither str nor bytes, or holds a NUL byte: spec.convert_argv's common case
+ * if any item is not exactly a str or bytes, or holds a NUL byte: spec.convert_argv's common case
  * in one call, its checks and their messages left to the Python code. */
 static PyObject *core_fs_args(PyObject *self, PyObject *arg)
 {
@@ -96,7 +96,7 @@ static PyObject *core_fs_args(PyObject *self, PyObject *arg)
         PyObject *item = PyTuple_GET_ITEM(items, at), *raw;
         if (PyBytes_CheckExact(item))
             raw = Py_NewRef(item);
-        else if (PyUnicode_Check(item))
+        else if (PyUnicode_CheckExact(item)) /* (a subclass may encode() otherwise) */
             raw = PyUnicode_EncodeFSDefault(item);
         else
             break;
