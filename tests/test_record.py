@@ -55,6 +55,61 @@ def test_every_field_by_position_is_the_same_record_as_by_keyword() -> None:
     assert repr(Point(1, 2, "a")) == repr(DataPoint(1, 2, "a")).replace("DataPoint", "Point")
 
 
+def test_a_subclass_post_init_runs_as_for_a_dataclass() -> None:
+    # dataclasses call self.__post_init__: a subclass's override runs, by position or keyword
+    # (so a subclass of a public record, say tether.Limits, keeps its own checks).
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class DataBase:
+        x: int
+        y: int = 0
+
+        def __post_init__(self) -> None:
+            pass
+
+    @frozen_record
+    class Base:
+        x: int
+        y: int = 0
+
+        def __post_init__(self) -> None:
+            pass
+
+    class DataChecked(DataBase):
+        __slots__ = ()
+
+        def __post_init__(self) -> None:
+            raise ValueError("the subclass checked it")
+
+    class Checked(Base):
+        __slots__ = ()
+
+        def __post_init__(self) -> None:
+            raise ValueError("the subclass checked it")
+
+    for args, kwargs in [((1, 2), {}), ((1,), {}), ((), {"x": 1, "y": 2})]:
+        with pytest.raises(ValueError, match="the subclass"):
+            DataChecked(*args, **kwargs)
+        with pytest.raises(ValueError, match="the subclass"):
+            Checked(*args, **kwargs)
+
+
+def test_a_static_post_init_is_called_without_the_record() -> None:
+    # (as dataclasses' self.__post_init__() calls it; the by-position path too)
+    seen: list[str] = []
+
+    @frozen_record
+    class Noted:
+        x: int
+
+        @staticmethod
+        def __post_init__() -> None:
+            seen.append("noted")
+
+    Noted(1)
+    Noted(x=1)
+    assert seen == ["noted", "noted"]
+
+
 def test_post_init_checks_every_making() -> None:
     with pytest.raises(ValueError, match="x must be"):
         Point(-1)

@@ -13,6 +13,7 @@ benchmarks/ section 8); a record compiles nothing.
 
 from __future__ import annotations
 
+from types import FunctionType
 from typing import Any, TypeVar, dataclass_transform
 
 __all__ = ["frozen_record", "replace"]
@@ -42,7 +43,9 @@ def frozen_record(cls: type[_T]) -> type[_T]:
         if not kwargs and len(args) == len(names):  # every field by position: the start path
             for set_field, value in zip(setters, args):  # noqa: B905  (lengths checked)
                 set_field(self, value)
-            if post_init is not None:
+            if self.__class__ is not made:
+                _late_post_init(self)
+            elif post_init is not None:
                 post_init(self)
             return
         if len(args) > len(names):
@@ -62,7 +65,9 @@ def frozen_record(cls: type[_T]) -> type[_T]:
             object.__setattr__(self, name, value)
         if kwargs:
             raise TypeError(f"{title}() got an unexpected keyword argument {next(iter(kwargs))!r}")
-        if post_init is not None:
+        if self.__class__ is not made:
+            _late_post_init(self)
+        elif post_init is not None:
             post_init(self)
 
     def fields(self: Any) -> tuple[Any, ...]:
@@ -104,8 +109,22 @@ def frozen_record(cls: type[_T]) -> type[_T]:
     made.__qualname__ = title
     # Each slot's own setter, called directly (no attribute lookup by name per field).
     setters = tuple(made.__dict__[name].__set__ for name in names)
-    post_init = getattr(made, "__post_init__", None)
+    # (as found in the class dict: a staticmethod or classmethod is bound by getattr(self))
+    post_init = next((base.__dict__["__post_init__"] for base in made.__mro__
+                      if "__post_init__" in base.__dict__), None)
+    if post_init is not None and type(post_init) is not FunctionType:
+        post_init = _late_post_init
     return made
+
+
+def _late_post_init(record: Any) -> None:
+    """``__post_init__`` looked up on the instance, as dataclasses do, for a record of a
+    subclass (which may override it) or one whose ``__post_init__`` is no plain function (a
+    staticmethod...). A record of the decorated class itself calls the function found at
+    decoration, with no lookup."""
+    late = getattr(record, "__post_init__", None)
+    if late is not None:
+        late()
 
 
 def replace(record: _T, **changes: Any) -> _T:
