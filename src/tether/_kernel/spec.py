@@ -360,7 +360,7 @@ def check_fd_open(fd: int, what: str) -> None:
 
 def convert_pass_fds(pass_fds: Iterable[int]) -> tuple[int, ...]:
     """Check pass_fds (each open, non-negative) and return the sorted set above 2."""
-    if pass_fds == ():  # (the default)
+    if type(pass_fds) is tuple and not pass_fds:  # (the default; no caller's __eq__ run)
         return ()
     if isinstance(pass_fds, str | bytes):
         raise TypeError("pass_fds must be a collection of ints")
