@@ -133,6 +133,54 @@ def test_an_orphan_of_the_program_comes_back_to_the_guard(mode: str) -> None:
     assert nothing_left()
 
 
+def _stopped(pid: int) -> bool:
+    """The kernel's word on one process's state (/proc/PID/stat): stopped ("T")."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rpartition(b")")[2].split()[0] == b"T"
+
+
+def test_a_program_stopped_before_the_guards_setup_is_reported_stopped(mode: str) -> None:
+    # `tether run` on a terminal (job control): the guard reports the program's stops, which
+    # only SIGCHLD tells it of. A program that stops (a background read of the terminal:
+    # SIGTTIN) before the guard has set up its signals once went unreported, and `tether run`
+    # never stopped: the guard set SIGCHLD to SIG_DFL there, and the kernel drops a pending
+    # signal whose disposition becomes "ignore". Here the guard is held before its setup
+    # (the test hook) until the program, which stops itself, is stopped; its pid pinned, as
+    # its only reaper is the held guard.
+    from tether._kernel.spec import SpawnSpec
+    from tether._tree.child import start_child
+
+    if not features.overlapped_start():
+        pytest.skip("the program starts before the guard's setup only in the overlapped start")
+    r, w = os.pipe()
+    try:
+        env = {**os.environ, "TETHER_GUARD_TEST_HOLD_SETUP_FD": str(r)}
+        spec = SpawnSpec.build(["sh", "-c", "kill -STOP $$; exit 7"], env=env,
+                               pass_fds=(r,), popen_style=True)
+        with start_child(spec, mode, job_control=True) as child:  # type: ignore[arg-type]
+            guard = child._tree.spawned.pid  # type: ignore[union-attr]
+            deadline = time.monotonic() + 60
+            with open(f"/proc/{guard}/task/{guard}/children") as f:
+                program = int(f.read().split()[0])
+            while not _stopped(program):
+                assert time.monotonic() < deadline, "the program never stopped"
+                select.select([], [], [], 0.001)
+            os.close(w)  # the guard sets up now, with the program stopped already
+            w = -1
+            while not child.stops:
+                assert time.monotonic() < deadline, "the program's stop was never reported"
+                select.select([child.fileno()], [], [], 1.0)
+                child.poll()
+            assert child.stops == (signal.SIGSTOP,)
+            child.signal_tree(signal.SIGCONT)
+            assert child.wait(timeout=60) == 7
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert nothing_left()
+
+
 def test_an_exec_failure_is_the_typed_error_and_leaves_nothing(
         mode: str, start: str, junk_program: str) -> None:
     with pytest.raises(FileNotFoundError):

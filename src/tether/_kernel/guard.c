@@ -325,6 +325,10 @@ int main(int argc, char **argv)
         adopt_program(); /* started beside our exec by our clone child */
     else
         start_program(argv + prog);
+    /* A stop of an adopted program before setup_signals() came with a SIGCHLD that setting
+     * SIGCHLD to SIG_DFL there dropped (the kernel flushes a pending signal whose disposition
+     * becomes "ignore"); its status is still waitable: report it now. */
+    job_check();
     open_tree_usage(); /* (limits) while the program runs: the end only reads */
     run_until_tree_ends();
     /* The directory goes before the report: a parent that hears MSG_EXITED may rely on it

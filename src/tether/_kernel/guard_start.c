@@ -347,6 +347,8 @@ static void setup_signals(void)
     for (s = 0; s < sizeof forwarded / sizeof forwarded[0]; s++)
         sigaddset(&mask, forwarded[s]);
     sigaddset(&mask, SIGCHLD);
+    /* (This drops a SIGCHLD already pending, as for any signal set to an ignoring default:
+     * the adopted program may have stopped by now. main() asks for its stop once, after.) */
     signal(SIGCHLD, SIG_DFL);
     g.sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
     /* Job control must never stop the guard: a stopped guard cannot honour lifeline EOF.
