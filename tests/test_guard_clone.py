@@ -66,11 +66,17 @@ def forced_legacy() -> Iterator[None]:
 
 @pytest.fixture
 def start_reports(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
-    """Every guard start report Guard acts on, as (kind, a, b): a spy on its message handler
-    (the start is read with the start's reports, or, where the overlapped start knew the exec
-    from the program's exec pipe, later with the end's)."""
+    """Every guard start report, as (kind, a, b): a spy on Guard's message handler (the start
+    is read with the start's reports, or, where the overlapped start knew the exec from the
+    program's exec pipe, later with the end's, where core.read_end would skip a MSG_STARTED
+    that says nothing new to Guard: here it is handed over, so the spy sees it)."""
     reports: list[tuple[int, int, int]] = []
     real = Guard._handle
+    real_end = core.read_end
+
+    def read_end_handing_over(sock_fd: int, guard_fd: int, out: list[object],
+                              skip_started: bool = False) -> object:
+        return real_end(sock_fd, guard_fd, out, False)  # type: ignore[arg-type]
 
     def spy(self: Guard, data: bytes, *args: object) -> bool:
         if len(data) >= core.GUARD_MSG_SIZE:
@@ -80,6 +86,7 @@ def start_reports(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]
         return real(self, data, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Guard, "_handle", spy)
+    monkeypatch.setattr(core, "read_end", read_end_handing_over)
     return reports
 
 
