@@ -237,7 +237,8 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     unsigned long long extra_flags;
     struct tether_plan plan;
     struct tether_failure failure = {0, 0};
-    char **argv = NULL, **envp = NULL, *env_buffer = NULL, lifeline_env[96];
+    char **argv = NULL, **envp = NULL, *env_buffer = NULL;
+    char lifeline_env[TETHER_LIFELINE_ENTRY_MAX];
     int *keep = NULL;
     int floor_fd = 3;
     pid_t pid = 0;

@@ -10,6 +10,7 @@
 #include <poll.h>
 
 #include "clone.h"
+#include "guard_proto.h"
 
 /* A NULL-terminated array pointing into the bytes of a list or tuple of bytes (kept alive by
  * the caller). */
@@ -17,8 +18,13 @@ TETHER_HIDDEN char **bytes_array(PyObject *seq, const char *what);
 /* exec_path.c: a dict of bytes as an envp in one buffer (*buffer), without the lifeline's
  * variable, with two free slots at its end (that variable and the NULL). */
 TETHER_HIDDEN char **tether_env_array(PyObject *env, char **buffer);
+/* exec_path.c: the lifeline variable's entry for a child that gets lifeline_src (a read end of
+ * ours) at lifeline_dst: the number and the pipe's identity (TETHER_LIFELINE_FORMAT). 0, or
+ * -errno from its fstat; no Python call (the launch runs it without the GIL). */
+TETHER_HIDDEN int tether_lifeline_entry(char *text, size_t size, int lifeline_src,
+                                        int lifeline_dst);
 /* exec_path.c: core.spawn's envp (a list as given; a dict made with the lifeline's variable,
- * its entry written in text[96]); *buffer is the caller's to free with it. */
+ * its entry written in text[TETHER_LIFELINE_ENTRY_MAX]); *buffer is the caller's to free. */
 TETHER_HIDDEN char **tether_spawn_envp(PyObject *envp, int lifeline_src, int lifeline_dst,
                                        char **buffer, char *text);
 /* A sorted, unique tuple of fds >= 3; *floor_fd is raised above every one. */

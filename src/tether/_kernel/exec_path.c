@@ -156,18 +156,26 @@ char **tether_env_array(PyObject *env, char **buffer)
     return out;
 }
 
-/* The lifeline's variable in the free slot tether_env_array left at the end of envp: the
- * child's fd number and the pipe's identity (the read end of ours, lifeline_src). */
-static int env_lifeline(char **envp, int lifeline_src, int lifeline_dst, char *text)
+int tether_lifeline_entry(char *text, size_t size, int lifeline_src, int lifeline_dst)
 {
     struct stat st;
+    if (fstat(lifeline_src, &st) != 0)
+        return -errno;
+    snprintf(text, size, TETHER_LIFELINE_FORMAT, lifeline_dst, (unsigned long long)st.st_dev,
+             (unsigned long long)st.st_ino);
+    return 0;
+}
+
+/* The lifeline's variable in the free slot tether_env_array left at the end of envp. */
+static int env_lifeline(char **envp, int lifeline_src, int lifeline_dst, char *text)
+{
     Py_ssize_t n = 0;
-    if (fstat(lifeline_src, &st) != 0) {
+    int rc = tether_lifeline_entry(text, TETHER_LIFELINE_ENTRY_MAX, lifeline_src, lifeline_dst);
+    if (rc < 0) {
+        errno = -rc;
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
-    snprintf(text, 96, TETHER_LIFELINE_FORMAT, lifeline_dst,
-             (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
     while (envp[n] != NULL)
         n++;
     envp[n] = text;
@@ -177,8 +185,8 @@ static int env_lifeline(char **envp, int lifeline_src, int lifeline_dst, char *t
 
 /* core.spawn's envp: a list of "KEY=VALUE" bytes as given, or (a dict of bytes, the spec's
  * env) the environment made here with TETHER_LIFELINE_FD set, if there is a lifeline, to its
- * number and identity (lifeline.announcement's "N:<st_dev>:<st_ino>"; the entry in text, 96
- * bytes). *buffer (NULL for a list) is the caller's to free with the array. */
+ * number and identity (lifeline.announcement's "N:<st_dev>:<st_ino>"; the entry in text,
+ * TETHER_LIFELINE_ENTRY_MAX bytes). *buffer (NULL for a list) is the caller's to free with the array. */
 char **tether_spawn_envp(PyObject *envp, int lifeline_src, int lifeline_dst, char **buffer,
                          char *text)
 {

@@ -74,8 +74,10 @@ struct tether_guard_msg {
 /* The variable that tells a program its lifeline: "N:<st_dev>:<st_ino>" (the fd number and
  * the pipe's identity, which attach() checks). Python's is core.LIFELINE_ENV. */
 #define TETHER_LIFELINE_ENV "TETHER_LIFELINE_FD"
-/* Its entry, for snprintf: the child's fd number, st_dev, st_ino (int, 2 unsigned long long). */
+/* Its entry, for snprintf: the child's fd number, st_dev, st_ino (int, 2 unsigned long long),
+ * in at most TETHER_LIFELINE_ENTRY_MAX bytes with its NUL. */
 #define TETHER_LIFELINE_FORMAT TETHER_LIFELINE_ENV "=%d:%llu:%llu"
+#define TETHER_LIFELINE_ENTRY_MAX 96
 _Static_assert(sizeof(struct tether_guard_msg) == 20 &&
                    offsetof(struct tether_guard_msg, a) == 4 &&
                    offsetof(struct tether_guard_msg, b) == 8 &&

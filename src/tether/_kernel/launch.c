@@ -24,7 +24,6 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "clone.h"
@@ -33,7 +32,6 @@
 #include "guard_proto.h"
 #include "launch_early.h"
 #include "lifeline_registry.h"
-
 
 /* What one launch made, undone by launch_undo unless it is handed to the caller. */
 struct launch_fds {
@@ -229,7 +227,6 @@ static int launch_clone(struct tether_plan *plan, struct launch_fds *fds, char *
                         pid_t *pid, int *pidfd,
                         struct tether_failure *failure)
 {
-    struct stat st;
     int *keep = NULL, rc, more[4], n_more = 0;
     char **envp = (char **)plan->envp;
     Py_ssize_t n_env = 0;
@@ -246,8 +243,8 @@ static int launch_clone(struct tether_plan *plan, struct launch_fds *fds, char *
         plan->early = &le->early;
     }
     keep = keep_guards(plan, fds, more, n_more, &plan->n_keep);
-    if (keep == NULL || fstat(fds->lifeline[0], &st) != 0) {
-        rc = keep == NULL ? -ENOMEM : -errno;
+    if (keep == NULL) {
+        rc = -ENOMEM;
         goto done;
     }
     plan->keep_fds = keep;
@@ -256,10 +253,12 @@ static int launch_clone(struct tether_plan *plan, struct launch_fds *fds, char *
     plan->floor = plan->lifeline_dst + 1;
     if (keep[plan->n_keep - 1] + 1 > plan->floor)
         plan->floor = keep[plan->n_keep - 1] + 1;
+    rc = tether_lifeline_entry(lifeline_env, TETHER_LIFELINE_ENTRY_MAX, fds->lifeline[0],
+                               plan->lifeline_dst);
+    if (rc < 0)
+        goto done;
     while (envp[n_env] != NULL)
         n_env++;
-    snprintf(lifeline_env, 96, TETHER_LIFELINE_FORMAT, plan->lifeline_dst,
-             (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
     envp[n_env] = lifeline_env;
     plan->share_files = tether_fd_sharing(method);
     rc = tether_clone_exec(plan, method, extra_flags, -1, pid, pidfd, failure);
@@ -327,7 +326,8 @@ PyObject *core_launch_guard(PyObject *self, PyObject *args, PyObject *kwargs)
     struct tether_failure failure = {0, 0};
     struct launch_fds fds = {-1, -1, {-1, -1}, {-1, -1}, -1};
     sigset_t watch;
-    char ctl[16], start[16], lifeline_env[96], *env_buffer = NULL, **argv = NULL, **envp = NULL;
+    char ctl[16], start[16], lifeline_env[TETHER_LIFELINE_ENTRY_MAX];
+    char *env_buffer = NULL, **argv = NULL, **envp = NULL;
     gid_t *groups = NULL;
     int *keep = NULL, floor_fd = 3, method, pidfd = -1, rc = 0, exec_seen = 0;
     unsigned long long extra_flags;

@@ -116,7 +116,6 @@ int early_open(struct launch_early *le, char **argv, int control)
     const int *keep = le->keep;
     int n_keep = le->n_keep;
     struct tether_plan *p = &le->program;
-    struct stat st;
     int at = program_at(argv), err;
     if (at < 0)
         return -EINVAL;
@@ -146,14 +145,11 @@ int early_open(struct launch_early *le, char **argv, int control)
     p->errpipe = le->exec_pipe[1];
     p->report_twice = 1;
     if (le->with_lifeline) {
-        if (fstat(le->lifeline[0], &st) != 0) {
-            err = errno;
+        if ((err = tether_lifeline_entry(le->lifeline_env, sizeof le->lifeline_env,
+                                         le->lifeline[0], p->lifeline_dst)) < 0) {
             early_close(le, -1);
-            return -err;
+            return err;
         }
-        snprintf(le->lifeline_env, sizeof le->lifeline_env, TETHER_LIFELINE_FORMAT,
-                 p->lifeline_dst, (unsigned long long)st.st_dev,
-                 (unsigned long long)st.st_ino);
         le->envp[le->n_env] = le->lifeline_env;
     }
     snprintf(le->exec_arg, sizeof le->exec_arg, "%d", le->exec_pipe[0]);

@@ -8,6 +8,7 @@
 #include <Python.h>
 
 #include "clone.h"
+#include "guard_proto.h"
 
 struct launch_early {
     int enabled;
@@ -31,7 +32,7 @@ struct launch_early {
     char adopted[48];
     char exec_arg[16];
     char lifeline_arg[16];
-    char lifeline_env[96];
+    char lifeline_env[TETHER_LIFELINE_ENTRY_MAX];
     /* An abandoned launch's: the caller's memory and objects the program's plan points into,
      * freed with it; the next one abandoned. */
     void *held[3];
