@@ -175,10 +175,11 @@ static PyObject *usage_tail(const char *buf, ssize_t got)
 /* core.read_end(sock_fd, guard_fd, out, skip_started=False): read one report without blocking
  * (the Guard's lock held); with skip_started (the caller knows the program started: its
  * MSG_STARTED, which the overlapped start leaves queued ahead of the end, says nothing new)
- * a MSG_STARTED is consumed and the next report read. None: nothing there. bytes: any other report, b"" at the guard's hang-up, for the
- * caller's generic handling. MSG_EXITED: True, and appended to the list out a tuple, (status, user_ms, system_ms, maxrss_kib,
- * guard_code, guard_status, held, usage_tail: the tree's final usage, guard_wire.USAGE's
- * fields, None without it), with the guard reaped if its pidfd says it can be already
+ * a MSG_STARTED is consumed and the next report read. None: nothing there. bytes: any other
+ * report, b"" at the guard's hang-up, for the caller's generic handling. MSG_EXITED: True,
+ * and appended to the list out a tuple, (status, user_ms, system_ms, maxrss_kib, guard_code,
+ * guard_status, held, usage_tail: the tree's final usage, guard_wire.USAGE's fields, None
+ * without it), with the guard reaped if its pidfd says it can be already
  * (guard_code the reap's si_code; 0: not yet, core.reap_exiting then spins for it once the
  * caller has recorded the report, so that its Python overlaps the guard's exit teardown; -1:
  * not ours to reap any more). The report is consumed, and maybe the guard reaped, with every
