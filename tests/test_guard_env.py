@@ -34,3 +34,14 @@ def test_the_program_gets_the_callers_env_and_its_own_lifeline_only(contain: str
 def test_without_a_program_lifeline_the_variable_is_gone() -> None:
     out = dropin.run(["/usr/bin/env"], env=CALLERS, capture_output=True).stdout
     assert _env_of(out) == {"A": "1", "Z": "2"}
+
+
+def test_a_preexec_fn_start_gets_the_callers_env_and_its_own_lifeline_only() -> None:
+    # preexec_fn's fork of this process hands the env dict to core.spawn too, which makes the
+    # envp and the lifeline's variable in C (without a guard the lifeline stays the program's).
+    done = dropin.run(["/bin/sh", "-c", 'env; stat -L -c "3:%d:%i" /dev/fd/3'], env=CALLERS,
+                      capture_output=True, preexec_fn=lambda: None, contain=None)
+    env = _env_of(done.stdout)
+    assert sorted(env) == ["A", "PWD", "TETHER_LIFELINE_FD", "Z"]  # (sh adds PWD)
+    assert (env["A"], env["Z"]) == ("1", "2")
+    assert env["TETHER_LIFELINE_FD"] == done.stdout.decode().splitlines()[-1]

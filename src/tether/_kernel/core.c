@@ -226,11 +226,11 @@ int plan_attrs(PyObject *attrs, struct tether_plan *plan, gid_t **groups)
 
 static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"path",    "argv",        "envp",         "cwd",       "stdin",
+    static char *kwlist[] = {"path",    "argv",        "env",          "cwd",       "stdin",
                              "stdout",  "stderr",      "keep_fds",     "lifeline_src",
                              "lifeline_dst", "new_pgroup", "pdeathsig", "extra_flags",
                              "cgroup_fd", "method",     "attrs",        NULL};
-    PyObject *path_obj, *argv_obj, *envp_obj, *cwd_obj, *keep_obj, *attrs = NULL;
+    PyObject *path_obj, *argv_obj, *env_obj, *cwd_obj, *keep_obj, *attrs = NULL;
     gid_t *groups = NULL;
     int stdio[3];
     int lifeline_src, lifeline_dst, new_pgroup, pdeathsig, cgroup_fd, method;
@@ -246,8 +246,9 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     int rc;
     (void)self;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OOOiiiO!iipiKii|O", kwlist, &PyBytes_Type,
-                                     &path_obj, &argv_obj, &envp_obj, &cwd_obj, &stdio[0],
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO!OiiiO!iipiKii|O", kwlist,
+                                     &PyBytes_Type, &path_obj, &argv_obj, &PyDict_Type,
+                                     &env_obj, &cwd_obj, &stdio[0],
                                      &stdio[1], &stdio[2], &PyTuple_Type, &keep_obj,
                                      &lifeline_src, &lifeline_dst, &new_pgroup, &pdeathsig,
                                      &extra_flags, &cgroup_fd, &method, &attrs))
@@ -260,7 +261,7 @@ static PyObject *core_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
     argv = bytes_array(argv_obj, "argv");
     if (argv == NULL)
         goto error;
-    envp = tether_spawn_envp(envp_obj, lifeline_src, lifeline_dst, &env_buffer, lifeline_env);
+    envp = tether_spawn_envp(env_obj, lifeline_src, lifeline_dst, &env_buffer, lifeline_env);
     if (envp == NULL)
         goto error;
 

@@ -38,7 +38,7 @@ def spawn(
     *,
     path: bytes,
     argv: list[bytes],
-    envp: list[bytes] | Mapping[bytes, bytes],
+    env: Mapping[bytes, bytes],
     cwd: bytes | None,
     stdin: int,
     stdout: int,

@@ -23,9 +23,9 @@ TETHER_HIDDEN char **tether_env_array(PyObject *env, char **buffer);
  * -errno from its fstat; no Python call (the launch runs it without the GIL). */
 TETHER_HIDDEN int tether_lifeline_entry(char *text, size_t size, int lifeline_src,
                                         int lifeline_dst);
-/* exec_path.c: core.spawn's envp (a list as given; a dict made with the lifeline's variable,
- * its entry written in text[TETHER_LIFELINE_ENTRY_MAX]); *buffer is the caller's to free. */
-TETHER_HIDDEN char **tether_spawn_envp(PyObject *envp, int lifeline_src, int lifeline_dst,
+/* exec_path.c: core.spawn's envp, made of its env dict with the lifeline's variable (its
+ * entry written in text[TETHER_LIFELINE_ENTRY_MAX]); *buffer is the caller's to free. */
+TETHER_HIDDEN char **tether_spawn_envp(PyObject *env, int lifeline_src, int lifeline_dst,
                                        char **buffer, char *text);
 /* A sorted, unique tuple of fds >= 3; *floor_fd is raised above every one. */
 TETHER_HIDDEN int *keep_fds_array(PyObject *keep_obj, int *floor_fd);

@@ -183,18 +183,14 @@ static int env_lifeline(char **envp, int lifeline_src, int lifeline_dst, char *t
     return 0;
 }
 
-/* core.spawn's envp: a list of "KEY=VALUE" bytes as given, or (a dict of bytes, the spec's
- * env) the environment made here with TETHER_LIFELINE_FD set, if there is a lifeline, to its
- * number and identity (lifeline.announcement's "N:<st_dev>:<st_ino>"; the entry in text,
- * TETHER_LIFELINE_ENTRY_MAX bytes). *buffer (NULL for a list) is the caller's to free with the array. */
-char **tether_spawn_envp(PyObject *envp, int lifeline_src, int lifeline_dst, char **buffer,
+/* core.spawn's envp: its env (a dict of bytes) made here, with TETHER_LIFELINE_FD set, if
+ * there is a lifeline, to its number and identity ("N:<st_dev>:<st_ino>", which
+ * lifeline.attach checks; the entry in text, TETHER_LIFELINE_ENTRY_MAX bytes). *buffer is the
+ * caller's to free with the array. */
+char **tether_spawn_envp(PyObject *env, int lifeline_src, int lifeline_dst, char **buffer,
                          char *text)
 {
-    char **out;
-    *buffer = NULL;
-    if (!PyDict_Check(envp))
-        return bytes_array(envp, "envp");
-    out = tether_env_array(envp, buffer);
+    char **out = tether_env_array(env, buffer);
     if (out != NULL && lifeline_src >= 0 && env_lifeline(out, lifeline_src, lifeline_dst,
                                                          text) < 0) {
         PyMem_Free(out);

@@ -21,7 +21,7 @@ from tether._kernel import core as _core
 from tether._kernel.errors import Unsupported
 from tether._kernel.pidfd import NoPublicConstructor
 
-__all__ = ["LIFELINE_ENV", "LifelineWriter", "announcement", "attach", "lifeline_fd"]
+__all__ = ["LIFELINE_ENV", "LifelineWriter", "attach", "lifeline_fd"]
 
 LIFELINE_ENV: Final = _core.LIFELINE_ENV  # "TETHER_LIFELINE_FD" (guard_proto.h)
 
@@ -83,14 +83,6 @@ def new_lifeline() -> tuple[int, LifelineWriter]:
     """Create a lifeline pipe: (read end fd for the child, writer kept by the parent)."""
     read_fd, write_fd = _core.lifeline_pipe()
     return read_fd, LifelineWriter._create(write_fd)
-
-
-def announcement(child_fd: int, read_fd: int) -> bytes:
-    """The value of ``TETHER_LIFELINE_FD`` for a child that gets ``read_fd`` (a lifeline read
-    end of ours) at ``child_fd``: the number and the pipe's identity, ``N:<st_dev>:<st_ino>``,
-    which :func:`attach` checks before trusting the fd."""
-    st = os.fstat(read_fd)
-    return b"%d:%d:%d" % (child_fd, st.st_dev, st.st_ino)
 
 
 def _parse(raw: str) -> tuple[int, tuple[int, int] | None]:

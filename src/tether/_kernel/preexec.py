@@ -45,11 +45,10 @@ def fork_exec(
         opened += [err_r, err_w]
         socks += socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         lifeline_dst = spec.lifeline_fd
-        envp = spec.envp(lifeline_dst, read_fd)
         pid = os.fork()  # noqa: TET101  preexec_fn's fork, the one the doctrine allows
         if pid == 0:
             socks[0].close()
-            _child(spec, stdio_fds, preexec_fn, read_fd, lifeline_dst, envp, err_w, socks[1])
+            _child(spec, stdio_fds, preexec_fn, read_fd, lifeline_dst, err_w, socks[1])
         os.close(err_w)
         opened.remove(err_w)
         socks[1].close()
@@ -88,7 +87,7 @@ def _reap(pid: int, pidfd: Pidfd | None) -> None:
 
 def _child(
     spec: SpawnSpec, stdio_fds: tuple[int, int, int], preexec_fn: Callable[[], object],
-    read_fd: int, lifeline_dst: int, envp: list[bytes], err_w: int, sock: socket.socket,
+    read_fd: int, lifeline_dst: int, err_w: int, sock: socket.socket,
 ) -> NoReturn:
     try:
         send_own_pidfd(sock)
@@ -97,11 +96,12 @@ def _child(
         except BaseException:
             os.write(err_w, _RECORD.pack(STAGE_PREEXEC, 0))
             os._exit(255)
-        if spec.inherit_env:  # as the stdlib: what preexec_fn putenv()s reaches the program
-            envp = spec.replace(env=_c_environ()).envp(lifeline_dst, read_fd)
+        # As the stdlib: what preexec_fn putenv()s reaches the program. (core.spawn makes the
+        # envp of the dict, with the lifeline's variable, as for every other clone.)
+        env = _c_environ() if spec.inherit_env else spec.env
         attrs = spec.attrs
         core.spawn(
-            path=spec.executable, argv=list(spec.argv), envp=envp, cwd=spec.cwd,
+            path=spec.executable, argv=list(spec.argv), env=env, cwd=spec.cwd,
             stdin=stdio_fds[0], stdout=stdio_fds[1], stderr=stdio_fds[2],
             keep_fds=spec.pass_fds, lifeline_src=read_fd, lifeline_dst=lifeline_dst,
             new_pgroup=spec.process_group, pdeathsig=0, extra_flags=0, cgroup_fd=err_w,

@@ -165,7 +165,7 @@ def clone_spec(
         pid, pidfd, stage, err, _ = core.spawn(
             path=spec.executable,
             argv=list(spec.argv),
-            envp=spec.env,  # (made in C, with the lifeline's variable: spec.envp's contract)
+            env=spec.env,  # (the envp made in C, with the lifeline's variable)
             cwd=spec.cwd,
             stdin=stdio_fds[0],
             stdout=stdio_fds[1],

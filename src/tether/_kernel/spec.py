@@ -23,7 +23,6 @@ from typing import IO, Any, Final, TypeAlias
 from tether._kernel import core
 from tether._kernel.attrs import ProcessAttrs
 from tether._kernel.fds import above_spawns, above_stdio
-from tether._kernel.lifeline import LIFELINE_ENV, announcement
 from tether._kernel.limits import Limits
 from tether._kernel.record import frozen_record, replace
 
@@ -144,19 +143,6 @@ class SpawnSpec:
         while fd in taken or (inherit and fd_is_open(fd)):
             fd += 1
         return fd
-
-    def envp(self, lifeline_fd: int | None, read_fd: int = -1) -> list[bytes]:
-        """The child's envp: env with TETHER_LIFELINE_FD set (or removed when there is none).
-        Given the lifeline's read end of ours (``read_fd``), the value carries the pipe's
-        identity as well as the child's fd number (``N:<st_dev>:<st_ino>``), which attach()
-        checks."""
-        key = LIFELINE_ENV.encode()
-        envp = [k + b"=" + v for k, v in self.env.items() if k != key]
-        if lifeline_fd is not None:
-            value = (announcement(lifeline_fd, read_fd) if read_fd >= 0
-                     else str(lifeline_fd).encode())
-            envp.append(key + b"=" + value)
-        return envp
 
     def open_stdio(self) -> StdioPlan:
         """Open what ``stdio`` asks for (/dev/null, pipes): the child's fds 0-2 and, for each
